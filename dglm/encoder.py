@@ -1,0 +1,53 @@
+"""The sentence-embedding space in which the diffusion runs.
+
+Embeddings are L2-normalised (the space the attribute probes are trained in). The diffusion works on
+standardised latents: per-dimension corpus mean and std removed, so every dimension has unit scale.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dglm.errors import DglmError
+from dglm.models import load_sentence_transformer
+
+
+class SentenceEncoder:
+    """A frozen sentence-transformers model that turns texts into unit-length embeddings."""
+
+    def __init__(self, name_or_path: str, device: str = "cpu"):
+        self.name = name_or_path
+        self.model = load_sentence_transformer(name_or_path, device=device)
+        dimension = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
+        self.dim = int(dimension())
+
+    @torch.no_grad()
+    def encode(self, texts: list[str], batch_size: int = 64, progress: bool = False) -> torch.Tensor:
+        embeddings = self.model.encode(
+            list(texts), batch_size=batch_size, convert_to_tensor=True, show_progress_bar=progress
+        )
+        return F.normalize(embeddings.float().cpu(), dim=-1)
+
+
+class LatentNormalizer(nn.Module):
+    """Maps unit embeddings to standardised latents and back (stored with the checkpoint)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("std", torch.ones(dim))
+
+    def fit(self, embeddings: torch.Tensor) -> "LatentNormalizer":
+        if embeddings.ndim != 2 or embeddings.shape[1] != self.mean.numel():
+            raise DglmError(f"expected embeddings of shape (N, {self.mean.numel()}), got {tuple(embeddings.shape)}")
+        self.mean.copy_(embeddings.mean(0))
+        self.std.copy_(embeddings.std(0).clamp_min(1e-6))
+        return self
+
+    def to_latent(self, embeddings: torch.Tensor) -> torch.Tensor:
+        return (embeddings - self.mean) / self.std
+
+    def to_embedding(self, latents: torch.Tensor) -> torch.Tensor:
+        return F.normalize(latents * self.std + self.mean, dim=-1)

@@ -1,0 +1,16 @@
+"""The plugin hooks. A plugin is any package with a `dglm` entry point that implements them."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("dglm")
+hookimpl = pluggy.HookimplMarker("dglm")
+
+
+@hookspec
+def register_attributes(register: Callable) -> None:
+    """Register attributes by calling ``register(card_path)`` once per probe card (a JSON file
+    written by ``dglm classifier train``, next to its safetensors weights)."""

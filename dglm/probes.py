@@ -1,0 +1,147 @@
+"""Linear attribute probes over the sentence-embedding space, stored as safetensors + a JSON card.
+
+A probe maps a unit-length embedding to one logit per label. Binary scikit-learn models are
+stored in the same two-row form ([0, w]), so softmax over the rows equals the logistic sigmoid.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from dglm.errors import DglmError
+
+CARD_KEYS = ("name", "labels", "encoder", "encoder_dim", "weights")
+
+
+class Probe(nn.Module):
+    """A linear classifier plus the card that says what it was trained on and how well it does."""
+
+    def __init__(self, card: dict[str, Any], weight: torch.Tensor, bias: torch.Tensor):
+        super().__init__()
+        self.card = card
+        self.labels: list[str] = list(card["labels"])
+        self.linear = nn.Linear(weight.shape[1], weight.shape[0])
+        with torch.no_grad():
+            self.linear.weight.copy_(weight)
+            self.linear.bias.copy_(bias)
+        self.requires_grad_(False)
+
+    @property
+    def name(self) -> str:
+        return self.card["name"]
+
+    def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
+        return self.linear(embeddings)
+
+    def label_index(self, label: str) -> int:
+        if label not in self.labels:
+            raise DglmError(f"unknown label {label!r} for attribute {self.name!r}; known labels: {', '.join(self.labels)}")
+        return self.labels.index(label)
+
+    def save(self, directory: Path | str) -> Path:
+        """Write NAME.safetensors and NAME.json into `directory`; return the card's path."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        weights = f"{self.name}.safetensors"
+        save_file(
+            {"weight": self.linear.weight.detach().contiguous(), "bias": self.linear.bias.detach().contiguous()},
+            str(directory / weights),
+        )
+        card_path = directory / f"{self.name}.json"
+        card_path.write_text(json.dumps({**self.card, "weights": weights}, indent=2) + "\n")
+        return card_path
+
+
+def load_probe(card_path: Path | str) -> Probe:
+    """Load a probe from its JSON card; every way a card or its weights can be broken is reported plainly."""
+    card_path = Path(card_path)
+    try:
+        card = json.loads(card_path.read_text())
+    except FileNotFoundError:
+        raise DglmError(f"probe card {card_path} does not exist") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise DglmError(f"probe card {card_path} is not valid JSON ({error})") from None
+    missing = [key for key in CARD_KEYS if key not in card] if isinstance(card, dict) else list(CARD_KEYS)
+    if missing:
+        raise DglmError(f"probe card {card_path} lacks the key(s) {missing}; a card needs {list(CARD_KEYS)}")
+    weights_path = card_path.parent / card["weights"]
+    try:
+        tensors = load_file(str(weights_path))
+    except FileNotFoundError:
+        raise DglmError(f"probe weights {weights_path} named by {card_path} do not exist") from None
+    except (SafetensorError, OSError, ValueError) as error:
+        raise DglmError(f"probe weights {weights_path} are corrupt ({error})") from None
+    weight, bias = tensors.get("weight"), tensors.get("bias")
+    expected = (len(card["labels"]), int(card["encoder_dim"]))
+    if weight is None or bias is None or tuple(weight.shape) != expected or tuple(bias.shape) != expected[:1]:
+        raise DglmError(
+            f"probe weights {weights_path} do not match their card: expected weight {expected} and bias "
+            f"({expected[0]},), found {_shapes(tensors)}"
+        )
+    return Probe(card, weight.float(), bias.float())
+
+
+def train_probe(
+    name: str,
+    embeddings: torch.Tensor,
+    labels: list[str],
+    encoder: str,
+    data: str,
+    test_fraction: float = 0.2,
+    regularisation: float = 10.0,
+    seed: int = 0,
+) -> Probe:
+    """Fit a logistic-regression probe on embeddings, evaluate it on a held-out split, fill its card."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import accuracy_score, confusion_matrix
+    from sklearn.model_selection import train_test_split
+
+    classes = sorted(set(labels))
+    if len(classes) < 2:
+        raise DglmError(f"training data for {name!r} has only one label ({classes}); a probe needs at least two")
+    counts = {label: labels.count(label) for label in classes}
+    if min(counts.values()) < 5:
+        raise DglmError(f"every label needs at least 5 examples to train and evaluate {name!r}; counts: {counts}")
+    x = embeddings.numpy().astype(np.float64)
+    y = np.array([classes.index(label) for label in labels])
+    x_train, x_test, y_train, y_test = train_test_split(
+        x, y, test_size=test_fraction, random_state=seed, stratify=y
+    )
+    model = LogisticRegression(C=regularisation, max_iter=2000).fit(x_train, y_train)
+    predicted = model.predict(x_test)
+    coef, intercept = model.coef_, model.intercept_
+    if len(classes) == 2:  # sklearn keeps one row for binary problems: logit of class 1 vs class 0
+        coef = np.vstack([np.zeros_like(coef), coef])
+        intercept = np.concatenate([[0.0], intercept])
+    card = {
+        "name": name,
+        "labels": classes,
+        "encoder": encoder,
+        "encoder_dim": int(x.shape[1]),
+        "data": data,
+        "train_size": int(len(y_train)),
+        "test_size": int(len(y_test)),
+        "label_counts": counts,
+        "held_out_accuracy": round(float(accuracy_score(y_test, predicted)), 4),
+        "confusion_matrix": confusion_matrix(y_test, predicted, labels=range(len(classes))).tolist(),
+        "regularisation_C": regularisation,
+        "weights": f"{name}.safetensors",
+    }
+    return Probe(card, torch.tensor(coef, dtype=torch.float32), torch.tensor(intercept, dtype=torch.float32))
+
+
+def _shapes(tensors: dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
+    return {key: tuple(value.shape) for key, value in tensors.items()}
+
+
+def train_probe_on_texts(name: str, texts: list[str], labels: list[str], encoder, data: str, **options) -> Probe:
+    """Encode texts with a SentenceEncoder and train a probe on them (see train_probe)."""
+    return train_probe(name, encoder.encode(texts, progress=True), labels, encoder.name, data, **options)

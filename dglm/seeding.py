@@ -1,0 +1,15 @@
+"""Per-sample random streams: each sample owns a generator, so a sample's text depends on its
+seed alone, never on which other samples share its batch."""
+
+from __future__ import annotations
+
+import torch
+
+
+def sample_generators(seeds: list[int]) -> list[torch.Generator]:
+    return [torch.Generator().manual_seed(seed) for seed in seeds]
+
+
+def per_sample_randn(generators: list[torch.Generator], shape: tuple[int, ...], device: str | torch.device = "cpu") -> torch.Tensor:
+    """A (len(generators), *shape) standard-normal tensor, row i drawn from generator i."""
+    return torch.stack([torch.randn(shape, generator=g) for g in generators]).to(device)

@@ -1,0 +1,89 @@
+"""Training bookkeeping without pickles: resumable states in safetensors + JSON, EMA, loss curves."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from dglm.errors import DglmError
+
+
+class EMA:
+    """Exponential moving average of a module's parameters (the weights that get shipped)."""
+
+    def __init__(self, module: nn.Module, decay: float):
+        self.decay = decay
+        self.shadow = {name: p.detach().clone() for name, p in module.named_parameters()}
+
+    @torch.no_grad()
+    def update(self, module: nn.Module) -> None:
+        for name, p in module.named_parameters():
+            self.shadow[name].lerp_(p.detach(), 1 - self.decay)
+
+    def copy_to(self, module: nn.Module) -> None:
+        with torch.no_grad():
+            for name, p in module.named_parameters():
+                p.copy_(self.shadow[name])
+
+
+def save_training_state(path: Path, module: nn.Module, optimizer: torch.optim.Optimizer, ema: EMA | None,
+                        step: int, losses: list[float]) -> None:
+    """Write PATH.safetensors (weights, EMA, optimizer moments) and PATH.json (step, losses, groups)."""
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+    if ema is not None:
+        tensors.update({f"ema.{k}": v.cpu().contiguous() for k, v in ema.shadow.items()})
+    optimizer_state = optimizer.state_dict()
+    for index, state in optimizer_state["state"].items():
+        for key, value in state.items():
+            tensors[f"optim.{index}.{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
+    weights = path.with_suffix(".safetensors")
+    partial = weights.with_name(weights.name + ".partial")
+    save_file(tensors, str(partial))
+    partial.replace(weights)  # never leave a half-written state behind
+    meta = {"step": step, "losses": losses, "param_groups": optimizer_state["param_groups"]}
+    path.with_suffix(".json").write_text(json.dumps(meta))
+
+
+def load_training_state(path: Path, module: nn.Module, optimizer: torch.optim.Optimizer, ema: EMA | None) -> tuple[int, list[float]]:
+    """Restore a state written by save_training_state; return (step, losses). No state: (0, [])."""
+    weights, meta_path = path.with_suffix(".safetensors"), path.with_suffix(".json")
+    if not weights.is_file() or not meta_path.is_file():
+        return 0, []
+    try:
+        tensors, meta = load_file(str(weights)), json.loads(meta_path.read_text())
+        module.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        if ema is not None:
+            ema.shadow = {k[4:]: v.to(next(module.parameters()).device) for k, v in tensors.items() if k.startswith("ema.")}
+        state: dict[int, dict] = {}
+        for key, value in tensors.items():
+            if key.startswith("optim."):
+                _, index, name = key.split(".", 2)
+                state.setdefault(int(index), {})[name] = value
+        optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    except (RuntimeError, ValueError, KeyError) as error:
+        raise DglmError(f"cannot resume from {weights}: {str(error).splitlines()[0]}; delete it to start over") from None
+    return int(meta["step"]), list(meta["losses"])
+
+
+def plot_losses(losses: list[float], path: Path, title: str, smooth: int = 50) -> None:
+    """Save the raw and smoothed loss curve as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7, 4))
+    axes.plot(losses, alpha=0.3, label="loss")
+    if len(losses) >= smooth:
+        kernel = torch.ones(smooth) / smooth
+        smoothed = torch.conv1d(torch.tensor(losses)[None, None], kernel[None, None]).flatten().tolist()
+        axes.plot(range(smooth - 1, len(losses)), smoothed, label=f"mean of {smooth}")
+    axes.set(xlabel="step", ylabel="loss", title=title, yscale="log")
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)

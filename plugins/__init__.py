@@ -1,0 +1,1 @@
+"""dglm's built-in attribute plugins, written exactly as an outside plugin would be."""

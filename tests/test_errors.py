@@ -1,0 +1,104 @@
+"""Bad input ends in one clear line on stderr and a non-zero exit, never a traceback."""
+
+import json
+import shutil
+
+import pytest
+
+from dglm.cli import main
+
+
+def run_cli(capsys, *args):
+    code = main(list(args))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def expect_error(capsys, pattern, *args):
+    code, _, err = run_cli(capsys, *args)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("dglm: error: "), err
+    assert pattern in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.fixture
+def broken_copy(tiny_checkpoint, tmp_path):
+    folder = tmp_path / "copy"
+    shutil.copytree(tiny_checkpoint, folder)
+    return folder
+
+
+def test_unknown_attribute_lists_the_known_ones(capsys, tiny_checkpoint, toy_plugin):
+    line = expect_error(capsys, "unknown attribute 'mood'", "generate", "Hi", "--model", str(tiny_checkpoint), "--attr", "mood=happy")
+    assert "toy_sentiment" in line
+
+
+def test_unknown_label_lists_the_labels(capsys, tiny_checkpoint, toy_plugin):
+    line = expect_error(capsys, "unknown label 'neutral'", "generate", "Hi", "--model", str(tiny_checkpoint),
+                        "--attr", "toy_sentiment=neutral")
+    assert "negative, positive" in line
+
+
+def test_weight_must_be_a_number(capsys, tiny_checkpoint):
+    expect_error(capsys, "is not a number", "generate", "Hi", "--model", str(tiny_checkpoint), "--attr", "toy_sentiment=positive:high")
+
+
+def test_empty_prefix(capsys, tiny_checkpoint):
+    expect_error(capsys, "empty", "generate", "   ", "--model", str(tiny_checkpoint))
+
+
+def test_zero_samples(capsys, tiny_checkpoint):
+    expect_error(capsys, "num_samples must be a positive integer", "generate", "Hi", "-n", "0", "--model", str(tiny_checkpoint))
+
+
+def test_missing_checkpoint(capsys, tmp_path):
+    expect_error(capsys, "does not exist", "generate", "Hi", "--model", str(tmp_path / "nowhere"))
+
+
+def test_corrupt_weights(capsys, broken_copy):
+    (broken_copy / "model.safetensors").write_bytes(b"\x00garbage" * 10)
+    expect_error(capsys, "is corrupt", "generate", "Hi", "--model", str(broken_copy))
+
+
+def test_corrupt_config(capsys, broken_copy):
+    (broken_copy / "config.json").write_text("{not json")
+    expect_error(capsys, "is not valid JSON", "generate", "Hi", "--model", str(broken_copy))
+
+
+def test_weights_that_do_not_match_the_config(capsys, broken_copy):
+    config = json.loads((broken_copy / "config.json").read_text())
+    config["denoiser"]["layers"] = 3
+    (broken_copy / "config.json").write_text(json.dumps(config))
+    expect_error(capsys, "does not match its config.json", "generate", "Hi", "--model", str(broken_copy))
+
+
+def test_encoder_dimension_mismatch(capsys, broken_copy):
+    config = json.loads((broken_copy / "config.json").read_text())
+    config["latent_dim"] = 64
+    (broken_copy / "config.json").write_text(json.dumps(config))
+    expect_error(capsys, "expects a 64-d encoder", "generate", "Hi", "--model", str(broken_copy))
+
+
+def test_unknown_model_name_says_what_to_install(capsys, broken_copy):
+    config = json.loads((broken_copy / "config.json").read_text())
+    config["encoder"] = str(broken_copy / "no-such-encoder")
+    (broken_copy / "config.json").write_text(json.dumps(config))
+    line = expect_error(capsys, "could not load encoder", "generate", "Hi", "--model", str(broken_copy))
+    assert "all-MiniLM-L6-v2" in line
+
+
+def test_probe_trained_on_another_encoder(capsys, tiny_checkpoint):
+    """The built-in sentiment probe was trained on the real encoder, not the tiny test one."""
+    expect_error(capsys, "was trained on encoder 'all-MiniLM-L6-v2'", "generate", "Hi", "--model", str(tiny_checkpoint),
+                 "--attr", "sentiment=positive")
+
+
+def test_help_teaches_every_flag(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["generate", "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for flag in ("--prefix-file", "--attr", "-n", "--max-new-tokens", "--seed", "--guidance-scale", "--steps", "--format", "--model"):
+        assert flag in text

@@ -1,0 +1,52 @@
+"""Generation end to end on tiny models: reproducibility, batching, saving and loading."""
+
+import torch
+
+from dglm.pipeline import Pipeline
+
+
+def test_same_seed_same_text_and_seeds_are_recorded(tiny_pipeline):
+    first = tiny_pipeline.generate("The movie", num_samples=3, seed=11)
+    again = tiny_pipeline.generate("The movie", num_samples=3, seed=11)
+    assert [s.continuation for s in first] == [s.continuation for s in again]
+    assert [s.seed for s in first] == [11, 12, 13]
+    other = tiny_pipeline.generate("The movie", num_samples=3, seed=99)
+    assert [s.continuation for s in other] != [s.continuation for s in first]
+
+
+def test_a_sample_is_reproduced_alone_from_its_seed(tiny_pipeline):
+    samples = tiny_pipeline.generate("The movie", num_samples=3, seed=5)
+    alone = tiny_pipeline.generate("The movie", num_samples=1, seed=samples[2].seed)
+    assert alone[0].continuation == samples[2].continuation
+
+
+def test_batching_gives_the_same_samples_as_one_by_one(tiny_pipeline, toy_plugin):
+    prefixes = ["The movie", "A long and very boring film about the market"]
+    attributes = {"toy_sentiment": "positive"}
+    batched = tiny_pipeline.generate(prefixes, attributes=attributes, num_samples=2, seed=3, batch_size=4)
+    singles = [s for p in prefixes for s in tiny_pipeline.generate(p, attributes=attributes, num_samples=2, seed=3, batch_size=1)]
+    assert [s.continuation for s in batched] == [s.continuation for s in singles]
+    assert all(s.attributes == {"toy_sentiment": "positive"} for s in batched)
+
+
+def test_save_and_load_round_trip_exactly(tiny_pipeline, tiny_checkpoint):
+    loaded = Pipeline.from_pretrained(tiny_checkpoint, encoder=tiny_pipeline.encoder, decoder=tiny_pipeline.decoder)
+    original, restored = tiny_pipeline.parts.state_dict(), loaded.parts.state_dict()
+    assert original.keys() == restored.keys()
+    assert all(torch.equal(original[key], restored[key]) for key in original)
+    assert loaded.config == tiny_pipeline.config
+    text = lambda p: [s.continuation for s in p.generate("The film", num_samples=2, seed=1)]
+    assert text(loaded) == text(tiny_pipeline)
+
+
+def test_loading_by_path_reads_encoder_and_decoder_from_the_config(tiny_checkpoint, tiny_pipeline):
+    loaded = Pipeline.from_pretrained(tiny_checkpoint)
+    assert loaded.encoder.dim == 32 and loaded.decoder.hidden_size == 32
+    assert (tiny_checkpoint / "README.md").read_text().startswith("# dglm checkpoint")
+
+
+def test_guided_generation_differs_from_unguided(tiny_pipeline, toy_plugin):
+    plain = tiny_pipeline.generate("The movie", num_samples=4, seed=2)
+    guided = tiny_pipeline.generate("The movie", attributes={"toy_sentiment": "positive"}, num_samples=4,
+                                    seed=2, guidance_scale=50.0)
+    assert [s.continuation for s in plain] != [s.continuation for s in guided]

@@ -1,0 +1,109 @@
+"""Attributes as plugins: discovery through entry points, composition, and clear errors."""
+
+import csv
+import subprocess
+import sys
+
+import pytest
+
+import dglm
+from dglm.cli import main
+from dglm.errors import DglmError
+from dglm.plugins import get_attributes
+from dglm.tables import read_labelled
+
+from conftest import toy_sentiment
+
+
+def question_or_statement(count):
+    texts, labels = toy_sentiment(count, seed=9)
+    return [(t[:-1] + "?" if i % 2 else t, "question" if i % 2 else "statement") for i, t in enumerate(texts)]
+
+
+def test_builtin_attributes_are_discovered_through_entry_points():
+    attributes = get_attributes()
+    assert attributes["sentiment"].labels == ["negative", "positive"]
+    assert attributes["topic"].labels == ["business", "entertainment", "politics", "sport", "tech"]
+    assert attributes["sentiment"].plugin == "sentiment" and attributes["topic"].plugin == "topic"
+    assert attributes["sentiment"].probe.card["held_out_accuracy"] >= 0.80
+    assert attributes["topic"].probe.card["held_out_accuracy"] >= 0.85
+
+
+def test_a_plugin_package_from_a_csv_is_installed_and_used(tiny_pipeline, tiny_models, tmp_path, capsys, monkeypatch):
+    """Train a probe from a CSV, scaffold a package, pip-install it, and generate with it: no dglm change."""
+    data = tmp_path / "questions.csv"
+    with open(data, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["sentence", "kind"])
+        writer.writerows(question_or_statement(80))
+    assert main(["classifier", "train", "question", "--data", str(data), "--text-column", "sentence",
+                 "--label-column", "kind", "--encoder", str(tiny_models["encoder"]), "--out", str(tmp_path / "probe")]) == 0
+    assert main(["plugin", "new", str(tmp_path / "probe" / "question.json"), "--out", str(tmp_path)]) == 0
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+                    "--target", str(target), str(tmp_path / "dglm-question")], check=True)
+    monkeypatch.syspath_prepend(str(target))
+    import importlib
+
+    importlib.invalidate_caches()
+    from dglm import plugins
+
+    monkeypatch.setattr(plugins, "_entry_points_loaded", False)
+    capsys.readouterr()
+    try:
+        assert main(["attributes"]) == 0
+        listing = capsys.readouterr().out
+        assert "question: question, statement" in listing and "plugin question" in listing
+        samples = tiny_pipeline.generate("Was the movie", attributes={"question": "question"}, num_samples=2, seed=1)
+        assert [s.attributes for s in samples] == [{"question": "question"}] * 2
+    finally:
+        plugins.unregister_plugin("question")
+
+
+def test_two_plugins_registering_one_name_is_an_error(toy_probe_dir, toy_plugin):
+    class Impostor:
+        @dglm.hookimpl
+        def register_attributes(self, register):
+            register(toy_probe_dir / "toy_sentiment.json")
+
+    dglm.register_plugin(Impostor(), name="impostor")
+    try:
+        with pytest.raises(DglmError, match="registered by two plugins, 'toy' and 'impostor'|registered by two plugins, 'impostor' and 'toy'"):
+            get_attributes()
+    finally:
+        dglm.unregister_plugin("impostor")
+
+
+def test_composition_of_several_attributes_and_steering_away(tiny_pipeline, toy_probe_dir, toy_plugin):
+    guide = tiny_pipeline.make_guide(dglm.guidance.as_constraints(["toy_sentiment=positive:1", "toy_sentiment=negative:-2"]))
+    assert [(index, weight) for _, index, weight in guide.terms] == [(1, 1.0), (0, -2.0)]
+    samples = tiny_pipeline.generate("The film", attributes=[dglm.Constraint("toy_sentiment", "negative", -1.0)], seed=0)
+    assert samples[0].attributes == {"toy_sentiment": "negative"}
+
+
+def write_csv(path, header, rows):
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+def test_csv_with_one_class_only(tmp_path, tiny_models, capsys):
+    data = write_csv(tmp_path / "one.csv", ["text", "label"], [(f"text {i}", "yes") for i in range(20)])
+    assert main(["classifier", "train", "x", "--data", str(data), "--encoder", str(tiny_models["encoder"]), "--out", str(tmp_path)]) == 2
+    assert "has only one label" in capsys.readouterr().err
+
+
+def test_csv_with_missing_columns(tmp_path):
+    data = write_csv(tmp_path / "cols.csv", ["body", "label"], [("a", "b")])
+    with pytest.raises(DglmError, match=r"no column\(s\) \['text'\]; its columns are: body, label"):
+        read_labelled(str(data), "text", "label")
+
+
+def test_corrupt_probe_card(tmp_path):
+    from dglm.probes import load_probe
+
+    (tmp_path / "bad.json").write_text('{"name": "bad"}')
+    with pytest.raises(DglmError, match="lacks the key"):
+        load_probe(tmp_path / "bad.json")

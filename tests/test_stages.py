@@ -1,0 +1,74 @@
+"""Shapes and basic behaviour of every stage, on tiny random models."""
+
+import torch
+
+from dglm.decoder import top_p_filter
+from dglm.schedule import CosineSchedule, noise_to_level
+from dglm.seeding import sample_generators
+
+
+def test_encoder_gives_unit_embeddings_of_its_dimension(tiny_pipeline):
+    embeddings = tiny_pipeline.encoder.encode(["A good movie.", "The market fell."])
+    assert embeddings.shape == (2, 32)
+    assert torch.allclose(embeddings.norm(dim=-1), torch.ones(2), atol=1e-5)
+
+
+def test_normalizer_round_trips_unit_embeddings(tiny_pipeline):
+    normalizer = tiny_pipeline.parts.normalizer
+    embeddings = torch.nn.functional.normalize(torch.randn(50, 32), dim=-1)
+    normalizer_copy = type(normalizer)(32).fit(embeddings)
+    latents = normalizer_copy.to_latent(embeddings)
+    assert torch.allclose(latents.mean(0), torch.zeros(32), atol=1e-5)
+    assert torch.allclose(normalizer_copy.to_embedding(latents), embeddings, atol=1e-5)
+
+
+def test_schedule_goes_from_signal_to_noise():
+    schedule = CosineSchedule()
+    alpha, sigma = schedule.alpha_sigma(torch.tensor([0.0, 0.5, 1.0]))
+    assert torch.allclose(alpha**2 + sigma**2, torch.ones(3), atol=1e-6)
+    assert alpha[0] > 0.99 and alpha[2] < 0.01 and abs(alpha[1] ** 2 - 0.5) < 1e-4
+    shifted_alpha, _ = CosineSchedule(shift=1.0).alpha_sigma(torch.tensor([0.5]))
+    assert shifted_alpha > alpha[1]
+
+
+def test_noise_to_level_keeps_variance():
+    x, noise = torch.randn(1000, 8), torch.randn(1000, 8)
+    assert abs(noise_to_level(x, 0.95, noise).std().item() - 1.0) < 0.05
+
+
+def test_denoiser_and_prompt_generator_shapes(tiny_pipeline):
+    parts = tiny_pipeline.parts
+    z, prefix = torch.randn(3, 32), torch.randn(3, 32)
+    v = parts.denoiser(z, torch.zeros(3), prefix, self_cond=torch.randn(3, 32))
+    assert v.shape == (3, 32)
+    free = parts.denoiser(z, torch.zeros(3), prefix, prefix_mask=torch.zeros(3, dtype=torch.bool))
+    other_prefix = parts.denoiser(z, torch.zeros(3), torch.randn(3, 32), prefix_mask=torch.zeros(3, dtype=torch.bool))
+    assert torch.allclose(free, other_prefix), "a masked prefix must be replaced by the null prefix"
+    assert parts.prompt_generator(torch.randn(3, 32)).shape == (3, 2, 32)
+
+
+def test_propose_soft_prompts_shapes(tiny_pipeline):
+    soft = tiny_pipeline.propose_soft_prompts(["One.", "Two words."], sample_generators([1, 2]), steps=3)
+    assert soft.shape == (2, 2, 32) and torch.isfinite(soft).all()
+
+
+def test_decoder_generates_with_and_without_soft_prompts(tiny_pipeline):
+    decoder = tiny_pipeline.decoder
+    texts = decoder.generate(["The movie", "A"], None, sample_generators([1, 2]), max_new_tokens=5)
+    assert len(texts) == 2 and all(isinstance(t, str) for t in texts)
+    soft = torch.randn(2, 2, 32) * 0.02
+    assert len(decoder.generate(["The movie", "A"], soft, sample_generators([1, 2]), max_new_tokens=5)) == 2
+
+
+def test_decoder_loss_is_finite_and_reaches_soft_prompts(tiny_pipeline):
+    soft = (torch.randn(2, 2, 32) * 0.02).requires_grad_(True)
+    loss = tiny_pipeline.decoder.loss(["The movie", "A film"], [" was good.", " was bad and dull."], soft)
+    loss.backward()
+    assert torch.isfinite(loss) and soft.grad.abs().sum() > 0
+
+
+def test_top_p_keeps_the_nucleus():
+    probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
+    kept = top_p_filter(probs, 0.7)
+    assert torch.allclose(kept, torch.tensor([[0.625, 0.375, 0.0, 0.0]]))
+    assert torch.equal(top_p_filter(probs, 1.0), probs)
