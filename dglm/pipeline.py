@@ -164,14 +164,9 @@ class Pipeline:
         """
         s = self.config.sampling
         prefixes = [prefix] if isinstance(prefix, str) else list(prefix)
-        settings = dict(
-            max_new_tokens=max_new_tokens or s.max_new_tokens,
-            guidance_scale=s.guidance_scale if guidance_scale is None else guidance_scale,
-            steps=steps or s.steps,
-            top_p=s.top_p if top_p is None else top_p,
-            repetition_penalty=s.repetition_penalty if repetition_penalty is None else repetition_penalty,
-            temperature=s.temperature if temperature is None else temperature,
-        )
+        given = dict(max_new_tokens=max_new_tokens, guidance_scale=guidance_scale, steps=steps, top_p=top_p,
+                     repetition_penalty=repetition_penalty, temperature=temperature)
+        settings = {name: getattr(s, name) if value is None else value for name, value in given.items()}
         check_generation_inputs(prefixes, num_samples, **settings)
         constraints = as_constraints(attributes)
         guide = self.make_guide(constraints)
@@ -277,14 +272,16 @@ def render_model_card(config: PipelineConfig, card: dict[str, Any]) -> str:
         "# dglm checkpoint",
         "",
         f"- encoder: `{config.encoder}` ({config.latent_dim}-d, frozen)",
-        f"- decoder: `{config.decoder}` (width {config.decoder_dim}, frozen; soft prompts only)",
+        f"- decoder: `{config.decoder}` (width {config.decoder_dim}), frozen: only the soft prompts are learned, so the",
+        "  decoder keeps its fluency, any copy of it can be reused, and the checkpoint holds no decoder weights",
         f"- denoiser: {config.denoiser.layers} layers, width {config.denoiser.width}, {config.denoiser.num_tokens} latent tokens",
         f"- prompt generator: {config.prompt_generator.num_soft_prompts} soft prompts, {config.prompt_generator.layers} layers",
+        f"- sampling defaults: {config.sampling.steps} DDIM steps, guidance scale {config.sampling.guidance_scale}",
         "",
     ]
     if not card:
-        lines.append("Untrained: weights are freshly initialised; text is unconditioned by the proposal.")
-    else:
-        lines.append("## Training")
-        lines += [f"- {key}: {value}" for key, value in card.items()]
-    return "\n".join(lines) + "\n"
+        lines.append("Untrained: weights are freshly initialised.")
+    for stage, facts in card.items():
+        lines += [f"## Training: {stage.replace('_', ' ')}", ""]
+        lines += [f"- {key.replace('_', ' ')}: {value}" for key, value in facts.items()] + [""]
+    return "\n".join(lines).rstrip() + "\n"

@@ -134,14 +134,15 @@ def run_loop(accelerator, model, optimizer, stage: str, steps: int, warmup: int,
     """The shared optimisation loop: resume, warm-up + cosine learning rate, clipping, EMA, periodic states.
 
     `batch_loss(model, generator)` draws a batch and returns its loss; the generator is seeded from the
-    seed and the starting step, so a resumed run continues with fresh batches.
+    seed, the starting step and the process, so a resumed run continues with fresh batches and each GPU
+    draws its own.
     """
     from tqdm.auto import tqdm
 
     step, losses = load_training_state(state_path, model, optimizer, ema)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, warmup, steps), last_epoch=step - 1)
     prepared_model, optimizer = accelerator.prepare(model, optimizer)
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    generator = torch.Generator().manual_seed((seed * 1_000_003 + step) * 1024 + accelerator.process_index)
     bar = tqdm(range(step, steps), initial=step, total=steps, desc=stage, disable=not accelerator.is_main_process)
     for step in bar:
         loss = batch_loss(prepared_model, generator)

@@ -53,6 +53,11 @@ def test_zero_samples(capsys, tiny_checkpoint):
     expect_error(capsys, "num_samples must be a positive integer", "generate", "Hi", "-n", "0", "--model", str(tiny_checkpoint))
 
 
+@pytest.mark.parametrize("flag", ["--max-new-tokens", "--steps"])
+def test_zero_tokens_or_steps(capsys, tiny_checkpoint, flag):
+    expect_error(capsys, "must be a positive integer", "generate", "Hi", flag, "0", "--model", str(tiny_checkpoint))
+
+
 def test_missing_checkpoint(capsys, tmp_path):
     expect_error(capsys, "does not exist", "generate", "Hi", "--model", str(tmp_path / "nowhere"))
 
