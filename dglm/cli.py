@@ -89,6 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("stage", choices=["denoiser", "prompt-generator"], help="which part to train")
     train.add_argument("--config", type=Path, required=True, help="training YAML, e.g. configs/train-cpu.yaml")
     train.set_defaults(handler=cmd_train)
+
+    evaluate = commands.add_parser("eval", help="compare DGLM with baselines, judged independently of the guidance",
+                                   description="Run every method on every condition (same prefixes and seeds), judge the texts with "
+                                               "classifiers independent of the guidance probes, perplexity under a separate LM and "
+                                               "Dist-3, and write OUT.json, OUT.md and the guidance trade-off plot OUT.png.")
+    evaluate.add_argument("--config", type=Path, required=True, help="evaluation YAML, e.g. configs/eval/sentiment.yaml")
+    evaluate.set_defaults(handler=cmd_eval)
     return parser
 
 
@@ -199,6 +206,14 @@ def cmd_train(args: argparse.Namespace) -> None:
     config = TrainConfig.from_yaml(args.config)
     trainer = train_denoiser if args.stage == "denoiser" else train_prompt_generator
     print(f"checkpoint written to {trainer(config, str(args.config))}")
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from dglm.eval_harness import EvalConfig, markdown_table, run_eval
+
+    config = EvalConfig.from_yaml(args.config)
+    print(markdown_table(run_eval(config, str(args.config))))
+    print(f"wrote {config.out}.json, {config.out}.md" + (f" and {config.out}.png" if config.tradeoff_condition else ""))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,6 +7,8 @@ depends on its seed only, whether it is generated alone or in a batch.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -55,8 +57,13 @@ class SoftPromptDecoder:
         top_p: float = 0.9,
         temperature: float = 1.0,
         repetition_penalty: float = 1.0,
+        adjust_logits: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     ) -> list[str]:
-        """Sample one continuation per row; soft_prompts is (rows, k, hidden) or None for plain sampling."""
+        """Sample one continuation per row; soft_prompts is (rows, k, hidden) or None for plain sampling.
+
+        `adjust_logits(logits, generated)` may rewrite each step's logits given the tokens generated so
+        far (rows x step); token-level steering baselines plug in here.
+        """
         embeds, mask, ids = self._left_padded(prefixes, soft_prompts)
         rows, vocab = len(prefixes), self.model.get_output_embeddings().weight.shape[0]
         seen = torch.zeros(rows, vocab, dtype=torch.bool, device=self.device)
@@ -69,6 +76,8 @@ class SoftPromptDecoder:
         finished = torch.zeros(rows, dtype=torch.bool)
         for step in range(max_new_tokens):
             logits = out.logits[:, -1].float()
+            if adjust_logits is not None:
+                logits = adjust_logits(logits, generated[:, :step])
             if repetition_penalty != 1.0:
                 penalised = torch.where(logits > 0, logits / repetition_penalty, logits * repetition_penalty)
                 logits = torch.where(seen, penalised, logits)
@@ -90,9 +99,10 @@ class SoftPromptDecoder:
                 past_key_values=out.past_key_values,
                 use_cache=True,
             )
-        return [self._decode(row) for row in generated.tolist()]
+        return [self.decode(row) for row in generated.tolist()]
 
-    def _decode(self, token_ids: list[int]) -> str:
+    def decode(self, token_ids: list[int]) -> str:
+        """Text of generated token ids, cut at the first end-of-sequence token."""
         eos = self.tokenizer.eos_token_id
         if eos in token_ids:
             token_ids = token_ids[: token_ids.index(eos)]

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from dglm.errors import DglmError
 from dglm.tables import read_labelled
 
 
@@ -61,20 +60,36 @@ class PerplexityJudge:
         self.name = name
 
     @torch.no_grad()
-    def __call__(self, prefixes: list[str], continuations: list[str]) -> list[float]:
+    def __call__(self, prefixes: list[str], continuations: list[str], batch_size: int = 25) -> list[float]:
+        """Per-sample perplexity of each continuation given its prefix (NaN for an empty continuation)."""
         results = []
-        for prefix, continuation in zip(prefixes, continuations):
-            context = self.tokenizer(prefix, return_tensors="pt")["input_ids"]
-            target = self.tokenizer(continuation, add_special_tokens=False, return_tensors="pt")["input_ids"]
-            if target.shape[1] == 0:
-                raise DglmError("cannot score an empty continuation")
-            ids = torch.cat([context, target], dim=1).to(self.model.device)
-            logits = self.model(ids).logits[0, context.shape[1] - 1 : -1].float()
-            results.append(math.exp(F.cross_entropy(logits, ids[0, context.shape[1]:]).item()))
+        for start in range(0, len(prefixes), batch_size):
+            rows = list(zip(prefixes[start : start + batch_size], continuations[start : start + batch_size]))
+            results += self._batch(rows)
+        return results
+
+    def _batch(self, rows: list[tuple[str, str]]) -> list[float]:
+        encoded = [(self.tokenizer(p)["input_ids"], self.tokenizer(c, add_special_tokens=False)["input_ids"]) for p, c in rows]
+        width = max(len(context) + len(target) for context, target in encoded)
+        pad = self.tokenizer.pad_token_id
+        ids = torch.tensor([c + t + [pad] * (width - len(c) - len(t)) for c, t in encoded], device=self.model.device)
+        mask = torch.tensor([[1] * (len(c) + len(t)) + [0] * (width - len(c) - len(t)) for c, t in encoded], device=self.model.device)
+        log_probs = F.log_softmax(self.model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)
+        results = []
+        for row, (context, target) in enumerate(encoded):
+            if not target:
+                results.append(float("nan"))
+                continue
+            positions = torch.arange(len(context) - 1, len(context) + len(target) - 1, device=ids.device)
+            nll = -log_probs[row, positions, ids[row, positions + 1]].mean().item()
+            results.append(math.exp(nll))
         return results
 
 
 def median(values: list[float]) -> float:
-    ordered = sorted(values)
+    """Median of the finite values (NaN marks an unscorable sample)."""
+    ordered = sorted(v for v in values if math.isfinite(v))
+    if not ordered:
+        return float("nan")
     middle = len(ordered) // 2
     return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2

@@ -92,8 +92,11 @@ class Guide:
 
     def log_prob(self, latents: torch.Tensor) -> torch.Tensor:
         """Summed weighted log p(target | latent) over the terms, for latents of shape (..., D)."""
-        embeddings = self.normalizer.to_embedding(latents)
-        total = torch.zeros(latents.shape[:-1], device=latents.device)
+        return self.embedding_log_prob(self.normalizer.to_embedding(latents))
+
+    def embedding_log_prob(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """The same score for unit sentence embeddings (what the probes were trained on)."""
+        total = torch.zeros(embeddings.shape[:-1], device=embeddings.device)
         for probe, label_index, weight in self.terms:
             total = total + weight * torch.log_softmax(probe(embeddings), dim=-1)[..., label_index]
         return total

@@ -177,11 +177,13 @@ class Pipeline:
         continuations: list[str] = []
         for start in tqdm(range(0, len(rows), batch_size), desc="generating", unit="batch", disable=not progress):
             batch = rows[start : start + batch_size]
-            continuations += self._generate_batch(batch, guide, **settings)
+            continuations += self.generate_rows(batch, guide, **settings)
         targets = {c.attribute: c.label for c in constraints}
         return [Sample(p, text, targets, row_seed) for (p, row_seed), text in zip(rows, continuations)]
 
-    def _generate_batch(self, rows, guide, max_new_tokens, guidance_scale, steps, top_p, repetition_penalty, temperature):
+    def generate_rows(self, rows: list[tuple[str, int]], guide: Guide | None, max_new_tokens: int, guidance_scale: float,
+                      steps: int, top_p: float, repetition_penalty: float, temperature: float) -> list[str]:
+        """One continuation per (prefix, seed) row, in one batch; `generate` validates and batches for you."""
         prefixes = [p for p, _ in rows]
         generators = sample_generators([row_seed for _, row_seed in rows])
         soft_prompts = self.propose_soft_prompts(prefixes, generators, guide, guidance_scale, steps)

@@ -1,0 +1,103 @@
+"""Baselines that the evaluation runs beside DGLM, on the same prefixes, seeds and decoder.
+
+- plain: the decoder sampled with no steering at all;
+- prompting: a steering sentence placed before the prefix ("The following is a positive review.");
+- fudge: token-level plug-and-play steering with the *same* attribute probes as DGLM (FUDGE-style,
+  Yang & Klein 2021): at each step the top-k next tokens are re-scored by the probes' log-probability
+  of the target on the text so far plus that token.
+
+Every method returns one continuation per (prefix, sample) row, sample j seeded with seed + j.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from dglm.guidance import Constraint
+from dglm.pipeline import Pipeline
+from dglm.seeding import sample_generators
+
+DEFAULT_STEERING = "The following text is {label}."
+
+
+class Method:
+    name = "method"
+
+    def __init__(self, pipeline: Pipeline, **options):
+        self.pipeline = pipeline
+        self.options = options
+
+    def continue_rows(self, rows: list[tuple[str, int]], constraints: list[Constraint], max_new_tokens: int) -> list[str]:
+        raise NotImplementedError
+
+    def decode_settings(self, max_new_tokens: int) -> dict:
+        s = self.pipeline.config.sampling
+        return dict(max_new_tokens=max_new_tokens, top_p=s.top_p, temperature=s.temperature, repetition_penalty=s.repetition_penalty)
+
+
+class DGLM(Method):
+    name = "dglm"
+
+    def continue_rows(self, rows, constraints, max_new_tokens):
+        guide = self.pipeline.make_guide(constraints)
+        return self.pipeline.generate_rows(
+            rows, guide, guidance_scale=self.options.get("guidance_scale", self.pipeline.config.sampling.guidance_scale),
+            steps=self.options.get("steps", self.pipeline.config.sampling.steps), **self.decode_settings(max_new_tokens),
+        )
+
+
+class PlainSampling(Method):
+    name = "plain"
+
+    def continue_rows(self, rows, constraints, max_new_tokens):
+        generators = sample_generators([seed for _, seed in rows])
+        return self.pipeline.decoder.generate([p for p, _ in rows], None, generators, **self.decode_settings(max_new_tokens))
+
+
+class SteeringPrompt(Method):
+    """Prepend one sentence per constraint, from a per-attribute template ("{label}" is filled in)."""
+
+    name = "prompting"
+
+    def steering(self, constraints: list[Constraint]) -> str:
+        templates = self.options.get("templates", {})
+        sentences = []
+        for c in constraints:
+            label = c.label if c.weight >= 0 else f"not {c.label}"
+            sentences.append(templates.get(c.attribute, DEFAULT_STEERING).format(label=label))
+        return " ".join(sentences) + "\n\n" if sentences else ""
+
+    def continue_rows(self, rows, constraints, max_new_tokens):
+        lead = self.steering(constraints)
+        generators = sample_generators([seed for _, seed in rows])
+        return self.pipeline.decoder.generate([lead + p for p, _ in rows], None, generators, **self.decode_settings(max_new_tokens))
+
+
+class Fudge(Method):
+    """Re-rank the top-k next tokens by the probes' summed, weighted log-probability of their targets."""
+
+    name = "fudge"
+
+    def continue_rows(self, rows, constraints, max_new_tokens):
+        guide = self.pipeline.make_guide(constraints)
+        prefixes = [p for p, _ in rows]
+        generators = sample_generators([seed for _, seed in rows])
+        if guide is None:
+            return self.pipeline.decoder.generate(prefixes, None, generators, **self.decode_settings(max_new_tokens))
+        top_k, strength = self.options.get("top_k", 10), self.options.get("strength", 1.0)
+        decoder, encoder = self.pipeline.decoder, self.pipeline.encoder
+
+        def adjust_logits(logits: torch.Tensor, generated: torch.Tensor) -> torch.Tensor:
+            candidates = logits.topk(top_k, dim=-1).indices
+            texts = [
+                prefixes[row] + decoder.decode(generated[row].tolist() + [token])
+                for row in range(len(rows)) for token in candidates[row].tolist()
+            ]
+            scores = guide.embedding_log_prob(encoder.encode(texts, batch_size=256).to(logits.device)).view(len(rows), top_k)
+            adjusted = torch.full_like(logits, float("-inf"))
+            return adjusted.scatter(-1, candidates, logits.gather(-1, candidates) + strength * scores)
+
+        return decoder.generate(prefixes, None, generators, adjust_logits=adjust_logits, **self.decode_settings(max_new_tokens))
+
+
+METHODS = {cls.name: cls for cls in (DGLM, PlainSampling, SteeringPrompt, Fudge)}

@@ -1,0 +1,178 @@
+"""`dglm eval`: methods x conditions x prefixes x samples, judged independently of the guidance.
+
+Every method (DGLM and the baselines in `dglm.baselines`) continues the same prefixes with the same
+seeds. Outputs: a JSON report, a Markdown table, and a PNG of attribute success and perplexity
+against DGLM's guidance scale (the trade-off curve).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import yaml
+from tqdm.auto import tqdm
+
+from dglm.baselines import METHODS, PlainSampling
+from dglm.config import build_dataclass
+from dglm.errors import DglmError
+from dglm.evaluation import PerplexityJudge, TextJudge, distinct_n, median
+from dglm.guidance import Constraint, parse_constraint
+from dglm.pipeline import Pipeline
+
+
+@dataclass
+class EvalConfig:
+    prefixes: str = "benchmarks/prefixes.txt"
+    num_samples: int = 20
+    max_new_tokens: int = 20
+    seed: int = 0
+    batch_size: int = 25
+    model: str | None = None
+    conditions: list = field(default_factory=lambda: ["none", "sentiment=positive", "sentiment=negative"])
+    methods: dict = field(default_factory=lambda: {"dglm": {}, "plain": {}})
+    judges: dict = field(default_factory=lambda: {"sentiment": "data/sentiment-judge.csv", "topic": "data/topic-judge.csv"})
+    perplexity: str | None = "gemma-3-270m"
+    tradeoff_condition: str | None = None
+    tradeoff_scales: list = field(default_factory=lambda: [0.0, 2.0, 4.0, 8.0])
+    out: str = "benchmarks/results/eval"
+
+    @classmethod
+    def from_yaml(cls, path: Path | str) -> "EvalConfig":
+        try:
+            data = yaml.safe_load(Path(path).read_text())
+        except FileNotFoundError:
+            raise DglmError(f"evaluation config {path} does not exist") from None
+        config = build_dataclass(cls, data or {}, str(path))
+        unknown = sorted(set(config.methods) - set(METHODS))
+        if unknown:
+            raise DglmError(f"unknown method(s) {unknown} in {path}; known: {', '.join(METHODS)}")
+        return config
+
+
+def parse_condition(text: str) -> list[Constraint]:
+    """'none' or comma-separated NAME=LABEL[:WEIGHT] targets."""
+    return [] if text == "none" else [parse_constraint(part) for part in text.split(",")]
+
+
+class Scorer:
+    """Judges a list of continuations: label rates per judge, joint success, perplexity, Dist-3."""
+
+    def __init__(self, config: EvalConfig):
+        self.judges = {name: TextJudge.train(name, path) for name, path in config.judges.items()}
+        self.perplexity = PerplexityJudge(config.perplexity) if config.perplexity else None
+        self.num_samples = config.num_samples
+
+    def __call__(self, prefixes: list[str], continuations: list[str], constraints: list[Constraint]) -> dict:
+        result: dict = {}
+        verdicts = {name: judge.predict(continuations) for name, judge in self.judges.items()}
+        for name, labels in verdicts.items():
+            for label in self.judges[name].model.classes_:
+                result[f"{name}={label}"] = sum(v == label for v in labels) / len(labels)
+        if constraints:
+            met = [all((verdicts[c.attribute][i] == c.label) == (c.weight >= 0) for c in constraints) for i in range(len(continuations))]
+            result["all_targets_met"] = sum(met) / len(met)
+        groups = [continuations[i : i + self.num_samples] for i in range(0, len(continuations), self.num_samples)]
+        result["dist3"] = sum(distinct_n(group, 3) for group in groups) / len(groups)
+        if self.perplexity is not None:
+            result["perplexity_median"] = median(self.perplexity(prefixes, continuations))
+        return result
+
+
+def check_judged(config: EvalConfig) -> None:
+    """Every targeted attribute needs a judge, or its success could not be measured."""
+    conditions = config.conditions + ([config.tradeoff_condition] if config.tradeoff_condition else [])
+    for condition in conditions:
+        for constraint in parse_condition(condition):
+            if constraint.attribute not in config.judges:
+                raise DglmError(f"condition {condition!r} targets {constraint.attribute!r}, which has no judge; "
+                                f"judges: {', '.join(config.judges)}")
+
+
+def run_eval(config: EvalConfig, config_path: str = "") -> dict:
+    prefixes = [line.strip() for line in Path(config.prefixes).read_text().splitlines() if line.strip()]
+    rows = [(p, config.seed + j) for p in prefixes for j in range(config.num_samples)]
+    check_judged(config)
+    pipeline = Pipeline.from_pretrained(config.model)
+    scorer = Scorer(config)
+    report = {"config": asdict(config), "config_path": config_path,
+              "judges": {n: j.held_out_accuracy for n, j in scorer.judges.items()}, "results": {}}
+
+    def run(method, condition: str) -> dict:
+        constraints = parse_condition(condition)
+        continuations, start = [], time.perf_counter()
+        for first in tqdm(range(0, len(rows), config.batch_size), desc=f"{method.name} {condition}", unit="batch"):
+            continuations += method.continue_rows(rows[first : first + config.batch_size], constraints, config.max_new_tokens)
+        seconds = time.perf_counter() - start
+        result = scorer([p for p, _ in rows], continuations, constraints)
+        result["seconds_per_sample"] = seconds / len(rows)
+        result["examples"] = [rows[i][0] + continuations[i] for i in range(0, len(rows), config.num_samples)][:3]
+        return result
+
+    for name, options in config.methods.items():
+        method = METHODS[name](pipeline, **options)
+        unsteered = None
+        for condition in config.conditions:
+            if isinstance(method, PlainSampling) and unsteered is not None:
+                report["results"][f"{name} | {condition}"] = unsteered  # plain sampling ignores the targets
+                continue
+            result = run(method, condition)
+            report["results"][f"{name} | {condition}"] = result
+            unsteered = unsteered or (result if isinstance(method, PlainSampling) else None)
+    if config.tradeoff_condition:
+        report["tradeoff"] = {
+            scale: run(METHODS["dglm"](pipeline, guidance_scale=scale), config.tradeoff_condition)
+            for scale in config.tradeoff_scales
+        }
+    write_report(config, report)
+    return report
+
+
+def write_report(config: EvalConfig, report: dict) -> None:
+    out = Path(config.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    out.with_suffix(".md").write_text(markdown_table(report))
+    if "tradeoff" in report:
+        plot_tradeoff(report, out.with_suffix(".png"), config.tradeoff_condition)
+
+
+def markdown_table(report: dict) -> str:
+    results = report["results"]
+    rates = sorted({key for result in results.values() for key in result if "=" in key})
+    columns = ["all_targets_met", *rates, "perplexity_median", "dist3", "seconds_per_sample"]
+    columns = [c for c in columns if any(c in r for r in results.values())]
+    lines = ["| method | condition | " + " | ".join(columns) + " |", "|---|---|" + "---|" * len(columns)]
+    for key, result in results.items():
+        method, condition = key.split(" | ")
+        lines.append(f"| {method} | {condition} | " + " | ".join(f"{result[c]:.3g}" if c in result else "" for c in columns) + " |")
+    judges = ", ".join(f"{name} {accuracy:.3f}" for name, accuracy in report["judges"].items())
+    text = "\n".join(lines) + f"\n\nJudges' held-out accuracy: {judges}.\n"
+    if "tradeoff" in report:
+        text += "\n| guidance scale | targets met | perplexity (median) | dist3 |\n|---|---|---|---|\n"
+        for scale, r in report["tradeoff"].items():
+            text += f"| {scale} | {r['all_targets_met']:.3g} | {r.get('perplexity_median', float('nan')):.3g} | {r['dist3']:.3g} |\n"
+    return text
+
+
+def plot_tradeoff(report: dict, path: Path, condition: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scales = [float(s) for s in report["tradeoff"]]
+    success = [r["all_targets_met"] for r in report["tradeoff"].values()]
+    figure, left = plt.subplots(figsize=(6, 4))
+    left.plot(scales, success, "o-", color="tab:blue")
+    left.set(xlabel="guidance scale", ylabel=f"share meeting {condition} (judge)", ylim=(0, 1))
+    if all("perplexity_median" in r for r in report["tradeoff"].values()):
+        right = left.twinx()
+        right.plot(scales, [r["perplexity_median"] for r in report["tradeoff"].values()], "s--", color="tab:red")
+        right.set_ylabel("median perplexity (Gemma 3 270M)", color="tab:red")
+    left.set_title("DGLM: attribute success vs fluency")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)

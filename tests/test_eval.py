@@ -1,0 +1,69 @@
+"""The evaluation harness end to end on tiny models: every method, the report files, clear errors."""
+
+import csv
+import json
+
+import pytest
+import yaml
+
+from dglm.cli import main
+from dglm.errors import DglmError
+from dglm.eval_harness import EvalConfig, run_eval
+
+from conftest import toy_sentiment
+
+
+@pytest.fixture
+def eval_config(tmp_path, tiny_checkpoint, tiny_models):
+    prefixes = tmp_path / "prefixes.txt"
+    prefixes.write_text("The movie\nA film\n")
+    judge_data = tmp_path / "judge.csv"
+    with open(judge_data, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["text", "label"])
+        writer.writerows(zip(*toy_sentiment(80, seed=5)))
+    data = {
+        "prefixes": str(prefixes), "num_samples": 2, "max_new_tokens": 4, "batch_size": 3, "model": str(tiny_checkpoint),
+        "conditions": ["none", "toy_sentiment=positive"],
+        "methods": {"dglm": {}, "plain": {}, "prompting": {"templates": {"toy_sentiment": "A {label} text."}}, "fudge": {"top_k": 3}},
+        "judges": {"toy_sentiment": str(judge_data)}, "perplexity": str(tiny_models["decoder"]),
+        "tradeoff_condition": "toy_sentiment=positive", "tradeoff_scales": [0.0, 10.0], "out": str(tmp_path / "report"),
+    }
+    path = tmp_path / "eval.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_eval_runs_every_method_and_writes_the_report(eval_config, toy_plugin, capsys):
+    assert main(["eval", "--config", str(eval_config)]) == 0
+    report = json.loads((eval_config.parent / "report.json").read_text())
+    assert set(report["results"]) == {f"{m} | {c}" for m in ("dglm", "plain", "prompting", "fudge") for c in ("none", "toy_sentiment=positive")}
+    guided = report["results"]["fudge | toy_sentiment=positive"]
+    assert {"all_targets_met", "toy_sentiment=positive", "dist3", "perplexity_median", "seconds_per_sample"} <= guided.keys()
+    assert report["results"]["plain | none"] == report["results"]["plain | toy_sentiment=positive"]
+    assert set(report["tradeoff"]) == {"0.0", "10.0"}
+    assert (eval_config.parent / "report.png").stat().st_size > 0
+    assert "| fudge | toy_sentiment=positive |" in (eval_config.parent / "report.md").read_text()
+
+
+def test_eval_refuses_a_target_without_a_judge(eval_config, tmp_path):
+    config = EvalConfig.from_yaml(eval_config)
+    config.conditions = ["mood=happy"]
+    with pytest.raises(DglmError, match="'mood', which has no judge"):
+        run_eval(config)
+
+
+def test_eval_refuses_unknown_methods(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("methods: {pplm: {}}\n")
+    with pytest.raises(DglmError, match="unknown method"):
+        EvalConfig.from_yaml(path)
+
+
+def test_steering_prompt_phrases_targets_and_avoidance(tiny_pipeline):
+    from dglm.baselines import SteeringPrompt
+    from dglm.guidance import Constraint
+
+    method = SteeringPrompt(tiny_pipeline, templates={"sentiment": "The following is a {label} review."})
+    lead = method.steering([Constraint("sentiment", "positive"), Constraint("topic", "sport", -1.0)])
+    assert lead == "The following is a positive review. The following text is not sport.\n\n"
