@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from dglm.errors import DglmError
@@ -59,6 +60,19 @@ class PipelineConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "PipelineConfig":
         return build_dataclass(cls, data, "config")
+
+
+def load_yaml(cls: type, path: Path | str, kind: str) -> Any:
+    """Build a config dataclass from a YAML file, with clear errors for a missing or malformed file."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise DglmError(f"{kind} config {path} does not exist") from None
+    except yaml.YAMLError as error:
+        raise DglmError(f"{kind} config {path} is not valid YAML ({str(error).splitlines()[0]})") from None
+    return build_dataclass(cls, data or {}, str(path))
 
 
 def build_dataclass(cls: type, data: Any, where: str) -> Any:

@@ -12,11 +12,10 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import yaml
 from tqdm.auto import tqdm
 
 from dglm.baselines import METHODS, PlainSampling
-from dglm.config import build_dataclass
+from dglm.config import load_yaml
 from dglm.errors import DglmError
 from dglm.evaluation import PerplexityJudge, TextJudge, distinct_n, median
 from dglm.guidance import Constraint, parse_constraint
@@ -41,11 +40,7 @@ class EvalConfig:
 
     @classmethod
     def from_yaml(cls, path: Path | str) -> "EvalConfig":
-        try:
-            data = yaml.safe_load(Path(path).read_text())
-        except FileNotFoundError:
-            raise DglmError(f"evaluation config {path} does not exist") from None
-        config = build_dataclass(cls, data or {}, str(path))
+        config = load_yaml(cls, path, "evaluation")
         unknown = sorted(set(config.methods) - set(METHODS))
         if unknown:
             raise DglmError(f"unknown method(s) {unknown} in {path}; known: {', '.join(METHODS)}")

@@ -18,10 +18,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-import yaml
 from safetensors.torch import load_file, save_file
 
-from dglm.config import PipelineConfig, build_dataclass
+from dglm.config import PipelineConfig, load_yaml
 from dglm.errors import DglmError
 from dglm.schedule import CosineSchedule, noise_to_level
 from dglm.train_state import EMA, load_training_state, plot_losses, save_training_state
@@ -68,13 +67,7 @@ class TrainConfig:
 
     @classmethod
     def from_yaml(cls, path: Path | str) -> "TrainConfig":
-        try:
-            data = yaml.safe_load(Path(path).read_text())
-        except FileNotFoundError:
-            raise DglmError(f"training config {path} does not exist") from None
-        except yaml.YAMLError as error:
-            raise DglmError(f"training config {path} is not valid YAML ({str(error).splitlines()[0]})") from None
-        return build_dataclass(cls, data or {}, str(path))
+        return load_yaml(cls, path, "training")
 
 
 # ---- data ---------------------------------------------------------------------------------
