@@ -62,8 +62,9 @@ def main() -> None:
                 times[name].append(time.perf_counter() - start)
         base = median(times["plain sampling"])
         for name, values in times.items():
-            rows.append({"batch": batch, "variant": name, "median_s": median(values), "ratio_to_plain": median(values) / base})
-            print(f"batch {batch:3d}  {name:28s} {median(values):8.3f} s   x{median(values) / base:.2f}")
+            rows.append({"batch": batch, "variant": name, "median_s": median(values), "samples_per_s": batch / median(values),
+                         "ratio_to_plain": median(values) / base})
+            print(f"batch {batch:3d}  {name:28s} {median(values):8.3f} s  {batch / median(values):6.2f} samples/s  x{median(values) / base:.2f}")
     peak = {"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     if args.device.startswith("cuda"):
         peak["peak_cuda_mib"] = torch.cuda.max_memory_allocated() / 2**20

@@ -70,7 +70,7 @@ class SoftPromptDecoder:
         for row, row_ids in enumerate(ids):
             seen[row, row_ids] = True
         positions = (mask.cumsum(-1) - 1).clamp_min(0)
-        out = self.model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True)
+        out = self.model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
         eos = self.tokenizer.eos_token_id
         generated = torch.full((rows, max_new_tokens), self.tokenizer.pad_token_id, dtype=torch.long)
         finished = torch.zeros(rows, dtype=torch.bool)
