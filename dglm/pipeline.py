@@ -283,6 +283,9 @@ def render_model_card(config: PipelineConfig, card: dict[str, Any]) -> str:
     ]
     if not card:
         lines.append("Untrained: weights are freshly initialised.")
+    elif any(str(facts.get("device", "")).startswith("CPU") for facts in card.values()):
+        lines += ["Trained on a CPU with a small configuration (no GPU was available): expect weaker control",
+                  "and fluency than a GPU-scale run such as configs/train-gpu.yaml.", ""]
     for stage, facts in card.items():
         lines += [f"## Training: {stage.replace('_', ' ')}", ""]
         lines += [f"- {key.replace('_', ' ')}: {value}" for key, value in facts.items()] + [""]
