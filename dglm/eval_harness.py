@@ -70,7 +70,8 @@ class Scorer:
             met = [all((verdicts[c.attribute][i] == c.label) == (c.weight >= 0) for c in constraints) for i in range(len(continuations))]
             result["all_targets_met"] = sum(met) / len(met)
         groups = [continuations[i : i + self.num_samples] for i in range(0, len(continuations), self.num_samples)]
-        result["dist3"] = sum(distinct_n(group, 3) for group in groups) / len(groups)
+        for n in (1, 2, 3):
+            result[f"dist{n}"] = sum(distinct_n(group, n) for group in groups) / len(groups)
         if self.perplexity is not None:
             result["perplexity_median"] = median(self.perplexity(prefixes, continuations))
         return result
