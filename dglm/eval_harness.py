@@ -8,6 +8,7 @@ against DGLM's guidance scale (the trade-off curve).
 from __future__ import annotations
 
 import json
+import resource
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -104,6 +105,7 @@ def run_eval(config: EvalConfig, config_path: str = "") -> dict:
         seconds = time.perf_counter() - start
         result = scorer([p for p, _ in rows], continuations, constraints)
         result["seconds_per_sample"] = seconds / len(rows)
+        result["samples_per_second"] = len(rows) / seconds
         result["examples"] = [rows[i][0] + continuations[i] for i in range(0, len(rows), config.num_samples)][:3]
         return result
 
@@ -122,6 +124,7 @@ def run_eval(config: EvalConfig, config_path: str = "") -> dict:
             scale: run(METHODS["dglm"](pipeline, guidance_scale=scale), config.tradeoff_condition)
             for scale in config.tradeoff_scales
         }
+    report["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     write_report(config, report)
     return report
 

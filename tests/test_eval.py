@@ -39,7 +39,9 @@ def test_eval_runs_every_method_and_writes_the_report(eval_config, toy_plugin, c
     report = json.loads((eval_config.parent / "report.json").read_text())
     assert set(report["results"]) == {f"{m} | {c}" for m in ("dglm", "plain", "prompting", "fudge") for c in ("none", "toy_sentiment=positive")}
     guided = report["results"]["fudge | toy_sentiment=positive"]
-    assert {"all_targets_met", "toy_sentiment=positive", "dist3", "perplexity_median", "seconds_per_sample"} <= guided.keys()
+    assert {"all_targets_met", "toy_sentiment=positive", "dist1", "dist2", "dist3", "perplexity_median",
+            "seconds_per_sample", "samples_per_second"} <= guided.keys()
+    assert report["peak_rss_mib"] > 0
     assert report["results"]["plain | none"] == report["results"]["plain | toy_sentiment=positive"]
     assert set(report["tradeoff"]) == {"0.0", "10.0"}
     assert (eval_config.parent / "report.png").stat().st_size > 0
