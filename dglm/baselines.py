@@ -34,6 +34,12 @@ class Method:
         s = self.pipeline.config.sampling
         return dict(max_new_tokens=max_new_tokens, top_p=s.top_p, temperature=s.temperature, repetition_penalty=s.repetition_penalty)
 
+    def sample(self, prefixes: list[str], rows: list[tuple[str, int]], max_new_tokens: int, adjust_logits=None) -> list[str]:
+        """Sample the decoder without soft prompts, each row from its own seed."""
+        generators = sample_generators([seed for _, seed in rows])
+        return self.pipeline.decoder.generate(prefixes, None, generators, adjust_logits=adjust_logits,
+                                              **self.decode_settings(max_new_tokens))
+
 
 class DGLM(Method):
     name = "dglm"
@@ -50,8 +56,7 @@ class PlainSampling(Method):
     name = "plain"
 
     def continue_rows(self, rows, constraints, max_new_tokens):
-        generators = sample_generators([seed for _, seed in rows])
-        return self.pipeline.decoder.generate([p for p, _ in rows], None, generators, **self.decode_settings(max_new_tokens))
+        return self.sample([p for p, _ in rows], rows, max_new_tokens)
 
 
 class SteeringPrompt(Method):
@@ -69,8 +74,7 @@ class SteeringPrompt(Method):
 
     def continue_rows(self, rows, constraints, max_new_tokens):
         lead = self.steering(constraints)
-        generators = sample_generators([seed for _, seed in rows])
-        return self.pipeline.decoder.generate([lead + p for p, _ in rows], None, generators, **self.decode_settings(max_new_tokens))
+        return self.sample([lead + p for p, _ in rows], rows, max_new_tokens)
 
 
 class Fudge(Method):
@@ -81,9 +85,8 @@ class Fudge(Method):
     def continue_rows(self, rows, constraints, max_new_tokens):
         guide = self.pipeline.make_guide(constraints)
         prefixes = [p for p, _ in rows]
-        generators = sample_generators([seed for _, seed in rows])
         if guide is None:
-            return self.pipeline.decoder.generate(prefixes, None, generators, **self.decode_settings(max_new_tokens))
+            return self.sample(prefixes, rows, max_new_tokens)
         top_k, strength = self.options.get("top_k", 10), self.options.get("strength", 1.0)
         decoder, encoder = self.pipeline.decoder, self.pipeline.encoder
 
@@ -97,7 +100,7 @@ class Fudge(Method):
             adjusted = torch.full_like(logits, float("-inf"))
             return adjusted.scatter(-1, candidates, logits.gather(-1, candidates) + strength * scores)
 
-        return decoder.generate(prefixes, None, generators, adjust_logits=adjust_logits, **self.decode_settings(max_new_tokens))
+        return self.sample(prefixes, rows, max_new_tokens, adjust_logits)
 
 
 METHODS = {cls.name: cls for cls in (DGLM, PlainSampling, SteeringPrompt, Fudge)}

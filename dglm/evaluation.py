@@ -74,14 +74,14 @@ class PerplexityJudge:
         pad = self.tokenizer.pad_token_id
         ids = torch.tensor([c + t + [pad] * (width - len(c) - len(t)) for c, t in encoded], device=self.model.device)
         mask = torch.tensor([[1] * (len(c) + len(t)) + [0] * (width - len(c) - len(t)) for c, t in encoded], device=self.model.device)
-        log_probs = F.log_softmax(self.model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)
+        logits = self.model(input_ids=ids, attention_mask=mask).logits
         results = []
         for row, (context, target) in enumerate(encoded):
             if not target:
                 results.append(float("nan"))
                 continue
             positions = torch.arange(len(context) - 1, len(context) + len(target) - 1, device=ids.device)
-            nll = -log_probs[row, positions, ids[row, positions + 1]].mean().item()
+            nll = F.cross_entropy(logits[row, positions].float(), ids[row, positions + 1]).item()  # only the continuation's rows
             results.append(math.exp(nll))
         return results
 
