@@ -31,8 +31,8 @@ class EMA:
 
 
 def save_training_state(path: Path, module: nn.Module, optimizer: torch.optim.Optimizer, ema: EMA | None,
-                        step: int, losses: list[float]) -> None:
-    """Write PATH.safetensors (weights, EMA, optimizer moments) and PATH.json (step, losses, groups)."""
+                        step: int, losses: list[float], seconds: float) -> None:
+    """Write PATH.safetensors (weights, EMA, optimizer moments) and PATH.json (step, losses, training time, groups)."""
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
     if ema is not None:
         tensors.update({f"ema.{k}": v.cpu().contiguous() for k, v in ema.shadow.items()})
@@ -44,15 +44,16 @@ def save_training_state(path: Path, module: nn.Module, optimizer: torch.optim.Op
     partial = weights.with_name(weights.name + ".partial")
     save_file(tensors, str(partial))
     partial.replace(weights)  # never leave a half-written state behind
-    meta = {"step": step, "losses": losses, "param_groups": optimizer_state["param_groups"]}
+    meta = {"step": step, "losses": losses, "seconds": seconds, "param_groups": optimizer_state["param_groups"]}
     path.with_suffix(".json").write_text(json.dumps(meta))
 
 
-def load_training_state(path: Path, module: nn.Module, optimizer: torch.optim.Optimizer, ema: EMA | None) -> tuple[int, list[float]]:
-    """Restore a state written by save_training_state; return (step, losses). No state: (0, [])."""
+def load_training_state(path: Path, module: nn.Module, optimizer: torch.optim.Optimizer,
+                        ema: EMA | None) -> tuple[int, list[float], float]:
+    """Restore a state written by save_training_state; return (step, losses, seconds trained). No state: (0, [], 0)."""
     weights, meta_path = path.with_suffix(".safetensors"), path.with_suffix(".json")
     if not weights.is_file() or not meta_path.is_file():
-        return 0, []
+        return 0, [], 0.0
     try:
         tensors, meta = load_file(str(weights)), json.loads(meta_path.read_text())
         module.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
@@ -66,7 +67,7 @@ def load_training_state(path: Path, module: nn.Module, optimizer: torch.optim.Op
         optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
     except (RuntimeError, ValueError, KeyError) as error:
         raise DglmError(f"cannot resume from {weights}: {str(error).splitlines()[0]}; delete it to start over") from None
-    return int(meta["step"]), list(meta["losses"])
+    return int(meta["step"]), list(meta["losses"]), float(meta.get("seconds", 0.0))
 
 
 def plot_losses(losses: list[float], path: Path, title: str, smooth: int = 50) -> None:
