@@ -1,6 +1,7 @@
 """Does the prompt generator carry meaning? Decode held-out pairs from the true continuation latent
-(re-noised as at inference) and with no soft prompt; compare the cosine between each generated text's
-embedding and the true continuation's embedding.
+(re-noised as at inference), from another pair's latent (shuffled: same decoder, wrong meaning) and with
+no soft prompt (on the checkpoint's decoder and on the decoder as published); compare the cosine between
+each generated text's embedding and the true continuation's embedding.
 
     python benchmarks/fidelity.py --pairs data/pairs-heldout.jsonl -n 200
 """
@@ -32,7 +33,7 @@ def main() -> None:
     prefixes, targets = [p["prefix"] for p in pairs], [p["continuation"] for p in pairs]
     target_embeddings = pipeline.encoder.encode(targets)
     settings = dict(max_new_tokens=20, top_p=pipeline.config.sampling.top_p, repetition_penalty=pipeline.config.sampling.repetition_penalty)
-    cosines = {"with soft prompts from the true latent": [], "without soft prompts": []}
+    cosines: dict[str, list[float]] = {}
     for start in range(0, len(pairs), 25):
         rows = slice(start, start + 25)
         seeds = range(start, start + len(prefixes[rows]))
@@ -41,9 +42,15 @@ def main() -> None:
             latents = pipeline.parts.normalizer.to_latent(target_embeddings[rows])
             noise = per_sample_randn(generators, (latents.shape[1],))
             soft = pipeline.parts.prompt_generator(noise_to_level(latents, pipeline.config.sampling.renoise_alpha2, noise))
-        for name, prompts in (("with soft prompts from the true latent", soft), ("without soft prompts", None)):
-            texts = pipeline.decoder.generate(prefixes[rows], prompts, sample_generators(seeds), **settings)
-            cosines[name] += (pipeline.encoder.encode(texts) * target_embeddings[rows]).sum(-1).tolist()
+        ways = {
+            "with soft prompts from the true latent": (pipeline.decoder, soft),
+            "with soft prompts from a shuffled latent": (pipeline.decoder, soft.roll(1, dims=0)),
+            "without soft prompts": (pipeline.decoder, None),
+            "without soft prompts, decoder as published": (pipeline.plain_decoder(), None),
+        }
+        for name, (decoder, prompts) in ways.items():
+            texts = decoder.generate(prefixes[rows], prompts, sample_generators(seeds), **settings)
+            cosines.setdefault(name, []).extend((pipeline.encoder.encode(texts) * target_embeddings[rows]).sum(-1).tolist())
     report = {name: sum(values) / len(values) for name, values in cosines.items()}
     report["pairs"] = len(pairs)
     print(json.dumps(report, indent=2))

@@ -1,4 +1,5 @@
-"""Baselines that the evaluation runs beside DGLM, on the same prefixes, seeds and decoder.
+"""Baselines that the evaluation runs beside DGLM, on the same prefixes, seeds and decoder (the decoder
+as published: when a checkpoint adapts the decoder for its soft prompts, the baselines do not get that).
 
 - plain: the decoder sampled with no steering at all;
 - prompting: a steering sentence placed before the prefix ("The following is a positive review.");
@@ -37,7 +38,7 @@ class Method:
     def sample(self, prefixes: list[str], rows: list[tuple[str, int]], max_new_tokens: int, adjust_logits=None) -> list[str]:
         """Sample the decoder without soft prompts, each row from its own seed."""
         generators = sample_generators([seed for _, seed in rows])
-        return self.pipeline.decoder.generate(prefixes, None, generators, adjust_logits=adjust_logits,
+        return self.pipeline.plain_decoder().generate(prefixes, None, generators, adjust_logits=adjust_logits,
                                               **self.decode_settings(max_new_tokens))
 
 
@@ -88,7 +89,7 @@ class Fudge(Method):
         if guide is None:
             return self.sample(prefixes, rows, max_new_tokens)
         top_k, strength = self.options.get("top_k", 10), self.options.get("strength", 1.0)
-        decoder, encoder = self.pipeline.decoder, self.pipeline.encoder
+        decoder, encoder = self.pipeline.plain_decoder(), self.pipeline.encoder
 
         def adjust_logits(logits: torch.Tensor, generated: torch.Tensor) -> torch.Tensor:
             candidates = logits.topk(top_k, dim=-1).indices

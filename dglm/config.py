@@ -29,6 +29,15 @@ class PromptGeneratorConfig:
 
 
 @dataclass
+class AdapterConfig:
+    """LoRA on the decoder, trained with the prompt generator; rank 0 keeps the decoder frozen."""
+
+    rank: int = 0
+    alpha: float = 16.0
+    targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+
+
+@dataclass
 class SamplingConfig:
     steps: int = 20
     guidance_scale: float = 4.0
@@ -52,6 +61,7 @@ class PipelineConfig:
     schedule_shift: float = 0.0
     denoiser: DenoiserConfig = field(default_factory=DenoiserConfig)
     prompt_generator: PromptGeneratorConfig = field(default_factory=PromptGeneratorConfig)
+    decoder_adapter: AdapterConfig = field(default_factory=AdapterConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
 
     def to_dict(self) -> dict[str, Any]:

@@ -7,6 +7,7 @@ depends on its seed only, whether it is generated alone or in a batch.
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -126,6 +127,22 @@ class SoftPromptDecoder:
         logits = self.model(inputs_embeds=torch.stack(embeds), attention_mask=torch.stack(masks)).logits
         labels = torch.stack(labels)
         return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
+
+
+    def bag_of_words_loss(self, continuations: list[str], soft_prompts: torch.Tensor,
+                          max_target_tokens: int | None = None) -> torch.Tensor:
+        """Cross-entropy of the continuation's tokens under the soft prompts read through the LM head as a
+        mixture of k token distributions (for training).
+
+        It pulls each soft prompt toward the embeddings of words the continuation uses, a form the decoder
+        already knows how to read, instead of leaving the prompt generator to discover one through the
+        whole decoder; with tied embeddings the LM head *is* the input embedding table.
+        """
+        k = soft_prompts.shape[1]
+        log_probs = F.log_softmax(self.model.get_output_embeddings()(soft_prompts).float(), dim=-1)
+        mixture = log_probs.logsumexp(dim=1) - math.log(k)
+        targets = [sorted(set(self._token_ids(c)[:max_target_tokens])) for c in continuations]
+        return torch.stack([-mixture[row, ids].mean() for row, ids in enumerate(targets)]).mean()
 
 
 def top_p_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:

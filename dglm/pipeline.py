@@ -1,8 +1,9 @@
 """The pipeline: prefix -> encoder -> guided diffusion -> prompt generator -> decoder -> text.
 
 Checkpoint folders follow the diffusers layout: `config.json` (PipelineConfig), `model.safetensors`
-(denoiser, prompt generator and latent statistics), `card.json` (how it was trained) and a
-human-readable `README.md` model card. The encoder and decoder are frozen and named in the config.
+(denoiser, prompt generator, latent statistics and, when configured, the decoder's LoRA adapter),
+`card.json` (how it was trained) and a human-readable `README.md` model card. The encoder and decoder
+are named in the config, not stored: any copy of them can be used.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from dglm.adapter import ADAPTER_PREFIX, load_adapter
 from dglm.config import PipelineConfig
 from dglm.decoder import SoftPromptDecoder
 from dglm.denoiser import Denoiser
@@ -72,6 +74,7 @@ class Pipeline:
         decoder: SoftPromptDecoder,
         parts: TrainableParts | None = None,
         card: dict[str, Any] | None = None,
+        adapter: dict[str, torch.Tensor] | None = None,
     ):
         check_compatible(config, encoder, decoder)
         self.config = config
@@ -80,6 +83,8 @@ class Pipeline:
         self.parts = (parts or TrainableParts(config)).to(decoder.device).eval()
         self.schedule = CosineSchedule(config.schedule_shift)
         self.card = card or {}
+        self.adapter = adapter or {}  # the decoder adapter's weights, already merged into `decoder`
+        self._plain_decoder: SoftPromptDecoder | None = None
 
     # ---- loading and saving -------------------------------------------------------------
     @classmethod
@@ -99,7 +104,9 @@ class Pipeline:
     ) -> "Pipeline":
         """Load a checkpoint folder (the bundled default when `path` is None).
 
-        Already-loaded `encoder` / `decoder` objects may be passed to share them between pipelines.
+        Already-loaded `encoder` / `decoder` objects may be passed to share them between pipelines; a
+        checkpoint with a decoder adapter merges it into the decoder's weights, so do not share that
+        decoder with code that expects the original.
         """
         folder = Path(path) if path is not None else default_checkpoint_path()
         config, state, card = read_checkpoint(folder)
@@ -109,15 +116,32 @@ class Pipeline:
             model, tokenizer = load_causal_lm(config.decoder, device=device)
             decoder = SoftPromptDecoder(model, tokenizer, config.decoder)
         check_compatible(config, encoder, decoder)
+        adapter = {key: value for key, value in state.items() if key.startswith(ADAPTER_PREFIX)}
+        if adapter and not config.decoder_adapter.rank:
+            raise DglmError(f"checkpoint {folder} holds decoder adapter weights, but its config.json sets no adapter rank")
+        if config.decoder_adapter.rank:
+            if not adapter:
+                raise DglmError(f"checkpoint {folder} declares a decoder adapter but holds none of its weights; "
+                                "train it with `dglm train prompt-generator`")
+            load_adapter(decoder.model, config.decoder_adapter, adapter)
         parts = TrainableParts(config)
         try:
-            parts.load_state_dict({key: value.float() for key, value in state.items()})
+            parts.load_state_dict({key: value.float() for key, value in state.items() if key not in adapter})
         except RuntimeError as error:
             raise DglmError(f"checkpoint {folder} does not match its config.json: {str(error).splitlines()[0]}") from None
-        return cls(config, encoder, decoder, parts, card)
+        return cls(config, encoder, decoder, parts, card, adapter)
 
     def save_pretrained(self, path: str | Path, dtype: torch.dtype = torch.float32) -> Path:
-        return write_checkpoint(Path(path), self.config, self.parts, self.card, dtype)
+        return write_checkpoint(Path(path), self.config, self.parts, self.card, dtype, self.adapter)
+
+    def plain_decoder(self) -> SoftPromptDecoder:
+        """The decoder as published, without this checkpoint's adapter: what baselines sample from."""
+        if not self.adapter:
+            return self.decoder
+        if self._plain_decoder is None:
+            model, tokenizer = load_causal_lm(self.config.decoder, device=str(self.decoder.device))
+            self._plain_decoder = SoftPromptDecoder(model, tokenizer, self.config.decoder)
+        return self._plain_decoder
 
     # ---- attributes ---------------------------------------------------------------------
     def make_guide(self, constraints: list[Constraint]) -> Guide | None:
@@ -238,10 +262,12 @@ def check_generation_inputs(prefixes: list[str], num_samples: int, max_new_token
 
 
 def write_checkpoint(folder: Path, config: PipelineConfig, parts: TrainableParts, card: dict[str, Any],
-                     dtype: torch.dtype = torch.float32) -> Path:
+                     dtype: torch.dtype = torch.float32, adapter: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write a checkpoint folder; `adapter` holds the decoder adapter's weights, keyed `decoder_adapter.*`."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
-    state = {key: value.detach().to("cpu", dtype).contiguous() for key, value in parts.state_dict().items()}
+    tensors = {**parts.state_dict(), **(adapter or {})}
+    state = {key: value.detach().to("cpu", dtype).contiguous() for key, value in tensors.items()}
     save_file(state, str(folder / "model.safetensors"))
     (folder / "card.json").write_text(json.dumps(card, indent=2) + "\n")
     (folder / "README.md").write_text(render_model_card(config, card))
@@ -269,13 +295,23 @@ def read_checkpoint(folder: Path) -> tuple[PipelineConfig, dict[str, torch.Tenso
     return config, state, card
 
 
+def describe_adapter(config: PipelineConfig) -> str:
+    adapter = config.decoder_adapter
+    if not adapter.rank:
+        return ("frozen: only the soft prompts are learned, so the decoder keeps its fluency and the checkpoint "
+                "holds no decoder weights")
+    return (f"with a rank-{adapter.rank} LoRA adapter on {', '.join(adapter.targets)} trained jointly with the prompt "
+            "generator, so that the decoder learns to follow the soft prompts (a frozen decoder barely does); the "
+            "adapter is stored in the checkpoint and merged into the decoder at load time, so it costs nothing when "
+            "generating")
+
+
 def render_model_card(config: PipelineConfig, card: dict[str, Any]) -> str:
     lines = [
         "# dglm checkpoint",
         "",
         f"- encoder: `{config.encoder}` ({config.latent_dim}-d, frozen)",
-        f"- decoder: `{config.decoder}` (width {config.decoder_dim}), frozen: only the soft prompts are learned, so the",
-        "  decoder keeps its fluency, any copy of it can be reused, and the checkpoint holds no decoder weights",
+        f"- decoder: `{config.decoder}` (width {config.decoder_dim}), {describe_adapter(config)}",
         f"- denoiser: {config.denoiser.layers} layers, width {config.denoiser.width}, {config.denoiser.num_tokens} latent tokens",
         f"- prompt generator: {config.prompt_generator.num_soft_prompts} soft prompts, {config.prompt_generator.layers} layers",
         f"- sampling defaults: {config.sampling.steps} DDIM steps, guidance scale {config.sampling.guidance_scale}",

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from safetensors.torch import load_file, save_file
 
 from dglm.config import PipelineConfig, load_yaml
@@ -49,9 +50,11 @@ class PromptGeneratorTraining:
     steps: int = 600
     batch_size: int = 8
     learning_rate: float = 3e-4
+    adapter_learning_rate: float = 3e-4  # for the decoder's LoRA adapter, when the pipeline has one
     warmup: int = 50
     alpha2_min: float = 0.7
     max_target_tokens: int = 20
+    bag_of_words_weight: float = 0.0  # weight of the auxiliary bag-of-words loss (see SoftPromptDecoder)
     checkpoint_every: int = 100
 
 
@@ -108,23 +111,28 @@ def warmup_cosine(step: int, warmup: int, total: int) -> float:
 # ---- stages -------------------------------------------------------------------------------
 
 def starting_parts(config: TrainConfig):
-    """The output checkpoint's parts when it was trained with this pipeline config, else fresh ones."""
+    """The output checkpoint's parts, card and decoder adapter when it was trained with this pipeline config,
+    else fresh parts, an empty card and no adapter."""
+    from dglm.adapter import ADAPTER_PREFIX
     from dglm.pipeline import TrainableParts, read_checkpoint
 
-    parts, card = TrainableParts(config.pipeline), {}
+    parts, card, adapter = TrainableParts(config.pipeline), {}, {}
     output = Path(config.output)
     if (output / "config.json").is_file():
         saved_config, state, card = read_checkpoint(output)
         if saved_config == config.pipeline:
-            parts.load_state_dict({k: v.float() for k, v in state.items()})
+            adapter = {k: v for k, v in state.items() if k.startswith(ADAPTER_PREFIX)}
+            parts.load_state_dict({k: v.float() for k, v in state.items() if k not in adapter})
         else:
             card = {}
-    return parts, card
+    return parts, card, adapter
 
 
 def run_loop(accelerator, model, optimizer, stage: str, steps: int, warmup: int, checkpoint_every: int,
-             state_path: Path, batch_loss, seed: int, ema: EMA | None = None) -> list[float]:
+             state_path: Path, batch_loss, seed: int, ema: EMA | None = None) -> tuple[list[float], float]:
     """The shared optimisation loop: resume, warm-up + cosine learning rate, clipping, EMA, periodic states.
+
+    Returns every step's loss and the training time in seconds, summed over resumed segments.
 
     `batch_loss(model, generator)` draws a batch and returns its loss; the generator is seeded from the
     seed, the starting step and the process, so a resumed run continues with fresh batches and each GPU
@@ -132,7 +140,8 @@ def run_loop(accelerator, model, optimizer, stage: str, steps: int, warmup: int,
     """
     from tqdm.auto import tqdm
 
-    step, losses = load_training_state(state_path, model, optimizer, ema)
+    step, losses, earlier_seconds = load_training_state(state_path, model, optimizer, ema)
+    start = time.time()
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, warmup, steps), last_epoch=step - 1)
     prepared_model, optimizer = accelerator.prepare(model, optimizer)
     generator = torch.Generator().manual_seed((seed * 1_000_003 + step) * 1024 + accelerator.process_index)
@@ -149,10 +158,12 @@ def run_loop(accelerator, model, optimizer, stage: str, steps: int, warmup: int,
         losses.append(loss.item())
         bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}")
         if accelerator.is_main_process and (step + 1) % checkpoint_every == 0:
-            save_training_state(state_path, accelerator.unwrap_model(prepared_model), optimizer, ema, step + 1, losses)
+            save_training_state(state_path, accelerator.unwrap_model(prepared_model), optimizer, ema, step + 1, losses,
+                                earlier_seconds + time.time() - start)
+    seconds = earlier_seconds + time.time() - start
     if accelerator.is_main_process:
-        save_training_state(state_path, accelerator.unwrap_model(prepared_model), optimizer, ema, steps, losses)
-    return losses
+        save_training_state(state_path, accelerator.unwrap_model(prepared_model), optimizer, ema, steps, losses, seconds)
+    return losses, seconds
 
 
 def prepare_stage(config: TrainConfig):
@@ -168,21 +179,21 @@ def prepare_stage(config: TrainConfig):
     return accelerator, pairs, prefix, continuation
 
 
-def finish_stage(config, config_path, accelerator, stage, parts, card, losses, seconds, pairs) -> Path:
+def finish_stage(config, config_path, accelerator, stage, parts, card, losses, seconds, pairs, adapter=None) -> Path:
     """Plot the losses, record the stage in the model card and write the checkpoint (main process only)."""
     if not accelerator.is_main_process:
         return Path(config.output)
     key = stage.replace("-", "_")
     plot_losses(losses, Path(config.run_dir) / f"{stage}-loss.png", f"{stage} loss")
     card[key] = stage_card(config, config_path, stage, losses, seconds, pairs, accelerator)
-    return save_checkpoint(config, parts, card)
+    return save_checkpoint(config, parts, card, adapter)
 
 
 def train_denoiser(config: TrainConfig, config_path: str) -> Path:
     """v-prediction MSE on continuation latents, conditioned on prefix latents (dropped 10% for CFG)."""
     t = config.denoiser
     accelerator, pairs, prefix, continuation = prepare_stage(config)
-    parts, card = starting_parts(config)
+    parts, card, adapter = starting_parts(config)
     parts.normalizer.fit(continuation)
     x_all, c_all = parts.normalizer.to_latent(continuation), parts.normalizer.to_latent(prefix)
     schedule = CosineSchedule(config.pipeline.schedule_shift)
@@ -206,43 +217,73 @@ def train_denoiser(config: TrainConfig, config_path: str) -> Path:
 
     optimizer = torch.optim.AdamW(parts.denoiser.parameters(), lr=t.learning_rate, weight_decay=0.01)
     ema = EMA(parts.denoiser, t.ema_decay)
-    start = time.time()
-    losses = run_loop(accelerator, parts.denoiser, optimizer, "denoiser", t.steps, t.warmup, t.checkpoint_every,
+    losses, seconds = run_loop(accelerator, parts.denoiser, optimizer, "denoiser", t.steps, t.warmup, t.checkpoint_every,
                       Path(config.run_dir) / "denoiser-state", batch_loss, config.seed, ema)
     ema.copy_to(parts.denoiser)
-    return finish_stage(config, config_path, accelerator, "denoiser", parts, card, losses, time.time() - start, len(pairs))
+    return finish_stage(config, config_path, accelerator, "denoiser", parts, card, losses, seconds, len(pairs), adapter)
+
+
+class PromptGeneratorStage(nn.Module):
+    """What the prompt-generator stage optimises: the prompt generator and the decoder's LoRA weights.
+
+    The decoder is held as a plain attribute, outside the module tree, so training states (and DDP on
+    several GPUs) see only the trainable weights; its adapter parameters are registered here too.
+    """
+
+    def __init__(self, prompt_generator: nn.Module, decoder, settings: PromptGeneratorTraining):
+        super().__init__()
+        self.prompt_generator = prompt_generator
+        self.decoder = decoder
+        self.settings = settings
+        self.adapter = nn.ParameterList([p for p in decoder.model.parameters() if p.requires_grad])
+
+    def forward(self, noisy_latents: torch.Tensor, prefixes: list[str], continuations: list[str]) -> torch.Tensor:
+        """Decoder cross-entropy of the continuations, plus the weighted bag-of-words loss."""
+        t = self.settings
+        soft_prompts = self.prompt_generator(noisy_latents)
+        loss = self.decoder.loss(prefixes, continuations, soft_prompts, t.max_target_tokens)
+        if t.bag_of_words_weight:
+            loss = loss + t.bag_of_words_weight * self.decoder.bag_of_words_loss(continuations, soft_prompts, t.max_target_tokens)
+        return loss
 
 
 def train_prompt_generator(config: TrainConfig, config_path: str) -> Path:
     """Decoder cross-entropy of the true continuation given soft prompts from its re-noised latent."""
+    from dglm.adapter import add_adapter, adapter_state
     from dglm.decoder import SoftPromptDecoder
     from dglm.models import load_causal_lm
 
     t = config.prompt_generator
     accelerator, pairs, _, continuation = prepare_stage(config)
-    parts, card = starting_parts(config)
+    parts, card, _ = starting_parts(config)
     if "denoiser" not in card:
         raise DglmError(f"train the denoiser first: {config.output} has no denoiser trained with this config")
     model_lm, tokenizer = load_causal_lm(config.pipeline.decoder, device=str(accelerator.device))
+    model_lm.requires_grad_(False)
+    adapter = add_adapter(model_lm, config.pipeline.decoder_adapter) if config.pipeline.decoder_adapter.rank else []
     decoder = SoftPromptDecoder(model_lm, tokenizer, config.pipeline.decoder)
+    stage = PromptGeneratorStage(parts.prompt_generator, decoder, t)
     latents = parts.normalizer.to_latent(continuation)
 
     def batch_loss(model, generator):
         index = torch.randint(0, len(pairs), (t.batch_size,), generator=generator)
         alpha2 = t.alpha2_min + (1 - t.alpha2_min) * torch.rand(t.batch_size, generator=generator)
         noise = torch.randn(t.batch_size, latents.shape[1], generator=generator)
-        soft_prompts = model(noise_to_level(latents[index], alpha2, noise).to(accelerator.device))
         batch = [pairs[i] for i in index.tolist()]
-        return decoder.loss([p["prefix"] for p in batch], [p["continuation"] for p in batch], soft_prompts, t.max_target_tokens)
+        return model(noise_to_level(latents[index], alpha2, noise).to(accelerator.device),
+                     [p["prefix"] for p in batch], [p["continuation"] for p in batch])
 
     state_path = Path(config.run_dir) / "prompt-generator-state"
     if not state_path.with_suffix(".json").is_file():
         match_token_scale(parts.prompt_generator, decoder)
-    optimizer = torch.optim.AdamW(parts.prompt_generator.parameters(), lr=t.learning_rate, weight_decay=0.01)
-    start = time.time()
-    losses = run_loop(accelerator, parts.prompt_generator, optimizer, "prompt-generator", t.steps, t.warmup,
+    groups = [{"params": list(parts.prompt_generator.parameters()), "lr": t.learning_rate}]
+    if adapter:
+        groups.append({"params": adapter, "lr": t.adapter_learning_rate})
+    optimizer = torch.optim.AdamW(groups, weight_decay=0.01)
+    losses, seconds = run_loop(accelerator, stage, optimizer, "prompt-generator", t.steps, t.warmup,
                       t.checkpoint_every, state_path, batch_loss, config.seed)
-    return finish_stage(config, config_path, accelerator, "prompt-generator", parts, card, losses, time.time() - start, len(pairs))
+    return finish_stage(config, config_path, accelerator, "prompt-generator", parts, card, losses, seconds, len(pairs),
+                        adapter_state(model_lm) if adapter else None)
 
 
 @torch.no_grad()
@@ -270,7 +311,7 @@ def stage_card(config, config_path, stage, losses, seconds, pairs, accelerator) 
     }
 
 
-def save_checkpoint(config: TrainConfig, parts, card: dict) -> Path:
+def save_checkpoint(config: TrainConfig, parts, card: dict, adapter: dict | None = None) -> Path:
     from dglm.pipeline import write_checkpoint
 
-    return write_checkpoint(Path(config.output), config.pipeline, parts, card, dtype=torch.float16)
+    return write_checkpoint(Path(config.output), config.pipeline, parts, card, torch.float16, adapter)

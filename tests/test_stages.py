@@ -72,3 +72,14 @@ def test_top_p_keeps_the_nucleus():
     kept = top_p_filter(probs, 0.7)
     assert torch.allclose(kept, torch.tensor([[0.625, 0.375, 0.0, 0.0]]))
     assert torch.equal(top_p_filter(probs, 1.0), probs)
+
+
+def test_bag_of_words_loss_rewards_soft_prompts_on_the_continuations_words(tiny_pipeline):
+    decoder = tiny_pipeline.decoder
+    text = " great movie"
+    ids = decoder.tokenizer(text, add_special_tokens=False)["input_ids"]
+    table = decoder.model.get_input_embeddings().weight.detach()
+    others = [i for i in range(len(table)) if i not in ids][: len(ids)]
+    on_words = table[ids][None] * 20  # one soft prompt per token of the text, scaled up to be peaked
+    elsewhere = table[others][None] * 20
+    assert decoder.bag_of_words_loss([text], on_words) < decoder.bag_of_words_loss([text], elsewhere)

@@ -56,6 +56,7 @@ def test_training_resumes_from_its_last_state(train_config):
     train_denoiser(config, str(train_config))
     resumed = json.loads((train_config.parent / "run" / "denoiser-state.json").read_text())
     assert resumed["step"] == 5 and resumed["losses"][:3] == first["losses"] and len(resumed["losses"]) == 5
+    assert resumed["seconds"] > first["seconds"] > 0  # the card's wall time covers every segment
 
 
 def test_bad_training_config_is_reported(tmp_path):
@@ -65,3 +66,51 @@ def test_bad_training_config_is_reported(tmp_path):
         TrainConfig.from_yaml(path)
     with pytest.raises(DglmError, match="does not exist"):
         TrainConfig.from_yaml(tmp_path / "none.yaml")
+
+
+def test_a_decoder_adapter_is_trained_saved_and_merged_exactly(train_config, tmp_path):
+    import torch
+    from peft.utils import set_peft_model_state_dict
+
+    from dglm.adapter import ADAPTER_PREFIX, add_adapter
+    from dglm.config import AdapterConfig
+    from dglm.models import load_causal_lm
+
+    config = TrainConfig.from_yaml(train_config)
+    config.pipeline.decoder_adapter = AdapterConfig(rank=2, targets=["c_attn"])
+    config.prompt_generator.adapter_learning_rate = 0.05
+    config.prompt_generator.bag_of_words_weight = 0.5
+    train_denoiser(config, str(train_config))
+    output = train_prompt_generator(config, str(train_config))
+    assert "rank-2 LoRA adapter" in (output / "README.md").read_text()
+
+    pipeline = Pipeline.from_pretrained(output)
+    assert pipeline.adapter and all(key.startswith(ADAPTER_PREFIX) for key in pipeline.adapter)
+    assert not any("lora_" in name for name, _ in pipeline.decoder.model.named_parameters())  # merged, then removed
+
+    # The merged decoder computes what the base decoder plus the (unmerged) adapter computes.
+    adapted, _ = load_causal_lm(config.pipeline.decoder)
+    add_adapter(adapted, config.pipeline.decoder_adapter)
+    set_peft_model_state_dict(adapted, {k[len(ADAPTER_PREFIX):]: v.float() for k, v in pipeline.adapter.items()})
+    tokens = torch.tensor([[5, 17, 42, 9]])
+    with torch.no_grad():
+        merged_logits = pipeline.decoder.model(input_ids=tokens).logits
+        assert torch.allclose(merged_logits, adapted(input_ids=tokens).logits, atol=1e-4)
+        plain_logits = pipeline.plain_decoder().model(input_ids=tokens).logits
+        assert not torch.allclose(merged_logits, plain_logits, atol=1e-4)  # the baselines' decoder is untouched
+
+    resaved = Pipeline.from_pretrained(pipeline.save_pretrained(tmp_path / "resaved"))
+    with torch.no_grad():
+        assert torch.allclose(resaved.decoder.model(input_ids=tokens).logits, merged_logits, atol=1e-4)
+
+
+def test_a_checkpoint_missing_its_declared_adapter_is_reported(tiny_checkpoint, tmp_path):
+    import shutil
+
+    folder = tmp_path / "no-adapter"
+    shutil.copytree(tiny_checkpoint, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["decoder_adapter"]["rank"] = 4
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(DglmError, match="declares a decoder adapter"):
+        Pipeline.from_pretrained(folder)

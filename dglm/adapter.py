@@ -1,0 +1,59 @@
+"""An optional LoRA adapter on the decoder (through peft), trained jointly with the prompt generator.
+
+A frozen decoder only reads soft prompts as well as its pretraining lets it; a small adapter on its
+attention projections teaches it to *listen* to them, which the reference got by fine-tuning the whole
+decoder. The adapter's weights live in the pipeline checkpoint under `decoder_adapter.` and are merged
+into the decoder's weights when a pipeline is loaded, so generation costs exactly what plain sampling does.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from dglm.config import AdapterConfig
+from dglm.errors import DglmError
+
+ADAPTER_PREFIX = "decoder_adapter."
+
+
+def add_adapter(model: nn.Module, config: AdapterConfig) -> list[nn.Parameter]:
+    """Inject fresh LoRA layers into `model` (a no-op at first: B starts at zero); return their parameters."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    lora = LoraConfig(r=config.rank, lora_alpha=config.alpha, target_modules=list(config.targets), lora_dropout=0.0)
+    try:
+        inject_adapter_in_model(lora, model)
+    except ValueError as error:
+        raise DglmError(f"cannot add a LoRA adapter on {list(config.targets)}: {str(error).splitlines()[0]}") from None
+    return [p for name, p in model.named_parameters() if "lora_" in name]
+
+
+def adapter_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The adapter's weights, keyed for a checkpoint (`decoder_adapter.` + peft's names)."""
+    from peft.utils import get_peft_model_state_dict
+
+    return {ADAPTER_PREFIX + key: value for key, value in get_peft_model_state_dict(model).items()}
+
+
+def load_adapter(model: nn.Module, config: AdapterConfig, state: dict[str, torch.Tensor]) -> None:
+    """Inject the adapter, load its checkpoint weights, merge them into the decoder's own weights and take the
+    LoRA layers out again, leaving an ordinary model that generates exactly as fast as the original."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    from peft.utils import set_peft_model_state_dict
+
+    add_adapter(model, config)
+    weights = {key[len(ADAPTER_PREFIX):]: value.float() for key, value in state.items()}
+    result = set_peft_model_state_dict(model, weights)
+    missing = [key for key in result.missing_keys if "lora_" in key]
+    if missing or result.unexpected_keys:
+        raise DglmError(
+            f"the checkpoint's decoder adapter does not fit decoder {type(model).__name__}: "
+            f"{len(missing)} adapter weights missing, {len(result.unexpected_keys)} unexpected"
+        )
+    with torch.no_grad():
+        for name, module in list(model.named_modules()):
+            if isinstance(module, BaseTunerLayer):
+                module.merge()
+                parent, attribute = name.rsplit(".", 1)
+                setattr(model.get_submodule(parent), attribute, module.get_base_layer())
