@@ -95,6 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                "classifiers independent of the guidance probes, perplexity under a separate LM and "
                                                "Dist-3, and write OUT.json, OUT.md and the guidance trade-off plot OUT.png.")
     evaluate.add_argument("--config", type=Path, required=True, help="evaluation YAML, e.g. configs/eval/sentiment.yaml")
+    evaluate.add_argument("--methods", nargs="+", metavar="METHOD",
+                          help="run only these of the config's methods, e.g. `--methods dglm` after retraining (the "
+                               "baselines do not depend on the checkpoint)")
+    evaluate.add_argument("--out", help="output path prefix instead of the config's `out`")
     evaluate.set_defaults(handler=cmd_eval)
     return parser
 
@@ -212,6 +216,12 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from dglm.eval_harness import EvalConfig, markdown_table, run_eval
 
     config = EvalConfig.from_yaml(args.config)
+    if args.methods:
+        unknown = sorted(set(args.methods) - set(config.methods))
+        if unknown:
+            raise DglmError(f"--methods {unknown} not in {args.config}; its methods: {', '.join(config.methods)}")
+        config.methods = {name: config.methods[name] for name in args.methods}
+    config.out = args.out or config.out
     print(markdown_table(run_eval(config, str(args.config))))
     print(f"wrote {config.out}.json, {config.out}.md" + (f" and {config.out}.png" if config.tradeoff_condition else ""))
 

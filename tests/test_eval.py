@@ -48,6 +48,15 @@ def test_eval_runs_every_method_and_writes_the_report(eval_config, toy_plugin, c
     assert "| fudge | toy_sentiment=positive |" in (eval_config.parent / "report.md").read_text()
 
 
+
+def test_eval_can_rerun_only_some_methods_to_another_output(eval_config, toy_plugin, capsys):
+    out = eval_config.parent / "only-plain"
+    assert main(["eval", "--config", str(eval_config), "--methods", "plain", "--out", str(out)]) == 0
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert {key.split(" | ")[0] for key in report["results"]} == {"plain"}
+    assert main(["eval", "--config", str(eval_config), "--methods", "nope"]) == 2
+    assert "its methods: dglm, fudge, plain, prompting" in capsys.readouterr().err
+
 def test_eval_refuses_a_target_without_a_judge(eval_config, tmp_path):
     config = EvalConfig.from_yaml(eval_config)
     config.conditions = ["mood=happy"]
