@@ -54,7 +54,9 @@ class PromptGeneratorTraining:
     warmup: int = 50
     alpha2_min: float = 0.7
     max_target_tokens: int = 20
-    bag_of_words_weight: float = 0.0  # weight of the auxiliary bag-of-words loss (see SoftPromptDecoder)
+    bag_of_words_steps: int = 0  # steps of bag-of-words-only pretraining before the joint training
+    bag_of_words_batch_size: int = 64
+    bag_of_words_weight: float = 0.0  # weight of the bag-of-words loss during the joint training
     checkpoint_every: int = 100
 
 
@@ -230,25 +232,34 @@ class PromptGeneratorStage(nn.Module):
     several GPUs) see only the trainable weights; its adapter parameters are registered here too.
     """
 
-    def __init__(self, prompt_generator: nn.Module, decoder, settings: PromptGeneratorTraining):
+    def __init__(self, prompt_generator: nn.Module, decoder, max_target_tokens: int, decoder_weight: float,
+                 bag_of_words_weight: float):
         super().__init__()
         self.prompt_generator = prompt_generator
         self.decoder = decoder
-        self.settings = settings
         self.adapter = nn.ParameterList([p for p in decoder.model.parameters() if p.requires_grad])
+        self.max_target_tokens = max_target_tokens
+        self.decoder_weight, self.bag_of_words_weight = decoder_weight, bag_of_words_weight
 
     def forward(self, noisy_latents: torch.Tensor, prefixes: list[str], continuations: list[str]) -> torch.Tensor:
-        """Decoder cross-entropy of the continuations, plus the weighted bag-of-words loss."""
-        t = self.settings
+        """Weighted sum of the decoder's cross-entropy of the continuations and the bag-of-words loss."""
         soft_prompts = self.prompt_generator(noisy_latents)
-        loss = self.decoder.loss(prefixes, continuations, soft_prompts, t.max_target_tokens)
-        if t.bag_of_words_weight:
-            loss = loss + t.bag_of_words_weight * self.decoder.bag_of_words_loss(continuations, soft_prompts, t.max_target_tokens)
+        loss = torch.zeros((), device=soft_prompts.device)
+        if self.decoder_weight:
+            loss = loss + self.decoder_weight * self.decoder.loss(prefixes, continuations, soft_prompts, self.max_target_tokens)
+        if self.bag_of_words_weight:
+            loss = loss + self.bag_of_words_weight * self.decoder.bag_of_words_loss(continuations, soft_prompts,
+                                                                                    self.max_target_tokens)
         return loss
 
 
 def train_prompt_generator(config: TrainConfig, config_path: str) -> Path:
-    """Decoder cross-entropy of the true continuation given soft prompts from its re-noised latent."""
+    """Decoder cross-entropy of the true continuation given soft prompts from its re-noised latent.
+
+    With `bag_of_words_steps`, the prompt generator first learns, alone and at a large batch, to put the
+    continuation's words into its soft prompts (no pass through the decoder, so ~20x cheaper per example);
+    the joint training with the decoder then starts from prompts the decoder can already read.
+    """
     from dglm.adapter import add_adapter, adapter_state
     from dglm.decoder import SoftPromptDecoder
     from dglm.models import load_causal_lm
@@ -262,28 +273,38 @@ def train_prompt_generator(config: TrainConfig, config_path: str) -> Path:
     model_lm.requires_grad_(False)
     adapter = add_adapter(model_lm, config.pipeline.decoder_adapter) if config.pipeline.decoder_adapter.rank else []
     decoder = SoftPromptDecoder(model_lm, tokenizer, config.pipeline.decoder)
-    stage = PromptGeneratorStage(parts.prompt_generator, decoder, t)
     latents = parts.normalizer.to_latent(continuation)
+    run_dir = Path(config.run_dir)
 
-    def batch_loss(model, generator):
-        index = torch.randint(0, len(pairs), (t.batch_size,), generator=generator)
-        alpha2 = t.alpha2_min + (1 - t.alpha2_min) * torch.rand(t.batch_size, generator=generator)
-        noise = torch.randn(t.batch_size, latents.shape[1], generator=generator)
-        batch = [pairs[i] for i in index.tolist()]
-        return model(noise_to_level(latents[index], alpha2, noise).to(accelerator.device),
-                     [p["prefix"] for p in batch], [p["continuation"] for p in batch])
+    def batches_of(size: int):
+        def batch_loss(model, generator):
+            index = torch.randint(0, len(pairs), (size,), generator=generator)
+            alpha2 = t.alpha2_min + (1 - t.alpha2_min) * torch.rand(size, generator=generator)
+            noise = torch.randn(size, latents.shape[1], generator=generator)
+            batch = [pairs[i] for i in index.tolist()]
+            return model(noise_to_level(latents[index], alpha2, noise).to(accelerator.device),
+                         [p["prefix"] for p in batch], [p["continuation"] for p in batch])
+        return batch_loss
 
-    state_path = Path(config.run_dir) / "prompt-generator-state"
-    if not state_path.with_suffix(".json").is_file():
-        match_token_scale(parts.prompt_generator, decoder)
+    match_token_scale(parts.prompt_generator, decoder)  # a fresh start only: a saved state overrides it
+    words_seconds = 0.0
+    if t.bag_of_words_steps:
+        words = PromptGeneratorStage(parts.prompt_generator, decoder, t.max_target_tokens, 0.0, 1.0)
+        optimizer = torch.optim.AdamW(parts.prompt_generator.parameters(), lr=t.learning_rate, weight_decay=0.01)
+        words_losses, words_seconds = run_loop(
+            accelerator, words, optimizer, "prompt-generator (bag of words)", t.bag_of_words_steps, t.warmup,
+            t.checkpoint_every, run_dir / "prompt-generator-words-state", batches_of(t.bag_of_words_batch_size), config.seed)
+        if accelerator.is_main_process:
+            plot_losses(words_losses, run_dir / "prompt-generator-words-loss.png", "prompt generator: bag-of-words loss")
+    stage = PromptGeneratorStage(parts.prompt_generator, decoder, t.max_target_tokens, 1.0, t.bag_of_words_weight)
     groups = [{"params": list(parts.prompt_generator.parameters()), "lr": t.learning_rate}]
     if adapter:
         groups.append({"params": adapter, "lr": t.adapter_learning_rate})
     optimizer = torch.optim.AdamW(groups, weight_decay=0.01)
-    losses, seconds = run_loop(accelerator, stage, optimizer, "prompt-generator", t.steps, t.warmup,
-                      t.checkpoint_every, state_path, batch_loss, config.seed)
-    return finish_stage(config, config_path, accelerator, "prompt-generator", parts, card, losses, seconds, len(pairs),
-                        adapter_state(model_lm) if adapter else None)
+    losses, seconds = run_loop(accelerator, stage, optimizer, "prompt-generator", t.steps, t.warmup, t.checkpoint_every,
+                               run_dir / "prompt-generator-state", batches_of(t.batch_size), config.seed)
+    return finish_stage(config, config_path, accelerator, "prompt-generator", parts, card, losses, words_seconds + seconds,
+                        len(pairs), adapter_state(model_lm) if adapter else None)
 
 
 @torch.no_grad()

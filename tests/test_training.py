@@ -80,9 +80,11 @@ def test_a_decoder_adapter_is_trained_saved_and_merged_exactly(train_config, tmp
     config.pipeline.decoder_adapter = AdapterConfig(rank=2, targets=["c_attn"])
     config.prompt_generator.adapter_learning_rate = 0.05
     config.prompt_generator.bag_of_words_weight = 0.5
+    config.prompt_generator.bag_of_words_steps = 2
     train_denoiser(config, str(train_config))
     output = train_prompt_generator(config, str(train_config))
     assert "rank-2 LoRA adapter" in (output / "README.md").read_text()
+    assert (train_config.parent / "run" / "prompt-generator-words-loss.png").stat().st_size > 0
 
     pipeline = Pipeline.from_pretrained(output)
     assert pipeline.adapter and all(key.startswith(ADAPTER_PREFIX) for key in pipeline.adapter)
