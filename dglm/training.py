@@ -316,6 +316,15 @@ def match_token_scale(prompt_generator, decoder) -> None:
     prompt_generator.to_decoder.bias.zero_()
 
 
+LOSS_DESCRIPTIONS = {
+    "denoiser": lambda config: "v-prediction mean squared error (mean of the last 100 steps)",
+    "prompt-generator": lambda config: (
+        f"decoder cross-entropy per continuation token + {config.prompt_generator.bag_of_words_weight} x bag-of-words "
+        f"cross-entropy (mean of the last 100 steps); the wall time also covers the "
+        f"{config.prompt_generator.bag_of_words_steps} bag-of-words-only steps run first"),
+}
+
+
 def stage_card(config, config_path, stage, losses, seconds, pairs, accelerator) -> dict:
     tail = losses[-100:]
     device = torch.cuda.get_device_name() if accelerator.device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()})"
@@ -327,6 +336,7 @@ def stage_card(config, config_path, stage, losses, seconds, pairs, accelerator) 
         "steps": len(losses),
         "wall_time_s": round(seconds),
         "final_loss": round(sum(tail) / len(tail), 4),
+        "loss": LOSS_DESCRIPTIONS[stage](config),
         "python": sys.version.split()[0],
         "torch": torch.__version__,
     }
