@@ -99,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="run only these of the config's methods, e.g. `--methods dglm` after retraining (the "
                                "baselines do not depend on the checkpoint)")
     evaluate.add_argument("--out", help="output path prefix instead of the config's `out`")
+    evaluate.add_argument("--no-tradeoff", action="store_true", help="skip the guidance-scale trade-off runs")
     evaluate.set_defaults(handler=cmd_eval)
     return parser
 
@@ -222,6 +223,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
             raise DglmError(f"--methods {unknown} not in {args.config}; its methods: {', '.join(config.methods)}")
         config.methods = {name: config.methods[name] for name in args.methods}
     config.out = args.out or config.out
+    if args.no_tradeoff:
+        config.tradeoff_condition = None
     print(markdown_table(run_eval(config, str(args.config))))
     print(f"wrote {config.out}.json, {config.out}.md" + (f" and {config.out}.png" if config.tradeoff_condition else ""))
 
