@@ -56,3 +56,33 @@ def test_guidance_raises_the_probe_score_of_the_proposal(default_pipeline):
         mean_positive[target] = probe.log_prob(latents).exp().mean().item()
     assert mean_positive["positive"] > mean_positive["negative"] + 0.2, mean_positive
     assert torch.isfinite(torch.tensor(list(mean_positive.values()))).all()
+
+
+def test_soft_prompts_from_the_true_continuation_help_the_decoder_predict_it(default_pipeline):
+    """The prompt generator carries meaning: the decoder predicts a continuation better from soft prompts
+    made from that continuation's embedding than from another continuation's."""
+    import torch
+
+    from dglm.schedule import noise_to_level
+
+    pairs = [
+        ("The restaurant on the corner", " served the best pasta I have eaten in years, and the staff were lovely."),
+        ("After the election,", " the new government promised to cut taxes for small businesses."),
+        ("The striker", " scored twice in the second half as the team won the cup final."),
+        ("Scientists at the university", " discovered a new species of frog in the rainforest."),
+        ("The phone", " kept crashing every time I opened the camera app, so I returned it."),
+        ("Shares in the company", " fell sharply after it reported a loss for the third quarter."),
+        ("My grandmother", " taught me how to bake bread when I was a child."),
+        ("The storm", " knocked out power to thousands of homes along the coast overnight."),
+        ("The film", " was a dull, boring mess with terrible acting and no plot at all."),
+        ("The concert", " was wonderful: the band played all their old hits and the crowd sang along."),
+    ]
+    pipe = default_pipeline
+    prefixes, continuations = [p for p, _ in pairs], [c for _, c in pairs]
+    with torch.no_grad():
+        latents = pipe.parts.normalizer.to_latent(pipe.encoder.encode(continuations))
+        noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(0))
+        soft = pipe.parts.prompt_generator(noise_to_level(latents, pipe.config.sampling.renoise_alpha2, noise))
+        true_loss = pipe.decoder.loss(prefixes, continuations, soft)
+        shuffled_loss = pipe.decoder.loss(prefixes, continuations, soft.roll(1, dims=0))
+    assert true_loss < shuffled_loss - 0.5, (true_loss.item(), shuffled_loss.item())  # measured 2.66 vs 4.07
