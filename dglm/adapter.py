@@ -17,6 +17,12 @@ from dglm.errors import DglmError
 ADAPTER_PREFIX = "decoder_adapter."
 
 
+def split_adapter(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """A checkpoint's tensors as (the pipeline parts' state, the decoder adapter's weights)."""
+    adapter = {key: value for key, value in state.items() if key.startswith(ADAPTER_PREFIX)}
+    return {key: value for key, value in state.items() if key not in adapter}, adapter
+
+
 def add_adapter(model: nn.Module, config: AdapterConfig) -> list[nn.Parameter]:
     """Inject fresh LoRA layers into `model` (a no-op at first: B starts at zero); return their parameters."""
     from peft import LoraConfig, inject_adapter_in_model

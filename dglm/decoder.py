@@ -128,7 +128,6 @@ class SoftPromptDecoder:
         labels = torch.stack(labels)
         return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
 
-
     def bag_of_words_loss(self, continuations: list[str], soft_prompts: torch.Tensor,
                           max_target_tokens: int | None = None) -> torch.Tensor:
         """Cross-entropy of the continuation's tokens under the soft prompts read through the LM head as a

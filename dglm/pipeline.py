@@ -20,7 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from dglm.adapter import ADAPTER_PREFIX, load_adapter
+from dglm.adapter import load_adapter, split_adapter
 from dglm.config import PipelineConfig
 from dglm.decoder import SoftPromptDecoder
 from dglm.denoiser import Denoiser
@@ -116,7 +116,7 @@ class Pipeline:
             model, tokenizer = load_causal_lm(config.decoder, device=device)
             decoder = SoftPromptDecoder(model, tokenizer, config.decoder)
         check_compatible(config, encoder, decoder)
-        adapter = {key: value for key, value in state.items() if key.startswith(ADAPTER_PREFIX)}
+        state, adapter = split_adapter(state)
         if adapter and not config.decoder_adapter.rank:
             raise DglmError(f"checkpoint {folder} holds decoder adapter weights, but its config.json sets no adapter rank")
         if config.decoder_adapter.rank:
@@ -126,7 +126,7 @@ class Pipeline:
             load_adapter(decoder.model, config.decoder_adapter, adapter)
         parts = TrainableParts(config)
         try:
-            parts.load_state_dict({key: value.float() for key, value in state.items() if key not in adapter})
+            parts.load_state_dict({key: value.float() for key, value in state.items()})
         except RuntimeError as error:
             raise DglmError(f"checkpoint {folder} does not match its config.json: {str(error).splitlines()[0]}") from None
         return cls(config, encoder, decoder, parts, card, adapter)

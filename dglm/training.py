@@ -115,7 +115,7 @@ def warmup_cosine(step: int, warmup: int, total: int) -> float:
 def starting_parts(config: TrainConfig):
     """The output checkpoint's parts, card and decoder adapter when it was trained with this pipeline config,
     else fresh parts, an empty card and no adapter."""
-    from dglm.adapter import ADAPTER_PREFIX
+    from dglm.adapter import split_adapter
     from dglm.pipeline import TrainableParts, read_checkpoint
 
     parts, card, adapter = TrainableParts(config.pipeline), {}, {}
@@ -123,8 +123,8 @@ def starting_parts(config: TrainConfig):
     if (output / "config.json").is_file():
         saved_config, state, card = read_checkpoint(output)
         if saved_config == config.pipeline:
-            adapter = {k: v for k, v in state.items() if k.startswith(ADAPTER_PREFIX)}
-            parts.load_state_dict({k: v.float() for k, v in state.items() if k not in adapter})
+            state, adapter = split_adapter(state)
+            parts.load_state_dict({k: v.float() for k, v in state.items()})
         else:
             card = {}
     return parts, card, adapter
