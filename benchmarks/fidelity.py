@@ -15,8 +15,7 @@ from pathlib import Path
 import torch
 
 from dglm import Pipeline
-from dglm.schedule import noise_to_level
-from dglm.seeding import per_sample_randn, sample_generators
+from dglm.seeding import sample_generators
 
 
 def main() -> None:
@@ -39,9 +38,7 @@ def main() -> None:
         seeds = range(start, start + len(prefixes[rows]))
         generators = sample_generators(seeds)
         with torch.no_grad():
-            latents = pipeline.parts.normalizer.to_latent(target_embeddings[rows])
-            noise = per_sample_randn(generators, (latents.shape[1],))
-            soft = pipeline.parts.prompt_generator(noise_to_level(latents, pipeline.config.sampling.renoise_alpha2, noise))
+            soft = pipeline.soft_prompts(pipeline.parts.normalizer.to_latent(target_embeddings[rows]), generators)
         ways = {
             "with soft prompts from the true latent": (pipeline.decoder, soft),
             "with soft prompts from a shuffled latent": (pipeline.decoder, soft.roll(1, dims=0)),

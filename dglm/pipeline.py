@@ -218,13 +218,20 @@ class Pipeline:
 
     def propose_soft_prompts(self, prefixes, generators, guide=None, guidance_scale=0.0, steps=None) -> torch.Tensor:
         """Diffuse a continuation latent for each prefix and turn it into soft prompts."""
-        device = self.decoder.device
-        prefix_latents = self.parts.normalizer.to_latent(self.encoder.encode(prefixes).to(device))
-        latents = sample_latents(
+        latents = self.propose_latents(prefixes, generators, guide, guidance_scale, steps)
+        return self.soft_prompts(latents, generators)
+
+    def propose_latents(self, prefixes, generators, guide=None, guidance_scale=0.0, steps=None) -> torch.Tensor:
+        """The guided diffusion alone: one clean continuation latent per prefix and generator."""
+        prefix_latents = self.parts.normalizer.to_latent(self.encoder.encode(prefixes).to(self.decoder.device))
+        return sample_latents(
             self.parts.denoiser, self.schedule, prefix_latents, generators, steps or self.config.sampling.steps,
             guide=guide, guidance_scale=guidance_scale, prefix_guidance=self.config.sampling.prefix_guidance,
         )
-        noise = per_sample_randn(generators, (latents.shape[-1],), device=device)
+
+    def soft_prompts(self, latents: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
+        """Re-noise latents to the level the prompt generator was trained on, then make soft prompts."""
+        noise = per_sample_randn(generators, (latents.shape[-1],), device=latents.device)
         return self.parts.prompt_generator(noise_to_level(latents, self.config.sampling.renoise_alpha2, noise))
 
 
