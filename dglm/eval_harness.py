@@ -166,11 +166,15 @@ def plot_tradeoff(report: dict, path: Path, condition: str) -> None:
     success = [r["all_targets_met"] for r in report["tradeoff"].values()]
     figure, left = plt.subplots(figsize=(6, 4))
     left.plot(scales, success, "o-", color="tab:blue")
-    left.set(xlabel="guidance scale", ylabel=f"share meeting {condition} (judge)", ylim=(0, 1))
+    left.set(xlabel="guidance scale (symmetric log axis)",
+             ylabel=f"share meeting {condition} (judge)", ylim=(0, 1))
+    left.set_xscale("symlog", linthresh=1.0)
     if all("perplexity_median" in r for r in report["tradeoff"].values()):
         right = left.twinx()
-        right.plot(scales, [r["perplexity_median"] for r in report["tradeoff"].values()], "s--", color="tab:red")
+        perplexities = [r["perplexity_median"] for r in report["tradeoff"].values()]
+        right.plot(scales, perplexities, "s--", color="tab:red")
         right.set_ylabel("median perplexity (Gemma 3 270M)", color="tab:red")
+        right.set_ylim(0, 1.2 * max(perplexities))  # from zero, so that noise does not look like a trend
     left.set_title("DGLM: attribute success vs fluency")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
