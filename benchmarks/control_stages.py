@@ -113,7 +113,6 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
 
-    torch.manual_seed(args.seed)
     pipeline = Pipeline.from_pretrained(args.model)
     judge = TextJudge.train(args.attribute, str(args.judge))
     prefixes = [line.strip() for line in args.prefixes.read_text(encoding="utf-8").splitlines() if line.strip()]
