@@ -85,4 +85,4 @@ def test_soft_prompts_from_the_true_continuation_help_the_decoder_predict_it(def
         soft = pipe.parts.prompt_generator(noise_to_level(latents, pipe.config.sampling.renoise_alpha2, noise))
         true_loss = pipe.decoder.loss(prefixes, continuations, soft)
         shuffled_loss = pipe.decoder.loss(prefixes, continuations, soft.roll(1, dims=0))
-    assert true_loss < shuffled_loss - 0.5, (true_loss.item(), shuffled_loss.item())  # measured 2.66 vs 4.07
+    assert true_loss < shuffled_loss - 0.5, (true_loss.item(), shuffled_loss.item())  # measured 2.48 vs 4.27
