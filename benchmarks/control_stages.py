@@ -25,10 +25,12 @@ import torch
 import torch.nn.functional as F
 
 from dglm import Pipeline
+from dglm.eval_harness import read_prefixes
 from dglm.evaluation import TextJudge
 from dglm.guidance import Constraint
 from dglm.seeding import sample_generators
 from dglm.tables import read_labelled
+from dglm.training import read_pairs
 
 
 def label_rates(judge: TextJudge, texts: list[str]) -> dict[str, float]:
@@ -115,8 +117,8 @@ def main() -> None:
 
     pipeline = Pipeline.from_pretrained(args.model)
     judge = TextJudge.train(args.attribute, str(args.judge))
-    prefixes = [line.strip() for line in args.prefixes.read_text(encoding="utf-8").splitlines() if line.strip()]
-    pool = [json.loads(line)["continuation"] for line in args.pool.read_text(encoding="utf-8").splitlines()]
+    prefixes = read_prefixes(args.prefixes)
+    pool = [pair["continuation"] for pair in read_pairs(args.pool)]
     texts, labels = read_labelled(str(args.labelled), "text", "label")
     scales = args.scales or [pipeline.config.sampling.guidance_scale]
     report = {

@@ -16,6 +16,7 @@ import torch
 
 from dglm import Pipeline
 from dglm.seeding import sample_generators
+from dglm.training import read_pairs
 
 
 def main() -> None:
@@ -27,8 +28,7 @@ def main() -> None:
     args = parser.parse_args()
 
     pipeline = Pipeline.from_pretrained(args.model)
-    lines = args.pairs.read_text(encoding="utf-8").splitlines()[: args.num_pairs]
-    pairs = [json.loads(line) for line in lines]
+    pairs = read_pairs(args.pairs, args.num_pairs)
     prefixes, targets = [p["prefix"] for p in pairs], [p["continuation"] for p in pairs]
     target_embeddings = pipeline.encoder.encode(targets)
     settings = dict(max_new_tokens=20, top_p=pipeline.config.sampling.top_p, repetition_penalty=pipeline.config.sampling.repetition_penalty)

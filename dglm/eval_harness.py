@@ -88,8 +88,13 @@ def check_judged(config: EvalConfig) -> None:
                                 f"judges: {', '.join(config.judges)}")
 
 
+def read_prefixes(path: Path | str) -> list[str]:
+    """The non-empty lines of a prefixes file, one prefix each."""
+    return [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
 def run_eval(config: EvalConfig, config_path: str = "") -> dict:
-    prefixes = [line.strip() for line in Path(config.prefixes).read_text().splitlines() if line.strip()]
+    prefixes = read_prefixes(config.prefixes)
     rows = [(p, config.seed + j) for p in prefixes for j in range(config.num_samples)]
     check_judged(config)
     pipeline = Pipeline.from_pretrained(config.model)

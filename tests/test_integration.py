@@ -63,7 +63,7 @@ def test_soft_prompts_from_the_true_continuation_help_the_decoder_predict_it(def
     made from that continuation's embedding than from another continuation's."""
     import torch
 
-    from dglm.schedule import noise_to_level
+    from dglm.seeding import sample_generators
 
     pairs = [
         ("The restaurant on the corner", " served the best pasta I have eaten in years, and the staff were lovely."),
@@ -81,8 +81,7 @@ def test_soft_prompts_from_the_true_continuation_help_the_decoder_predict_it(def
     prefixes, continuations = [p for p, _ in pairs], [c for _, c in pairs]
     with torch.no_grad():
         latents = pipe.parts.normalizer.to_latent(pipe.encoder.encode(continuations))
-        noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(0))
-        soft = pipe.parts.prompt_generator(noise_to_level(latents, pipe.config.sampling.renoise_alpha2, noise))
+        soft = pipe.soft_prompts(latents, sample_generators(range(len(pairs))))
         true_loss = pipe.decoder.loss(prefixes, continuations, soft)
         shuffled_loss = pipe.decoder.loss(prefixes, continuations, soft.roll(1, dims=0))
-    assert true_loss < shuffled_loss - 0.5, (true_loss.item(), shuffled_loss.item())  # measured 2.48 vs 4.27
+    assert true_loss < shuffled_loss - 0.5, (true_loss.item(), shuffled_loss.item())  # measured 2.49 vs 4.25
