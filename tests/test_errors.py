@@ -58,6 +58,10 @@ def test_zero_tokens_or_steps(capsys, tiny_checkpoint, flag):
     expect_error(capsys, "must be a positive integer", "generate", "Hi", flag, "0", "--model", str(tiny_checkpoint))
 
 
+def test_zero_temperature(capsys, tiny_checkpoint):
+    expect_error(capsys, "temperature must be positive", "generate", "Hi", "--temperature", "0", "--model", str(tiny_checkpoint))
+
+
 def test_missing_checkpoint(capsys, tmp_path):
     expect_error(capsys, "does not exist", "generate", "Hi", "--model", str(tmp_path / "nowhere"))
 
