@@ -1,0 +1,68 @@
+"""Can a sampling setting close the gap on negative sentiment, and what does it cost in fluency?
+Runs the sentiment conditions under a few changes to the checkpoint's sampling settings (a larger
+guidance scale, no re-noising of the latent before the prompt generator, a lower decoder temperature),
+judged as `dglm eval` judges them. Plain sampling is run wherever the decoder's settings change, so that
+perplexities are compared at the same temperature.
+
+    python benchmarks/sampling_settings.py --samples 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+
+from dglm import Pipeline
+from dglm.baselines import METHODS
+from dglm.eval_harness import EvalConfig, Scorer, parse_condition, read_prefixes
+
+# name -> changes to the checkpoint's sampling settings; plain sampling only reads the decoder's.
+SETTINGS = {
+    "default": {},
+    "guidance scale 1024": {"guidance_scale": 1024.0},
+    "no re-noising": {"renoise_alpha2": 1.0},
+    "temperature 0.7": {"temperature": 0.7},
+    "no re-noising, temperature 0.7": {"renoise_alpha2": 1.0, "temperature": 0.7},
+}
+DECODER_SETTINGS = {"temperature", "top_p", "repetition_penalty"}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--prefixes", type=Path, default=Path("benchmarks/prefixes.txt"))
+    parser.add_argument("--samples", type=int, default=10, help="samples per prefix and condition")
+    parser.add_argument("--judge", default="data/sentiment-judge.csv", help="the sentiment judge's training data")
+    parser.add_argument("--model")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/sampling-settings.json"))
+    args = parser.parse_args()
+
+    config = EvalConfig(prefixes=str(args.prefixes), num_samples=args.samples, judges={"sentiment": args.judge})
+    scorer = Scorer(config)
+    pipeline = Pipeline.from_pretrained(args.model)
+    defaults = pipeline.config.sampling
+    rows = [(p, j) for p in read_prefixes(args.prefixes) for j in range(args.samples)]
+    report: dict = {"samples_per_condition": len(rows), "judge_held_out_accuracy": scorer.judges["sentiment"].held_out_accuracy,
+                    "results": {}}
+    for name, changes in SETTINGS.items():
+        pipeline.config.sampling = dataclasses.replace(defaults, **changes)
+        runs = [("dglm", "sentiment=negative"), ("dglm", "sentiment=positive")]
+        if name == "default" or DECODER_SETTINGS & set(changes):
+            runs.append(("plain", "none"))
+        for method_name, condition in runs:
+            method = METHODS[method_name](pipeline)
+            continuations = []
+            for first in range(0, len(rows), config.batch_size):
+                continuations += method.continue_rows(rows[first : first + config.batch_size], parse_condition(condition), 20)
+            scores = scorer([p for p, _ in rows], continuations, parse_condition(condition))
+            key = f"{name} | {method_name} | {condition}"
+            report["results"][key] = {k: v for k, v in scores.items() if k in ("sentiment=positive", "perplexity_median", "dist3")}
+            print(key, json.dumps(report["results"][key]), flush=True)
+    pipeline.config.sampling = defaults
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
