@@ -1,7 +1,7 @@
 """Can a sampling setting close the gap on negative sentiment, and what does it cost in fluency?
 Runs the sentiment conditions under a few changes to the checkpoint's sampling settings (a larger
 guidance scale, no re-noising of the latent before the prompt generator, a lower decoder temperature),
-judged as `dglm eval` judges them. Plain sampling is run wherever the decoder's settings change, so that
+judged as `dglm eval` judges them. Plain sampling is run once for each distinct decoder setting, so that
 perplexities are compared at the same temperature.
 
     python benchmarks/sampling_settings.py --samples 10
@@ -45,10 +45,13 @@ def main() -> None:
     rows = [(p, j) for p in read_prefixes(args.prefixes) for j in range(args.samples)]
     report: dict = {"samples_per_condition": len(rows), "judge_held_out_accuracy": scorer.judges["sentiment"].held_out_accuracy,
                     "results": {}}
+    plain_settings_run = []
     for name, changes in SETTINGS.items():
         pipeline.config.sampling = dataclasses.replace(defaults, **changes)
         runs = [("dglm", "sentiment=negative"), ("dglm", "sentiment=positive")]
-        if name == "default" or DECODER_SETTINGS & set(changes):
+        decoder_settings = {k: v for k, v in changes.items() if k in DECODER_SETTINGS}
+        if decoder_settings not in plain_settings_run:
+            plain_settings_run.append(decoder_settings)
             runs.append(("plain", "none"))
         for method_name, condition in runs:
             method = METHODS[method_name](pipeline)
