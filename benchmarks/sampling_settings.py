@@ -16,9 +16,9 @@ from pathlib import Path
 
 from dglm import Pipeline
 from dglm.baselines import METHODS
-from dglm.eval_harness import EvalConfig, Scorer, parse_condition, read_prefixes
+from dglm.eval_harness import EvalConfig, Scorer, continue_all, parse_condition, read_prefixes
 
-# name -> changes to the checkpoint's sampling settings; plain sampling only reads the decoder's.
+# name -> changes to the checkpoint's sampling settings
 SETTINGS = {
     "default": {},
     "guidance scale 1024": {"guidance_scale": 1024.0},
@@ -26,7 +26,6 @@ SETTINGS = {
     "temperature 0.7": {"temperature": 0.7},
     "no re-noising, temperature 0.7": {"renoise_alpha2": 1.0, "temperature": 0.7},
 }
-DECODER_SETTINGS = {"temperature", "top_p", "repetition_penalty"}
 
 
 def main() -> None:
@@ -45,24 +44,22 @@ def main() -> None:
     rows = [(p, j) for p in read_prefixes(args.prefixes) for j in range(args.samples)]
     report: dict = {"samples_per_condition": len(rows), "judge_held_out_accuracy": scorer.judges["sentiment"].held_out_accuracy,
                     "results": {}}
-    plain_settings_run = []
+    plain_settings_run = []  # plain sampling depends only on the decoder's settings: run it once for each
     for name, changes in SETTINGS.items():
         pipeline.config.sampling = dataclasses.replace(defaults, **changes)
         runs = [("dglm", "sentiment=negative"), ("dglm", "sentiment=positive")]
-        decoder_settings = {k: v for k, v in changes.items() if k in DECODER_SETTINGS}
-        if decoder_settings not in plain_settings_run:
-            plain_settings_run.append(decoder_settings)
+        plain_settings = METHODS["plain"](pipeline).decode_settings(config.max_new_tokens)
+        if plain_settings not in plain_settings_run:
+            plain_settings_run.append(plain_settings)
             runs.append(("plain", "none"))
         for method_name, condition in runs:
-            method = METHODS[method_name](pipeline)
-            continuations = []
-            for first in range(0, len(rows), config.batch_size):
-                continuations += method.continue_rows(rows[first : first + config.batch_size], parse_condition(condition), 20)
-            scores = scorer([p for p, _ in rows], continuations, parse_condition(condition))
+            constraints = parse_condition(condition)
             key = f"{name} | {method_name} | {condition}"
+            continuations = continue_all(METHODS[method_name](pipeline), rows, constraints, config.max_new_tokens,
+                                         config.batch_size, key)
+            scores = scorer([p for p, _ in rows], continuations, constraints)
             report["results"][key] = {k: v for k, v in scores.items() if k in ("sentiment=positive", "perplexity_median", "dist3")}
             print(key, json.dumps(report["results"][key]), flush=True)
-    pipeline.config.sampling = defaults
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.out}")
 

@@ -93,6 +93,15 @@ def read_prefixes(path: Path | str) -> list[str]:
     return [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
+def continue_all(method, rows: list[tuple[str, int]], constraints: list[Constraint], max_new_tokens: int,
+                 batch_size: int, desc: str) -> list[str]:
+    """One continuation per (prefix, seed) row from `method`, batch by batch, with a progress bar."""
+    continuations: list[str] = []
+    for first in tqdm(range(0, len(rows), batch_size), desc=desc, unit="batch"):
+        continuations += method.continue_rows(rows[first : first + batch_size], constraints, max_new_tokens)
+    return continuations
+
+
 def run_eval(config: EvalConfig, config_path: str = "") -> dict:
     prefixes = read_prefixes(config.prefixes)
     rows = [(p, config.seed + j) for p in prefixes for j in range(config.num_samples)]
@@ -104,9 +113,8 @@ def run_eval(config: EvalConfig, config_path: str = "") -> dict:
 
     def run(method, condition: str) -> dict:
         constraints = parse_condition(condition)
-        continuations, start = [], time.perf_counter()
-        for first in tqdm(range(0, len(rows), config.batch_size), desc=f"{method.name} {condition}", unit="batch"):
-            continuations += method.continue_rows(rows[first : first + config.batch_size], constraints, config.max_new_tokens)
+        start = time.perf_counter()
+        continuations = continue_all(method, rows, constraints, config.max_new_tokens, config.batch_size, f"{method.name} {condition}")
         seconds = time.perf_counter() - start
         result = scorer([p for p, _ in rows], continuations, constraints)
         result["seconds_per_sample"] = seconds / len(rows)
