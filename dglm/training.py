@@ -57,6 +57,7 @@ class PromptGeneratorTraining:
     bag_of_words_steps: int = 0  # steps of bag-of-words-only pretraining before the joint training
     bag_of_words_batch_size: int = 64
     bag_of_words_weight: float = 0.0  # weight of the bag-of-words loss during the joint training
+    source_weights: dict[str, float] = field(default_factory=dict)  # how often a pair is drawn, by its source (default 1)
     checkpoint_every: int = 100
 
 
@@ -102,6 +103,22 @@ def encoded_pairs(config: TrainConfig, pairs: list[dict], is_main: bool) -> tupl
         save_file({"prefix": embeddings[: len(pairs)].contiguous(), "continuation": embeddings[len(pairs):].contiguous()}, str(cache))
     tensors = load_file(str(cache))
     return tensors["prefix"].float(), tensors["continuation"].float()
+
+
+def pair_weights(pairs: list[dict], source_weights: dict[str, float]) -> torch.Tensor | None:
+    """Per-pair sampling weights from per-source weights (None when every source weighs the same).
+
+    Lets a stage see some sources more often, e.g. sentiment-bearing reviews, without rebuilding the corpus.
+    """
+    if not source_weights:
+        return None
+    known = sorted({p.get("source", "(none)") for p in pairs})
+    unknown = sorted(set(source_weights) - set(known))
+    if unknown:
+        raise DglmError(f"source_weights names unknown source(s) {unknown}; the training pairs have: {known}")
+    if any(not isinstance(w, (int, float)) or w <= 0 for w in source_weights.values()):
+        raise DglmError(f"source_weights must be positive numbers, got {source_weights}")
+    return torch.tensor([float(source_weights.get(p.get("source"), 1.0)) for p in pairs])
 
 
 def warmup_cosine(step: int, warmup: int, total: int) -> float:
@@ -275,10 +292,14 @@ def train_prompt_generator(config: TrainConfig, config_path: str) -> Path:
     decoder = SoftPromptDecoder(model_lm, tokenizer, config.pipeline.decoder)
     latents = parts.normalizer.to_latent(continuation)
     run_dir = Path(config.run_dir)
+    weights = pair_weights(pairs, t.source_weights)
 
     def batches_of(size: int):
         def batch_loss(model, generator):
-            index = torch.randint(0, len(pairs), (size,), generator=generator)
+            if weights is None:
+                index = torch.randint(0, len(pairs), (size,), generator=generator)
+            else:
+                index = torch.multinomial(weights, size, replacement=True, generator=generator)
             alpha2 = t.alpha2_min + (1 - t.alpha2_min) * torch.rand(size, generator=generator)
             noise = torch.randn(size, latents.shape[1], generator=generator)
             batch = [pairs[i] for i in index.tolist()]

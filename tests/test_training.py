@@ -7,7 +7,7 @@ import yaml
 
 from dglm.errors import DglmError
 from dglm.pipeline import Pipeline
-from dglm.training import TrainConfig, train_denoiser, train_prompt_generator
+from dglm.training import TrainConfig, pair_weights, train_denoiser, train_prompt_generator
 
 from conftest import toy_sentences
 
@@ -66,6 +66,19 @@ def test_bad_training_config_is_reported(tmp_path):
         TrainConfig.from_yaml(path)
     with pytest.raises(DglmError, match="does not exist"):
         TrainConfig.from_yaml(tmp_path / "none.yaml")
+
+
+def test_source_weights_set_how_often_each_pair_is_drawn(tmp_path):
+    path = tmp_path / "weighted.yaml"
+    path.write_text("prompt_generator: {source_weights: {reviews: 3.0}}\n")
+    source_weights = TrainConfig.from_yaml(path).prompt_generator.source_weights
+    pairs = [{"source": "news"}, {"source": "reviews"}, {"source": "news"}]
+    assert pair_weights(pairs, source_weights).tolist() == [1.0, 3.0, 1.0]
+    assert pair_weights(pairs, {}) is None  # uniform draws, as before
+    with pytest.raises(DglmError, match=r"unknown source\(s\) \['tweets'\].*have: \['news', 'reviews'\]"):
+        pair_weights(pairs, {"tweets": 2.0})
+    with pytest.raises(DglmError, match="positive numbers"):
+        pair_weights(pairs, {"news": 0})
 
 
 def test_a_decoder_adapter_is_trained_saved_and_merged_exactly(train_config, tmp_path):
