@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from dglm.baselines import METHODS, PlainSampling
 from dglm.config import load_yaml
 from dglm.errors import DglmError
-from dglm.evaluation import PerplexityJudge, TextJudge, distinct_n, median
+from dglm.evaluation import CopyDetector, PerplexityJudge, TextJudge, distinct_n, median
 from dglm.guidance import Constraint, parse_constraint
 from dglm.pipeline import Pipeline
 
@@ -35,6 +35,7 @@ class EvalConfig:
     methods: dict = field(default_factory=lambda: {"dglm": {}, "plain": {}})
     judges: dict = field(default_factory=lambda: {"sentiment": "data/sentiment-judge.csv", "topic": "data/topic-judge.csv"})
     perplexity: str | None = "gemma-3-270m"
+    training_pairs: str | None = None  # JSONL pairs to check samples against for 8-word verbatim copies
     tradeoff_condition: str | None = None
     tradeoff_scales: list = field(default_factory=lambda: [0.0, 2.0, 4.0, 8.0])
     out: str = "benchmarks/results/eval"
@@ -59,6 +60,7 @@ class Scorer:
     def __init__(self, config: EvalConfig):
         self.judges = {name: TextJudge.train(name, path) for name, path in config.judges.items()}
         self.perplexity = PerplexityJudge(config.perplexity) if config.perplexity else None
+        self.copies = CopyDetector(config.training_pairs) if config.training_pairs else None
         self.num_samples = config.num_samples
 
     def __call__(self, prefixes: list[str], continuations: list[str], constraints: list[Constraint]) -> dict:
@@ -75,6 +77,8 @@ class Scorer:
             result[f"dist{n}"] = sum(distinct_n(group, n) for group in groups) / len(groups)
         if self.perplexity is not None:
             result["perplexity_median"] = median(self.perplexity(prefixes, continuations))
+        if self.copies is not None:
+            result["copied_8_words"] = self.copies.share_copied(continuations)
         return result
 
 
@@ -154,7 +158,7 @@ def write_report(config: EvalConfig, report: dict) -> None:
 def markdown_table(report: dict) -> str:
     results = report["results"]
     rates = sorted({key for result in results.values() for key in result if "=" in key})
-    columns = ["all_targets_met", *rates, "perplexity_median", "dist3", "seconds_per_sample"]
+    columns = ["all_targets_met", *rates, "perplexity_median", "dist3", "copied_8_words", "seconds_per_sample"]
     columns = [c for c in columns if any(c in r for r in results.values())]
     lines = ["| method | condition | " + " | ".join(columns) + " |", "|---|---|" + "---|" * len(columns)]
     for key, result in results.items():

@@ -1,4 +1,4 @@
-"""Independent measurements of generated text: attribute judges, perplexity, diversity.
+"""Independent measurements of generated text: attribute judges, perplexity, diversity, copying.
 
 The judges never share anything with the guidance probes: they use different features (word and
 character n-gram TF-IDF, not the sentence encoder) and are trained on different data (see
@@ -7,8 +7,12 @@ character n-gram TF-IDF, not the sentence encoder) and are trained on different 
 
 from __future__ import annotations
 
+import json
 import math
+import re
+from array import array
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -48,6 +52,38 @@ def distinct_n(texts: list[str], n: int) -> float:
     """Unique n-grams over all n-grams of whitespace tokens (Dist-n of Li et al. 2016)."""
     grams = [tuple(words[i : i + n]) for words in (t.split() for t in texts) for i in range(len(words) - n + 1)]
     return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def word_ngram_hashes(text: str, n: int) -> list[int]:
+    words = re.findall(r"\w+", text.lower())
+    return [hash(tuple(words[i : i + n])) for i in range(len(words) - n + 1)]
+
+
+class CopyDetector:
+    """Spots samples that repeat `n` words in a row from the training pairs.
+
+    Memorised training text would flatter a judge trained on similar text (the sentiment judge's reviews
+    are in the training pairs too), so the evaluation reports how often it happens.
+    """
+
+    def __init__(self, pairs_path: str, n: int = 8):
+        from dglm.errors import DglmError
+
+        if not Path(pairs_path).is_file():
+            raise DglmError(f"training pairs {pairs_path} (for the copy check) do not exist; build them with `dglm data build`")
+        hashes = array("q")  # 8 bytes a hash, where a list of Python ints would take ~40
+        with open(pairs_path, encoding="utf-8") as handle:
+            for line in handle:
+                pair = json.loads(line)
+                hashes.extend(word_ngram_hashes(pair["prefix"] + pair["continuation"], n))
+        self.known = torch.frombuffer(hashes, dtype=torch.int64).unique()
+        self.n = n
+
+    def share_copied(self, continuations: list[str]) -> float:
+        """The share of continuations with at least one n-word run found in the training pairs."""
+        copied = [bool(torch.isin(torch.tensor(h, dtype=torch.int64), self.known).any()) if h else False
+                  for h in (word_ngram_hashes(text, self.n) for text in continuations)]
+        return sum(copied) / len(copied)
 
 
 class PerplexityJudge:

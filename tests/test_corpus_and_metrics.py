@@ -7,8 +7,11 @@ import random
 import tarfile
 import zipfile
 
+import pytest
+
 from dglm import corpus
-from dglm.evaluation import TextJudge, distinct_n, median
+from dglm.errors import DglmError
+from dglm.evaluation import CopyDetector, TextJudge, distinct_n, median
 
 
 def test_sentences_and_passages():
@@ -55,6 +58,17 @@ def test_distinct_n_and_median():
     assert distinct_n(["a a a a"], 3) == 0.5
     assert distinct_n([""], 3) == 0.0
     assert median([3, 1, 2]) == 2 and median([4, 1, 2, 3]) == 2.5
+
+
+def test_copy_detector_flags_runs_of_training_words(tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    path.write_text(json.dumps({"prefix": "The film was", "continuation": " a slow, joyless slog from start to finish."}) + "\n")
+    detector = CopyDetector(str(path), n=4)
+    copied = " a slow JOYLESS slog, sadly"  # four training words in a row, case and punctuation aside
+    near_miss = " a slow and joyless slog"  # the same words, never four in a row
+    assert detector.share_copied([copied, near_miss, "", " the film was a"]) == 0.5  # across the prefix too
+    with pytest.raises(DglmError, match="dglm data build"):
+        CopyDetector(str(tmp_path / "none.jsonl"))
 
 
 def test_text_judge_learns_a_separable_task(tmp_path):

@@ -22,8 +22,10 @@ def eval_config(tmp_path, tiny_checkpoint, tiny_models):
         writer = csv.writer(handle)
         writer.writerow(["text", "label"])
         writer.writerows(zip(*toy_sentiment(80, seed=5)))
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(json.dumps({"prefix": "The movie", "continuation": " was good."}) + "\n")
     data = {
-        "prefixes": str(prefixes), "num_samples": 2, "max_new_tokens": 4, "batch_size": 3, "model": str(tiny_checkpoint),
+        "training_pairs": str(pairs), "prefixes": str(prefixes), "num_samples": 2, "max_new_tokens": 4, "batch_size": 3, "model": str(tiny_checkpoint),
         "conditions": ["none", "toy_sentiment=positive"],
         "methods": {"dglm": {}, "plain": {}, "prompting": {"templates": {"toy_sentiment": "A {label} text."}}, "fudge": {"top_k": 3}},
         "judges": {"toy_sentiment": str(judge_data)}, "perplexity": str(tiny_models["decoder"]),
@@ -40,7 +42,7 @@ def test_eval_runs_every_method_and_writes_the_report(eval_config, toy_plugin, c
     assert set(report["results"]) == {f"{m} | {c}" for m in ("dglm", "plain", "prompting", "fudge") for c in ("none", "toy_sentiment=positive")}
     guided = report["results"]["fudge | toy_sentiment=positive"]
     assert {"all_targets_met", "toy_sentiment=positive", "dist1", "dist2", "dist3", "perplexity_median",
-            "seconds_per_sample", "samples_per_second"} <= guided.keys()
+            "copied_8_words", "seconds_per_sample", "samples_per_second"} <= guided.keys()
     assert report["peak_rss_mib"] > 0
     assert report["results"]["plain | none"] == report["results"]["plain | toy_sentiment=positive"]
     assert set(report["tradeoff"]) == {"0.0", "10.0"}
