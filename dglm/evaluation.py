@@ -76,7 +76,9 @@ class CopyDetector:
             for line in handle:
                 pair = json.loads(line)
                 hashes.extend(word_ngram_hashes(pair["prefix"] + pair["continuation"], n))
-        self.known = torch.frombuffer(hashes, dtype=torch.int64).unique()
+        self.known = torch.empty(0, dtype=torch.int64)  # stays empty when no pair has n words
+        if hashes:  # frombuffer refuses an empty buffer
+            self.known = torch.frombuffer(hashes, dtype=torch.int64).unique()
         self.n = n
 
     def share_copied(self, continuations: list[str]) -> float:

@@ -69,6 +69,7 @@ def test_copy_detector_flags_runs_of_training_words(tmp_path):
     assert detector.share_copied([copied, near_miss, "", " the film was a"]) == 0.5  # across the prefix too
     with pytest.raises(DglmError, match="dglm data build"):
         CopyDetector(str(tmp_path / "none.jsonl"))
+    assert CopyDetector(str(path), n=50).share_copied([copied]) == 0.0  # no pair has 50 words: nothing to copy
 
 
 def test_text_judge_learns_a_separable_task(tmp_path):
