@@ -7,17 +7,16 @@ character n-gram TF-IDF, not the sentence encoder) and are trained on different 
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from array import array
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from dglm.tables import read_labelled
+from dglm.training import iter_pairs
 
 
 @dataclass
@@ -67,15 +66,9 @@ class CopyDetector:
     """
 
     def __init__(self, pairs_path: str, n: int = 8):
-        from dglm.errors import DglmError
-
-        if not Path(pairs_path).is_file():
-            raise DglmError(f"training pairs {pairs_path} (for the copy check) do not exist; build them with `dglm data build`")
         hashes = array("q")  # 8 bytes a hash, where a list of Python ints would take ~40
-        with open(pairs_path, encoding="utf-8") as handle:
-            for line in handle:
-                pair = json.loads(line)
-                hashes.extend(word_ngram_hashes(pair["prefix"] + pair["continuation"], n))
+        for pair in iter_pairs(pairs_path):
+            hashes.extend(word_ngram_hashes(pair["prefix"] + pair["continuation"], n))
         self.known = torch.empty(0, dtype=torch.int64)  # stays empty when no pair has n words
         if hashes:  # frombuffer refuses an empty buffer
             self.known = torch.frombuffer(hashes, dtype=torch.int64).unique()

@@ -8,11 +8,13 @@ state in the run folder and writes the pipeline checkpoint to `output` when it e
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import platform
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -78,17 +80,18 @@ class TrainConfig:
 
 # ---- data ---------------------------------------------------------------------------------
 
-def read_pairs(path: Path | str, limit: int = 0) -> list[dict]:
+def iter_pairs(path: Path | str) -> Iterator[dict]:
+    """Stream prefix/continuation pairs from a JSONL file, for passes that need not hold them all."""
     path = Path(path)
     if not path.is_file():
         raise DglmError(f"training pairs {path} do not exist; build them with `dglm data build`")
-    pairs = []
     with open(path, encoding="utf-8") as handle:
         for line in handle:
-            pairs.append(json.loads(line))
-            if limit and len(pairs) >= limit:
-                break
-    return pairs
+            yield json.loads(line)
+
+
+def read_pairs(path: Path | str, limit: int = 0) -> list[dict]:
+    return list(itertools.islice(iter_pairs(path), limit or None))
 
 
 def encoded_pairs(config: TrainConfig, pairs: list[dict], is_main: bool) -> tuple[torch.Tensor, torch.Tensor]:
