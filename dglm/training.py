@@ -115,13 +115,14 @@ def pair_weights(pairs: list[dict], source_weights: dict[str, float]) -> torch.T
     """
     if not source_weights:
         return None
-    known = sorted({p.get("source", "(none)") for p in pairs})
+    sources = [p.get("source", "(none)") for p in pairs]
+    known = sorted(set(sources))
     unknown = sorted(set(source_weights) - set(known))
     if unknown:
         raise DglmError(f"source_weights names unknown source(s) {unknown}; the training pairs have: {known}")
     if any(not isinstance(w, (int, float)) or w <= 0 for w in source_weights.values()):
         raise DglmError(f"source_weights must be positive numbers, got {source_weights}")
-    return torch.tensor([float(source_weights.get(p.get("source"), 1.0)) for p in pairs])
+    return torch.tensor([float(source_weights.get(source, 1.0)) for source in sources])
 
 
 def warmup_cosine(step: int, warmup: int, total: int) -> float:

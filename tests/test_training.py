@@ -75,6 +75,7 @@ def test_source_weights_set_how_often_each_pair_is_drawn(tmp_path):
     pairs = [{"source": "news"}, {"source": "reviews"}, {"source": "news"}]
     assert pair_weights(pairs, source_weights).tolist() == [1.0, 3.0, 1.0]
     assert pair_weights(pairs, {}) is None  # uniform draws, as before
+    assert pair_weights([{"source": "news"}, {}], {"(none)": 2.0}).tolist() == [1.0, 2.0]  # pairs without a source
     with pytest.raises(DglmError, match=r"unknown source\(s\) \['tweets'\].*have: \['news', 'reviews'\]"):
         pair_weights(pairs, {"tweets": 2.0})
     with pytest.raises(DglmError, match="positive numbers"):
