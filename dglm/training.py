@@ -8,6 +8,7 @@ state in the run folder and writes the pipeline checkpoint to `output` when it e
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import math
@@ -33,6 +34,7 @@ from dglm.train_state import EMA, load_training_state, plot_losses, save_trainin
 class DataConfig:
     train: str = "data/pairs-train.jsonl"
     max_pairs: int = 0  # 0: every pair
+    all_pairs_from: list[str] = field(default_factory=list)  # sources kept whole, past max_pairs
 
 
 @dataclass
@@ -94,11 +96,36 @@ def read_pairs(path: Path | str, limit: int = 0) -> list[dict]:
     return list(itertools.islice(iter_pairs(path), limit or None))
 
 
+def select_pairs(data: DataConfig) -> list[dict]:
+    """The first `max_pairs` training pairs, plus every later pair from the sources in `all_pairs_from`.
+
+    Lets a CPU-sized run keep all of a small, valuable source (the movie reviews) without encoding the
+    whole corpus.
+    """
+    pairs, sources = [], set()
+    for index, pair in enumerate(iter_pairs(data.train)):
+        source = pair.get("source", "(none)")
+        sources.add(source)
+        if not data.max_pairs or index < data.max_pairs or source in data.all_pairs_from:
+            pairs.append(pair)
+    unknown = sorted(set(data.all_pairs_from) - sources)
+    if unknown:
+        raise DglmError(f"all_pairs_from names unknown source(s) {unknown}; {data.train} has: {sorted(sources)}")
+    return pairs
+
+
 def encoded_pairs(config: TrainConfig, pairs: list[dict], is_main: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Prefix and continuation embeddings, computed once and cached in the run folder (fp16)."""
+    """Prefix and continuation embeddings, computed once and cached in the run folder (fp16).
+
+    The cache's name holds a digest of the texts and the encoder, so another selection of pairs never
+    reads embeddings that belong to a different one.
+    """
     from dglm.encoder import SentenceEncoder
 
-    cache = Path(config.run_dir) / f"embeddings-{len(pairs)}.safetensors"
+    digest = hashlib.sha256(config.pipeline.encoder.encode())
+    for pair in pairs:
+        digest.update(f"{pair['prefix']}\0{pair['continuation']}\0".encode())
+    cache = Path(config.run_dir) / f"embeddings-{len(pairs)}-{digest.hexdigest()[:12]}.safetensors"
     if not cache.is_file() and is_main:
         encoder = SentenceEncoder(config.pipeline.encoder)
         texts = [p["prefix"] for p in pairs] + [p["continuation"] for p in pairs]
@@ -196,7 +223,7 @@ def prepare_stage(config: TrainConfig):
     accelerator = Accelerator()
     set_seed(config.seed)
     Path(config.run_dir).mkdir(parents=True, exist_ok=True)
-    pairs = read_pairs(config.data.train, config.data.max_pairs)
+    pairs = select_pairs(config.data)
     with accelerator.main_process_first():
         prefix, continuation = encoded_pairs(config, pairs, accelerator.is_main_process)
     return accelerator, pairs, prefix, continuation

@@ -3,11 +3,13 @@
 import json
 
 import pytest
+import torch
 import yaml
 
 from dglm.errors import DglmError
 from dglm.pipeline import Pipeline
-from dglm.training import TrainConfig, pair_weights, train_denoiser, train_prompt_generator
+from dglm.training import (DataConfig, TrainConfig, encoded_pairs, pair_weights, select_pairs, train_denoiser,
+                           train_prompt_generator)
 
 from conftest import toy_sentences
 
@@ -80,6 +82,29 @@ def test_source_weights_set_how_often_each_pair_is_drawn(tmp_path):
         pair_weights(pairs, {"tweets": 2.0})
     with pytest.raises(DglmError, match="positive numbers"):
         pair_weights(pairs, {"news": 0})
+
+
+def test_all_pairs_from_keeps_a_whole_source_past_max_pairs(tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    sources = ["news", "reviews", "news", "news", "reviews", "news"]
+    path.write_text("".join(json.dumps({"prefix": f"p{i}", "continuation": f"c{i}", "source": s}) + "\n"
+                            for i, s in enumerate(sources)))
+    assert [p["prefix"] for p in select_pairs(DataConfig(str(path), max_pairs=2))] == ["p0", "p1"]
+    kept = select_pairs(DataConfig(str(path), max_pairs=2, all_pairs_from=["reviews"]))
+    assert [p["prefix"] for p in kept] == ["p0", "p1", "p4"]
+    assert len(select_pairs(DataConfig(str(path), all_pairs_from=["reviews"]))) == 6  # no limit: every pair
+    with pytest.raises(DglmError, match=r"unknown source\(s\) \['tweets'\].*has: \['news', 'reviews'\]"):
+        select_pairs(DataConfig(str(path), max_pairs=2, all_pairs_from=["tweets"]))
+
+
+def test_embedding_cache_is_never_shared_between_selections_of_the_same_size(train_config):
+    config = TrainConfig.from_yaml(train_config)
+    pairs = select_pairs(config.data)
+    (train_config.parent / "run").mkdir()
+    first, _ = encoded_pairs(config, pairs[:4], is_main=True)
+    other, _ = encoded_pairs(config, pairs[4:8], is_main=True)
+    assert len(list((train_config.parent / "run").glob("embeddings-4-*.safetensors"))) == 2
+    assert not torch.equal(first, other)
 
 
 def test_a_decoder_adapter_is_trained_saved_and_merged_exactly(train_config, tmp_path):
