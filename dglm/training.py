@@ -15,7 +15,7 @@ import math
 import platform
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -104,14 +104,23 @@ def select_pairs(data: DataConfig) -> list[dict]:
     """
     pairs, sources = [], set()
     for index, pair in enumerate(iter_pairs(data.train)):
-        source = pair.get("source", "(none)")
+        source = source_of(pair)
         sources.add(source)
         if not data.max_pairs or index < data.max_pairs or source in data.all_pairs_from:
             pairs.append(pair)
-    unknown = sorted(set(data.all_pairs_from) - sources)
-    if unknown:
-        raise DglmError(f"all_pairs_from names unknown source(s) {unknown}; {data.train} has: {sorted(sources)}")
+    refuse_unknown_sources("all_pairs_from", data.all_pairs_from, sources, f"{data.train} has")
     return pairs
+
+
+def source_of(pair: dict) -> str:
+    """The corpus source a pair came from; pairs without one share the name "(none)"."""
+    return pair.get("source", "(none)")
+
+
+def refuse_unknown_sources(option: str, asked: Iterable[str], known: set[str], holder: str) -> None:
+    unknown = sorted(set(asked) - known)
+    if unknown:
+        raise DglmError(f"{option} names unknown source(s) {unknown}; {holder}: {sorted(known)}")
 
 
 def encoded_pairs(config: TrainConfig, pairs: list[dict], is_main: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -142,11 +151,8 @@ def pair_weights(pairs: list[dict], source_weights: dict[str, float]) -> torch.T
     """
     if not source_weights:
         return None
-    sources = [p.get("source", "(none)") for p in pairs]
-    known = sorted(set(sources))
-    unknown = sorted(set(source_weights) - set(known))
-    if unknown:
-        raise DglmError(f"source_weights names unknown source(s) {unknown}; the training pairs have: {known}")
+    sources = [source_of(p) for p in pairs]
+    refuse_unknown_sources("source_weights", source_weights, set(sources), "the training pairs have")
     if any(not isinstance(w, (int, float)) or w <= 0 for w in source_weights.values()):
         raise DglmError(f"source_weights must be positive numbers, got {source_weights}")
     return torch.tensor([float(source_weights.get(source, 1.0)) for source in sources])

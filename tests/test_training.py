@@ -108,7 +108,6 @@ def test_embedding_cache_is_never_shared_between_selections_of_the_same_size(tra
 
 
 def test_a_decoder_adapter_is_trained_saved_and_merged_exactly(train_config, tmp_path):
-    import torch
     from peft.utils import set_peft_model_state_dict
 
     from dglm.adapter import ADAPTER_PREFIX, add_adapter
