@@ -84,4 +84,4 @@ def test_soft_prompts_from_the_true_continuation_help_the_decoder_predict_it(def
         soft = pipe.soft_prompts(latents, sample_generators(range(len(pairs))))
         true_loss = pipe.decoder.loss(prefixes, continuations, soft)
         shuffled_loss = pipe.decoder.loss(prefixes, continuations, soft.roll(1, dims=0))
-    assert true_loss < shuffled_loss - 0.5, (true_loss.item(), shuffled_loss.item())  # measured 2.36 vs 4.59
+    assert true_loss < shuffled_loss - 0.5, (true_loss.item(), shuffled_loss.item())  # measured 2.33 vs 4.53
