@@ -1,6 +1,7 @@
 """Can a sampling setting close the gap on negative sentiment, and what does it cost in fluency?
 Runs the sentiment conditions under a few changes to the checkpoint's sampling settings (a larger
-guidance scale, no re-noising of the latent before the prompt generator, a lower decoder temperature),
+guidance scale, no re-noising of the latent before the prompt generator, a lower decoder temperature,
+classifier-free guidance on the prefix),
 judged as `dglm eval` judges them. Plain sampling is run once for each distinct decoder setting, so that
 perplexities are compared at the same temperature.
 
@@ -25,6 +26,8 @@ SETTINGS = {
     "no re-noising": {"renoise_alpha2": 1.0},
     "temperature 0.7": {"temperature": 0.7},
     "no re-noising, temperature 0.7": {"renoise_alpha2": 1.0, "temperature": 0.7},
+    "prefix guidance 2": {"prefix_guidance": 2.0},
+    "prefix guidance 4": {"prefix_guidance": 4.0},
 }
 
 
