@@ -1,0 +1,94 @@
+"""Choose the guidance scale on development prefixes that the reported figures never use.
+
+Runs sentiment=positive and sentiment=negative at each scale on `benchmarks/prefixes-dev.txt`, judged as
+`dglm eval` judges them, and applies one rule fixed before looking at the numbers: the scale with the
+highest mean control, mean(share positive when positive is asked, share negative when negative is asked),
+among the scales whose median perplexity stays within 1.5x that of unguided DGLM; ties go to the smaller
+scale. Writes a JSON report and a plot of both control rates and perplexity against the scale.
+
+    python benchmarks/choose_scale.py --samples 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from dglm import Pipeline
+from dglm.baselines import METHODS
+from dglm.eval_harness import EvalConfig, Scorer, continue_all, parse_condition, read_prefixes
+
+MAX_PERPLEXITY_RATIO = 1.5
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--prefixes", type=Path, default=Path("benchmarks/prefixes-dev.txt"))
+    parser.add_argument("--samples", type=int, default=10, help="samples per prefix and condition")
+    parser.add_argument("--scales", type=float, nargs="+", default=[32.0, 64.0, 128.0, 256.0, 512.0, 1024.0])
+    parser.add_argument("--judge", default="data/sentiment-judge.csv", help="the sentiment judge's training data")
+    parser.add_argument("--model")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/choose-scale.json"))
+    args = parser.parse_args()
+
+    config = EvalConfig(prefixes=str(args.prefixes), num_samples=args.samples, judges={"sentiment": args.judge})
+    scorer = Scorer(config)
+    pipeline = Pipeline.from_pretrained(args.model)
+    rows = [(p, j) for p in read_prefixes(args.prefixes) for j in range(args.samples)]
+
+    def positive_rate_and_perplexity(scale: float, condition: str) -> tuple[float, float]:
+        constraints = parse_condition(condition)
+        method = METHODS["dglm"](pipeline, guidance_scale=scale)
+        continuations = continue_all(method, rows, constraints, config.max_new_tokens, config.batch_size, f"scale {scale:g} {condition}")
+        scores = scorer([p for p, _ in rows], continuations, constraints)
+        return scores["sentiment=positive"], scores["perplexity_median"]
+
+    unguided_positive, unguided_perplexity = positive_rate_and_perplexity(0.0, "none")
+    results = {}
+    for scale in args.scales:
+        positive_asked, positive_perplexity = positive_rate_and_perplexity(scale, "sentiment=positive")
+        negative_asked, negative_perplexity = positive_rate_and_perplexity(scale, "sentiment=negative")
+        results[scale] = {
+            "positive_when_positive_asked": positive_asked, "positive_when_negative_asked": negative_asked,
+            "control": (positive_asked + 1.0 - negative_asked) / 2,
+            "perplexity_ratio": max(positive_perplexity, negative_perplexity) / unguided_perplexity,
+        }
+        print(f"scale {scale:g}: {json.dumps(results[scale])}", flush=True)
+    allowed = [scale for scale, r in results.items() if r["perplexity_ratio"] <= MAX_PERPLEXITY_RATIO]
+    chosen = max(allowed, key=lambda scale: (results[scale]["control"], -scale)) if allowed else None
+    report = {"prefixes": str(args.prefixes), "samples_per_condition": len(rows),
+              "unguided": {"positive": unguided_positive, "perplexity_median": unguided_perplexity},
+              "results": results, "chosen_scale": chosen, "checkpoint_scale": pipeline.config.sampling.guidance_scale}
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    plot(results, args.out.with_suffix(".png"), chosen)
+    print(f"chosen scale: {chosen} (checkpoint default {pipeline.config.sampling.guidance_scale:g}); wrote {args.out}")
+
+
+def plot(results: dict, path: Path, chosen: float | None) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scales = list(results)
+    figure, left = plt.subplots(figsize=(6, 4))
+    left.plot(scales, [r["positive_when_positive_asked"] for r in results.values()], "o-", label="positive asked: judged positive")
+    left.plot(scales, [1 - r["positive_when_negative_asked"] for r in results.values()], "o-", label="negative asked: judged negative")
+    left.set(xscale="log", xlabel="guidance scale", ylabel="share on target (judge)", ylim=(0, 1))
+    right = left.twinx()
+    right.plot(scales, [r["perplexity_ratio"] for r in results.values()], "s--", color="tab:red")
+    right.axhline(MAX_PERPLEXITY_RATIO, color="tab:red", linewidth=0.5)
+    right.set_ylabel("worst perplexity / unguided", color="tab:red")
+    right.set_ylim(0, 1.2 * max(MAX_PERPLEXITY_RATIO, *(r["perplexity_ratio"] for r in results.values())))
+    if chosen is not None:
+        left.axvline(chosen, color="grey", linestyle=":")
+    left.legend(loc="lower right", fontsize=8)
+    left.set_title("Guidance scale on development prefixes")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+if __name__ == "__main__":
+    main()
