@@ -35,7 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="target attribute, repeatable; WEIGHT defaults to 1, negative steers away. None: unguided")
     gen.add_argument("-n", "--num-samples", type=int, default=1, help="continuations per prefix (default 1)")
     gen.add_argument("--max-new-tokens", type=int, help="length of each continuation in tokens (default from the checkpoint, 20)")
-    gen.add_argument("--seed", type=int, help="base seed; sample j uses SEED+j, so the same seed gives the same text (default random, printed)")
+    gen.add_argument("--seed", type=int, help="base seed; sample j of prefix i uses SEED + i*NUM_SAMPLES + j, so the same seed gives the same text "
+                     "(default random; each sample's seed is printed)")
     gen.add_argument("--guidance-scale", type=float, help="strength of attribute guidance (default from the checkpoint); 0 turns it off")
     gen.add_argument("--steps", type=int, help="diffusion steps (default from the checkpoint); fewer is faster")
     gen.add_argument("--top-p", type=float, help="nucleus sampling threshold (default 0.9)")

@@ -183,8 +183,10 @@ class Pipeline:
         """Continue each prefix `num_samples` times so that the continuations carry `attributes`.
 
         `attributes` is a dict {name: label | (label, weight)} or a list of Constraint or
-        "NAME=LABEL[:WEIGHT]" strings; a negative weight steers away from the label. Sample j of
-        every prefix uses seed `seed + j`, which is stored in the result and reproduces it alone.
+        "NAME=LABEL[:WEIGHT]" strings; a negative weight steers away from the label. Sample j of prefix
+        i uses seed `seed + i * num_samples + j`, stored in the result, which reproduces that sample
+        alone. Every sample of a call gets its own seed: prefixes that shared seeds would share their
+        diffusion noise, and short prefixes would get near-identical continuations.
         """
         s = self.config.sampling
         prefixes = [prefix] if isinstance(prefix, str) else list(prefix)
@@ -195,7 +197,7 @@ class Pipeline:
         constraints = as_constraints(attributes)
         guide = self.make_guide(constraints)
         seed = random.randrange(2**31) if seed is None else int(seed)
-        rows = [(p, seed + j) for p in prefixes for j in range(num_samples)]
+        rows = [(p, seed + i * num_samples + j) for i, p in enumerate(prefixes) for j in range(num_samples)]
         from tqdm.auto import tqdm
 
         continuations: list[str] = []

@@ -24,7 +24,9 @@ def test_batching_gives_the_same_samples_as_one_by_one(tiny_pipeline, toy_plugin
     prefixes = ["The movie", "A long and very boring film about the market"]
     attributes = {"toy_sentiment": "positive"}
     batched = tiny_pipeline.generate(prefixes, attributes=attributes, num_samples=2, seed=3, batch_size=4)
-    singles = [s for p in prefixes for s in tiny_pipeline.generate(p, attributes=attributes, num_samples=2, seed=3, batch_size=1)]
+    singles = [s for i, p in enumerate(prefixes)
+               for s in tiny_pipeline.generate(p, attributes=attributes, num_samples=2, seed=3 + 2 * i, batch_size=1)]
+    assert [s.seed for s in batched] == [3, 4, 5, 6]
     assert [s.continuation for s in batched] == [s.continuation for s in singles]
     assert all(s.attributes == {"toy_sentiment": "positive"} for s in batched)
 
