@@ -15,33 +15,24 @@ import argparse
 import json
 from pathlib import Path
 
-from dglm import Pipeline
+from sentiment_bench import SentimentBench, add_common_arguments
+
 from dglm.baselines import METHODS
-from dglm.eval_harness import EvalConfig, Scorer, continue_all, parse_condition, read_prefixes
 
 MAX_PERPLEXITY_RATIO = 1.5
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--prefixes", type=Path, default=Path("benchmarks/prefixes-dev.txt"))
-    parser.add_argument("--samples", type=int, default=10, help="samples per prefix and condition")
+    add_common_arguments(parser, prefixes="benchmarks/prefixes-dev.txt", out="benchmarks/results/choose-scale.json")
     parser.add_argument("--scales", type=float, nargs="+", default=[32.0, 64.0, 128.0, 256.0, 512.0, 1024.0])
-    parser.add_argument("--judge", default="data/sentiment-judge.csv", help="the sentiment judge's training data")
-    parser.add_argument("--model")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/choose-scale.json"))
     args = parser.parse_args()
 
-    config = EvalConfig(prefixes=str(args.prefixes), num_samples=args.samples, judges={"sentiment": args.judge})
-    scorer = Scorer(config)
-    pipeline = Pipeline.from_pretrained(args.model)
-    rows = [(p, j) for p in read_prefixes(args.prefixes) for j in range(args.samples)]
+    bench = SentimentBench.from_args(args)
+    pipeline = bench.pipeline
 
     def positive_rate_and_perplexity(scale: float, condition: str) -> tuple[float, float]:
-        constraints = parse_condition(condition)
-        method = METHODS["dglm"](pipeline, guidance_scale=scale)
-        continuations = continue_all(method, rows, constraints, config.max_new_tokens, config.batch_size, f"scale {scale:g} {condition}")
-        scores = scorer([p for p, _ in rows], continuations, constraints)
+        scores = bench.judge(METHODS["dglm"](pipeline, guidance_scale=scale), condition, f"scale {scale:g} {condition}")
         return scores["sentiment=positive"], scores["perplexity_median"]
 
     unguided_positive, unguided_perplexity = positive_rate_and_perplexity(0.0, "none")
@@ -57,7 +48,7 @@ def main() -> None:
         print(f"scale {scale:g}: {json.dumps(results[scale])}", flush=True)
     allowed = [scale for scale, r in results.items() if r["perplexity_ratio"] <= MAX_PERPLEXITY_RATIO]
     chosen = max(allowed, key=lambda scale: (results[scale]["control"], -scale)) if allowed else None
-    report = {"prefixes": str(args.prefixes), "samples_per_condition": len(rows),
+    report = {"prefixes": str(args.prefixes), "samples_per_condition": len(bench.rows),
               "unguided": {"positive": unguided_positive, "perplexity_median": unguided_perplexity},
               "results": results, "chosen_scale": chosen, "checkpoint_scale": pipeline.config.sampling.guidance_scale}
     args.out.write_text(json.dumps(report, indent=2) + "\n")

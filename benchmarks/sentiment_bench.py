@@ -1,0 +1,46 @@
+"""What the sentiment benchmark scripts share: their common options, and continuing and judging one
+condition on the benchmark prefixes as `dglm eval` does (same judge, same seeds for every method)."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+from dglm import Pipeline
+from dglm.baselines import Method
+from dglm.eval_harness import (
+    EvalConfig,
+    Scorer,
+    continue_all,
+    parse_condition,
+    read_prefixes,
+)
+
+
+def add_common_arguments(parser: argparse.ArgumentParser, prefixes: str, out: str) -> None:
+    parser.add_argument("--prefixes", type=Path, default=Path(prefixes))
+    parser.add_argument("--samples", type=int, default=10, help="samples per prefix and condition")
+    parser.add_argument("--judge", default="data/sentiment-judge.csv", help="the sentiment judge's training data")
+    parser.add_argument("--model")
+    parser.add_argument("--out", type=Path, default=Path(out))
+
+
+@dataclass
+class SentimentBench:
+    config: EvalConfig
+    scorer: Scorer
+    pipeline: Pipeline
+    rows: list[tuple[str, int]]
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> SentimentBench:
+        config = EvalConfig(prefixes=str(args.prefixes), num_samples=args.samples, judges={"sentiment": args.judge})
+        rows = [(p, j) for p in read_prefixes(args.prefixes) for j in range(args.samples)]
+        return cls(config, Scorer(config), Pipeline.from_pretrained(args.model), rows)
+
+    def judge(self, method: Method, condition: str, desc: str) -> dict:
+        """Continue every row with `method` under `condition` and score the continuations."""
+        constraints = parse_condition(condition)
+        continuations = continue_all(method, self.rows, constraints, self.config.max_new_tokens, self.config.batch_size, desc)
+        return self.scorer([p for p, _ in self.rows], continuations, constraints)
