@@ -70,8 +70,7 @@ def text_stage(pipeline: Pipeline, judge: TextJudge, texts: list[str], labels: l
                prefix_words: int, seed: int) -> dict:
     """Judge continuations decoded from true latents of labelled sentences, against truth and no prompt."""
     rng = random.Random(seed)
-    s = pipeline.config.sampling
-    settings = dict(max_new_tokens=20, top_p=s.top_p, repetition_penalty=s.repetition_penalty)
+    settings = pipeline.config.sampling.decode_settings(20)
     report = {}
     for label in sorted(set(labels)):
         chosen = [t.split() for t, l in zip(texts, labels) if l == label and len(t.split()) >= prefix_words + 6]

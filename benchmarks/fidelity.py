@@ -31,7 +31,7 @@ def main() -> None:
     pairs = read_pairs(args.pairs, args.num_pairs)
     prefixes, targets = [p["prefix"] for p in pairs], [p["continuation"] for p in pairs]
     target_embeddings = pipeline.encoder.encode(targets)
-    settings = dict(max_new_tokens=20, top_p=pipeline.config.sampling.top_p, repetition_penalty=pipeline.config.sampling.repetition_penalty)
+    settings = pipeline.config.sampling.decode_settings(20)
     cosines: dict[str, list[float]] = {}
     for start in range(0, len(pairs), 25):
         rows = slice(start, start + 25)

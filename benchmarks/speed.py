@@ -35,8 +35,7 @@ def main() -> None:
     args = parser.parse_args()
 
     pipeline = Pipeline.from_pretrained(args.model, device=args.device)
-    sampling = pipeline.config.sampling
-    decode = dict(max_new_tokens=args.max_new_tokens, top_p=sampling.top_p, repetition_penalty=sampling.repetition_penalty)
+    decode = pipeline.config.sampling.decode_settings(args.max_new_tokens)
     rows = []
     for batch in args.batch_sizes:
         prefixes = ["The movie"] * batch

@@ -32,8 +32,7 @@ class Method:
         raise NotImplementedError
 
     def decode_settings(self, max_new_tokens: int) -> dict:
-        s = self.pipeline.config.sampling
-        return dict(max_new_tokens=max_new_tokens, top_p=s.top_p, temperature=s.temperature, repetition_penalty=s.repetition_penalty)
+        return self.pipeline.config.sampling.decode_settings(max_new_tokens)
 
     def sample(self, prefixes: list[str], rows: list[tuple[str, int]], max_new_tokens: int, adjust_logits=None) -> list[str]:
         """Sample the decoder without soft prompts, each row from its own seed."""

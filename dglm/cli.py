@@ -43,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--repetition-penalty", type=float, help="penalty for repeated tokens (default 1.2)")
     gen.add_argument("--temperature", type=float,
                      help="decoder sampling temperature (default 1.0); 0.7 gives more fluent, less varied text")
+    gen.add_argument("--min-p", type=float, help="drop tokens less than MIN_P times as likely as the most likely one "
+                     "(default from the checkpoint); keeps text on its attribute, 0 turns it off")
     gen.add_argument("--format", choices=["text", "jsonl"], default="text", help="text for reading, jsonl for programs (one sample a line)")
     gen.add_argument("--model", help="checkpoint folder (default: the bundled model)")
     gen.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
@@ -129,7 +131,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
     samples = pipeline.generate(
         prefixes, attributes=constraints, num_samples=args.num_samples, max_new_tokens=args.max_new_tokens,
         seed=args.seed, guidance_scale=args.guidance_scale, steps=args.steps, top_p=args.top_p,
-        repetition_penalty=args.repetition_penalty, temperature=args.temperature, progress=args.format == "text",
+        repetition_penalty=args.repetition_penalty, temperature=args.temperature, min_p=args.min_p, progress=args.format == "text",
     )
     for index, sample in enumerate(samples):
         if args.format == "jsonl":

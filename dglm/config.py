@@ -47,7 +47,13 @@ class SamplingConfig:
     top_p: float = 0.9
     temperature: float = 1.0
     repetition_penalty: float = 1.2
+    min_p: float = 0.0
     max_new_tokens: int = 20
+
+    def decode_settings(self, max_new_tokens: int | None = None) -> dict[str, Any]:
+        """The decoder's share of these settings, as `SoftPromptDecoder.generate` takes them."""
+        return dict(max_new_tokens=max_new_tokens or self.max_new_tokens, top_p=self.top_p, temperature=self.temperature,
+                    repetition_penalty=self.repetition_penalty, min_p=self.min_p)
 
 
 @dataclass

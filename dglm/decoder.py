@@ -58,6 +58,7 @@ class SoftPromptDecoder:
         top_p: float = 0.9,
         temperature: float = 1.0,
         repetition_penalty: float = 1.0,
+        min_p: float = 0.0,
         adjust_logits: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     ) -> list[str]:
         """Sample one continuation per row; soft_prompts is (rows, k, hidden) or None for plain sampling.
@@ -77,6 +78,8 @@ class SoftPromptDecoder:
         finished = torch.zeros(rows, dtype=torch.bool)
         for step in range(max_new_tokens):
             logits = out.logits[:, -1].float()
+            if min_p > 0.0:
+                logits = min_p_filter(logits, min_p)
             if adjust_logits is not None:
                 logits = adjust_logits(logits, generated[:, :step])
             if repetition_penalty != 1.0:
@@ -142,6 +145,17 @@ class SoftPromptDecoder:
         mixture = log_probs.logsumexp(dim=1) - math.log(k)
         targets = [sorted(set(self._token_ids(c)[:max_target_tokens])) for c in continuations]
         return torch.stack([-mixture[row, ids].mean() for row, ids in enumerate(targets)]).mean()
+
+
+def min_p_filter(logits: torch.Tensor, min_p: float) -> torch.Tensor:
+    """Drop the tokens less than min_p times as likely as the most likely one (min-p sampling).
+
+    Unlike top-p, the cut follows the decoder's confidence: where the soft prompts make one word clearly
+    likely, the long tail of unlikely words, which carries little of the requested attribute, is cut off.
+    """
+    log_probs = F.log_softmax(logits, dim=-1)
+    floor = log_probs.max(dim=-1, keepdim=True).values + math.log(min_p)
+    return logits.masked_fill(log_probs < floor, float("-inf"))
 
 
 def top_p_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:

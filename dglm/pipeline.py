@@ -177,6 +177,7 @@ class Pipeline:
         top_p: float | None = None,
         repetition_penalty: float | None = None,
         temperature: float | None = None,
+        min_p: float | None = None,
         batch_size: int = 32,
         progress: bool = False,
     ) -> list[Sample]:
@@ -191,7 +192,7 @@ class Pipeline:
         s = self.config.sampling
         prefixes = [prefix] if isinstance(prefix, str) else list(prefix)
         given = dict(max_new_tokens=max_new_tokens, guidance_scale=guidance_scale, steps=steps, top_p=top_p,
-                     repetition_penalty=repetition_penalty, temperature=temperature)
+                     repetition_penalty=repetition_penalty, temperature=temperature, min_p=min_p)
         settings = {name: getattr(s, name) if value is None else value for name, value in given.items()}
         check_generation_inputs(prefixes, num_samples, **settings)
         constraints = as_constraints(attributes)
@@ -207,16 +208,15 @@ class Pipeline:
         targets = {c.attribute: c.label for c in constraints}
         return [Sample(p, text, targets, row_seed) for (p, row_seed), text in zip(rows, continuations)]
 
-    def generate_rows(self, rows: list[tuple[str, int]], guide: Guide | None, max_new_tokens: int, guidance_scale: float,
-                      steps: int, top_p: float, repetition_penalty: float, temperature: float) -> list[str]:
-        """One continuation per (prefix, seed) row, in one batch; `generate` validates and batches for you."""
+    def generate_rows(self, rows: list[tuple[str, int]], guide: Guide | None, guidance_scale: float, steps: int,
+                      **decode_settings: Any) -> list[str]:
+        """One continuation per (prefix, seed) row, in one batch; `generate` validates and batches for you.
+
+        `decode_settings` are the decoder's (`SamplingConfig.decode_settings` lists them)."""
         prefixes = [p for p, _ in rows]
         generators = sample_generators([row_seed for _, row_seed in rows])
         soft_prompts = self.propose_soft_prompts(prefixes, generators, guide, guidance_scale, steps)
-        return self.decoder.generate(
-            prefixes, soft_prompts, generators, max_new_tokens=max_new_tokens, top_p=top_p,
-            temperature=temperature, repetition_penalty=repetition_penalty,
-        )
+        return self.decoder.generate(prefixes, soft_prompts, generators, **decode_settings)
 
     def propose_soft_prompts(self, prefixes, generators, guide=None, guidance_scale=0.0, steps=None) -> torch.Tensor:
         """Diffuse a continuation latent for each prefix and turn it into soft prompts."""
@@ -252,7 +252,7 @@ def check_compatible(config: PipelineConfig, encoder: SentenceEncoder, decoder: 
 
 
 def check_generation_inputs(prefixes: list[str], num_samples: int, max_new_tokens: int, guidance_scale: float,
-                            steps: int, top_p: float, repetition_penalty: float, temperature: float) -> None:
+                            steps: int, top_p: float, repetition_penalty: float, temperature: float, min_p: float) -> None:
     """Reject bad generation settings before any model runs."""
     if not prefixes:
         raise DglmError("no prefix given; pass a prefix string or a non-empty list of prefixes")
@@ -266,6 +266,8 @@ def check_generation_inputs(prefixes: list[str], num_samples: int, max_new_token
         raise DglmError(f"top_p must be in (0, 1], got {top_p}")
     if repetition_penalty <= 0 or temperature <= 0:
         raise DglmError(f"repetition_penalty and temperature must be positive, got {repetition_penalty} and {temperature}")
+    if not 0.0 <= min_p < 1.0:
+        raise DglmError(f"min_p must be in [0, 1) (0 turns it off), got {min_p}")
     if guidance_scale < 0:
         raise DglmError(f"guidance_scale must be >= 0 (steer away with a negative attribute weight), got {guidance_scale}")
 

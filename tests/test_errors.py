@@ -104,10 +104,14 @@ def test_probe_trained_on_another_encoder(capsys, tiny_checkpoint):
                  "--attr", "sentiment=positive")
 
 
+def test_min_p_out_of_range(capsys, tiny_checkpoint):
+    expect_error(capsys, "min_p must be in [0, 1)", "generate", "Hi", "--min-p", "1", "--model", str(tiny_checkpoint))
+
+
 def test_help_teaches_every_flag(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["generate", "--help"])
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
-    for flag in ("--prefix-file", "--attr", "-n", "--max-new-tokens", "--seed", "--guidance-scale", "--steps", "--format", "--model"):
+    for flag in ("--prefix-file", "--attr", "-n", "--max-new-tokens", "--seed", "--guidance-scale", "--steps", "--min-p", "--format", "--model"):
         assert flag in text

@@ -2,6 +2,7 @@
 
 import torch
 
+from dglm.decoder import min_p_filter
 from dglm.pipeline import Pipeline
 
 
@@ -52,3 +53,17 @@ def test_guided_generation_differs_from_unguided(tiny_pipeline, toy_plugin):
     guided = tiny_pipeline.generate("The movie", attributes={"toy_sentiment": "positive"}, num_samples=4,
                                     seed=2, guidance_scale=50.0)
     assert [s.continuation for s in plain] != [s.continuation for s in guided]
+
+
+def test_min_p_keeps_the_tokens_near_the_most_likely_one():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.06, 0.14], [0.05, 0.9, 0.02, 0.03]]))
+    kept = min_p_filter(logits, 0.2).isfinite()
+    assert kept.tolist() == [[True, True, False, True], [False, True, False, False]]
+
+
+def test_min_p_near_one_leaves_only_the_top_token(tiny_pipeline):
+    """With only the most likely token left, the seed no longer changes the decoding."""
+    decode = lambda seed, min_p: tiny_pipeline.decoder.generate(
+        ["The movie"] * 3, None, [torch.Generator().manual_seed(seed + i) for i in range(3)], max_new_tokens=6, min_p=min_p)
+    assert decode(0, 0.999) == decode(50, 0.999)
+    assert decode(0, 0.0) != decode(50, 0.0)
