@@ -44,7 +44,7 @@ def main() -> None:
     for name, changes in SETTINGS.items():
         pipeline.config.sampling = dataclasses.replace(defaults, **changes)
         runs = [("dglm", "sentiment=negative"), ("dglm", "sentiment=positive")]
-        plain_settings = METHODS["plain"](pipeline).decode_settings(bench.config.max_new_tokens)
+        plain_settings = pipeline.config.sampling.decode_settings(bench.config.max_new_tokens)
         if plain_settings not in plain_settings_run:
             plain_settings_run.append(plain_settings)
             runs.append(("plain", "none"))

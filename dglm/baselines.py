@@ -31,24 +31,21 @@ class Method:
     def continue_rows(self, rows: list[tuple[str, int]], constraints: list[Constraint], max_new_tokens: int) -> list[str]:
         raise NotImplementedError
 
-    def decode_settings(self, max_new_tokens: int) -> dict:
-        return self.pipeline.config.sampling.decode_settings(max_new_tokens)
-
     def sample(self, prefixes: list[str], rows: list[tuple[str, int]], max_new_tokens: int, adjust_logits=None) -> list[str]:
         """Sample the decoder without soft prompts, each row from its own seed."""
         generators = sample_generators([seed for _, seed in rows])
         return self.pipeline.plain_decoder().generate(prefixes, None, generators, adjust_logits=adjust_logits,
-                                              **self.decode_settings(max_new_tokens))
+                                              **self.pipeline.config.sampling.decode_settings(max_new_tokens))
 
 
 class DGLM(Method):
     name = "dglm"
 
     def continue_rows(self, rows, constraints, max_new_tokens):
-        guide = self.pipeline.make_guide(constraints)
+        guide, s = self.pipeline.make_guide(constraints), self.pipeline.config.sampling
         return self.pipeline.generate_rows(
-            rows, guide, guidance_scale=self.options.get("guidance_scale", self.pipeline.config.sampling.guidance_scale),
-            steps=self.options.get("steps", self.pipeline.config.sampling.steps), **self.decode_settings(max_new_tokens),
+            rows, guide, guidance_scale=self.options.get("guidance_scale", s.guidance_scale),
+            steps=self.options.get("steps", s.steps), **s.decode_settings(max_new_tokens),
         )
 
 

@@ -50,9 +50,9 @@ class SamplingConfig:
     min_p: float = 0.0
     max_new_tokens: int = 20
 
-    def decode_settings(self, max_new_tokens: int | None = None) -> dict[str, Any]:
+    def decode_settings(self, max_new_tokens: int) -> dict[str, Any]:
         """The decoder's share of these settings, as `SoftPromptDecoder.generate` takes them."""
-        return dict(max_new_tokens=max_new_tokens or self.max_new_tokens, top_p=self.top_p, temperature=self.temperature,
+        return dict(max_new_tokens=max_new_tokens, top_p=self.top_p, temperature=self.temperature,
                     repetition_penalty=self.repetition_penalty, min_p=self.min_p)
 
 
