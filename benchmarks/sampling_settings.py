@@ -1,11 +1,12 @@
 """Can a sampling setting close the gap on negative sentiment, and what does it cost in fluency?
 Runs the sentiment conditions under a few changes to the checkpoint's sampling settings (a larger
 guidance scale, no re-noising of the latent before the prompt generator, a lower decoder temperature,
-classifier-free guidance on the prefix),
-judged as `dglm eval` judges them. Plain sampling is run once for each distinct decoder setting, so that
-perplexities are compared at the same temperature.
+classifier-free guidance on the prefix, min-p truncation), judged as `dglm eval` judges them. Plain
+sampling is run once for each distinct decoder setting, so that perplexities are compared at the same
+decoder settings.
 
     python benchmarks/sampling_settings.py --samples 10
+    python benchmarks/sampling_settings.py --prefixes benchmarks/prefixes-dev.txt --only "min_p 0.3" "min_p 0.4"
 """
 
 from __future__ import annotations
@@ -27,12 +28,20 @@ SETTINGS = {
     "no re-noising, temperature 0.7": {"renoise_alpha2": 1.0, "temperature": 0.7},
     "prefix guidance 2": {"prefix_guidance": 2.0},
     "prefix guidance 4": {"prefix_guidance": 4.0},
+    "min_p 0 (off)": {"min_p": 0.0},
+    "min_p 0.2": {"min_p": 0.2},
+    "min_p 0.3": {"min_p": 0.3},
+    "min_p 0.4": {"min_p": 0.4},
+    "min_p 0.2, temperature 0.7": {"min_p": 0.2, "temperature": 0.7},
+    "min_p 0.2, guidance scale 512": {"min_p": 0.2, "guidance_scale": 512.0},
 }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_arguments(parser, prefixes="benchmarks/prefixes.txt", out="benchmarks/results/sampling-settings.json")
+    parser.add_argument("--only", nargs="+", choices=list(SETTINGS), metavar="SETTING",
+                        help=f"run only these settings, of: {', '.join(SETTINGS)}")
     args = parser.parse_args()
 
     bench = SentimentBench.from_args(args)
@@ -41,7 +50,8 @@ def main() -> None:
     report: dict = {"samples_per_condition": len(bench.rows),
                     "judge_held_out_accuracy": bench.scorer.judges["sentiment"].held_out_accuracy, "results": {}}
     plain_settings_run = []  # plain sampling depends only on the decoder's settings: run it once for each
-    for name, changes in SETTINGS.items():
+    for name in args.only or SETTINGS:
+        changes = SETTINGS[name]
         pipeline.config.sampling = dataclasses.replace(defaults, **changes)
         runs = [("dglm", "sentiment=negative"), ("dglm", "sentiment=positive")]
         plain_settings = pipeline.config.sampling.decode_settings(bench.config.max_new_tokens)
