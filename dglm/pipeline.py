@@ -325,7 +325,9 @@ def render_model_card(config: PipelineConfig, card: dict[str, Any]) -> str:
         f"- decoder: `{config.decoder}` (width {config.decoder_dim}), {describe_adapter(config)}",
         f"- denoiser: {config.denoiser.layers} layers, width {config.denoiser.width}, {config.denoiser.num_tokens} latent tokens",
         f"- prompt generator: {config.prompt_generator.num_soft_prompts} soft prompts, {config.prompt_generator.layers} layers",
-        f"- sampling defaults: {config.sampling.steps} DDIM steps, guidance scale {config.sampling.guidance_scale}",
+        f"- sampling defaults: {config.sampling.steps} DDIM steps, guidance scale {config.sampling.guidance_scale}; "
+        f"decoding with top-p {config.sampling.top_p}, min-p {config.sampling.min_p}, temperature "
+        f"{config.sampling.temperature}, repetition penalty {config.sampling.repetition_penalty}",
         "",
     ]
     if not card:

@@ -1,4 +1,4 @@
-"""The shipped configs parse, and the CPU training config describes the bundled checkpoint it made."""
+"""The shipped configs parse, and the CPU training config and model card describe the bundled checkpoint."""
 
 import dataclasses
 import json
@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from dglm.eval_harness import EvalConfig
+from dglm.pipeline import read_checkpoint, render_model_card
 from dglm.training import TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,3 +31,9 @@ def test_cpu_training_config_matches_the_bundled_checkpoint():
     assert json.loads((BUNDLED / "config.json").read_text()) == config.pipeline.to_dict()
     assert card["denoiser"]["config"] == dataclasses.asdict(config.denoiser)
     assert card["prompt_generator"]["config"] == dataclasses.asdict(config.prompt_generator)
+
+
+def test_bundled_model_card_describes_its_config():
+    """The shipped model card must be rendered from the checkpoint's own config and card, not left stale."""
+    config, _, card = read_checkpoint(BUNDLED)
+    assert (BUNDLED / "README.md").read_text() == render_model_card(config, card)
