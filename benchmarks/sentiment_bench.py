@@ -16,6 +16,7 @@ from dglm.eval_harness import (
     parse_condition,
     read_prefixes,
 )
+from dglm.seeding import seeded_rows
 
 
 def add_common_arguments(parser: argparse.ArgumentParser, prefixes: str, out: str) -> None:
@@ -36,7 +37,7 @@ class SentimentBench:
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> SentimentBench:
         config = EvalConfig(prefixes=str(args.prefixes), num_samples=args.samples, judges={"sentiment": args.judge})
-        rows = [(p, j) for p in read_prefixes(args.prefixes) for j in range(args.samples)]
+        rows = seeded_rows(read_prefixes(args.prefixes), args.samples, seed=0)
         return cls(config, Scorer(config), Pipeline.from_pretrained(args.model), rows)
 
     def judge(self, method: Method, condition: str, desc: str) -> dict:

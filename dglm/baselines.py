@@ -7,7 +7,7 @@ as published: when a checkpoint adapts the decoder for its soft prompts, the bas
   Yang & Klein 2021): at each step the top-k next tokens are re-scored by the probes' log-probability
   of the target on the text so far plus that token.
 
-Every method returns one continuation per (prefix, sample) row, sample j seeded with seed + j.
+Every method returns one continuation per (prefix, seed) row (`dglm.seeding.seeded_rows`).
 """
 
 from __future__ import annotations

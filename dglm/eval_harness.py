@@ -21,6 +21,7 @@ from dglm.errors import DglmError
 from dglm.evaluation import CopyDetector, PerplexityJudge, TextJudge, distinct_n, median
 from dglm.guidance import Constraint, parse_constraint
 from dglm.pipeline import Pipeline
+from dglm.seeding import seeded_rows
 
 
 @dataclass
@@ -108,7 +109,7 @@ def continue_all(method, rows: list[tuple[str, int]], constraints: list[Constrai
 
 def run_eval(config: EvalConfig, config_path: str = "") -> dict:
     prefixes = read_prefixes(config.prefixes)
-    rows = [(p, config.seed + j) for p in prefixes for j in range(config.num_samples)]
+    rows = seeded_rows(prefixes, config.num_samples, config.seed)
     check_judged(config)
     pipeline = Pipeline.from_pretrained(config.model)
     scorer = Scorer(config)

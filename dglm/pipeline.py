@@ -32,7 +32,7 @@ from dglm.plugins import get_attributes
 from dglm.prompt_generator import PromptGenerator
 from dglm.sampler import sample_latents
 from dglm.schedule import CosineSchedule, noise_to_level
-from dglm.seeding import per_sample_randn, sample_generators
+from dglm.seeding import per_sample_randn, sample_generators, seeded_rows
 
 DEFAULT_CHECKPOINT = "default"
 
@@ -185,9 +185,8 @@ class Pipeline:
 
         `attributes` is a dict {name: label | (label, weight)} or a list of Constraint or
         "NAME=LABEL[:WEIGHT]" strings; a negative weight steers away from the label. Sample j of prefix
-        i uses seed `seed + i * num_samples + j`, stored in the result, which reproduces that sample
-        alone. Every sample of a call gets its own seed: prefixes that shared seeds would share their
-        diffusion noise, and short prefixes would get near-identical continuations.
+        i uses seed `seed + i * num_samples + j` (`seeded_rows`), stored in the result, which reproduces
+        that sample alone.
         """
         s = self.config.sampling
         prefixes = [prefix] if isinstance(prefix, str) else list(prefix)
@@ -198,7 +197,7 @@ class Pipeline:
         constraints = as_constraints(attributes)
         guide = self.make_guide(constraints)
         seed = random.randrange(2**31) if seed is None else int(seed)
-        rows = [(p, seed + i * num_samples + j) for i, p in enumerate(prefixes) for j in range(num_samples)]
+        rows = seeded_rows(prefixes, num_samples, seed)
         from tqdm.auto import tqdm
 
         continuations: list[str] = []

@@ -6,6 +6,14 @@ from __future__ import annotations
 import torch
 
 
+def seeded_rows(prefixes: list[str], num_samples: int, seed: int) -> list[tuple[str, int]]:
+    """(prefix, seed) rows, `num_samples` per prefix, sample j of prefix i seeded `seed + i * num_samples + j`.
+
+    Every row gets its own seed: prefixes that shared seeds would share their diffusion noise, and their
+    continuations would come out alike (fewer independent draws than samples)."""
+    return [(p, seed + i * num_samples + j) for i, p in enumerate(prefixes) for j in range(num_samples)]
+
+
 def sample_generators(seeds: list[int]) -> list[torch.Generator]:
     return [torch.Generator().manual_seed(seed) for seed in seeds]
 

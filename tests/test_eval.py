@@ -9,6 +9,7 @@ import yaml
 from dglm.cli import main
 from dglm.errors import DglmError
 from dglm.eval_harness import EvalConfig, run_eval
+from dglm.pipeline import Pipeline
 
 from conftest import toy_sentiment
 
@@ -48,6 +49,15 @@ def test_eval_runs_every_method_and_writes_the_report(eval_config, toy_plugin, c
     assert set(report["tradeoff"]) == {"0.0", "10.0"}
     assert (eval_config.parent / "report.png").stat().st_size > 0
     assert "| fudge | toy_sentiment=positive |" in (eval_config.parent / "report.md").read_text()
+
+
+def test_eval_seeds_each_sample_as_generate_does(eval_config, tiny_checkpoint, toy_plugin, capsys):
+    """Prefixes must not share seeds (they would share diffusion noise): eval's DGLM text is what
+    `Pipeline.generate` gives for the same prefixes, samples and seed."""
+    assert main(["eval", "--config", str(eval_config), "--methods", "dglm", "--no-tradeoff"]) == 0
+    examples = json.loads((eval_config.parent / "report.json").read_text())["results"]["dglm | none"]["examples"]
+    samples = Pipeline.from_pretrained(str(tiny_checkpoint)).generate(["The movie", "A film"], num_samples=2, seed=0, max_new_tokens=4)
+    assert examples == [samples[0].text, samples[2].text]
 
 
 
