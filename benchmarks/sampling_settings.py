@@ -34,6 +34,7 @@ SETTINGS = {
     "min_p 0.4": {"min_p": 0.4},
     "min_p 0.2, temperature 0.7": {"min_p": 0.2, "temperature": 0.7},
     "min_p 0.2, guidance scale 512": {"min_p": 0.2, "guidance_scale": 512.0},
+    "50 diffusion steps": {"steps": 50},
 }
 
 
