@@ -1,9 +1,9 @@
 """Can a sampling setting close the gap on negative sentiment, and what does it cost in fluency?
 Runs the sentiment conditions under a few changes to the checkpoint's sampling settings (a larger
 guidance scale, no re-noising of the latent before the prompt generator, a lower decoder temperature,
-classifier-free guidance on the prefix, min-p truncation), judged as `dglm eval` judges them. Plain
-sampling is run once for each distinct decoder setting, so that perplexities are compared at the same
-decoder settings.
+classifier-free guidance on the prefix, min-p truncation, more diffusion steps), judged as `dglm eval`
+judges them. Plain sampling is run once for each distinct decoder setting, so that perplexities are
+compared at the same decoder settings.
 
     python benchmarks/sampling_settings.py --samples 10
     python benchmarks/sampling_settings.py --prefixes benchmarks/prefixes-dev.txt --only "min_p 0.3" "min_p 0.4"
