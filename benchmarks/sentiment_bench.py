@@ -37,7 +37,7 @@ class SentimentBench:
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> SentimentBench:
         config = EvalConfig(prefixes=str(args.prefixes), num_samples=args.samples, judges={"sentiment": args.judge})
-        rows = seeded_rows(read_prefixes(args.prefixes), args.samples, seed=0)
+        rows = seeded_rows(read_prefixes(args.prefixes), args.samples, config.seed)
         return cls(config, Scorer(config), Pipeline.from_pretrained(args.model), rows)
 
     def judge(self, method: Method, condition: str, desc: str) -> dict:
