@@ -1,8 +1,8 @@
 """`dglm eval`: methods x conditions x prefixes x samples, judged independently of the guidance.
 
 Every method (DGLM and the baselines in `dglm.baselines`) continues the same prefixes with the same
-seeds. Outputs: a JSON report, a Markdown table, and a PNG of attribute success and perplexity
-against DGLM's guidance scale (the trade-off curve).
+seeds. Outputs: a JSON report, a Markdown table, a PNG of attribute success and perplexity against
+DGLM's guidance scale (the trade-off curve), and every sample as JSONL (to read, or to judge again).
 """
 
 from __future__ import annotations
@@ -115,12 +115,16 @@ def run_eval(config: EvalConfig, config_path: str = "") -> dict:
     scorer = Scorer(config)
     report = {"config": asdict(config), "config_path": config_path,
               "judges": {n: j.held_out_accuracy for n, j in scorer.judges.items()}, "results": {}}
+    samples: list[dict] = []
 
-    def run(method, condition: str) -> dict:
+    def run(method, condition: str, guidance_scale: float | None = None) -> dict:
         constraints = parse_condition(condition)
         start = time.perf_counter()
         continuations = continue_all(method, rows, constraints, config.max_new_tokens, config.batch_size, f"{method.name} {condition}")
         seconds = time.perf_counter() - start
+        samples.extend({"method": method.name, "condition": condition, "guidance_scale": guidance_scale,
+                        "prefix": prefix, "seed": seed, "continuation": continuation}
+                       for (prefix, seed), continuation in zip(rows, continuations))
         result = scorer([p for p, _ in rows], continuations, constraints)
         result["seconds_per_sample"] = seconds / len(rows)
         result["samples_per_second"] = len(rows) / seconds
@@ -139,18 +143,19 @@ def run_eval(config: EvalConfig, config_path: str = "") -> dict:
             unsteered = unsteered or (result if isinstance(method, PlainSampling) else None)
     if config.tradeoff_condition:
         report["tradeoff"] = {
-            scale: run(METHODS["dglm"](pipeline, guidance_scale=scale), config.tradeoff_condition)
+            scale: run(METHODS["dglm"](pipeline, guidance_scale=scale), config.tradeoff_condition, scale)
             for scale in config.tradeoff_scales
         }
     report["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    write_report(config, report)
+    write_report(config, report, samples)
     return report
 
 
-def write_report(config: EvalConfig, report: dict) -> None:
+def write_report(config: EvalConfig, report: dict, samples: list[dict]) -> None:
     out = Path(config.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    out.with_suffix(".samples.jsonl").write_text("".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples))
     out.with_suffix(".md").write_text(markdown_table(report))
     if "tradeoff" in report:
         plot_tradeoff(report, out.with_suffix(".png"), config.tradeoff_condition)

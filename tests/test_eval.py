@@ -49,6 +49,15 @@ def test_eval_runs_every_method_and_writes_the_report(eval_config, toy_plugin, c
     assert set(report["tradeoff"]) == {"0.0", "10.0"}
     assert (eval_config.parent / "report.png").stat().st_size > 0
     assert "| fudge | toy_sentiment=positive |" in (eval_config.parent / "report.md").read_text()
+    samples = [json.loads(line) for line in (eval_config.parent / "report.samples.jsonl").read_text().splitlines()]
+    runs = {(s["method"], s["condition"], s["guidance_scale"]) for s in samples}
+    assert runs == {("dglm", "none", None), ("dglm", "toy_sentiment=positive", None), ("plain", "none", None),
+                    ("prompting", "none", None), ("prompting", "toy_sentiment=positive", None), ("fudge", "none", None),
+                    ("fudge", "toy_sentiment=positive", None), ("dglm", "toy_sentiment=positive", 0.0),
+                    ("dglm", "toy_sentiment=positive", 10.0)}
+    assert len(samples) == 4 * len(runs)  # 2 prefixes x 2 samples a run
+    first = next(s for s in samples if s["method"] == "fudge" and s["condition"] == "toy_sentiment=positive")
+    assert first["prefix"] + first["continuation"] == guided["examples"][0]
 
 
 def test_eval_seeds_each_sample_as_generate_does(eval_config, tiny_checkpoint, toy_plugin, capsys):
