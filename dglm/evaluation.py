@@ -1,8 +1,8 @@
 """Independent measurements of generated text: attribute judges, perplexity, diversity, copying.
 
 The judges never share anything with the guidance probes: they use different features (word and
-character n-gram TF-IDF, not the sentence encoder) and are trained on different data (see
-`dglm data build`: the *-judge.csv files). Perplexity comes from a different, larger LM.
+character n-gram TF-IDF, or another sentence encoder than the pipeline's) and are trained on different
+data (see `dglm data build`: the *-judge.csv files). Perplexity comes from a different, larger LM.
 """
 
 from __future__ import annotations
@@ -21,25 +21,34 @@ from dglm.training import iter_pairs
 
 @dataclass
 class TextJudge:
-    """TF-IDF + logistic regression over word and character n-grams, with its held-out accuracy."""
+    """Logistic regression over word and character n-gram TF-IDF, or over the embeddings of a sentence
+    encoder (which must not be the pipeline's, or the judge would share the guidance's blind spots)."""
 
     name: str
     model: object
     held_out_accuracy: float
 
     @classmethod
-    def train(cls, name: str, data_path: str, seed: int = 0) -> "TextJudge":
+    def train(cls, name: str, data_path: str, seed: int = 0, encoder: str | None = None) -> "TextJudge":
+        """Fit on 80% of the labelled data; the held-out 20% (the same split for every judge) scores it."""
         from sklearn.feature_extraction.text import TfidfVectorizer
         from sklearn.linear_model import LogisticRegression
         from sklearn.model_selection import train_test_split
         from sklearn.pipeline import make_pipeline, make_union
+        from sklearn.preprocessing import FunctionTransformer
 
         texts, labels = read_labelled(data_path, "text", "label")
         x_train, x_test, y_train, y_test = train_test_split(texts, labels, test_size=0.2, random_state=seed, stratify=labels)
-        features = make_union(
-            TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True),
-            TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), min_df=3, sublinear_tf=True),
-        )
+        if encoder is None:
+            features = make_union(
+                TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True),
+                TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), min_df=3, sublinear_tf=True),
+            )
+        else:
+            from dglm.encoder import SentenceEncoder
+
+            sentence_encoder = SentenceEncoder(encoder)
+            features = FunctionTransformer(lambda batch: sentence_encoder.encode(list(batch)).numpy())
         model = make_pipeline(features, LogisticRegression(C=4.0, max_iter=3000)).fit(x_train, y_train)
         return cls(name, model, float(model.score(x_test, y_test)))
 

@@ -74,7 +74,8 @@ def test_copy_detector_flags_runs_of_training_words(tmp_path):
     assert CopyDetector(str(path), n=50).share_copied([copied]) == 0.0  # no pair has 50 words: nothing to copy
 
 
-def test_text_judge_learns_a_separable_task(tmp_path):
+@pytest.mark.parametrize("features", ["tf-idf", "encoder"])
+def test_text_judge_learns_a_separable_task(tmp_path, tiny_models, features):
     path = tmp_path / "judge.csv"
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
@@ -82,7 +83,7 @@ def test_text_judge_learns_a_separable_task(tmp_path):
         for i in range(60):
             writer.writerow([f"a wonderful lovely film number {i}", "positive"])
             writer.writerow([f"a dreadful awful film number {i}", "negative"])
-    judge = TextJudge.train("toy", str(path))
+    judge = TextJudge.train("toy", str(path), encoder=str(tiny_models["encoder"]) if features == "encoder" else None)
     assert judge.held_out_accuracy == 1.0
     assert judge.predict(["lovely and wonderful", "awful, dreadful"]) == ["positive", "negative"]
 
