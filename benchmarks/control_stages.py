@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from dglm import Pipeline
 from dglm.eval_harness import read_prefixes
-from dglm.evaluation import TextJudge
+from dglm.evaluation import TextJudge, label_shares
 from dglm.guidance import Constraint
 from dglm.seeding import sample_generators
 from dglm.tables import read_labelled
@@ -34,8 +34,18 @@ from dglm.training import read_pairs
 
 
 def label_rates(judge: TextJudge, texts: list[str]) -> dict[str, float]:
-    verdicts = judge.predict(texts)
-    return {label: round(sum(v == label for v in verdicts) / len(verdicts), 3) for label in judge.model.classes_}
+    return {label: round(share, 3) for label, share in label_shares(judge.predict(texts), judge.model.classes_).items()}
+
+
+def pick_sentences(texts: list[str], labels: list[str], per_label: int, min_words: int, seed: int) -> dict[str, list[list[str]]]:
+    """Up to `per_label` random sentences of each label with at least `min_words` words, as word lists."""
+    rng = random.Random(seed)
+    picked = {}
+    for label in sorted(set(labels)):
+        sentences = [t.split() for t, l in zip(texts, labels) if l == label and len(t.split()) >= min_words]
+        rng.shuffle(sentences)
+        picked[label] = sentences[:per_label]
+    return picked
 
 
 def latent_stage(pipeline: Pipeline, judge: TextJudge, attribute: str, prefixes: list[str], samples: int,
@@ -69,13 +79,9 @@ def latent_stage(pipeline: Pipeline, judge: TextJudge, attribute: str, prefixes:
 def text_stage(pipeline: Pipeline, judge: TextJudge, texts: list[str], labels: list[str], per_label: int,
                prefix_words: int, seed: int) -> dict:
     """Judge continuations decoded from true latents of labelled sentences, against truth and no prompt."""
-    rng = random.Random(seed)
     settings = pipeline.config.sampling.decode_settings(20)
     report = {}
-    for label in sorted(set(labels)):
-        chosen = [t.split() for t, l in zip(texts, labels) if l == label and len(t.split()) >= prefix_words + 6]
-        rng.shuffle(chosen)
-        chosen = chosen[:per_label]
+    for label, chosen in pick_sentences(texts, labels, per_label, prefix_words + 6, seed).items():
         prefixes = [" ".join(words[:prefix_words]) for words in chosen]
         truths = [" " + " ".join(words[prefix_words:]) for words in chosen]
         decoded, bare = [], []

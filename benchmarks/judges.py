@@ -17,28 +17,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 from collections import defaultdict
 from pathlib import Path
 
-from dglm.evaluation import TextJudge
+from control_stages import pick_sentences
+from dglm.evaluation import TextJudge, label_shares
 from dglm.tables import read_labelled
-
-
-def label_rates(verdicts: list[str], labels: list[str]) -> dict[str, float]:
-    return {label: round(sum(v == label for v in verdicts) / len(verdicts), 3) for label in labels}
 
 
 def labelled_continuations(path: str, per_label: int, prefix_words: int, seed: int) -> dict[str, list[str]]:
     """Up to `per_label` continuations of each label: words prefix_words+1 .. prefix_words+16."""
     texts, labels = read_labelled(path, "text", "label")
-    rng = random.Random(seed)
-    chosen: dict[str, list[str]] = {}
-    for label in sorted(set(labels)):
-        sentences = [t.split() for t, l in zip(texts, labels) if l == label and len(t.split()) >= prefix_words + 6]
-        rng.shuffle(sentences)
-        chosen[label] = [" ".join(words[prefix_words : prefix_words + 16]) for words in sentences[:per_label]]
-    return chosen
+    picked = pick_sentences(texts, labels, per_label, prefix_words + 6, seed)
+    return {label: [" ".join(words[prefix_words : prefix_words + 16]) for words in sentences] for label, sentences in picked.items()}
 
 
 def read_samples(path: str) -> dict[str, list[str]]:
@@ -57,7 +48,8 @@ def compare(judges: dict[str, TextJudge], groups: dict[str, list[str]]) -> dict[
     for name, texts in groups.items():
         verdicts = {judge_name: judge.predict(texts) for judge_name, judge in judges.items()}
         first, *others = verdicts.values()
-        results[name] = {judge_name: label_rates(v, list(judges[judge_name].model.classes_)) for judge_name, v in verdicts.items()}
+        results[name] = {judge_name: {label: round(share, 3) for label, share in label_shares(v, judges[judge_name].model.classes_).items()}
+                         for judge_name, v in verdicts.items()}
         results[name]["all judges agree"] = round(sum(all(o[i] == first[i] for o in others) for i in range(len(first))) / len(first), 3)
         results[name]["texts"] = len(texts)
     return results

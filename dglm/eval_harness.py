@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from dglm.baselines import METHODS, PlainSampling
 from dglm.config import load_yaml
 from dglm.errors import DglmError
-from dglm.evaluation import CopyDetector, PerplexityJudge, TextJudge, distinct_n, median
+from dglm.evaluation import CopyDetector, PerplexityJudge, TextJudge, distinct_n, label_shares, median
 from dglm.guidance import Constraint, parse_constraint
 from dglm.pipeline import Pipeline
 from dglm.seeding import seeded_rows
@@ -68,8 +68,8 @@ class Scorer:
         result: dict = {}
         verdicts = {name: judge.predict(continuations) for name, judge in self.judges.items()}
         for name, labels in verdicts.items():
-            for label in self.judges[name].model.classes_:
-                result[f"{name}={label}"] = sum(v == label for v in labels) / len(labels)
+            for label, share in label_shares(labels, self.judges[name].model.classes_).items():
+                result[f"{name}={label}"] = share
         if constraints:
             met = [all((verdicts[c.attribute][i] == c.label) == (c.weight >= 0) for c in constraints) for i in range(len(continuations))]
             result["all_targets_met"] = sum(met) / len(met)

@@ -56,6 +56,11 @@ class TextJudge:
         return list(self.model.predict(texts))
 
 
+def label_shares(verdicts: list[str], labels: list[str]) -> dict[str, float]:
+    """The share of verdicts that are each label."""
+    return {label: sum(v == label for v in verdicts) / len(verdicts) for label in labels}
+
+
 def distinct_n(texts: list[str], n: int) -> float:
     """Unique n-grams over all n-grams of whitespace tokens (Dist-n of Li et al. 2016)."""
     grams = [tuple(words[i : i + n]) for words in (t.split() for t in texts) for i in range(len(words) - n + 1)]
