@@ -69,7 +69,6 @@ def test_eval_seeds_each_sample_as_generate_does(eval_config, tiny_checkpoint, t
     assert examples == [samples[0].text, samples[2].text]
 
 
-
 def test_eval_can_rerun_only_some_methods_to_another_output(eval_config, toy_plugin, capsys):
     out = eval_config.parent / "only-plain"
     assert main(["eval", "--config", str(eval_config), "--methods", "plain", "--out", str(out), "--no-tradeoff"]) == 0
@@ -77,6 +76,7 @@ def test_eval_can_rerun_only_some_methods_to_another_output(eval_config, toy_plu
     assert {key.split(" | ")[0] for key in report["results"]} == {"plain"} and "tradeoff" not in report
     assert main(["eval", "--config", str(eval_config), "--methods", "nope"]) == 2
     assert "its methods: dglm, fudge, plain, prompting" in capsys.readouterr().err
+
 
 def test_eval_refuses_a_target_without_a_judge(eval_config, tmp_path):
     config = EvalConfig.from_yaml(eval_config)
