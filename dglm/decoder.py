@@ -114,22 +114,32 @@ class SoftPromptDecoder:
 
     def loss(self, prefixes: list[str], continuations: list[str], soft_prompts: torch.Tensor,
              max_target_tokens: int | None = None) -> torch.Tensor:
-        """Mean cross-entropy of the continuation tokens given [prefix ; soft prompts] (for training)."""
+        """Mean cross-entropy of the continuation tokens given [prefix ; soft prompts] (for training).
+
+        The rows are packed into one sequence, each attending only to itself (its positions restart at 0,
+        which the model reads as a new sequence), so no compute goes to padding; logits are computed only
+        where a continuation token is predicted, not over the whole vocabulary at every position.
+        """
         rows = [(self._token_ids(p), self._token_ids(c)[:max_target_tokens]) for p, c in zip(prefixes, continuations)]
         k = soft_prompts.shape[1]
-        length = max(len(p) + k + len(t) for p, t in rows)
         table = self.model.get_input_embeddings()
-        embeds, masks, labels = [], [], []
+        embeds, positions, predict_at, labels = [], [], [], []
+        offset = 0
         for (prefix_ids, target_ids), soft in zip(rows, soft_prompts):
-            pad = length - (len(prefix_ids) + k + len(target_ids))
-            tokens = torch.tensor(prefix_ids + target_ids + [self.tokenizer.pad_token_id] * pad, device=self.device)
-            token_embeds = table(tokens)
-            embeds.append(torch.cat([token_embeds[: len(prefix_ids)], soft.to(token_embeds.dtype), token_embeds[len(prefix_ids):]]))
-            masks.append(torch.tensor([1] * (length - pad) + [0] * pad, device=self.device))
-            labels.append(torch.tensor([-100] * (len(prefix_ids) + k) + target_ids + [-100] * pad, device=self.device))
-        logits = self.model(inputs_embeds=torch.stack(embeds), attention_mask=torch.stack(masks)).logits
-        labels = torch.stack(labels)
-        return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
+            token_embeds = table(torch.tensor(prefix_ids + target_ids, device=self.device))
+            embeds += [token_embeds[: len(prefix_ids)], soft.to(token_embeds.dtype), token_embeds[len(prefix_ids):]]
+            length = len(prefix_ids) + k + len(target_ids)
+            positions.append(torch.arange(length))
+            # The token at position p is predicted from position p - 1: the last soft prompt predicts the first target.
+            first = offset + len(prefix_ids) + k - 1
+            predict_at.append(torch.arange(first, first + len(target_ids)))
+            labels += target_ids
+            offset += length
+        position_ids = torch.cat(positions)[None].to(self.device)
+        keep = torch.cat(predict_at).to(self.device)
+        logits = self.model(inputs_embeds=torch.cat(embeds)[None], position_ids=position_ids, use_cache=False,
+                            logits_to_keep=keep).logits[0]
+        return F.cross_entropy(logits.float(), torch.tensor(labels, device=self.device))
 
     def bag_of_words_loss(self, continuations: list[str], soft_prompts: torch.Tensor,
                           max_target_tokens: int | None = None) -> torch.Tensor:
