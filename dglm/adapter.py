@@ -42,13 +42,10 @@ def adapter_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {ADAPTER_PREFIX + key: value for key, value in get_peft_model_state_dict(model).items()}
 
 
-def load_adapter(model: nn.Module, config: AdapterConfig, state: dict[str, torch.Tensor]) -> None:
-    """Inject the adapter, load its checkpoint weights, merge them into the decoder's own weights and take the
-    LoRA layers out again, leaving an ordinary model that generates exactly as fast as the original."""
-    from peft.tuners.tuners_utils import BaseTunerLayer
+def set_adapter_weights(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load a checkpoint's adapter weights (keyed `decoder_adapter.*`) into the LoRA layers injected in `model`."""
     from peft.utils import set_peft_model_state_dict
 
-    add_adapter(model, config)
     weights = {key[len(ADAPTER_PREFIX):]: value.float() for key, value in state.items()}
     result = set_peft_model_state_dict(model, weights)
     missing = [key for key in result.missing_keys if "lora_" in key]
@@ -57,6 +54,15 @@ def load_adapter(model: nn.Module, config: AdapterConfig, state: dict[str, torch
             f"the checkpoint's decoder adapter does not fit decoder {type(model).__name__}: "
             f"{len(missing)} adapter weights missing, {len(result.unexpected_keys)} unexpected"
         )
+
+
+def load_adapter(model: nn.Module, config: AdapterConfig, state: dict[str, torch.Tensor]) -> None:
+    """Inject the adapter, load its checkpoint weights, merge them into the decoder's own weights and take the
+    LoRA layers out again, leaving an ordinary model that generates exactly as fast as the original."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    add_adapter(model, config)
+    set_adapter_weights(model, state)
     with torch.no_grad():
         for name, module in list(model.named_modules()):
             if isinstance(module, BaseTunerLayer):

@@ -87,12 +87,25 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--seed", type=int, default=0, help="seed for the split points (default 0)")
     build.set_defaults(handler=cmd_data_build)
 
-    train = commands.add_parser("train", help="train the denoiser or the prompt generator from a YAML config",
-                                description="Train one stage; run `denoiser` first, then `prompt-generator`. Each resumes from its "
-                                            "last state in the config's run_dir and writes the checkpoint to its output folder. "
-                                            "For several GPUs: accelerate launch -m dglm train STAGE --config FILE")
-    train.add_argument("stage", choices=["denoiser", "prompt-generator"], help="which part to train")
+    train = commands.add_parser(
+        "train", help="train the denoiser, the prompt generator, or both, from a YAML config",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Train one stage, or `all` (builds the corpus if it is missing, then the denoiser, then the prompt "
+                    "generator). A run resumes exactly from its last state in the config's run_dir (same batches, "
+                    "optimizer and learning-rate schedule) and writes the checkpoint to its output folder.",
+        epilog="examples:\n"
+               "  dglm train all --config configs/train-cpu.yaml\n"
+               "  dglm train prompt-generator --config configs/train-long.yaml --max-minutes 170   # one leg\n"
+               "  dglm train all --config configs/train-gpu.yaml --print-config                    # resolved config\n"
+               "  accelerate launch -m dglm train denoiser --config configs/train-gpu.yaml         # several GPUs\n",
+    )
+    train.add_argument("stage", choices=["denoiser", "prompt-generator", "all"], help="which part to train")
     train.add_argument("--config", type=Path, required=True, help="training YAML, e.g. configs/train-cpu.yaml")
+    train.add_argument("--print-config", action="store_true",
+                       help="print the fully resolved config (after `extends`) as JSON and exit")
+    train.add_argument("--max-minutes", type=float, metavar="M",
+                       help="end this leg after M minutes (or on SIGTERM), saving its state and checkpoint; "
+                            "the same command continues the run")
     train.set_defaults(handler=cmd_train)
 
     evaluate = commands.add_parser("eval", help="compare DGLM with baselines, judged independently of the guidance",
@@ -211,11 +224,18 @@ def cmd_data_build(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from dglm.training import TrainConfig, train_denoiser, train_prompt_generator
+    from dglm.config import TrainConfig
+    from dglm.training import LegTimer, train_all, train_denoiser, train_prompt_generator
 
     config = TrainConfig.from_yaml(args.config)
-    trainer = train_denoiser if args.stage == "denoiser" else train_prompt_generator
-    print(f"checkpoint written to {trainer(config, str(args.config))}")
+    if args.print_config:
+        print(json.dumps(config.to_dict(), indent=2))
+        return
+    if args.max_minutes is not None and not args.max_minutes > 0:
+        raise DglmError(f"--max-minutes must be a positive number of minutes, got {args.max_minutes}")
+    trainer = {"denoiser": train_denoiser, "prompt-generator": train_prompt_generator, "all": train_all}[args.stage]
+    with LegTimer(args.max_minutes) as leg:
+        print(f"checkpoint written to {trainer(config, str(args.config), leg)}")
 
 
 def cmd_eval(args: argparse.Namespace) -> None:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from dglm.errors import DglmError
 
@@ -78,32 +80,154 @@ class PipelineConfig:
         return build_dataclass(cls, data, "config")
 
 
-def load_yaml(cls: type, path: Path | str, kind: str) -> Any:
-    """Build a config dataclass from a YAML file, with clear errors for a missing or malformed file."""
+Precision = Literal["fp32", "bf16"]
+
+
+@dataclass
+class DataConfig:
+    train: str = "data/pairs-train.jsonl"
+    max_pairs: int = 0  # 0: every pair
+    all_pairs_from: list[str] = field(default_factory=list)  # sources kept whole, past max_pairs
+
+
+@dataclass
+class DenoiserTraining:
+    steps: int = 6000
+    batch_size: int = 256
+    learning_rate: float = 5e-4
+    warmup: int = 200
+    ema_decay: float = 0.999
+    prefix_dropout: float = 0.1
+    self_condition: float = 0.5
+    precision: Precision = "fp32"  # "bf16": matrix products in bfloat16 under autocast (weights stay fp32)
+    checkpoint_every: int = 500
+
+
+@dataclass
+class PromptGeneratorTraining:
+    steps: int = 600
+    batch_size: int = 8
+    learning_rate: float = 3e-4
+    adapter_learning_rate: float = 3e-4  # for the decoder's LoRA adapter, when the pipeline has one
+    warmup: int = 50
+    alpha2_min: float = 0.7
+    max_target_tokens: int = 20
+    bag_of_words_steps: int = 0  # steps of bag-of-words-only pretraining before the joint training
+    bag_of_words_batch_size: int = 64
+    bag_of_words_weight: float = 0.0  # weight of the bag-of-words loss during the joint training
+    source_weights: dict[str, float] = field(default_factory=dict)  # how often a pair is drawn, by its source (default 1)
+    precision: Precision = "fp32"  # "bf16": the frozen decoder held in bfloat16, the step under autocast
+    checkpoint_every: int = 100
+
+
+@dataclass
+class TrainConfig:
+    run_dir: str = "runs/default"  # resume states and the embedding cache; "~" is expanded
+    output: str = "runs/default/checkpoint"
+    seed: int = 0
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    denoiser: DenoiserTraining = field(default_factory=DenoiserTraining)
+    prompt_generator: PromptGeneratorTraining = field(default_factory=PromptGeneratorTraining)
+
+    @property
+    def run_path(self) -> Path:
+        return Path(self.run_dir).expanduser()
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_yaml(cls, path: Path | str) -> "TrainConfig":
+        return load_yaml(cls, path, "training")
+
+
+def read_yaml_mapping(path: Path, kind: str, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A YAML file's mapping, with `extends: OTHER.yaml` resolved: the file's keys override OTHER's, key by key
+    in nested mappings, so a config states only what it changes. OTHER is relative to the file."""
     import yaml
 
+    path = path.resolve()
+    if path in seen:
+        raise DglmError(f"{kind} config {path} extends itself (through {' -> '.join(p.name for p in seen)})")
     try:
-        data = yaml.safe_load(Path(path).read_text())
+        data = yaml.safe_load(path.read_text())
     except FileNotFoundError:
         raise DglmError(f"{kind} config {path} does not exist") from None
     except yaml.YAMLError as error:
         raise DglmError(f"{kind} config {path} is not valid YAML ({str(error).splitlines()[0]})") from None
-    return build_dataclass(cls, data or {}, str(path))
+    data = {} if data is None else data
+    if not isinstance(data, dict):
+        raise DglmError(f"{kind} config {path} must be a mapping of keys to values, got {type(data).__name__}")
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    if not isinstance(parent, str):
+        raise DglmError(f"{path}: extends must be the path of another config, got {parent!r}")
+    return merge_mappings(read_yaml_mapping(path.parent / parent, kind, seen + (path,)), data)
+
+
+def merge_mappings(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            value = merge_mappings(merged[key], value)
+        merged[key] = value
+    return merged
+
+
+def load_yaml(cls: type, path: Path | str, kind: str) -> Any:
+    """Build a config dataclass from a YAML file (following `extends`), with errors that name the file and key."""
+    return build_dataclass(cls, read_yaml_mapping(Path(path), kind), str(path))
 
 
 def build_dataclass(cls: type, data: Any, where: str) -> Any:
-    """Build a (nested) dataclass from a dict, rejecting unknown keys with a clear message."""
+    """Build a (nested) dataclass from a dict, rejecting unknown keys and values of the wrong type."""
     if not isinstance(data, dict):
         raise DglmError(f"{where} must be a mapping, got {type(data).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise DglmError(f"unknown key(s) {unknown} in {where}; accepted: {sorted(fields)}")
+    hints = typing.get_type_hints(cls)
     values = {}
     for name, value in data.items():
-        default = getattr(cls(), name)
-        if dataclasses.is_dataclass(default):
-            values[name] = build_dataclass(type(default), value, f"{where}.{name}")
+        if dataclasses.is_dataclass(hints[name]):
+            values[name] = build_dataclass(hints[name], value, f"{where}.{name}")
         else:
-            values[name] = value
+            values[name] = checked_value(value, hints[name], f"{where}.{name}")
     return cls(**values)
+
+
+def checked_value(value: Any, hint: Any, where: str) -> Any:
+    """`value` if it has the declared type (an int is accepted for a float, as YAML writes 1 for 1.0), else an error."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (hint,) = [arg for arg in args if arg is not type(None)]
+        origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Literal:
+        if value in args:
+            return value
+        raise DglmError(f"{where} must be one of {', '.join(map(str, args))}, got {value!r}")
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if origin is list and isinstance(value, list):
+        return [checked_value(item, args[0], f"{where}[{index}]") for index, item in enumerate(value)] if args else value
+    if origin is dict and isinstance(value, dict):
+        if not args:
+            return value
+        return {checked_value(k, args[0], f"{where} key"): checked_value(v, args[1], f"{where}.{k}") for k, v in value.items()}
+    expected = origin or hint
+    if expected is typing.Any or (isinstance(value, expected) and not (isinstance(value, bool) and expected is not bool)):
+        return value
+    raise DglmError(f"{where} must be {type_name(hint)}, got {value!r}")
+
+
+def type_name(hint: Any) -> str:
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+    if hint in names:
+        return names[hint]
+    origin = typing.get_origin(hint)
+    return {list: "a list", dict: "a mapping"}.get(origin, str(hint))

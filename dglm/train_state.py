@@ -31,8 +31,9 @@ class EMA:
 
 
 def save_training_state(path: Path, module: nn.Module, optimizer: torch.optim.Optimizer, ema: EMA | None,
-                        step: int, losses: list[float], seconds: float) -> None:
-    """Write PATH.safetensors (weights, EMA, optimizer moments) and PATH.json (step, losses, training time, groups)."""
+                        step: int, losses: list[float], seconds: float, total_steps: int) -> None:
+    """Write PATH.safetensors (weights, EMA, optimizer moments) and PATH.json (step, losses, training time, groups,
+    and the run's total steps, which fixes its learning-rate schedule)."""
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
     if ema is not None:
         tensors.update({f"ema.{k}": v.cpu().contiguous() for k, v in ema.shadow.items()})
@@ -44,18 +45,29 @@ def save_training_state(path: Path, module: nn.Module, optimizer: torch.optim.Op
     partial = weights.with_name(weights.name + ".partial")
     save_file(tensors, str(partial))
     partial.replace(weights)  # never leave a half-written state behind
-    meta = {"step": step, "losses": losses, "seconds": seconds, "param_groups": optimizer_state["param_groups"]}
-    path.with_suffix(".json").write_text(json.dumps(meta))
+    meta = {"step": step, "total_steps": total_steps, "losses": losses, "seconds": seconds,
+            "param_groups": optimizer_state["param_groups"]}
+    meta_path = path.with_suffix(".json")
+    partial_meta = meta_path.with_name(meta_path.name + ".partial")
+    partial_meta.write_text(json.dumps(meta))
+    partial_meta.replace(meta_path)
 
 
 def load_training_state(path: Path, module: nn.Module, optimizer: torch.optim.Optimizer,
-                        ema: EMA | None) -> tuple[int, list[float], float]:
-    """Restore a state written by save_training_state; return (step, losses, seconds trained). No state: (0, [], 0)."""
+                        ema: EMA | None, total_steps: int) -> tuple[int, list[float], float]:
+    """Restore a state written by save_training_state; return (step, losses, seconds trained). No state: (0, [], 0).
+
+    A state saved by a run of another length is refused: resuming it would bend the learning-rate schedule."""
     weights, meta_path = path.with_suffix(".safetensors"), path.with_suffix(".json")
     if not weights.is_file() or not meta_path.is_file():
         return 0, [], 0.0
     try:
         tensors, meta = load_file(str(weights)), json.loads(meta_path.read_text())
+        saved_total = meta.get("total_steps", total_steps)  # states written before the total was recorded
+        if saved_total != total_steps:
+            raise DglmError(f"{weights} was saved by a run of {saved_total} steps, but the config asks for "
+                            f"{total_steps}; one learning-rate schedule spans the whole run, so keep steps at "
+                            f"{saved_total} or start a new run in another run_dir")
         module.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
         if ema is not None:
             ema.shadow = {k[4:]: v.to(next(module.parameters()).device) for k, v in tensors.items() if k.startswith("ema.")}

@@ -16,7 +16,7 @@ import platform
 import sys
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -24,60 +24,10 @@ import torch.nn.functional as F
 from torch import nn
 from safetensors.torch import load_file, save_file
 
-from dglm.config import PipelineConfig, load_yaml
+from dglm.config import DataConfig, TrainConfig
 from dglm.errors import DglmError
 from dglm.schedule import CosineSchedule, noise_to_level
 from dglm.train_state import EMA, load_training_state, plot_losses, save_training_state
-
-
-@dataclass
-class DataConfig:
-    train: str = "data/pairs-train.jsonl"
-    max_pairs: int = 0  # 0: every pair
-    all_pairs_from: list[str] = field(default_factory=list)  # sources kept whole, past max_pairs
-
-
-@dataclass
-class DenoiserTraining:
-    steps: int = 6000
-    batch_size: int = 256
-    learning_rate: float = 5e-4
-    warmup: int = 200
-    ema_decay: float = 0.999
-    prefix_dropout: float = 0.1
-    self_condition: float = 0.5
-    checkpoint_every: int = 500
-
-
-@dataclass
-class PromptGeneratorTraining:
-    steps: int = 600
-    batch_size: int = 8
-    learning_rate: float = 3e-4
-    adapter_learning_rate: float = 3e-4  # for the decoder's LoRA adapter, when the pipeline has one
-    warmup: int = 50
-    alpha2_min: float = 0.7
-    max_target_tokens: int = 20
-    bag_of_words_steps: int = 0  # steps of bag-of-words-only pretraining before the joint training
-    bag_of_words_batch_size: int = 64
-    bag_of_words_weight: float = 0.0  # weight of the bag-of-words loss during the joint training
-    source_weights: dict[str, float] = field(default_factory=dict)  # how often a pair is drawn, by its source (default 1)
-    checkpoint_every: int = 100
-
-
-@dataclass
-class TrainConfig:
-    run_dir: str = "runs/default"
-    output: str = "runs/default/checkpoint"
-    seed: int = 0
-    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    denoiser: DenoiserTraining = field(default_factory=DenoiserTraining)
-    prompt_generator: PromptGeneratorTraining = field(default_factory=PromptGeneratorTraining)
-
-    @classmethod
-    def from_yaml(cls, path: Path | str) -> "TrainConfig":
-        return load_yaml(cls, path, "training")
 
 
 # ---- data ---------------------------------------------------------------------------------
@@ -134,7 +84,7 @@ def encoded_pairs(config: TrainConfig, pairs: list[dict], is_main: bool) -> tupl
     digest = hashlib.sha256(config.pipeline.encoder.encode())
     for pair in pairs:
         digest.update(f"{pair['prefix']}\0{pair['continuation']}\0".encode())
-    cache = Path(config.run_dir) / f"embeddings-{len(pairs)}-{digest.hexdigest()[:12]}.safetensors"
+    cache = config.run_path / f"embeddings-{len(pairs)}-{digest.hexdigest()[:12]}.safetensors"
     if not cache.is_file() and is_main:
         encoder = SentenceEncoder(config.pipeline.encoder)
         texts = [p["prefix"] for p in pairs] + [p["continuation"] for p in pairs]
@@ -184,26 +134,75 @@ def starting_parts(config: TrainConfig):
     return parts, card, adapter
 
 
+def step_generator(seed: int, step: int, process_index: int) -> torch.Generator:
+    """The random stream of one step on one process.
+
+    Seeding every step from (seed, step, process) makes a batch depend on its step alone, so a run resumed at
+    step s draws exactly what an uninterrupted run draws from step s on, and each process draws its own batches.
+    """
+    return torch.Generator().manual_seed((seed * 1_000_003 + step) * 1024 + process_index)
+
+
+class LegTimer:
+    """Ends a training leg after `max_minutes`, or after the current step on SIGTERM, so that the leg saves its
+    state and checkpoint before it stops; the same command continues the run."""
+
+    def __init__(self, max_minutes: float | None):
+        self.deadline = None if max_minutes is None else time.time() + 60 * max_minutes
+        self.terminated = False
+
+    def __enter__(self) -> "LegTimer":
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import signal
+
+        if hasattr(self, "previous"):
+            signal.signal(signal.SIGTERM, self.previous)
+
+    def _on_sigterm(self, signum, frame) -> None:
+        self.terminated = True
+
+    def expired(self) -> bool:
+        return self.terminated or (self.deadline is not None and time.time() >= self.deadline)
+
+
 def run_loop(accelerator, model, optimizer, stage: str, steps: int, warmup: int, checkpoint_every: int,
-             state_path: Path, batch_loss, seed: int, ema: EMA | None = None) -> tuple[list[float], float]:
+             state_path: Path, batch_loss, seed: int, precision: str, leg: LegTimer, ema: EMA | None = None,
+             fallback_step: int = 0) -> tuple[list[float], float, int]:
     """The shared optimisation loop: resume, warm-up + cosine learning rate, clipping, EMA, periodic states.
 
-    Returns every step's loss and the training time in seconds, summed over resumed segments.
+    Returns the losses of the steps this run recorded, the training time in seconds summed over the run's legs,
+    and the number of steps done (fewer than `steps` when `leg` ended it early).
 
-    `batch_loss(model, generator)` draws a batch and returns its loss; the generator is seeded from the
-    seed, the starting step and the process, so a resumed run continues with fresh batches and each GPU
-    draws its own.
+    `batch_loss(model, generator)` draws a batch from `step_generator`'s stream and returns its loss. A run
+    resumed from its state continues exactly: same weights, optimizer moments, EMA, learning rate and batches.
+    Without a state, `fallback_step` (the steps a checkpoint already holds) starts the run there with a fresh
+    optimizer. `precision` "bf16" runs the forward pass under bfloat16 autocast.
     """
     from tqdm.auto import tqdm
 
-    step, losses, earlier_seconds = load_training_state(state_path, model, optimizer, ema)
+    step, losses, earlier_seconds = load_training_state(state_path, model, optimizer, ema, steps)
+    if step == 0 and fallback_step:
+        step = fallback_step
+        for group in optimizer.param_groups:  # a fresh optimizer, joining the schedule at `step`
+            group.setdefault("initial_lr", group["lr"])
+    done = step
     start = time.time()
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, warmup, steps), last_epoch=step - 1)
     prepared_model, optimizer = accelerator.prepare(model, optimizer)
-    generator = torch.Generator().manual_seed((seed * 1_000_003 + step) * 1024 + accelerator.process_index)
+    autocast = torch.autocast(accelerator.device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     bar = tqdm(range(step, steps), initial=step, total=steps, desc=stage, disable=not accelerator.is_main_process)
     for step in bar:
-        loss = batch_loss(prepared_model, generator)
+        if leg.expired():
+            break
+        with autocast:
+            loss = batch_loss(prepared_model, step_generator(seed, step, accelerator.process_index))
         optimizer.zero_grad(set_to_none=True)
         accelerator.backward(loss)
         accelerator.clip_grad_norm_(prepared_model.parameters(), 1.0)
@@ -212,14 +211,17 @@ def run_loop(accelerator, model, optimizer, stage: str, steps: int, warmup: int,
         if ema is not None:
             ema.update(accelerator.unwrap_model(prepared_model))
         losses.append(loss.item())
+        done = step + 1
         bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}")
-        if accelerator.is_main_process and (step + 1) % checkpoint_every == 0:
-            save_training_state(state_path, accelerator.unwrap_model(prepared_model), optimizer, ema, step + 1, losses,
-                                earlier_seconds + time.time() - start)
+        if accelerator.is_main_process and done % checkpoint_every == 0:
+            save_training_state(state_path, accelerator.unwrap_model(prepared_model), optimizer, ema, done, losses,
+                                earlier_seconds + time.time() - start, steps)
+    bar.close()
     seconds = earlier_seconds + time.time() - start
     if accelerator.is_main_process:
-        save_training_state(state_path, accelerator.unwrap_model(prepared_model), optimizer, ema, steps, losses, seconds)
-    return losses, seconds
+        save_training_state(state_path, accelerator.unwrap_model(prepared_model), optimizer, ema, done, losses,
+                            seconds, steps)
+    return losses, seconds, done
 
 
 def prepare_stage(config: TrainConfig):
@@ -228,24 +230,51 @@ def prepare_stage(config: TrainConfig):
 
     accelerator = Accelerator()
     set_seed(config.seed)
-    Path(config.run_dir).mkdir(parents=True, exist_ok=True)
+    config.run_path.mkdir(parents=True, exist_ok=True)
     pairs = select_pairs(config.data)
     with accelerator.main_process_first():
         prefix, continuation = encoded_pairs(config, pairs, accelerator.is_main_process)
     return accelerator, pairs, prefix, continuation
 
 
-def finish_stage(config, config_path, accelerator, stage, parts, card, losses, seconds, pairs, adapter=None) -> Path:
-    """Plot the losses, record the stage in the model card and write the checkpoint (main process only)."""
+def steps_in_checkpoint(card: dict, stage: str, stage_config) -> int:
+    """How many steps of this stage, trained with this stage config, the output checkpoint already holds.
+
+    A run whose resume state is lost continues from there (with a fresh optimizer) instead of starting over.
+    """
+    facts = card.get(stage.replace("-", "_"), {})
+    return int(facts.get("steps", 0)) if facts.get("config") == asdict(stage_config) else 0
+
+
+def finish_stage(config, config_path, accelerator, stage, parts, card, run, pairs, adapter=None) -> Path:
+    """Plot the losses, record the stage in the model card and write the checkpoint (main process only).
+
+    `run` is run_loop's (losses, seconds, steps done) plus the step a lost resume state made the run restart
+    from (0: none); a leg that stopped early writes its checkpoint too, so it can be kept between legs.
+    """
     if not accelerator.is_main_process:
         return Path(config.output)
+    losses, seconds, done, restarted_at = run
     key = stage.replace("-", "_")
-    plot_losses(losses, Path(config.run_dir) / f"{stage}-loss.png", f"{stage} loss")
-    card[key] = stage_card(config, config_path, stage, losses, seconds, pairs, accelerator)
+    plot_losses(losses, config.run_path / f"{stage}-loss.png", f"{stage} loss")
+    restarts = card.get(key, {}).get("restarted_without_optimizer_state_at", [])
+    card[key] = stage_card(config, config_path, stage, losses, seconds, done, pairs, accelerator)
+    if restarted_at or restarts:
+        card[key]["restarted_without_optimizer_state_at"] = restarts + ([restarted_at] if restarted_at else [])
+    total = getattr(config, key).steps
+    if done < total:
+        print(f"{stage}: leg ended at step {done} of {total}; run the same command again to continue", file=sys.stderr)
     return save_checkpoint(config, parts, card, adapter)
 
 
-def train_denoiser(config: TrainConfig, config_path: str) -> Path:
+def resume_point(config: TrainConfig, card: dict, stage: str, state_path: Path) -> int:
+    """The step to restart from when the stage has no resume state but its checkpoint holds some steps (else 0)."""
+    if state_path.with_suffix(".json").is_file():
+        return 0
+    return steps_in_checkpoint(card, stage, getattr(config, stage.replace("-", "_")))
+
+
+def train_denoiser(config: TrainConfig, config_path: str, leg: LegTimer | None = None) -> Path:
     """v-prediction MSE on continuation latents, conditioned on prefix latents (dropped 10% for CFG)."""
     t = config.denoiser
     accelerator, pairs, prefix, continuation = prepare_stage(config)
@@ -269,14 +298,16 @@ def train_denoiser(config: TrainConfig, config_path: str) -> Path:
             with torch.no_grad():
                 self_cond = alpha * z - sigma * model(z, logsnr, c, prefix_mask=keep_prefix)
         v = model(z, logsnr, c, self_cond=self_cond, prefix_mask=keep_prefix)
-        return F.mse_loss(v, alpha * noise - sigma * x)
+        return F.mse_loss(v.float(), alpha * noise - sigma * x)
 
     optimizer = torch.optim.AdamW(parts.denoiser.parameters(), lr=t.learning_rate, weight_decay=0.01)
     ema = EMA(parts.denoiser, t.ema_decay)
-    losses, seconds = run_loop(accelerator, parts.denoiser, optimizer, "denoiser", t.steps, t.warmup, t.checkpoint_every,
-                      Path(config.run_dir) / "denoiser-state", batch_loss, config.seed, ema)
+    state_path = config.run_path / "denoiser-state"
+    restart = resume_point(config, card, "denoiser", state_path)
+    run = run_loop(accelerator, parts.denoiser, optimizer, "denoiser", t.steps, t.warmup, t.checkpoint_every, state_path,
+                   batch_loss, config.seed, t.precision, leg or LegTimer(None), ema, restart)
     ema.copy_to(parts.denoiser)
-    return finish_stage(config, config_path, accelerator, "denoiser", parts, card, losses, seconds, len(pairs), adapter)
+    return finish_stage(config, config_path, accelerator, "denoiser", parts, card, (*run, restart), len(pairs), adapter)
 
 
 class PromptGeneratorStage(nn.Module):
@@ -307,28 +338,37 @@ class PromptGeneratorStage(nn.Module):
         return loss
 
 
-def train_prompt_generator(config: TrainConfig, config_path: str) -> Path:
+def train_prompt_generator(config: TrainConfig, config_path: str, leg: LegTimer | None = None) -> Path:
     """Decoder cross-entropy of the true continuation given soft prompts from its re-noised latent.
 
     With `bag_of_words_steps`, the prompt generator first learns, alone and at a large batch, to put the
     continuation's words into its soft prompts (no pass through the decoder, so ~20x cheaper per example);
     the joint training with the decoder then starts from prompts the decoder can already read.
     """
-    from dglm.adapter import add_adapter, adapter_state
+    from dglm.adapter import add_adapter, adapter_state, set_adapter_weights
     from dglm.decoder import SoftPromptDecoder
     from dglm.models import load_causal_lm
 
     t = config.prompt_generator
+    leg = leg or LegTimer(None)
     accelerator, pairs, _, continuation = prepare_stage(config)
-    parts, card, _ = starting_parts(config)
+    parts, card, saved_adapter = starting_parts(config)
     if "denoiser" not in card:
         raise DglmError(f"train the denoiser first: {config.output} has no denoiser trained with this config")
+    state_path = config.run_path / "prompt-generator-state"
+    restart = resume_point(config, card, "prompt-generator", state_path)
     model_lm, tokenizer = load_causal_lm(config.pipeline.decoder, device=str(accelerator.device))
     model_lm.requires_grad_(False)
+    if t.precision == "bf16":
+        model_lm.to(torch.bfloat16)  # frozen weights: cast once here rather than at every autocast matmul
     adapter = add_adapter(model_lm, config.pipeline.decoder_adapter) if config.pipeline.decoder_adapter.rank else []
+    for parameter in adapter:
+        parameter.data = parameter.data.float()  # trained weights stay fp32
+    if restart and adapter:
+        set_adapter_weights(model_lm, saved_adapter)
     decoder = SoftPromptDecoder(model_lm, tokenizer, config.pipeline.decoder)
     latents = parts.normalizer.to_latent(continuation)
-    run_dir = Path(config.run_dir)
+    run_dir = config.run_path
     weights = pair_weights(pairs, t.source_weights)
 
     def batches_of(size: int):
@@ -344,25 +384,45 @@ def train_prompt_generator(config: TrainConfig, config_path: str) -> Path:
                          [p["prefix"] for p in batch], [p["continuation"] for p in batch])
         return batch_loss
 
-    match_token_scale(parts.prompt_generator, decoder)  # a fresh start only: a saved state overrides it
     words_seconds = 0.0
-    if t.bag_of_words_steps:
-        words = PromptGeneratorStage(parts.prompt_generator, decoder, t.max_target_tokens, 0.0, 1.0)
-        optimizer = torch.optim.AdamW(parts.prompt_generator.parameters(), lr=t.learning_rate, weight_decay=0.01)
-        words_losses, words_seconds = run_loop(
-            accelerator, words, optimizer, "prompt-generator (bag of words)", t.bag_of_words_steps, t.warmup,
-            t.checkpoint_every, run_dir / "prompt-generator-words-state", batches_of(t.bag_of_words_batch_size), config.seed)
-        if accelerator.is_main_process:
-            plot_losses(words_losses, run_dir / "prompt-generator-words-loss.png", "prompt generator: bag-of-words loss")
+    if not restart:  # a fresh start (a saved state overrides this) or the rest of a run that has its states
+        match_token_scale(parts.prompt_generator, decoder)
+        if t.bag_of_words_steps:
+            words = PromptGeneratorStage(parts.prompt_generator, decoder, t.max_target_tokens, 0.0, 1.0)
+            optimizer = torch.optim.AdamW(parts.prompt_generator.parameters(), lr=t.learning_rate, weight_decay=0.01)
+            words_losses, words_seconds, _ = run_loop(
+                accelerator, words, optimizer, "prompt-generator (bag of words)", t.bag_of_words_steps, t.warmup,
+                t.checkpoint_every, run_dir / "prompt-generator-words-state", batches_of(t.bag_of_words_batch_size),
+                config.seed, t.precision, leg)
+            if accelerator.is_main_process:
+                plot_losses(words_losses, run_dir / "prompt-generator-words-loss.png", "prompt generator: bag-of-words loss")
     stage = PromptGeneratorStage(parts.prompt_generator, decoder, t.max_target_tokens, 1.0, t.bag_of_words_weight)
     groups = [{"params": list(parts.prompt_generator.parameters()), "lr": t.learning_rate}]
     if adapter:
         groups.append({"params": adapter, "lr": t.adapter_learning_rate})
     optimizer = torch.optim.AdamW(groups, weight_decay=0.01)
-    losses, seconds = run_loop(accelerator, stage, optimizer, "prompt-generator", t.steps, t.warmup, t.checkpoint_every,
-                               run_dir / "prompt-generator-state", batches_of(t.batch_size), config.seed)
-    return finish_stage(config, config_path, accelerator, "prompt-generator", parts, card, losses, words_seconds + seconds,
-                        len(pairs), adapter_state(model_lm) if adapter else None)
+    losses, seconds, done = run_loop(accelerator, stage, optimizer, "prompt-generator", t.steps, t.warmup,
+                                     t.checkpoint_every, state_path, batches_of(t.batch_size), config.seed, t.precision,
+                                     leg, fallback_step=restart)
+    return finish_stage(config, config_path, accelerator, "prompt-generator", parts, card,
+                        (losses, words_seconds + seconds, done, restart), len(pairs),
+                        adapter_state(model_lm) if adapter else None)
+
+
+def train_all(config: TrainConfig, config_path: str, leg: LegTimer | None = None) -> Path:
+    """Build the corpus if it is missing, then train the denoiser and the prompt generator, resuming either.
+
+    A leg that runs out of time during the denoiser stops there; the next leg finishes it and goes on."""
+    leg = leg or LegTimer(None)
+    if not Path(config.data.train).is_file():
+        from dglm.corpus import build
+
+        data_folder = Path(config.data.train).parent
+        build(data_folder, data_folder / "sources", seed=config.seed)
+    output = train_denoiser(config, config_path, leg)
+    if leg.expired():
+        return output
+    return train_prompt_generator(config, config_path, leg)
 
 
 @torch.no_grad()
@@ -383,7 +443,7 @@ LOSS_DESCRIPTIONS = {
 }
 
 
-def stage_card(config, config_path, stage, losses, seconds, pairs, accelerator) -> dict:
+def stage_card(config, config_path, stage, losses, seconds, steps, pairs, accelerator) -> dict:
     tail = losses[-100:]
     device = torch.cuda.get_device_name() if accelerator.device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()})"
     return {
@@ -391,9 +451,9 @@ def stage_card(config, config_path, stage, losses, seconds, pairs, accelerator) 
         "config": asdict(getattr(config, stage.replace("-", "_"))),
         "data": f"{config.data.train} ({pairs} pairs)",
         "device": f"{device} x{accelerator.num_processes}",
-        "steps": len(losses),
+        "steps": steps,
         "wall_time_s": round(seconds),
-        "final_loss": round(sum(tail) / len(tail), 4),
+        "final_loss": round(sum(tail) / len(tail), 4) if tail else None,
         "loss": LOSS_DESCRIPTIONS[stage](config),
         "python": sys.version.split()[0],
         "torch": torch.__version__,

@@ -5,10 +5,13 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
+from dglm.config import read_yaml_mapping
+from dglm.errors import DglmError
 from dglm.eval_harness import EvalConfig
-from dglm.pipeline import read_checkpoint, render_model_card
-from dglm.training import TrainConfig
+from dglm.pipeline import TrainableParts, read_checkpoint, render_model_card
+from dglm.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 BUNDLED = ROOT / "dglm" / "default"
@@ -37,3 +40,80 @@ def test_bundled_model_card_describes_its_config():
     """The shipped model card must be rendered from the checkpoint's own config and card, not left stale."""
     config, _, card = read_checkpoint(BUNDLED)
     assert (BUNDLED / "README.md").read_text() == render_model_card(config, card)
+
+
+# What a config that extends another may change: where it writes, how big the models are, how long and in what
+# batches and precision it trains, and how much data it reads. Everything else (the adapter, the bag-of-words
+# weight, learning rates, sampling and decoding settings, the frozen models) must stay the parent's.
+DELIBERATE = {"run_dir", "output", "steps", "batch_size", "warmup", "checkpoint_every", "ema_decay", "precision",
+              "bag_of_words_steps", "bag_of_words_batch_size", "max_pairs", "all_pairs_from"}
+SIZES = ("pipeline.denoiser.", "pipeline.prompt_generator.")
+
+
+def leaves(mapping: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in mapping.items():
+        if isinstance(value, dict) and value:
+            flat.update(leaves(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
+EXTENDING = [path for path in sorted((ROOT / "configs").glob("*.yaml")) if "extends" in yaml.safe_load(path.read_text())]
+
+
+def test_the_gpu_and_long_configs_extend_the_default_recipe():
+    assert {path.name for path in EXTENDING} >= {"train-gpu.yaml", "train-long.yaml"}
+
+
+@pytest.mark.parametrize("path", EXTENDING, ids=lambda p: p.name)
+def test_an_extending_config_changes_only_what_it_means_to(path):
+    parent_path = path.parent / yaml.safe_load(path.read_text())["extends"]
+    child, parent = TrainConfig.from_yaml(path).to_dict(), TrainConfig.from_yaml(parent_path).to_dict()
+    child_leaves, parent_leaves = leaves(child), leaves(parent)
+    changed = {key for key in child_leaves if child_leaves[key] != parent_leaves.get(key)}
+    drifted = sorted(key for key in changed if key.split(".")[-1] not in DELIBERATE and not key.startswith(SIZES))
+    assert not drifted, f"{path.name} changes {drifted} of {parent_path.name}"
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("train-*.yaml")), ids=lambda p: p.name)
+def test_every_training_config_keeps_its_checkpoint_within_40_mb(path):
+    """The default ships inside the package: fp16 parts plus the decoder adapter, which has the default's size."""
+    config = TrainConfig.from_yaml(path)
+    assert config.pipeline.decoder_adapter == TrainConfig.from_yaml(ROOT / "configs" / "train-cpu.yaml").pipeline.decoder_adapter
+    _, bundled_state, _ = read_checkpoint(BUNDLED)
+    adapter_bytes = sum(t.numel() * 2 for key, t in bundled_state.items() if key.startswith("decoder_adapter."))
+    parts_bytes = sum(t.numel() * 2 for t in TrainableParts(config.pipeline).state_dict().values())
+    assert parts_bytes + adapter_bytes <= 40e6
+
+
+def test_extends_merges_key_by_key_and_refuses_cycles(tmp_path):
+    (tmp_path / "base.yaml").write_text("seed: 1\ndenoiser: {steps: 10, batch_size: 4}\n")
+    (tmp_path / "child.yaml").write_text("extends: base.yaml\ndenoiser: {steps: 20}\n")
+    config = TrainConfig.from_yaml(tmp_path / "child.yaml")
+    assert (config.seed, config.denoiser.steps, config.denoiser.batch_size) == (1, 20, 4)
+    (tmp_path / "loop.yaml").write_text("extends: loop.yaml\n")
+    with pytest.raises(DglmError, match="extends itself"):
+        read_yaml_mapping(tmp_path / "loop.yaml", "training")
+    (tmp_path / "orphan.yaml").write_text("extends: missing.yaml\n")
+    with pytest.raises(DglmError, match="missing.yaml does not exist"):
+        TrainConfig.from_yaml(tmp_path / "orphan.yaml")
+
+
+@pytest.mark.parametrize("text, message", [
+    ("denoiser: {steps: many}", r"denoiser.steps must be an integer, got 'many'"),
+    ("denoiser: {steps: 2.5}", r"denoiser.steps must be an integer, got 2.5"),
+    ("denoiser: {learning_rate: fast}", r"denoiser.learning_rate must be a number, got 'fast'"),
+    ("data: {all_pairs_from: reviews}", r"data.all_pairs_from must be a list, got 'reviews'"),
+    ("prompt_generator: {source_weights: {reviews: lots}}", r"source_weights.reviews must be a number"),
+    ("pipeline: {denoiser: {layers: true}}", r"pipeline.denoiser.layers must be an integer, got True"),
+    ("denoiser: {precision: fp8}", r"denoiser.precision must be one of fp32, bf16, got 'fp8'"),
+    ("seed: [1]", r"seed must be an integer"),
+])
+def test_yaml_values_are_type_checked_naming_file_and_key(tmp_path, text, message):
+    path = tmp_path / "typo.yaml"
+    path.write_text(text + "\n")
+    with pytest.raises(DglmError, match=message) as error:
+        TrainConfig.from_yaml(path)
+    assert str(error.value).startswith(str(path))

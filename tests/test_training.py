@@ -1,6 +1,7 @@
 """Both training stages run, resume, and produce a loadable checkpoint (tiny models, few steps)."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -8,7 +9,8 @@ import yaml
 
 from dglm.errors import DglmError
 from dglm.pipeline import Pipeline
-from dglm.training import (DataConfig, TrainConfig, encoded_pairs, pair_weights, select_pairs, train_denoiser,
+from dglm.config import AdapterConfig, DataConfig, TrainConfig
+from dglm.training import (encoded_pairs, pair_weights, select_pairs, train_denoiser,
                            train_prompt_generator)
 
 from conftest import toy_sentences
@@ -48,17 +50,84 @@ def test_training_both_stages_writes_a_loadable_checkpoint(train_config):
     assert len(pipeline.generate("The movie", num_samples=2, seed=0)) == 2
 
 
-def test_training_resumes_from_its_last_state(train_config):
+class StopAfter:
+    """A training leg that ends after `calls` checks, as a time limit or SIGTERM would end it."""
+
+    def __init__(self, calls: int):
+        self.calls = calls
+
+    def expired(self) -> bool:
+        self.calls -= 1
+        return self.calls < 0
+
+
+def checkpoint_tensors(folder):
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "model.safetensors"))
+
+
+def config_in(train_config, name: str, **stages) -> TrainConfig:
     config = TrainConfig.from_yaml(train_config)
-    config.denoiser.steps = 3
-    train_denoiser(config, str(train_config))
-    first = json.loads((train_config.parent / "run" / "denoiser-state.json").read_text())
-    assert first["step"] == 3 and len(first["losses"]) == 3
-    config.denoiser.steps = 5
-    train_denoiser(config, str(train_config))
-    resumed = json.loads((train_config.parent / "run" / "denoiser-state.json").read_text())
-    assert resumed["step"] == 5 and resumed["losses"][:3] == first["losses"] and len(resumed["losses"]) == 5
-    assert resumed["seconds"] > first["seconds"] > 0  # the card's wall time covers every segment
+    config.run_dir, config.output = str(train_config.parent / name / "run"), str(train_config.parent / name / "out")
+    config.pipeline.decoder_adapter = AdapterConfig(rank=2, targets=["c_attn"])
+    for stage, values in stages.items():
+        for key, value in values.items():
+            setattr(getattr(config, stage), key, value)
+    return config
+
+
+def test_a_run_split_in_two_legs_equals_the_same_run_done_at_once(train_config):
+    """Same batches, weights, optimizer moments, EMA and learning-rate schedule: a resumed run continues exactly."""
+    straight = config_in(train_config, "straight", prompt_generator={"bag_of_words_steps": 2})
+    train_denoiser(straight, "straight.yaml")
+    train_prompt_generator(straight, "straight.yaml")
+
+    legs = config_in(train_config, "legs", prompt_generator={"bag_of_words_steps": 2})
+    train_denoiser(legs, "legs.yaml", StopAfter(4))
+    assert json.loads((legs.run_path / "denoiser-state.json").read_text())["step"] == 4
+    card = json.loads((Path(legs.output) / "card.json").read_text())
+    assert card["denoiser"]["steps"] == 4  # a cut leg leaves a checkpoint that can be kept
+    train_denoiser(legs, "legs.yaml")
+    train_prompt_generator(legs, "legs.yaml", StopAfter(3))  # 2 bag-of-words steps, then 1 joint step
+    assert json.loads((legs.run_path / "prompt-generator-state.json").read_text())["step"] == 1
+    train_prompt_generator(legs, "legs.yaml")
+
+    for stage in ("denoiser", "prompt-generator"):
+        once = json.loads((straight.run_path / f"{stage}-state.json").read_text())
+        split = json.loads((legs.run_path / f"{stage}-state.json").read_text())
+        assert split["losses"] == once["losses"] and split["step"] == once["step"]
+    expected, actual = checkpoint_tensors(Path(straight.output)), checkpoint_tensors(Path(legs.output))
+    assert expected.keys() == actual.keys() and any(key.startswith("decoder_adapter.") for key in actual)
+    for key in expected:
+        assert torch.equal(expected[key], actual[key]), key
+
+
+def test_a_resume_with_another_total_of_steps_is_refused(train_config):
+    config = config_in(train_config, "total")
+    train_denoiser(config, "total.yaml", StopAfter(2))
+    config.denoiser.steps = 9
+    with pytest.raises(DglmError, match="saved by a run of 6 steps, but the config asks for 9"):
+        train_denoiser(config, "total.yaml")
+
+
+def test_a_lost_resume_state_continues_from_the_checkpoint_and_says_so(train_config):
+    config = config_in(train_config, "lost")
+    train_denoiser(config, "lost.yaml")
+    train_prompt_generator(config, "lost.yaml", StopAfter(2))
+    adapter_after_leg = {k: v for k, v in checkpoint_tensors(Path(config.output)).items() if k.startswith("decoder_adapter.")}
+    for path in config.run_path.glob("prompt-generator-state.*"):
+        path.unlink()
+    train_prompt_generator(config, "lost.yaml", StopAfter(0))  # restarts at step 2 from the checkpoint, trains nothing
+    card = json.loads((Path(config.output) / "card.json").read_text())
+    assert card["prompt_generator"]["steps"] == 2
+    assert card["prompt_generator"]["restarted_without_optimizer_state_at"] == [2]
+    reloaded = checkpoint_tensors(Path(config.output))
+    assert all(torch.equal(reloaded[k], v) for k, v in adapter_after_leg.items())  # the adapter was carried over
+    train_prompt_generator(config, "lost.yaml")
+    card = json.loads((Path(config.output) / "card.json").read_text())
+    assert card["prompt_generator"]["steps"] == 3 and card["prompt_generator"]["restarted_without_optimizer_state_at"] == [2]
+    assert "restarted without optimizer state at: [2]" in (Path(config.output) / "README.md").read_text()
 
 
 def test_bad_training_config_is_reported(tmp_path):
