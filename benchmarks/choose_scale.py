@@ -50,10 +50,10 @@ def main() -> None:
     chosen = max(allowed, key=lambda scale: (results[scale]["control"], -scale)) if allowed else None
     report = {"prefixes": str(args.prefixes), "samples_per_condition": len(bench.rows),
               "unguided": {"positive": unguided_positive, "perplexity_median": unguided_perplexity},
-              "results": results, "chosen_scale": chosen, "checkpoint_scale": pipeline.config.sampling.guidance_scale}
+              "results": results, "chosen_scale": chosen, "checkpoint_scale": pipeline.config.diffusion.guidance_scale}
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     plot(results, args.out.with_suffix(".png"), chosen)
-    print(f"chosen scale: {chosen} (checkpoint default {pipeline.config.sampling.guidance_scale:g}); wrote {args.out}")
+    print(f"chosen scale: {chosen} (checkpoint default {pipeline.config.diffusion.guidance_scale:g}); wrote {args.out}")
 
 
 def plot(results: dict, path: Path, chosen: float | None) -> None:

@@ -79,7 +79,7 @@ def latent_stage(pipeline: Pipeline, judge: TextJudge, attribute: str, prefixes:
 def text_stage(pipeline: Pipeline, judge: TextJudge, texts: list[str], labels: list[str], per_label: int,
                prefix_words: int, seed: int) -> dict:
     """Judge continuations decoded from true latents of labelled sentences, against truth and no prompt."""
-    settings = pipeline.config.sampling.decode_settings(20)
+    settings = pipeline.config.decoding.updated(max_new_tokens=20)
     report = {}
     for label, chosen in pick_sentences(texts, labels, per_label, prefix_words + 6, seed).items():
         prefixes = [" ".join(words[:prefix_words]) for words in chosen]
@@ -90,8 +90,8 @@ def text_stage(pipeline: Pipeline, judge: TextJudge, texts: list[str], labels: l
             with torch.no_grad():
                 latents = pipeline.parts.normalizer.to_latent(pipeline.encoder.encode(truths[i : i + 25]))
                 soft = pipeline.soft_prompts(latents, sample_generators(seeds))
-            decoded += pipeline.decoder.generate(prefixes[i : i + 25], soft, sample_generators(seeds), **settings)
-            bare += pipeline.decoder.generate(prefixes[i : i + 25], None, sample_generators(seeds), **settings)
+            decoded += pipeline.decoder.generate(prefixes[i : i + 25], soft, sample_generators(seeds), settings)
+            bare += pipeline.decoder.generate(prefixes[i : i + 25], None, sample_generators(seeds), settings)
         report[f"sentences labelled {label}"] = {
             "true continuations": label_rates(judge, truths),
             "decoded from their latent": label_rates(judge, decoded),
@@ -125,7 +125,7 @@ def main() -> None:
     prefixes = read_prefixes(args.prefixes)
     pool = [pair["continuation"] for pair in read_pairs(args.pool)]
     texts, labels = read_labelled(str(args.labelled), "text", "label")
-    scales = args.scales or [pipeline.config.sampling.guidance_scale]
+    scales = args.scales or [pipeline.config.diffusion.guidance_scale]
     report = {
         "judge_held_out_accuracy": round(judge.held_out_accuracy, 3),
         "latent": latent_stage(pipeline, judge, args.attribute, prefixes, args.samples, scales, pool),

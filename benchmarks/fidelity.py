@@ -31,7 +31,7 @@ def main() -> None:
     pairs = read_pairs(args.pairs, args.num_pairs)
     prefixes, targets = [p["prefix"] for p in pairs], [p["continuation"] for p in pairs]
     target_embeddings = pipeline.encoder.encode(targets)
-    settings = pipeline.config.sampling.decode_settings(20)
+    settings = pipeline.config.decoding.updated(max_new_tokens=20)
     cosines: dict[str, list[float]] = {}
     for start in range(0, len(pairs), 25):
         rows = slice(start, start + 25)
@@ -46,7 +46,7 @@ def main() -> None:
             "without soft prompts, decoder as published": (pipeline.plain_decoder(), None),
         }
         for name, (decoder, prompts) in ways.items():
-            texts = decoder.generate(prefixes[rows], prompts, sample_generators(seeds), **settings)
+            texts = decoder.generate(prefixes[rows], prompts, sample_generators(seeds), settings)
             cosines.setdefault(name, []).extend((pipeline.encoder.encode(texts) * target_embeddings[rows]).sum(-1).tolist())
     report = {name: sum(values) / len(values) for name, values in cosines.items()}
     report["pairs"] = len(pairs)

@@ -12,7 +12,6 @@ compared at the same decoder settings.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 
 from sentiment_bench import SentimentBench, add_common_arguments
@@ -47,15 +46,15 @@ def main() -> None:
 
     bench = SentimentBench.from_args(args)
     pipeline = bench.pipeline
-    defaults = pipeline.config.sampling
+    diffusion, decoding = pipeline.config.diffusion, pipeline.config.decoding
     report: dict = {"samples_per_condition": len(bench.rows),
                     "judge_held_out_accuracy": bench.scorer.judges["sentiment"].held_out_accuracy, "results": {}}
     plain_settings_run = []  # plain sampling depends only on the decoder's settings: run it once for each
     for name in args.only or SETTINGS:
         changes = SETTINGS[name]
-        pipeline.config.sampling = dataclasses.replace(defaults, **changes)
+        pipeline.config.diffusion, pipeline.config.decoding = pipeline.settings(**changes)
         runs = [("dglm", "sentiment=negative"), ("dglm", "sentiment=positive")]
-        plain_settings = pipeline.config.sampling.decode_settings(bench.config.max_new_tokens)
+        plain_settings = pipeline.config.decoding
         if plain_settings not in plain_settings_run:
             plain_settings_run.append(plain_settings)
             runs.append(("plain", "none"))
@@ -64,6 +63,7 @@ def main() -> None:
             scores = bench.judge(METHODS[method_name](pipeline), condition, key)
             report["results"][key] = {k: v for k, v in scores.items() if k in ("sentiment=positive", "perplexity_median", "dist3")}
             print(key, json.dumps(report["results"][key]), flush=True)
+    pipeline.config.diffusion, pipeline.config.decoding = diffusion, decoding
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.out}")
 

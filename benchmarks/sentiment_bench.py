@@ -4,6 +4,7 @@ condition on the benchmark prefixes as `dglm eval` does (same judge, same seeds 
 from __future__ import annotations
 
 import argparse
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,7 +42,10 @@ class SentimentBench:
         return cls(config, Scorer(config), Pipeline.from_pretrained(args.model), rows)
 
     def judge(self, method: Method, condition: str, desc: str) -> dict:
-        """Continue every row with `method` under `condition` and score the continuations."""
+        """Continue every row with `method` under `condition` and score the continuations; the scores include
+        the generation's wall time per sample (`seconds_per_sample`, judging left out)."""
         constraints = parse_condition(condition)
+        start = time.perf_counter()
         continuations = continue_all(method, self.rows, constraints, self.config.max_new_tokens, self.config.batch_size, desc)
-        return self.scorer([p for p, _ in self.rows], continuations, constraints)
+        seconds = (time.perf_counter() - start) / len(self.rows)
+        return {**self.scorer([p for p, _ in self.rows], continuations, constraints), "seconds_per_sample": seconds}

@@ -35,13 +35,13 @@ def main() -> None:
     args = parser.parse_args()
 
     pipeline = Pipeline.from_pretrained(args.model, device=args.device)
-    decode = pipeline.config.sampling.decode_settings(args.max_new_tokens)
+    decode = pipeline.config.decoding.updated(max_new_tokens=args.max_new_tokens)
     rows = []
     for batch in args.batch_sizes:
         prefixes = ["The movie"] * batch
 
         def plain():
-            pipeline.decoder.generate(prefixes, None, sample_generators(range(batch)), **decode)
+            pipeline.decoder.generate(prefixes, None, sample_generators(range(batch)), decode)
 
         variants = {"plain sampling": plain}
         for steps in args.steps:

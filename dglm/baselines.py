@@ -34,19 +34,18 @@ class Method:
     def sample(self, prefixes: list[str], rows: list[tuple[str, int]], max_new_tokens: int, adjust_logits=None) -> list[str]:
         """Sample the decoder without soft prompts, each row from its own seed."""
         generators = sample_generators([seed for _, seed in rows])
-        return self.pipeline.plain_decoder().generate(prefixes, None, generators, adjust_logits=adjust_logits,
-                                              **self.pipeline.config.sampling.decode_settings(max_new_tokens))
+        decoding = self.pipeline.config.decoding.updated(max_new_tokens=max_new_tokens)
+        return self.pipeline.plain_decoder().generate(prefixes, None, generators, decoding, adjust_logits=adjust_logits)
 
 
 class DGLM(Method):
     name = "dglm"
 
     def continue_rows(self, rows, constraints, max_new_tokens):
-        guide, s = self.pipeline.make_guide(constraints), self.pipeline.config.sampling
-        return self.pipeline.generate_rows(
-            rows, guide, guidance_scale=self.options.get("guidance_scale", s.guidance_scale),
-            steps=self.options.get("steps", s.steps), **s.decode_settings(max_new_tokens),
-        )
+        diffusion, decoding = self.pipeline.settings(guidance_scale=self.options.get("guidance_scale"),
+                                                     steps=self.options.get("steps"), max_new_tokens=max_new_tokens)
+        guide = self.pipeline.make_guide(constraints, diffusion.mc_draws)
+        return self.pipeline.generate_rows(rows, guide, diffusion, decoding)
 
 
 class PlainSampling(Method):

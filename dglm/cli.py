@@ -34,17 +34,10 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--attr", action="append", default=[], metavar="NAME=LABEL[:WEIGHT]",
                      help="target attribute, repeatable; WEIGHT defaults to 1, negative steers away. None: unguided")
     gen.add_argument("-n", "--num-samples", type=int, default=1, help="continuations per prefix (default 1)")
-    gen.add_argument("--max-new-tokens", type=int, help="length of each continuation in tokens (default from the checkpoint, 20)")
     gen.add_argument("--seed", type=int, help="base seed; sample j of prefix i uses SEED + i*NUM_SAMPLES + j, so the same seed gives the same text "
                      "(default random; each sample's seed is printed)")
-    gen.add_argument("--guidance-scale", type=float, help="strength of attribute guidance (default from the checkpoint); 0 turns it off")
-    gen.add_argument("--steps", type=int, help="diffusion steps (default from the checkpoint); fewer is faster")
-    gen.add_argument("--top-p", type=float, help="nucleus sampling threshold (default 0.9)")
-    gen.add_argument("--repetition-penalty", type=float, help="penalty for repeated tokens (default 1.2)")
-    gen.add_argument("--temperature", type=float,
-                     help="decoder sampling temperature (default 1.0); 0.7 gives more fluent, less varied text")
-    gen.add_argument("--min-p", type=float, help="drop tokens less than MIN_P times as likely as the most likely one "
-                     "(default from the checkpoint); keeps text on its attribute, 0 turns it off")
+    settings = gen.add_argument_group("generation settings", "each defaults to the checkpoint's (see its model card)")
+    add_setting_arguments(settings)
     gen.add_argument("--format", choices=["text", "jsonl"], default="text", help="text for reading, jsonl for programs (one sample a line)")
     gen.add_argument("--model", help="checkpoint folder (default: the bundled model)")
     gen.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
@@ -122,6 +115,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def add_setting_arguments(group) -> None:
+    """One flag per declared generation setting (dglm.config), with its help text and accepted range."""
+    from dglm.config import accepted, declared_settings
+
+    for name, (_, spec, kind) in declared_settings().items():
+        group.add_argument(f"--{name.replace('_', '-')}", type=kind, metavar=name.split("_")[-1].upper(),
+                           help=f"{spec.metadata['help']} ({accepted(spec, kind)})")
+
+
 def _device(name: str) -> str:
     import torch
 
@@ -129,6 +131,7 @@ def _device(name: str) -> str:
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
+    from dglm.config import declared_settings
     from dglm.guidance import parse_constraint
     from dglm.pipeline import Pipeline
 
@@ -141,11 +144,8 @@ def cmd_generate(args: argparse.Namespace) -> None:
         raise DglmError("give a PREFIX or --prefix-file with at least one non-empty line")
     constraints = [parse_constraint(spec) for spec in args.attr]
     pipeline = Pipeline.from_pretrained(args.model, device=_device(args.device))
-    samples = pipeline.generate(
-        prefixes, attributes=constraints, num_samples=args.num_samples, max_new_tokens=args.max_new_tokens,
-        seed=args.seed, guidance_scale=args.guidance_scale, steps=args.steps, top_p=args.top_p,
-        repetition_penalty=args.repetition_penalty, temperature=args.temperature, min_p=args.min_p, progress=args.format == "text",
-    )
+    samples = pipeline.generate(prefixes, attributes=constraints, num_samples=args.num_samples, seed=args.seed,
+                                progress=args.format == "text", **{name: getattr(args, name) for name in declared_settings()})
     for index, sample in enumerate(samples):
         if args.format == "jsonl":
             print(json.dumps(sample.to_dict(), ensure_ascii=False))
@@ -179,7 +179,8 @@ def cmd_plugins(args: argparse.Namespace) -> None:
 
     for info in get_plugins():
         version = f" {info.version}" if info.version else ""
-        print(f"{info.name}{version}: {', '.join(info.attributes) or 'no attributes'}")
+        print(f"{info.name}{version}: hooks {', '.join(info.hooks) or 'none'}; "
+              f"attributes {', '.join(info.attributes) or 'none'}; samplers {', '.join(info.samplers) or 'none'}")
 
 
 def cmd_classifier_train(args: argparse.Namespace) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -39,23 +40,105 @@ class AdapterConfig:
     targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
 
 
-@dataclass
-class SamplingConfig:
-    steps: int = 20
-    guidance_scale: float = 4.0
-    prefix_guidance: float = 1.0
-    mc_draws: int = 16
-    renoise_alpha2: float = 0.95
-    top_p: float = 0.9
-    temperature: float = 1.0
-    repetition_penalty: float = 1.2
-    min_p: float = 0.0
-    max_new_tokens: int = 20
+def setting(default: Any, help: str, *, at_least: float | None = None, above: float | None = None,
+            at_most: float | None = None, below: float | None = None, alias: str | None = None) -> Any:
+    """Declare a generation setting once: its default, its help text and its valid range.
 
-    def decode_settings(self, max_new_tokens: int) -> dict[str, Any]:
-        """The decoder's share of these settings, as `SoftPromptDecoder.generate` takes them."""
-        return dict(max_new_tokens=max_new_tokens, top_p=self.top_p, temperature=self.temperature,
-                    repetition_penalty=self.repetition_penalty, min_p=self.min_p)
+    From this one declaration come the validation and its message, the `dglm generate` flag, the server's
+    request field (`alias` is the OpenAI name, when it differs) and the model card's line; `Pipeline.generate`
+    takes the same names as typed keyword arguments (a test keeps them in step).
+    """
+    bounds = {"at_least": at_least, "above": above, "at_most": at_most, "below": below}
+    return field(default=default, metadata={"help": help, "alias": alias, **bounds})
+
+
+def accepted(spec: dataclasses.Field, kind: type) -> str:
+    """What a setting accepts, in words: "an integer >= 1", "a number in (0, 1]"."""
+    low = ("[", spec.metadata["at_least"]) if spec.metadata["at_least"] is not None else ("(", spec.metadata["above"])
+    high = ("]", spec.metadata["at_most"]) if spec.metadata["at_most"] is not None else (")", spec.metadata["below"])
+    noun = {int: "an integer", float: "a number", str: "a name"}[kind]
+    if low[1] is not None and high[1] is not None:
+        return f"{noun} in {low[0]}{low[1]:g}, {high[1]:g}{high[0]}"
+    if low[1] is not None:
+        return f"{noun} {'>=' if low[0] == '[' else '>'} {low[1]:g}"
+    if high[1] is not None:
+        return f"{noun} {'<=' if high[0] == ']' else '<'} {high[1]:g}"
+    return noun
+
+
+def check_setting(spec: dataclasses.Field, kind: type, value: Any) -> Any:
+    """`value` if it is a valid value of the setting, else a DglmError saying what is accepted."""
+    meta = spec.metadata
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    valid = isinstance(value, kind) and not isinstance(value, bool)
+    if valid and kind is float:
+        valid = math.isfinite(value)
+    if valid and kind in (int, float):
+        valid = ((meta["at_least"] is None or value >= meta["at_least"]) and (meta["above"] is None or value > meta["above"])
+                 and (meta["at_most"] is None or value <= meta["at_most"]) and (meta["below"] is None or value < meta["below"]))
+    if valid and kind is str:
+        valid = bool(value.strip())
+    if not valid:
+        raise DglmError(f"{spec.name} must be {accepted(spec, kind)}, got {value!r}")
+    return value
+
+
+class Settings:
+    """A section of generation settings (declared with `setting`): validated whenever it is built."""
+
+    def __post_init__(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for spec in dataclasses.fields(self):
+            setattr(self, spec.name, check_setting(spec, hints[spec.name], getattr(self, spec.name)))
+
+    def updated(self, **overrides: Any) -> Any:
+        """A copy with the given settings changed (None leaves one as it is), validated."""
+        return dataclasses.replace(self, **{name: value for name, value in overrides.items() if value is not None})
+
+    def describe(self) -> str:
+        return ", ".join(f"{spec.name.replace('_', ' ')} {getattr(self, spec.name)}" for spec in dataclasses.fields(self))
+
+
+@dataclass
+class DiffusionSettings(Settings):
+    """How the continuation's latent is proposed: the sampler and the guidance."""
+
+    sampler: str = setting("ddim", "diffusion sampler: ddim or dpmsolver++, or one a plugin adds (`dglm plugins`)")
+    steps: int = setting(20, "diffusion steps; fewer is faster", at_least=1)
+    guidance_scale: float = setting(4.0, "strength of attribute guidance; 0 turns it off", at_least=0)
+    prefix_guidance: float = setting(1.0, "classifier-free guidance on the prefix; 1 turns it off, more follows the "
+                                          "prefix more closely", at_least=0)
+    mc_draws: int = setting(16, "Monte-Carlo draws that blur the clean estimate the attribute probes score", at_least=1)
+    renoise_alpha2: float = setting(0.95, "signal level alpha^2 the proposal is re-noised to before it becomes soft "
+                                          "prompts (what the prompt generator was trained on); 1 keeps it clean",
+                                    above=0, at_most=1)
+
+
+@dataclass
+class DecodingSettings(Settings):
+    """How the decoder writes the continuation from [prefix ; soft prompts]."""
+
+    max_new_tokens: int = setting(20, "length of each continuation in tokens", at_least=1, alias="max_tokens")
+    temperature: float = setting(1.0, "sampling temperature; 0.7 gives more fluent, less varied text", above=0)
+    top_p: float = setting(0.9, "nucleus sampling: keep the likeliest tokens up to this probability mass",
+                           above=0, at_most=1)
+    min_p: float = setting(0.0, "drop tokens less than MIN_P times as likely as the likeliest one; keeps text on its "
+                                "attribute, 0 turns it off", at_least=0, below=1)
+    repetition_penalty: float = setting(1.2, "penalty for tokens already in the text; 1 turns it off", above=0)
+
+
+SETTINGS_SECTIONS: dict[str, type[Settings]] = {"diffusion": DiffusionSettings, "decoding": DecodingSettings}
+
+
+def declared_settings() -> dict[str, tuple[str, dataclasses.Field, type]]:
+    """Every generation setting by name: (its section, its declaration, its type)."""
+    declared = {}
+    for section, cls in SETTINGS_SECTIONS.items():
+        hints = typing.get_type_hints(cls)
+        for spec in dataclasses.fields(cls):
+            declared[spec.name] = (section, spec, hints[spec.name])
+    return declared
 
 
 @dataclass
@@ -70,7 +153,8 @@ class PipelineConfig:
     denoiser: DenoiserConfig = field(default_factory=DenoiserConfig)
     prompt_generator: PromptGeneratorConfig = field(default_factory=PromptGeneratorConfig)
     decoder_adapter: AdapterConfig = field(default_factory=AdapterConfig)
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    diffusion: DiffusionSettings = field(default_factory=DiffusionSettings)
+    decoding: DecodingSettings = field(default_factory=DecodingSettings)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -196,7 +280,10 @@ def build_dataclass(cls: type, data: Any, where: str) -> Any:
             values[name] = build_dataclass(hints[name], value, f"{where}.{name}")
         else:
             values[name] = checked_value(value, hints[name], f"{where}.{name}")
-    return cls(**values)
+    try:
+        return cls(**values)
+    except DglmError as error:  # a settings section's range check, which knows the key but not the file
+        raise DglmError(f"{where}: {error}") from None
 
 
 def checked_value(value: Any, hint: Any, where: str) -> Any:

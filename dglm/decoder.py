@@ -7,12 +7,14 @@ depends on its seed only, whether it is generated alone or in a batch.
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
+from dglm.config import DecodingSettings
 from dglm.errors import DglmError
 
 
@@ -21,6 +23,12 @@ class SoftPromptDecoder:
         self.model = model
         self.tokenizer = tokenizer
         self.name = name
+
+    @property
+    def _cache_name(self) -> str:
+        """The key-value cache's argument and output name: `cache` since transformers 5.2x renamed
+        `past_key_values` (the old name is deprecated there); older 5.x releases know only the old one."""
+        return "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
 
     @property
     def hidden_size(self) -> int:
@@ -54,11 +62,7 @@ class SoftPromptDecoder:
         prefixes: list[str],
         soft_prompts: torch.Tensor | None,
         generators: list[torch.Generator],
-        max_new_tokens: int = 20,
-        top_p: float = 0.9,
-        temperature: float = 1.0,
-        repetition_penalty: float = 1.0,
-        min_p: float = 0.0,
+        settings: DecodingSettings,
         adjust_logits: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     ) -> list[str]:
         """Sample one continuation per row; soft_prompts is (rows, k, hidden) or None for plain sampling.
@@ -67,25 +71,26 @@ class SoftPromptDecoder:
         far (rows x step); token-level steering baselines plug in here.
         """
         embeds, mask, ids = self._left_padded(prefixes, soft_prompts)
+        max_new_tokens, penalty = settings.max_new_tokens, settings.repetition_penalty
         rows, vocab = len(prefixes), self.model.get_output_embeddings().weight.shape[0]
         seen = torch.zeros(rows, vocab, dtype=torch.bool, device=self.device)
         for row, row_ids in enumerate(ids):
             seen[row, row_ids] = True
         positions = (mask.cumsum(-1) - 1).clamp_min(0)
         out = self.model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
-        eos = self.tokenizer.eos_token_id
+        eos, cache_name = self.tokenizer.eos_token_id, self._cache_name
         generated = torch.full((rows, max_new_tokens), self.tokenizer.pad_token_id, dtype=torch.long)
         finished = torch.zeros(rows, dtype=torch.bool)
         for step in range(max_new_tokens):
             logits = out.logits[:, -1].float()
-            if min_p > 0.0:
-                logits = min_p_filter(logits, min_p)
+            if settings.min_p > 0.0:
+                logits = min_p_filter(logits, settings.min_p)
             if adjust_logits is not None:
                 logits = adjust_logits(logits, generated[:, :step])
-            if repetition_penalty != 1.0:
-                penalised = torch.where(logits > 0, logits / repetition_penalty, logits * repetition_penalty)
+            if penalty != 1.0:
+                penalised = torch.where(logits > 0, logits / penalty, logits * penalty)
                 logits = torch.where(seen, penalised, logits)
-            probs = top_p_filter(F.softmax(logits / temperature, dim=-1), top_p).cpu()
+            probs = top_p_filter(F.softmax(logits / settings.temperature, dim=-1), settings.top_p).cpu()
             tokens = torch.tensor(
                 [eos if done else torch.multinomial(p, 1, generator=g).item() for p, g, done in zip(probs, generators, finished)]
             )
@@ -100,8 +105,8 @@ class SoftPromptDecoder:
                 input_ids=tokens[:, None].to(self.device),
                 attention_mask=mask,
                 position_ids=positions,
-                past_key_values=out.past_key_values,
                 use_cache=True,
+                **{cache_name: getattr(out, cache_name)},
             )
         return [self.decode(row) for row in generated.tolist()]
 

@@ -14,3 +14,9 @@ hookimpl = pluggy.HookimplMarker("dglm")
 def register_attributes(register: Callable) -> None:
     """Register attributes by calling ``register(card_path)`` once per probe card (a JSON file
     written by ``dglm classifier train``, next to its safetensors weights)."""
+
+
+@hookspec
+def register_samplers(register: Callable) -> None:
+    """Register samplers by calling ``register(SamplerClass)`` once per sampler: a subclass of
+    ``dglm.samplers.Sampler`` whose ``name`` (what ``--sampler`` takes) no other sampler uses."""

@@ -21,20 +21,25 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from dglm.adapter import load_adapter, split_adapter
-from dglm.config import PipelineConfig
+from dglm.config import (SETTINGS_SECTIONS, DecodingSettings, DiffusionSettings, PipelineConfig,
+                         declared_settings)
 from dglm.decoder import SoftPromptDecoder
 from dglm.denoiser import Denoiser
 from dglm.encoder import LatentNormalizer, SentenceEncoder
 from dglm.errors import DglmError
 from dglm.guidance import AttributeSpec, Constraint, Guide, as_constraints
 from dglm.models import load_causal_lm
-from dglm.plugins import get_attributes
+from dglm.plugins import get_attributes, get_sampler
 from dglm.prompt_generator import PromptGenerator
-from dglm.sampler import sample_latents
+from dglm.samplers import diffuse
 from dglm.schedule import CosineSchedule, noise_to_level
 from dglm.seeding import per_sample_randn, sample_generators, seeded_rows
 
 DEFAULT_CHECKPOINT = "default"
+# config.json's format. 1: no format_version, one "sampling" section without a "sampler" (always DDIM).
+# 2: "sampling" split into "diffusion" (with the sampler's name) and "decoding".
+CHECKPOINT_FORMAT = 2
+SETTINGS = declared_settings()
 
 
 @dataclass
@@ -144,7 +149,7 @@ class Pipeline:
         return self._plain_decoder
 
     # ---- attributes ---------------------------------------------------------------------
-    def make_guide(self, constraints: list[Constraint]) -> Guide | None:
+    def make_guide(self, constraints: list[Constraint], mc_draws: int | None = None) -> Guide | None:
         """Resolve constraints against the registered attributes and check their probes fit this encoder."""
         if not constraints:
             return None
@@ -161,7 +166,7 @@ class Pipeline:
                     f"({self.config.latent_dim}-d); retrain the probe with `dglm classifier train`"
                 )
             terms.append((probe.to(self.decoder.device), probe.label_index(constraint.label), constraint.weight))
-        return Guide(terms, self.parts.normalizer, mc_draws=self.config.sampling.mc_draws)
+        return Guide(terms, self.parts.normalizer, mc_draws=mc_draws or self.config.diffusion.mc_draws)
 
     # ---- generation ---------------------------------------------------------------------
     @torch.no_grad()
@@ -180,60 +185,75 @@ class Pipeline:
         min_p: float | None = None,
         batch_size: int = 32,
         progress: bool = False,
+        *,
+        sampler: str | None = None,
+        prefix_guidance: float | None = None,
+        mc_draws: int | None = None,
+        renoise_alpha2: float | None = None,
     ) -> list[Sample]:
         """Continue each prefix `num_samples` times so that the continuations carry `attributes`.
 
         `attributes` is a dict {name: label | (label, weight)} or a list of Constraint or
         "NAME=LABEL[:WEIGHT]" strings; a negative weight steers away from the label. Sample j of prefix
         i uses seed `seed + i * num_samples + j` (`seeded_rows`), stored in the result, which reproduces
-        that sample alone.
+        that sample alone. The generation settings (`dglm.config.DiffusionSettings` and `DecodingSettings`
+        declare them, with their ranges) default to the checkpoint's.
         """
-        s = self.config.sampling
+        diffusion, decoding = self.settings(**{name: value for name, value in locals().items() if name in SETTINGS})
         prefixes = [prefix] if isinstance(prefix, str) else list(prefix)
-        given = dict(max_new_tokens=max_new_tokens, guidance_scale=guidance_scale, steps=steps, top_p=top_p,
-                     repetition_penalty=repetition_penalty, temperature=temperature, min_p=min_p)
-        settings = {name: getattr(s, name) if value is None else value for name, value in given.items()}
-        check_generation_inputs(prefixes, num_samples, **settings)
+        check_generation_inputs(prefixes, num_samples, batch_size)
+        get_sampler(diffusion.sampler)
         constraints = as_constraints(attributes)
-        guide = self.make_guide(constraints)
+        guide = self.make_guide(constraints, diffusion.mc_draws)
         seed = random.randrange(2**31) if seed is None else int(seed)
         rows = seeded_rows(prefixes, num_samples, seed)
         from tqdm.auto import tqdm
 
         continuations: list[str] = []
         for start in tqdm(range(0, len(rows), batch_size), desc="generating", unit="batch", disable=not progress):
-            batch = rows[start : start + batch_size]
-            continuations += self.generate_rows(batch, guide, **settings)
+            continuations += self.generate_rows(rows[start : start + batch_size], guide, diffusion, decoding)
         targets = {c.attribute: c.label for c in constraints}
         return [Sample(p, text, targets, row_seed) for (p, row_seed), text in zip(rows, continuations)]
 
-    def generate_rows(self, rows: list[tuple[str, int]], guide: Guide | None, guidance_scale: float, steps: int,
-                      **decode_settings: Any) -> list[str]:
-        """One continuation per (prefix, seed) row, in one batch; `generate` validates and batches for you.
+    def settings(self, **overrides: Any) -> tuple[DiffusionSettings, DecodingSettings]:
+        """The checkpoint's diffusion and decoding settings with `overrides` (None: keep) applied and validated."""
+        unknown = sorted(set(overrides) - set(SETTINGS))
+        if unknown:
+            raise DglmError(f"unknown generation setting(s) {unknown}; settings: {', '.join(SETTINGS)}")
+        sections = {section: {} for section in SETTINGS_SECTIONS}
+        for name, value in overrides.items():
+            sections[SETTINGS[name][0]][name] = value
+        return self.config.diffusion.updated(**sections["diffusion"]), self.config.decoding.updated(**sections["decoding"])
 
-        `decode_settings` are the decoder's (`SamplingConfig.decode_settings` lists them)."""
+    def generate_rows(self, rows: list[tuple[str, int]], guide: Guide | None, diffusion: DiffusionSettings,
+                      decoding: DecodingSettings) -> list[str]:
+        """One continuation per (prefix, seed) row, in one batch; `generate` validates and batches for you."""
         prefixes = [p for p, _ in rows]
         generators = sample_generators([row_seed for _, row_seed in rows])
-        soft_prompts = self.propose_soft_prompts(prefixes, generators, guide, guidance_scale, steps)
-        return self.decoder.generate(prefixes, soft_prompts, generators, **decode_settings)
+        soft_prompts = self.propose_soft_prompts(prefixes, generators, guide, diffusion)
+        return self.decoder.generate(prefixes, soft_prompts, generators, decoding)
 
-    def propose_soft_prompts(self, prefixes, generators, guide=None, guidance_scale=0.0, steps=None) -> torch.Tensor:
+    def propose_soft_prompts(self, prefixes: list[str], generators: list[torch.Generator], guide: Guide | None = None,
+                             diffusion: DiffusionSettings | None = None) -> torch.Tensor:
         """Diffuse a continuation latent for each prefix and turn it into soft prompts."""
-        latents = self.propose_latents(prefixes, generators, guide, guidance_scale, steps)
-        return self.soft_prompts(latents, generators)
+        diffusion = diffusion or self.config.diffusion
+        latents = self.propose_latents(prefixes, generators, guide, diffusion)
+        return self.soft_prompts(latents, generators, diffusion.renoise_alpha2)
 
-    def propose_latents(self, prefixes, generators, guide=None, guidance_scale=0.0, steps=None) -> torch.Tensor:
+    def propose_latents(self, prefixes: list[str], generators: list[torch.Generator], guide: Guide | None = None,
+                        diffusion: DiffusionSettings | None = None) -> torch.Tensor:
         """The guided diffusion alone: one clean continuation latent per prefix and generator."""
+        diffusion = diffusion or self.config.diffusion
         prefix_latents = self.parts.normalizer.to_latent(self.encoder.encode(prefixes).to(self.decoder.device))
-        return sample_latents(
-            self.parts.denoiser, self.schedule, prefix_latents, generators, steps or self.config.sampling.steps,
-            guide=guide, guidance_scale=guidance_scale, prefix_guidance=self.config.sampling.prefix_guidance,
-        )
+        sampler = get_sampler(diffusion.sampler)(self.schedule)
+        return diffuse(self.parts.denoiser, sampler, prefix_latents, generators, diffusion.steps, guide=guide,
+                       guidance_scale=diffusion.guidance_scale, prefix_guidance=diffusion.prefix_guidance)
 
-    def soft_prompts(self, latents: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
+    def soft_prompts(self, latents: torch.Tensor, generators: list[torch.Generator], renoise_alpha2: float | None = None) -> torch.Tensor:
         """Re-noise latents to the level the prompt generator was trained on, then make soft prompts."""
         noise = per_sample_randn(generators, (latents.shape[-1],), device=latents.device)
-        return self.parts.prompt_generator(noise_to_level(latents, self.config.sampling.renoise_alpha2, noise))
+        alpha2 = self.config.diffusion.renoise_alpha2 if renoise_alpha2 is None else renoise_alpha2
+        return self.parts.prompt_generator(noise_to_level(latents, alpha2, noise))
 
 
 def check_compatible(config: PipelineConfig, encoder: SentenceEncoder, decoder: SoftPromptDecoder) -> None:
@@ -250,32 +270,23 @@ def check_compatible(config: PipelineConfig, encoder: SentenceEncoder, decoder: 
         )
 
 
-def check_generation_inputs(prefixes: list[str], num_samples: int, max_new_tokens: int, guidance_scale: float,
-                            steps: int, top_p: float, repetition_penalty: float, temperature: float, min_p: float) -> None:
-    """Reject bad generation settings before any model runs."""
+def check_generation_inputs(prefixes: list[str], num_samples: int, batch_size: int) -> None:
+    """Reject bad prefixes and counts before any model runs (the settings check themselves)."""
     if not prefixes:
         raise DglmError("no prefix given; pass a prefix string or a non-empty list of prefixes")
     for index, text in enumerate(prefixes):
         if not isinstance(text, str) or not text.strip():
             raise DglmError(f"prefix {index + 1} is empty; every prefix needs some text to continue")
-    for name, value in (("num_samples", num_samples), ("max_new_tokens", max_new_tokens), ("steps", steps)):
+    for name, value in (("num_samples", num_samples), ("batch_size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise DglmError(f"{name} must be a positive integer, got {value!r}")
-    if not 0.0 < top_p <= 1.0:
-        raise DglmError(f"top_p must be in (0, 1], got {top_p}")
-    if repetition_penalty <= 0 or temperature <= 0:
-        raise DglmError(f"repetition_penalty and temperature must be positive, got {repetition_penalty} and {temperature}")
-    if not 0.0 <= min_p < 1.0:
-        raise DglmError(f"min_p must be in [0, 1) (0 turns it off), got {min_p}")
-    if guidance_scale < 0:
-        raise DglmError(f"guidance_scale must be >= 0 (steer away with a negative attribute weight), got {guidance_scale}")
 
 
 def write_checkpoint(folder: Path, config: PipelineConfig, parts: TrainableParts, card: dict[str, Any],
                      dtype: torch.dtype = torch.float32, adapter: dict[str, torch.Tensor] | None = None) -> Path:
     """Write a checkpoint folder; `adapter` holds the decoder adapter's weights, keyed `decoder_adapter.*`."""
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+    (folder / "config.json").write_text(json.dumps({"format_version": CHECKPOINT_FORMAT, **config.to_dict()}, indent=2) + "\n")
     tensors = {**parts.state_dict(), **(adapter or {})}
     state = {key: value.detach().to("cpu", dtype).contiguous() for key, value in tensors.items()}
     save_file(state, str(folder / "model.safetensors"))
@@ -293,9 +304,10 @@ def read_checkpoint(folder: Path) -> tuple[PipelineConfig, dict[str, torch.Tenso
         if not required.is_file():
             raise DglmError(f"checkpoint {folder} is incomplete: {required.name} is missing")
     try:
-        config = PipelineConfig.from_dict(json.loads(config_path.read_text()))
+        data = json.loads(config_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise DglmError(f"{config_path} is not valid JSON ({error})") from None
+    config = PipelineConfig.from_dict(migrate_config(data, config_path))
     try:
         state = load_file(str(weights_path))
     except (SafetensorError, OSError, ValueError) as error:
@@ -303,6 +315,23 @@ def read_checkpoint(folder: Path) -> tuple[PipelineConfig, dict[str, torch.Tenso
     card_path = folder / "card.json"
     card = json.loads(card_path.read_text()) if card_path.is_file() else {}
     return config, state, card
+
+
+def migrate_config(data: Any, where: Path) -> dict[str, Any]:
+    """Bring a config.json written by an earlier dglm to the current format, so that old checkpoints load and
+    sample as they did."""
+    if not isinstance(data, dict):
+        raise DglmError(f"{where} must hold a JSON object, got {type(data).__name__}")
+    data = dict(data)
+    version = data.pop("format_version", 1)
+    if not isinstance(version, int) or not 1 <= version <= CHECKPOINT_FORMAT:
+        raise DglmError(f"{where} has format_version {version!r}; this dglm reads formats 1 to {CHECKPOINT_FORMAT} "
+                        "(a newer dglm wrote it: upgrade dglm)")
+    if version < 2 and isinstance(data.get("sampling"), dict):
+        sampling = {"sampler": "ddim", **data.pop("sampling")}  # format 1 always sampled with DDIM
+        for section in SETTINGS_SECTIONS:
+            data[section] = {name: value for name, value in sampling.items() if SETTINGS.get(name, (section,))[0] == section}
+    return data
 
 
 def describe_adapter(config: PipelineConfig) -> str:
@@ -324,9 +353,8 @@ def render_model_card(config: PipelineConfig, card: dict[str, Any]) -> str:
         f"- decoder: `{config.decoder}` (width {config.decoder_dim}), {describe_adapter(config)}",
         f"- denoiser: {config.denoiser.layers} layers, width {config.denoiser.width}, {config.denoiser.num_tokens} latent tokens",
         f"- prompt generator: {config.prompt_generator.num_soft_prompts} soft prompts, {config.prompt_generator.layers} layers",
-        f"- sampling defaults: {config.sampling.steps} DDIM steps, guidance scale {config.sampling.guidance_scale}; "
-        f"decoding with top-p {config.sampling.top_p}, min-p {config.sampling.min_p}, temperature "
-        f"{config.sampling.temperature}, repetition penalty {config.sampling.repetition_penalty}",
+        f"- diffusion defaults: {config.diffusion.describe()}",
+        f"- decoding defaults: {config.decoding.describe()}",
         "",
     ]
     if not card:

@@ -1,4 +1,7 @@
-"""Plugin discovery (the `dglm` entry-point group) and the attribute registry built from it."""
+"""Plugin discovery (the `dglm` entry-point group) and the registries built from it: attributes and samplers.
+
+Each registry is built once per process and built again only when the set of registered plugins changes
+(`register_plugin` / `unregister_plugin`), so that asking for attributes does not reload every probe."""
 
 from __future__ import annotations
 
@@ -11,12 +14,14 @@ import pluggy
 from dglm import hookspecs
 from dglm.errors import DglmError
 from dglm.probes import Probe, load_probe
+from dglm.samplers import BUILTIN_SAMPLERS, Sampler
 
 ENTRY_POINT_GROUP = "dglm"
 
 plugin_manager = pluggy.PluginManager("dglm")
 plugin_manager.add_hookspecs(hookspecs)
 _entry_points_loaded = False
+_registries: dict[str, tuple[tuple, dict]] = {}  # registry name -> (the plugins it was built from, the registry)
 
 
 def _manager() -> pluggy.PluginManager:
@@ -57,7 +62,9 @@ class Attribute:
 class PluginInfo:
     name: str
     version: str | None
+    hooks: list[str]
     attributes: list[str]
+    samplers: list[str]
 
 
 def _distribution_versions() -> dict[str, str]:
@@ -70,8 +77,20 @@ def _distribution_versions() -> dict[str, str]:
     return versions
 
 
+def _cached(registry: str, build) -> dict:
+    """`build()`'s registry, rebuilt only when the registered plugins differ from those it was built from."""
+    plugins = tuple((name, id(plugin)) for name, plugin in _manager().list_name_plugin())
+    if registry not in _registries or _registries[registry][0] != plugins:
+        _registries[registry] = (plugins, build())
+    return _registries[registry][1]
+
+
 def get_attributes() -> dict[str, Attribute]:
     """Every attribute registered by every plugin; two plugins claiming one name is an error."""
+    return _cached("attributes", _build_attributes)
+
+
+def _build_attributes() -> dict[str, Attribute]:
     attributes: dict[str, Attribute] = {}
     for impl in _manager().hook.register_attributes.get_hookimpls():
 
@@ -88,11 +107,46 @@ def get_attributes() -> dict[str, Attribute]:
     return dict(sorted(attributes.items()))
 
 
+def get_samplers() -> dict[str, type[Sampler]]:
+    """The built-in samplers and those plugins register, by name."""
+    return {name: sampler for name, (sampler, _) in _cached("samplers", _build_samplers).items()}
+
+
+def _build_samplers() -> dict[str, tuple[type[Sampler], str]]:
+    """Samplers by name, each with the plugin that registered it ("dglm" for the built-in ones)."""
+    samplers = {name: (sampler, "dglm") for name, sampler in BUILTIN_SAMPLERS.items()}
+    for impl in _manager().hook.register_samplers.get_hookimpls():
+
+        def register(sampler: type[Sampler], _plugin: str = impl.plugin_name) -> None:
+            if not (isinstance(sampler, type) and issubclass(sampler, Sampler) and sampler.name):
+                raise DglmError(f"plugin {_plugin!r} registered {sampler!r}, which is not a named dglm.samplers.Sampler subclass")
+            if sampler.name in samplers:
+                raise DglmError(f"sampler {sampler.name!r} from plugin {_plugin!r} is already registered "
+                                f"by {samplers[sampler.name][1]!r}; rename it")
+            samplers[sampler.name] = (sampler, _plugin)
+
+        impl.function(register=register)
+    return samplers
+
+
+def get_sampler(name: str) -> type[Sampler]:
+    samplers = get_samplers()
+    if name not in samplers:
+        raise DglmError(f"unknown sampler {name!r}; known samplers: {', '.join(samplers)}")
+    return samplers[name]
+
+
 def get_plugins() -> list[PluginInfo]:
-    """Installed plugins with the attributes each one registers."""
+    """Installed plugins with the hooks each implements and what it registers through them."""
     versions = _distribution_versions()
-    by_plugin: dict[str, list[str]] = {}
+    attributes: dict[str, list[str]] = {}
     for attribute in get_attributes().values():
-        by_plugin.setdefault(attribute.plugin, []).append(attribute.name)
-    names = [name for name, _ in _manager().list_name_plugin()]
-    return [PluginInfo(name, versions.get(name), by_plugin.get(name, [])) for name in sorted(names)]
+        attributes.setdefault(attribute.plugin, []).append(attribute.name)
+    samplers: dict[str, list[str]] = {}
+    for name, (_, plugin) in _cached("samplers", _build_samplers).items():
+        samplers.setdefault(plugin, []).append(name)
+    infos = []
+    for name, plugin in sorted(_manager().list_name_plugin()):
+        hooks = sorted(caller.name for caller in _manager().get_hookcallers(plugin) or [])
+        infos.append(PluginInfo(name, versions.get(name), hooks, attributes.get(name, []), samplers.get(name, [])))
+    return infos

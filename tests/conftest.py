@@ -82,7 +82,7 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def tiny_config(tiny_models):
-    from dglm.config import DenoiserConfig, PipelineConfig, PromptGeneratorConfig, SamplingConfig
+    from dglm.config import DecodingSettings, DenoiserConfig, DiffusionSettings, PipelineConfig, PromptGeneratorConfig
 
     return PipelineConfig(
         encoder=str(tiny_models["encoder"]),
@@ -91,7 +91,8 @@ def tiny_config(tiny_models):
         decoder_dim=32,
         denoiser=DenoiserConfig(num_tokens=4, width=32, layers=2, heads=2, latent_token_width=8, prefix_token_width=8),
         prompt_generator=PromptGeneratorConfig(num_soft_prompts=2, width=32, layers=1, heads=2),
-        sampling=SamplingConfig(steps=4, mc_draws=4, max_new_tokens=6),
+        diffusion=DiffusionSettings(steps=4, mc_draws=4),
+        decoding=DecodingSettings(max_new_tokens=6),
     )
 
 

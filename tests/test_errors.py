@@ -55,11 +55,11 @@ def test_zero_samples(capsys, tiny_checkpoint):
 
 @pytest.mark.parametrize("flag", ["--max-new-tokens", "--steps"])
 def test_zero_tokens_or_steps(capsys, tiny_checkpoint, flag):
-    expect_error(capsys, "must be a positive integer", "generate", "Hi", flag, "0", "--model", str(tiny_checkpoint))
+    expect_error(capsys, "must be an integer >= 1, got 0", "generate", "Hi", flag, "0", "--model", str(tiny_checkpoint))
 
 
 def test_zero_temperature(capsys, tiny_checkpoint):
-    expect_error(capsys, "temperature must be positive", "generate", "Hi", "--temperature", "0", "--model", str(tiny_checkpoint))
+    expect_error(capsys, "temperature must be a number > 0, got 0.0", "generate", "Hi", "--temperature", "0", "--model", str(tiny_checkpoint))
 
 
 def test_missing_checkpoint(capsys, tmp_path):
@@ -105,7 +105,7 @@ def test_probe_trained_on_another_encoder(capsys, tiny_checkpoint):
 
 
 def test_min_p_out_of_range(capsys, tiny_checkpoint):
-    expect_error(capsys, "min_p must be in [0, 1)", "generate", "Hi", "--min-p", "1", "--model", str(tiny_checkpoint))
+    expect_error(capsys, "min_p must be a number in [0, 1), got 1.0", "generate", "Hi", "--min-p", "1", "--model", str(tiny_checkpoint))
 
 
 def test_help_teaches_every_flag(capsys):

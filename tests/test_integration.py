@@ -41,18 +41,15 @@ def test_guidance_raises_the_probe_score_of_the_proposal(default_pipeline):
     import torch
 
     from dglm.guidance import as_constraints
-    from dglm.sampler import sample_latents
     from dglm.seeding import sample_generators
 
     pipe = default_pipeline
     prefixes = ["The weather today"] * 16
-    prefix_latents = pipe.parts.normalizer.to_latent(pipe.encoder.encode(prefixes))
     probe = pipe.make_guide(as_constraints({"sentiment": "positive"}))
     mean_positive = {}
     for target in ("positive", "negative"):
         guide = pipe.make_guide(as_constraints({"sentiment": target}))
-        latents = sample_latents(pipe.parts.denoiser, pipe.schedule, prefix_latents, sample_generators(range(16)),
-                                 steps=10, guide=guide, guidance_scale=pipe.config.sampling.guidance_scale)
+        latents = pipe.propose_latents(prefixes, sample_generators(range(16)), guide, pipe.config.diffusion.updated(steps=10))
         mean_positive[target] = probe.log_prob(latents).exp().mean().item()
     assert mean_positive["positive"] > mean_positive["negative"] + 0.2, mean_positive
     assert torch.isfinite(torch.tensor(list(mean_positive.values()))).all()

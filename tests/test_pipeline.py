@@ -2,6 +2,7 @@
 
 import torch
 
+from dglm.config import DecodingSettings
 from dglm.decoder import min_p_filter
 from dglm.pipeline import Pipeline
 from dglm.seeding import sample_generators
@@ -65,6 +66,6 @@ def test_min_p_keeps_the_tokens_near_the_most_likely_one():
 def test_min_p_near_one_leaves_only_the_top_token(tiny_pipeline):
     """With only the most likely token left, the seed no longer changes the decoding."""
     decode = lambda seed, min_p: tiny_pipeline.decoder.generate(
-        ["The movie"] * 3, None, sample_generators(range(seed, seed + 3)), max_new_tokens=6, min_p=min_p)
+        ["The movie"] * 3, None, sample_generators(range(seed, seed + 3)), DecodingSettings(max_new_tokens=6, min_p=min_p))
     assert decode(0, 0.999) == decode(50, 0.999)
     assert decode(0, 0.0) != decode(50, 0.0)

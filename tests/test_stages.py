@@ -2,6 +2,7 @@
 
 import torch
 
+from dglm.config import DecodingSettings
 from dglm.decoder import top_p_filter
 from dglm.schedule import CosineSchedule, noise_to_level
 from dglm.seeding import sample_generators
@@ -48,16 +49,17 @@ def test_denoiser_and_prompt_generator_shapes(tiny_pipeline):
 
 
 def test_propose_soft_prompts_shapes(tiny_pipeline):
-    soft = tiny_pipeline.propose_soft_prompts(["One.", "Two words."], sample_generators([1, 2]), steps=3)
+    soft = tiny_pipeline.propose_soft_prompts(["One.", "Two words."], sample_generators([1, 2]),
+                                              diffusion=tiny_pipeline.config.diffusion.updated(steps=3))
     assert soft.shape == (2, 2, 32) and torch.isfinite(soft).all()
 
 
 def test_decoder_generates_with_and_without_soft_prompts(tiny_pipeline):
     decoder = tiny_pipeline.decoder
-    texts = decoder.generate(["The movie", "A"], None, sample_generators([1, 2]), max_new_tokens=5)
+    texts = decoder.generate(["The movie", "A"], None, sample_generators([1, 2]), DecodingSettings(max_new_tokens=5))
     assert len(texts) == 2 and all(isinstance(t, str) for t in texts)
     soft = torch.randn(2, 2, 32) * 0.02
-    assert len(decoder.generate(["The movie", "A"], soft, sample_generators([1, 2]), max_new_tokens=5)) == 2
+    assert len(decoder.generate(["The movie", "A"], soft, sample_generators([1, 2]), DecodingSettings(max_new_tokens=5))) == 2
 
 
 def test_decoder_loss_is_finite_and_reaches_soft_prompts(tiny_pipeline):

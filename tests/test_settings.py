@@ -1,0 +1,80 @@
+"""Generation settings are declared once (dglm.config), and every interface follows the declarations."""
+
+import inspect
+import math
+import typing
+
+import pytest
+
+from dglm.cli import build_parser
+from dglm.config import DecodingSettings, DiffusionSettings, PipelineConfig, TrainConfig, declared_settings
+from dglm.errors import DglmError
+from dglm.pipeline import Pipeline, render_model_card
+
+SETTINGS = declared_settings()
+
+
+def test_pipeline_generate_takes_every_declared_setting_as_a_typed_keyword():
+    parameters = inspect.signature(Pipeline.generate).parameters
+    hints = typing.get_type_hints(Pipeline.generate)
+    for name, (_, _, kind) in SETTINGS.items():
+        assert name in parameters, f"Pipeline.generate lacks the setting {name}"
+        assert parameters[name].default is None  # None: the checkpoint's value
+        assert hints[name] == kind | None, f"{name}: {hints[name]} is not {kind} | None"
+    others = {"self", "prefix", "attributes", "num_samples", "seed", "batch_size", "progress"}
+    assert set(parameters) - others == set(SETTINGS), "a generate argument that is not a declared setting"
+
+
+def test_dglm_generate_has_a_flag_for_every_declared_setting():
+    generate = build_parser()._subparsers._group_actions[0].choices["generate"]
+    flags = {action.dest: action for action in generate._actions}
+    for name, (_, spec, kind) in SETTINGS.items():
+        assert flags[name].type is kind and spec.metadata["help"] in flags[name].help
+    args = build_parser().parse_args(["generate", "x", "--top-p", "0.5", "--steps", "3", "--sampler", "dpmsolver++"])
+    assert (args.top_p, args.steps, args.sampler, args.min_p) == (0.5, 3, "dpmsolver++", None)
+
+
+@pytest.mark.parametrize("name, bad, message", [
+    ("steps", 0, "steps must be an integer >= 1, got 0"),
+    ("steps", 2.5, "steps must be an integer >= 1, got 2.5"),
+    ("steps", True, "steps must be an integer >= 1, got True"),
+    ("guidance_scale", -1.0, "guidance_scale must be a number >= 0, got -1.0"),
+    ("guidance_scale", math.nan, "guidance_scale must be a number >= 0, got nan"),
+    ("guidance_scale", math.inf, "guidance_scale must be a number >= 0, got inf"),
+    ("renoise_alpha2", 0.0, r"renoise_alpha2 must be a number in \(0, 1\], got 0.0"),
+    ("mc_draws", 0, "mc_draws must be an integer >= 1, got 0"),
+    ("sampler", " ", "sampler must be a name, got ' '"),
+    ("max_new_tokens", -3, "max_new_tokens must be an integer >= 1, got -3"),
+    ("temperature", 0.0, "temperature must be a number > 0, got 0.0"),
+    ("top_p", 1.5, r"top_p must be a number in \(0, 1\], got 1.5"),
+    ("min_p", 1.0, r"min_p must be a number in \[0, 1\), got 1.0"),
+    ("repetition_penalty", "high", "repetition_penalty must be a number > 0, got 'high'"),
+])
+def test_a_bad_setting_is_refused_with_what_is_accepted(name, bad, message):
+    section = {"diffusion": DiffusionSettings, "decoding": DecodingSettings}[SETTINGS[name][0]]
+    with pytest.raises(DglmError, match=message):
+        section().updated(**{name: bad})
+
+
+def test_bad_settings_reach_the_user_from_python_and_from_the_command_line(tiny_pipeline, tiny_checkpoint, capsys):
+    from dglm.cli import main
+
+    with pytest.raises(DglmError, match="top_p must be a number in"):
+        tiny_pipeline.generate("The movie", top_p=0.0)
+    with pytest.raises(DglmError, match="unknown generation setting"):
+        tiny_pipeline.settings(top_k=3)
+    assert main(["generate", "The movie", "--model", str(tiny_checkpoint), "--temperature", "nan"]) == 2
+    assert capsys.readouterr().err.strip() == "dglm: error: temperature must be a number > 0, got nan"
+
+
+def test_the_model_card_lists_every_setting_from_its_declaration():
+    card = render_model_card(PipelineConfig(), {})
+    for name in SETTINGS:
+        assert f"{name.replace('_', ' ')} " in card
+
+
+def test_a_setting_out_of_range_in_yaml_names_the_file_and_the_key(tmp_path):
+    path = tmp_path / "train.yaml"
+    path.write_text("pipeline: {decoding: {top_p: 2}}\n")
+    with pytest.raises(DglmError, match=rf"{path}.pipeline.decoding: top_p must be a number in \(0, 1\], got 2.0"):
+        TrainConfig.from_yaml(path)
