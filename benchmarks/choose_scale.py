@@ -17,7 +17,7 @@ from pathlib import Path
 
 from sentiment_bench import SentimentBench, add_common_arguments
 
-from dglm.baselines import METHODS
+from dglm.plugins import get_methods
 
 MAX_PERPLEXITY_RATIO = 1.5
 
@@ -32,7 +32,7 @@ def main() -> None:
     pipeline = bench.pipeline
 
     def positive_rate_and_perplexity(scale: float, condition: str) -> tuple[float, float]:
-        scores = bench.judge(METHODS["dglm"](pipeline, guidance_scale=scale), condition, f"scale {scale:g} {condition}")
+        scores = bench.judge(get_methods()["dglm"](pipeline, guidance_scale=scale), condition, f"scale {scale:g} {condition}")
         return scores["sentiment=positive"], scores["perplexity_median"]
 
     unguided_positive, unguided_perplexity = positive_rate_and_perplexity(0.0, "none")

@@ -15,7 +15,7 @@ import math
 
 from sentiment_bench import SentimentBench, add_common_arguments
 
-from dglm.baselines import METHODS
+from dglm.plugins import get_methods
 
 SAMPLERS = ("ddim", "dpmsolver++")
 STEPS = (5, 10, 20, 50)
@@ -34,7 +34,7 @@ def main() -> None:
     bench = SentimentBench.from_args(args)
     pipeline, count = bench.pipeline, len(bench.rows)
     defaults = pipeline.config.diffusion
-    plain = bench.judge(METHODS["plain"](pipeline), "none", "plain")
+    plain = bench.judge(get_methods()["plain"](pipeline), "none", "plain")
     report: dict = {"samples_per_condition": count, "prefixes": str(args.prefixes),
                     "plain_perplexity_median": plain["perplexity_median"],
                     "plain_seconds_per_sample": round(plain["seconds_per_sample"], 3), "results": {}}
@@ -43,7 +43,7 @@ def main() -> None:
             pipeline.config.diffusion = defaults.updated(sampler=sampler, steps=steps)
             row = {}
             for condition in ("sentiment=positive", "sentiment=negative"):
-                scores = bench.judge(METHODS["dglm"](pipeline), condition, f"{sampler} {steps} {condition}")
+                scores = bench.judge(get_methods()["dglm"](pipeline), condition, f"{sampler} {steps} {condition}")
                 share = scores["sentiment=positive"]
                 row[condition] = {
                     "judged_positive": round(share, 3), "standard_error": round(standard_error(share, count), 3),

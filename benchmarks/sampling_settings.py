@@ -16,7 +16,7 @@ import json
 
 from sentiment_bench import SentimentBench, add_common_arguments
 
-from dglm.baselines import METHODS
+from dglm.plugins import get_methods
 
 # name -> changes to the checkpoint's sampling settings
 SETTINGS = {
@@ -60,7 +60,7 @@ def main() -> None:
             runs.append(("plain", "none"))
         for method_name, condition in runs:
             key = f"{name} | {method_name} | {condition}"
-            scores = bench.judge(METHODS[method_name](pipeline), condition, key)
+            scores = bench.judge(get_methods()[method_name](pipeline), condition, key)
             report["results"][key] = {k: v for k, v in scores.items() if k in ("sentiment=positive", "perplexity_median", "dist3")}
             print(key, json.dumps(report["results"][key]), flush=True)
     pipeline.config.diffusion, pipeline.config.decoding = diffusion, decoding

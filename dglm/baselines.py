@@ -7,13 +7,19 @@ as published: when a checkpoint adapts the decoder for its soft prompts, the bas
   Yang & Klein 2021): at each step the top-k next tokens are re-scored by the probes' log-probability
   of the target on the text so far plus that token.
 
-Every method returns one continuation per (prefix, seed) row (`dglm.seeding.seeded_rows`).
+Every method returns one continuation per (prefix, seed) row (`dglm.seeding.seeded_rows`). Plugins add
+methods through the `register_methods` hook (`dglm.plugins.get_methods` lists them all).
 """
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
 import torch
 
+from dglm.config import build_dataclass
 from dglm.guidance import Constraint
 from dglm.pipeline import Pipeline
 from dglm.seeding import sample_generators
@@ -21,15 +27,28 @@ from dglm.seeding import sample_generators
 DEFAULT_STEERING = "The following text is {label}."
 
 
-class Method:
-    name = "method"
+class Method(ABC):
+    """An evaluation method: continues (prefix, seed) rows under constraints.
 
-    def __init__(self, pipeline: Pipeline, **options):
+    A subclass names itself (`name`), declares its options as a typed dataclass (`Options`: each field with
+    its type and default), and implements `continue_rows`. Options from an evaluation config are checked
+    against the declaration, so a misspelt or mistyped option is refused instead of ignored. Plugins add
+    methods through the `register_methods` hook.
+    """
+
+    name: str = ""
+
+    @dataclass
+    class Options:
+        pass
+
+    def __init__(self, pipeline: Pipeline, **options: Any):
         self.pipeline = pipeline
-        self.options = options
+        self.options = build_dataclass(self.Options, options, f"options of method {self.name!r}")
 
+    @abstractmethod
     def continue_rows(self, rows: list[tuple[str, int]], constraints: list[Constraint], max_new_tokens: int) -> list[str]:
-        raise NotImplementedError
+        """One continuation of at most `max_new_tokens` tokens per (prefix, seed) row."""
 
     def sample(self, prefixes: list[str], rows: list[tuple[str, int]], max_new_tokens: int, adjust_logits=None) -> list[str]:
         """Sample the decoder without soft prompts, each row from its own seed."""
@@ -41,9 +60,14 @@ class Method:
 class DGLM(Method):
     name = "dglm"
 
+    @dataclass
+    class Options:
+        guidance_scale: float | None = None  # None: the checkpoint's
+        steps: int | None = None
+
     def continue_rows(self, rows, constraints, max_new_tokens):
-        diffusion, decoding = self.pipeline.settings(guidance_scale=self.options.get("guidance_scale"),
-                                                     steps=self.options.get("steps"), max_new_tokens=max_new_tokens)
+        diffusion, decoding = self.pipeline.settings(guidance_scale=self.options.guidance_scale,
+                                                     steps=self.options.steps, max_new_tokens=max_new_tokens)
         guide = self.pipeline.make_guide(constraints, diffusion.mc_draws)
         return self.pipeline.generate_rows(rows, guide, diffusion, decoding)
 
@@ -60,8 +84,12 @@ class SteeringPrompt(Method):
 
     name = "prompting"
 
+    @dataclass
+    class Options:
+        templates: dict[str, str] = field(default_factory=dict)  # attribute -> sentence with "{label}"
+
     def steering(self, constraints: list[Constraint]) -> str:
-        templates = self.options.get("templates", {})
+        templates = self.options.templates
         sentences = []
         for c in constraints:
             label = c.label if c.weight >= 0 else f"not {c.label}"
@@ -78,12 +106,17 @@ class Fudge(Method):
 
     name = "fudge"
 
+    @dataclass
+    class Options:
+        top_k: int = 10  # candidate tokens re-scored at each step
+        strength: float = 1.0  # weight of the probes' log-probability against the decoder's logits
+
     def continue_rows(self, rows, constraints, max_new_tokens):
         guide = self.pipeline.make_guide(constraints)
         prefixes = [p for p, _ in rows]
         if guide is None:
             return self.sample(prefixes, rows, max_new_tokens)
-        top_k, strength = self.options.get("top_k", 10), self.options.get("strength", 1.0)
+        top_k, strength = self.options.top_k, self.options.strength
         decoder, encoder = self.pipeline.plain_decoder(), self.pipeline.encoder
 
         def adjust_logits(logits: torch.Tensor, generated: torch.Tensor) -> torch.Tensor:
@@ -99,4 +132,4 @@ class Fudge(Method):
         return self.sample(prefixes, rows, max_new_tokens, adjust_logits)
 
 
-METHODS = {cls.name: cls for cls in (DGLM, PlainSampling, SteeringPrompt, Fudge)}
+BUILTIN_METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (DGLM, PlainSampling, SteeringPrompt, Fudge)}

@@ -180,7 +180,8 @@ def cmd_plugins(args: argparse.Namespace) -> None:
     for info in get_plugins():
         version = f" {info.version}" if info.version else ""
         print(f"{info.name}{version}: hooks {', '.join(info.hooks) or 'none'}; "
-              f"attributes {', '.join(info.attributes) or 'none'}; samplers {', '.join(info.samplers) or 'none'}")
+              f"attributes {', '.join(info.attributes) or 'none'}; samplers {', '.join(info.samplers) or 'none'}; "
+              f"methods {', '.join(info.methods) or 'none'}")
 
 
 def cmd_classifier_train(args: argparse.Namespace) -> None:

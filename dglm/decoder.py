@@ -24,6 +24,14 @@ class SoftPromptDecoder:
         self.tokenizer = tokenizer
         self.name = name
 
+    @classmethod
+    def load(cls, name: str, device: str = "cpu") -> "SoftPromptDecoder":
+        """The decoder named `name` (a local path, an offline registry package or a hub name), as published."""
+        from dglm.models import load_causal_lm
+
+        model, tokenizer = load_causal_lm(name, device=device)
+        return cls(model, tokenizer, name)
+
     @property
     def _cache_name(self) -> str:
         """The key-value cache's argument and output name: `cache` since transformers 5.2x renamed

@@ -15,12 +15,13 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from dglm.baselines import METHODS, PlainSampling
-from dglm.config import load_yaml
+from dglm.baselines import PlainSampling
+from dglm.config import build_dataclass, load_yaml
 from dglm.errors import DglmError
 from dglm.evaluation import CopyDetector, PerplexityJudge, TextJudge, distinct_n, label_shares, median
 from dglm.guidance import Constraint, parse_constraint
 from dglm.pipeline import Pipeline
+from dglm.plugins import get_methods
 from dglm.seeding import seeded_rows
 
 
@@ -44,9 +45,12 @@ class EvalConfig:
     @classmethod
     def from_yaml(cls, path: Path | str) -> "EvalConfig":
         config = load_yaml(cls, path, "evaluation")
-        unknown = sorted(set(config.methods) - set(METHODS))
+        methods = get_methods()
+        unknown = sorted(set(config.methods) - set(methods))
         if unknown:
-            raise DglmError(f"unknown method(s) {unknown} in {path}; known: {', '.join(METHODS)}")
+            raise DglmError(f"unknown method(s) {unknown} in {path}; known: {', '.join(methods)}")
+        for name, options in config.methods.items():  # refuse a misspelt option before any model loads
+            build_dataclass(methods[name].Options, options or {}, f"{path}: methods.{name}")
         return config
 
 
@@ -131,8 +135,9 @@ def run_eval(config: EvalConfig, config_path: str = "") -> dict:
         result["examples"] = [rows[i][0] + continuations[i] for i in range(0, len(rows), config.num_samples)][:3]
         return result
 
+    methods = get_methods()
     for name, options in config.methods.items():
-        method = METHODS[name](pipeline, **options)
+        method = methods[name](pipeline, **(options or {}))
         unsteered = None
         for condition in config.conditions:
             if isinstance(method, PlainSampling) and unsteered is not None:
@@ -143,7 +148,7 @@ def run_eval(config: EvalConfig, config_path: str = "") -> dict:
             unsteered = unsteered or (result if isinstance(method, PlainSampling) else None)
     if config.tradeoff_condition:
         report["tradeoff"] = {
-            scale: run(METHODS["dglm"](pipeline, guidance_scale=scale), config.tradeoff_condition, scale)
+            scale: run(methods["dglm"](pipeline, guidance_scale=scale), config.tradeoff_condition, scale)
             for scale in config.tradeoff_scales
         }
     report["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

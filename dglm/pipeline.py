@@ -28,7 +28,6 @@ from dglm.denoiser import Denoiser
 from dglm.encoder import LatentNormalizer, SentenceEncoder
 from dglm.errors import DglmError
 from dglm.guidance import AttributeSpec, Constraint, Guide, as_constraints
-from dglm.models import load_causal_lm
 from dglm.plugins import get_attributes, get_sampler
 from dglm.prompt_generator import PromptGenerator
 from dglm.samplers import diffuse
@@ -96,8 +95,7 @@ class Pipeline:
     def from_config(cls, config: PipelineConfig, device: str = "cpu") -> "Pipeline":
         """A pipeline with freshly initialised (untrained) denoiser and prompt generator."""
         encoder = SentenceEncoder(config.encoder, device=device)
-        model, tokenizer = load_causal_lm(config.decoder, device=device)
-        return cls(config, encoder, SoftPromptDecoder(model, tokenizer, config.decoder))
+        return cls(config, encoder, SoftPromptDecoder.load(config.decoder, device))
 
     @classmethod
     def from_pretrained(
@@ -117,23 +115,16 @@ class Pipeline:
         config, state, card = read_checkpoint(folder)
         if encoder is None:
             encoder = SentenceEncoder(config.encoder, device=device)
-        if decoder is None:
-            model, tokenizer = load_causal_lm(config.decoder, device=device)
-            decoder = SoftPromptDecoder(model, tokenizer, config.decoder)
+        decoder = decoder or SoftPromptDecoder.load(config.decoder, device)
         check_compatible(config, encoder, decoder)
-        state, adapter = split_adapter(state)
+        parts, adapter = build_parts(config, state, folder)
         if adapter and not config.decoder_adapter.rank:
             raise DglmError(f"checkpoint {folder} holds decoder adapter weights, but its config.json sets no adapter rank")
-        if config.decoder_adapter.rank:
-            if not adapter:
-                raise DglmError(f"checkpoint {folder} declares a decoder adapter but holds none of its weights; "
-                                "train it with `dglm train prompt-generator`")
+        if config.decoder_adapter.rank and not adapter:
+            raise DglmError(f"checkpoint {folder} declares a decoder adapter but holds none of its weights; "
+                            "train it with `dglm train prompt-generator`")
+        if adapter:
             load_adapter(decoder.model, config.decoder_adapter, adapter)
-        parts = TrainableParts(config)
-        try:
-            parts.load_state_dict({key: value.float() for key, value in state.items()})
-        except RuntimeError as error:
-            raise DglmError(f"checkpoint {folder} does not match its config.json: {str(error).splitlines()[0]}") from None
         return cls(config, encoder, decoder, parts, card, adapter)
 
     def save_pretrained(self, path: str | Path, dtype: torch.dtype = torch.float32) -> Path:
@@ -144,8 +135,7 @@ class Pipeline:
         if not self.adapter:
             return self.decoder
         if self._plain_decoder is None:
-            model, tokenizer = load_causal_lm(self.config.decoder, device=str(self.decoder.device))
-            self._plain_decoder = SoftPromptDecoder(model, tokenizer, self.config.decoder)
+            self._plain_decoder = SoftPromptDecoder.load(self.config.decoder, str(self.decoder.device))
         return self._plain_decoder
 
     # ---- attributes ---------------------------------------------------------------------
@@ -332,6 +322,18 @@ def migrate_config(data: Any, where: Path) -> dict[str, Any]:
         for section in SETTINGS_SECTIONS:
             data[section] = {name: value for name, value in sampling.items() if SETTINGS.get(name, (section,))[0] == section}
     return data
+
+
+def build_parts(config: PipelineConfig, state: dict[str, torch.Tensor], folder: Path) -> tuple[TrainableParts, dict[str, torch.Tensor]]:
+    """A checkpoint's trainable parts with their weights loaded, and its decoder adapter's weights (empty when it
+    has none yet, as after the denoiser stage of a training run)."""
+    state, adapter = split_adapter(state)
+    parts = TrainableParts(config)
+    try:
+        parts.load_state_dict({key: value.float() for key, value in state.items()})
+    except RuntimeError as error:
+        raise DglmError(f"checkpoint {folder} does not match its config.json: {str(error).splitlines()[0]}") from None
+    return parts, adapter
 
 
 def describe_adapter(config: PipelineConfig) -> str:

@@ -1,4 +1,5 @@
-"""Plugin discovery (the `dglm` entry-point group) and the registries built from it: attributes and samplers.
+"""Plugin discovery (the `dglm` entry-point group) and the registries built from it: attributes, samplers and
+evaluation methods.
 
 Each registry is built once per process and built again only when the set of registered plugins changes
 (`register_plugin` / `unregister_plugin`), so that asking for attributes does not reload every probe."""
@@ -65,6 +66,7 @@ class PluginInfo:
     hooks: list[str]
     attributes: list[str]
     samplers: list[str]
+    methods: list[str]
 
 
 def _distribution_versions() -> dict[str, str]:
@@ -112,21 +114,37 @@ def get_samplers() -> dict[str, type[Sampler]]:
     return {name: sampler for name, (sampler, _) in _cached("samplers", _build_samplers).items()}
 
 
-def _build_samplers() -> dict[str, tuple[type[Sampler], str]]:
-    """Samplers by name, each with the plugin that registered it ("dglm" for the built-in ones)."""
-    samplers = {name: (sampler, "dglm") for name, sampler in BUILTIN_SAMPLERS.items()}
-    for impl in _manager().hook.register_samplers.get_hookimpls():
+def _build_samplers() -> dict[str, tuple[type, str]]:
+    return _named_classes("register_samplers", BUILTIN_SAMPLERS, Sampler, "sampler")
 
-        def register(sampler: type[Sampler], _plugin: str = impl.plugin_name) -> None:
-            if not (isinstance(sampler, type) and issubclass(sampler, Sampler) and sampler.name):
-                raise DglmError(f"plugin {_plugin!r} registered {sampler!r}, which is not a named dglm.samplers.Sampler subclass")
-            if sampler.name in samplers:
-                raise DglmError(f"sampler {sampler.name!r} from plugin {_plugin!r} is already registered "
-                                f"by {samplers[sampler.name][1]!r}; rename it")
-            samplers[sampler.name] = (sampler, _plugin)
+
+def get_methods() -> dict[str, type]:
+    """The evaluation methods (DGLM and the baselines) and those plugins register, by name."""
+    return {name: method for name, (method, _) in _cached("methods", _build_methods).items()}
+
+
+def _build_methods() -> dict[str, tuple[type, str]]:
+    from dglm.baselines import BUILTIN_METHODS, Method  # baselines import the pipeline, which imports this module
+
+    return _named_classes("register_methods", BUILTIN_METHODS, Method, "method")
+
+
+def _named_classes(hook: str, builtin: dict[str, type], base: type, kind: str) -> dict[str, tuple[type, str]]:
+    """Classes by their `name`, each with the plugin that registered it ("dglm" for the built-in ones)."""
+    found = {name: (cls, "dglm") for name, cls in builtin.items()}
+    for impl in getattr(_manager().hook, hook).get_hookimpls():
+
+        def register(cls: type, _plugin: str = impl.plugin_name) -> None:
+            if not (isinstance(cls, type) and issubclass(cls, base) and cls.name):
+                raise DglmError(f"plugin {_plugin!r} registered {cls!r}, which is not a named "
+                                f"{base.__module__}.{base.__name__} subclass")
+            if cls.name in found:
+                raise DglmError(f"{kind} {cls.name!r} from plugin {_plugin!r} is already registered "
+                                f"by {found[cls.name][1]!r}; rename it")
+            found[cls.name] = (cls, _plugin)
 
         impl.function(register=register)
-    return samplers
+    return found
 
 
 def get_sampler(name: str) -> type[Sampler]:
@@ -145,8 +163,12 @@ def get_plugins() -> list[PluginInfo]:
     samplers: dict[str, list[str]] = {}
     for name, (_, plugin) in _cached("samplers", _build_samplers).items():
         samplers.setdefault(plugin, []).append(name)
+    methods: dict[str, list[str]] = {}
+    for name, (_, plugin) in _cached("methods", _build_methods).items():
+        methods.setdefault(plugin, []).append(name)
     infos = []
     for name, plugin in sorted(_manager().list_name_plugin()):
         hooks = sorted(caller.name for caller in _manager().get_hookcallers(plugin) or [])
-        infos.append(PluginInfo(name, versions.get(name), hooks, attributes.get(name, []), samplers.get(name, [])))
+        infos.append(PluginInfo(name, versions.get(name), hooks, attributes.get(name, []), samplers.get(name, []),
+                                methods.get(name, [])))
     return infos

@@ -119,19 +119,15 @@ def warmup_cosine(step: int, warmup: int, total: int) -> float:
 def starting_parts(config: TrainConfig):
     """The output checkpoint's parts, card and decoder adapter when it was trained with this pipeline config,
     else fresh parts, an empty card and no adapter."""
-    from dglm.adapter import split_adapter
-    from dglm.pipeline import TrainableParts, read_checkpoint
+    from dglm.pipeline import TrainableParts, build_parts, read_checkpoint
 
-    parts, card, adapter = TrainableParts(config.pipeline), {}, {}
     output = Path(config.output)
     if (output / "config.json").is_file():
         saved_config, state, card = read_checkpoint(output)
         if saved_config == config.pipeline:
-            state, adapter = split_adapter(state)
-            parts.load_state_dict({k: v.float() for k, v in state.items()})
-        else:
-            card = {}
-    return parts, card, adapter
+            parts, adapter = build_parts(saved_config, state, output)
+            return parts, card, adapter
+    return TrainableParts(config.pipeline), {}, {}
 
 
 def step_generator(seed: int, step: int, process_index: int) -> torch.Generator:
@@ -347,7 +343,6 @@ def train_prompt_generator(config: TrainConfig, config_path: str, leg: LegTimer 
     """
     from dglm.adapter import add_adapter, adapter_state, set_adapter_weights
     from dglm.decoder import SoftPromptDecoder
-    from dglm.models import load_causal_lm
 
     t = config.prompt_generator
     leg = leg or LegTimer(None)
@@ -357,7 +352,8 @@ def train_prompt_generator(config: TrainConfig, config_path: str, leg: LegTimer 
         raise DglmError(f"train the denoiser first: {config.output} has no denoiser trained with this config")
     state_path = config.run_path / "prompt-generator-state"
     restart = resume_point(config, card, "prompt-generator", state_path)
-    model_lm, tokenizer = load_causal_lm(config.pipeline.decoder, device=str(accelerator.device))
+    decoder = SoftPromptDecoder.load(config.pipeline.decoder, str(accelerator.device))
+    model_lm = decoder.model
     model_lm.requires_grad_(False)
     if t.precision == "bf16":
         model_lm.to(torch.bfloat16)  # frozen weights: cast once here rather than at every autocast matmul
@@ -366,7 +362,6 @@ def train_prompt_generator(config: TrainConfig, config_path: str, leg: LegTimer 
         parameter.data = parameter.data.float()  # trained weights stay fp32
     if restart and adapter:
         set_adapter_weights(model_lm, saved_adapter)
-    decoder = SoftPromptDecoder(model_lm, tokenizer, config.pipeline.decoder)
     latents = parts.normalizer.to_latent(continuation)
     run_dir = config.run_path
     weights = pair_weights(pairs, t.source_weights)

@@ -99,3 +99,56 @@ def test_steering_prompt_phrases_targets_and_avoidance(tiny_pipeline):
     method = SteeringPrompt(tiny_pipeline, templates={"sentiment": "The following is a {label} review."})
     lead = method.steering([Constraint("sentiment", "positive"), Constraint("topic", "sport", -1.0)])
     assert lead == "The following is a positive review. The following text is not sport.\n\n"
+
+
+@pytest.mark.parametrize("options, message", [
+    ("{topk: 5}", r"unknown key\(s\) \['topk'\] in .*methods.fudge; accepted: \['strength', 'top_k'\]"),
+    ("{top_k: many}", r"methods.fudge.top_k must be an integer, got 'many'"),
+])
+def test_a_misspelt_or_mistyped_method_option_is_refused(tmp_path, options, message):
+    path = tmp_path / "eval.yaml"
+    path.write_text(f"methods: {{fudge: {options}}}\n")
+    with pytest.raises(DglmError, match=message):
+        EvalConfig.from_yaml(path)
+
+
+def test_a_plugin_registers_an_evaluation_method_with_declared_options(eval_config, tiny_pipeline):
+    from dataclasses import dataclass
+
+    import dglm
+    from dglm.baselines import Method
+    from dglm.plugins import get_plugins
+
+    class Echo(Method):
+        """Continues every row with the same words: the smallest method a plugin could add."""
+
+        name = "echo"
+
+        @dataclass
+        class Options:
+            words: str = " and so on."
+
+        def continue_rows(self, rows, constraints, max_new_tokens):
+            return [self.options.words for _ in rows]
+
+    class MethodPlugin:
+        @dglm.hookimpl
+        def register_methods(self, register):
+            register(Echo)
+
+    dglm.register_plugin(MethodPlugin(), name="method-plugin")
+    try:
+        data = yaml.safe_load(eval_config.read_text())
+        data.update(methods={"echo": {"words": " indeed."}}, conditions=["none"], tradeoff_condition=None)
+        eval_config.write_text(yaml.safe_dump(data))
+        report = run_eval(EvalConfig.from_yaml(eval_config))
+        assert report["results"]["echo | none"]["examples"][0] == "The movie indeed."
+        info = {plugin.name: plugin for plugin in get_plugins()}["method-plugin"]
+        assert info.hooks == ["register_methods"] and info.methods == ["echo"]
+        with pytest.raises(DglmError, match=r"unknown key\(s\) \['word'\] in options of method 'echo'"):
+            Echo(tiny_pipeline, word="x")
+    finally:
+        dglm.unregister_plugin("method-plugin")
+    eval_config.write_text(yaml.safe_dump(data))
+    with pytest.raises(DglmError, match=r"unknown method\(s\) \['echo'\]"):
+        EvalConfig.from_yaml(eval_config)

@@ -123,7 +123,8 @@ def test_a_plugin_registers_a_sampler_and_plugins_lists_its_hooks(tiny_pipeline,
         info = {plugin.name: plugin for plugin in get_plugins()}["sampler-plugin"]
         assert info.hooks == ["register_samplers"] and info.samplers == ["plugin-ddim"]
         assert main(["plugins"]) == 0
-        assert "sampler-plugin: hooks register_samplers; attributes none; samplers plugin-ddim" in capsys.readouterr().out
+        assert ("sampler-plugin: hooks register_samplers; attributes none; samplers plugin-ddim; methods none"
+                in capsys.readouterr().out)
     finally:
         dglm.unregister_plugin("sampler-plugin")
     assert "plugin-ddim" not in get_samplers()  # the registry follows the plugins
