@@ -123,6 +123,7 @@ class DecodingSettings(Settings):
     temperature: float = setting(1.0, "sampling temperature; 0.7 gives more fluent, less varied text", above=0)
     top_p: float = setting(0.9, "nucleus sampling: keep the likeliest tokens up to this probability mass",
                            above=0, at_most=1)
+    top_k: int = setting(0, "keep only the TOP_K likeliest tokens; 0 turns it off", at_least=0)
     min_p: float = setting(0.0, "drop tokens less than MIN_P times as likely as the likeliest one; keeps text on its "
                                 "attribute, 0 turns it off", at_least=0, below=1)
     repetition_penalty: float = setting(1.2, "penalty for tokens already in the text; 1 turns it off", above=0)

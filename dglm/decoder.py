@@ -91,6 +91,8 @@ class SoftPromptDecoder:
         finished = torch.zeros(rows, dtype=torch.bool)
         for step in range(max_new_tokens):
             logits = out.logits[:, -1].float()
+            if settings.top_k:
+                logits = logits.masked_fill(logits < logits.topk(settings.top_k, dim=-1).values[:, -1:], float("-inf"))
             if settings.min_p > 0.0:
                 logits = min_p_filter(logits, settings.min_p)
             if adjust_logits is not None:

@@ -180,6 +180,7 @@ class Pipeline:
         prefix_guidance: float | None = None,
         mc_draws: int | None = None,
         renoise_alpha2: float | None = None,
+        top_k: int | None = None,
     ) -> list[Sample]:
         """Continue each prefix `num_samples` times so that the continuations carry `attributes`.
 

@@ -69,3 +69,11 @@ def test_min_p_near_one_leaves_only_the_top_token(tiny_pipeline):
         ["The movie"] * 3, None, sample_generators(range(seed, seed + 3)), DecodingSettings(max_new_tokens=6, min_p=min_p))
     assert decode(0, 0.999) == decode(50, 0.999)
     assert decode(0, 0.0) != decode(50, 0.0)
+
+
+def test_top_k_one_leaves_the_decoder_no_choice(tiny_pipeline):
+    """top_k, added as one declaration plus its use: with one token left, the temperature no longer matters."""
+    text = lambda top_k, temperature: [s.continuation for s in tiny_pipeline.generate(
+        "The movie", num_samples=3, seed=3, top_k=top_k, temperature=temperature)]
+    assert text(1, 1.0) == text(1, 0.5)
+    assert text(0, 1.0) != text(0, 0.5)
