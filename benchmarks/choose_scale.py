@@ -15,7 +15,7 @@ import argparse
 import json
 from pathlib import Path
 
-from sentiment_bench import SentimentBench, add_common_arguments
+from dglm.evaluation.bench import SentimentBench, add_common_arguments
 
 from dglm.plugins import get_methods
 

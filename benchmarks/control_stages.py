@@ -18,34 +18,26 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from dglm import Pipeline
-from dglm.eval_harness import read_prefixes
-from dglm.evaluation import TextJudge, label_shares
-from dglm.guidance import Constraint
+from dglm.data.labelled import pick_sentences
+from dglm.data.prefixes import read_prefixes
+from dglm.evaluation.judges import TextJudge
+from dglm.evaluation.metrics import label_shares
+from dglm.stages.guidance import Constraint
 from dglm.seeding import sample_generators
-from dglm.tables import read_labelled
-from dglm.training import read_pairs
+from dglm.data.labelled import read_labelled
+from dglm.data.pairs import read_pairs
 
 
 def label_rates(judge: TextJudge, texts: list[str]) -> dict[str, float]:
     return {label: round(share, 3) for label, share in label_shares(judge.predict(texts), judge.model.classes_).items()}
 
 
-def pick_sentences(texts: list[str], labels: list[str], per_label: int, min_words: int, seed: int) -> dict[str, list[list[str]]]:
-    """Up to `per_label` random sentences of each label with at least `min_words` words, as word lists."""
-    rng = random.Random(seed)
-    picked = {}
-    for label in sorted(set(labels)):
-        sentences = [t.split() for t, l in zip(texts, labels) if l == label and len(t.split()) >= min_words]
-        rng.shuffle(sentences)
-        picked[label] = sentences[:per_label]
-    return picked
 
 
 def latent_stage(pipeline: Pipeline, judge: TextJudge, attribute: str, prefixes: list[str], samples: int,

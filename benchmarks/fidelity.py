@@ -16,7 +16,7 @@ import torch
 
 from dglm import Pipeline
 from dglm.seeding import sample_generators
-from dglm.training import read_pairs
+from dglm.data.pairs import read_pairs
 
 
 def main() -> None:

@@ -20,9 +20,10 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-from control_stages import pick_sentences
-from dglm.evaluation import TextJudge, label_shares
-from dglm.tables import read_labelled
+from dglm.data.labelled import pick_sentences
+from dglm.evaluation.judges import TextJudge
+from dglm.evaluation.metrics import label_shares
+from dglm.data.labelled import read_labelled
 
 
 def labelled_continuations(path: str, per_label: int, prefix_words: int, seed: int) -> dict[str, list[str]]:

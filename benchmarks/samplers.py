@@ -13,7 +13,7 @@ import argparse
 import json
 import math
 
-from sentiment_bench import SentimentBench, add_common_arguments
+from dglm.evaluation.bench import SentimentBench, add_common_arguments
 
 from dglm.plugins import get_methods
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from sentiment_bench import SentimentBench, add_common_arguments
+from dglm.evaluation.bench import SentimentBench, add_common_arguments
 
 from dglm.plugins import get_methods
 

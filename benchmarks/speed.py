@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from dglm import Pipeline
-from dglm.evaluation import median
+from dglm.evaluation.metrics import median
 from dglm.seeding import sample_generators
 
 

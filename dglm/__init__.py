@@ -2,7 +2,7 @@
 
 from dglm.config import PipelineConfig
 from dglm.errors import DglmError
-from dglm.guidance import Constraint
+from dglm.stages.guidance import Constraint
 from dglm.hookspecs import hookimpl
 from dglm.pipeline import Pipeline, Sample
 from dglm.plugins import get_attributes, get_plugins, register_plugin, unregister_plugin

@@ -132,14 +132,13 @@ def _device(name: str) -> str:
 
 def cmd_generate(args: argparse.Namespace) -> None:
     from dglm.config import declared_settings
-    from dglm.guidance import parse_constraint
+    from dglm.data.prefixes import read_prefixes
+    from dglm.stages.guidance import parse_constraint
     from dglm.pipeline import Pipeline
 
     prefixes = [args.prefix] if args.prefix is not None else []
     if args.prefix_file is not None:
-        if not args.prefix_file.is_file():
-            raise DglmError(f"prefix file {args.prefix_file} does not exist")
-        prefixes += [line for line in args.prefix_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+        prefixes += read_prefixes(args.prefix_file)
     if not prefixes:
         raise DglmError("give a PREFIX or --prefix-file with at least one non-empty line")
     constraints = [parse_constraint(spec) for spec in args.attr]
@@ -185,9 +184,9 @@ def cmd_plugins(args: argparse.Namespace) -> None:
 
 
 def cmd_classifier_train(args: argparse.Namespace) -> None:
-    from dglm.encoder import SentenceEncoder
-    from dglm.probes import train_probe_on_texts
-    from dglm.tables import read_labelled
+    from dglm.stages.encoder import SentenceEncoder
+    from dglm.attributes.probes import train_probe_on_texts
+    from dglm.data.labelled import read_labelled
 
     texts, labels = read_labelled(args.data, args.text_column, args.label_column)
     probe = train_probe_on_texts(
@@ -200,7 +199,7 @@ def cmd_classifier_train(args: argparse.Namespace) -> None:
 
 
 def cmd_plugin_new(args: argparse.Namespace) -> None:
-    from dglm.scaffold import new_plugin
+    from dglm.attributes.plugin_package import new_plugin
 
     root = new_plugin(args.card, args.out)
     print(f"created {root}; install it with `pip install {root}` and check `dglm attributes`")
@@ -218,7 +217,7 @@ def quiet_libraries() -> None:
 
 
 def cmd_data_build(args: argparse.Namespace) -> None:
-    from dglm.corpus import build
+    from dglm.data.corpus import build
 
     counts = build(args.out, args.cache, seed=args.seed)
     for name, count in counts.items():
@@ -227,7 +226,8 @@ def cmd_data_build(args: argparse.Namespace) -> None:
 
 def cmd_train(args: argparse.Namespace) -> None:
     from dglm.config import TrainConfig
-    from dglm.training import LegTimer, train_all, train_denoiser, train_prompt_generator
+    from dglm.training.loop import LegTimer
+    from dglm.training.stages import train_all, train_denoiser, train_prompt_generator
 
     config = TrainConfig.from_yaml(args.config)
     if args.print_config:
@@ -241,7 +241,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    from dglm.eval_harness import EvalConfig, markdown_table, run_eval
+    from dglm.evaluation.harness import EvalConfig, markdown_table, run_eval
 
     config = EvalConfig.from_yaml(args.config)
     if args.methods:

@@ -112,7 +112,7 @@ def tiny_checkpoint(tiny_pipeline, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def toy_probe_dir(tiny_pipeline, tmp_path_factory) -> Path:
     """A `toy_sentiment` probe trained on the tiny encoder, saved as safetensors + card."""
-    from dglm.probes import train_probe_on_texts
+    from dglm.attributes.probes import train_probe_on_texts
 
     texts, labels = toy_sentiment(120)
     probe = train_probe_on_texts("toy_sentiment", texts, labels, tiny_pipeline.encoder, data="toy sentences")

@@ -9,7 +9,7 @@ import yaml
 
 from dglm.config import read_yaml_mapping
 from dglm.errors import DglmError
-from dglm.eval_harness import EvalConfig
+from dglm.evaluation.harness import EvalConfig
 from dglm.pipeline import TrainableParts, read_checkpoint, render_model_card
 from dglm.config import TrainConfig
 

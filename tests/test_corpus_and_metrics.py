@@ -11,9 +11,10 @@ import zipfile
 
 import pytest
 
-from dglm import corpus
+from dglm.data import corpus
 from dglm.errors import DglmError
-from dglm.evaluation import CopyDetector, TextJudge, distinct_n, median
+from dglm.evaluation.judges import TextJudge
+from dglm.evaluation.metrics import CopyDetector, distinct_n, median
 
 
 def test_sentences_and_passages():

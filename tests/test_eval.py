@@ -8,7 +8,7 @@ import yaml
 
 from dglm.cli import main
 from dglm.errors import DglmError
-from dglm.eval_harness import EvalConfig, run_eval
+from dglm.evaluation.harness import EvalConfig, run_eval
 from dglm.pipeline import Pipeline
 
 from conftest import toy_sentiment
@@ -93,8 +93,8 @@ def test_eval_refuses_unknown_methods(tmp_path):
 
 
 def test_steering_prompt_phrases_targets_and_avoidance(tiny_pipeline):
-    from dglm.baselines import SteeringPrompt
-    from dglm.guidance import Constraint
+    from dglm.evaluation.baselines import SteeringPrompt
+    from dglm.stages.guidance import Constraint
 
     method = SteeringPrompt(tiny_pipeline, templates={"sentiment": "The following is a {label} review."})
     lead = method.steering([Constraint("sentiment", "positive"), Constraint("topic", "sport", -1.0)])
@@ -116,7 +116,7 @@ def test_a_plugin_registers_an_evaluation_method_with_declared_options(eval_conf
     from dataclasses import dataclass
 
     import dglm
-    from dglm.baselines import Method
+    from dglm.evaluation.baselines import Method
     from dglm.plugins import get_plugins
 
     class Echo(Method):

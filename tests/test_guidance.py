@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from dglm.encoder import LatentNormalizer
+from dglm.stages.encoder import LatentNormalizer
 from dglm.errors import DglmError
-from dglm.guidance import Constraint, Guide, as_constraints, parse_constraint
-from dglm.probes import Probe
+from dglm.stages.guidance import Constraint, Guide, as_constraints, parse_constraint
+from dglm.attributes.probes import Probe
 from dglm.seeding import sample_generators
 
 

@@ -40,7 +40,7 @@ def test_guidance_raises_the_probe_score_of_the_proposal(default_pipeline):
     """On the trained model, steering the diffused latent toward a label raises that label's probability."""
     import torch
 
-    from dglm.guidance import as_constraints
+    from dglm.stages.guidance import as_constraints
     from dglm.seeding import sample_generators
 
     pipe = default_pipeline

@@ -7,7 +7,7 @@ import zipfile
 import pytest
 
 from dglm.errors import DglmError
-from dglm.models import OfflinePackage
+from dglm.stages.pretrained import OfflinePackage
 
 
 def fake_distribution(site, name: str, folder: str, files: dict[str, bytes]) -> None:

@@ -3,7 +3,7 @@
 import torch
 
 from dglm.config import DecodingSettings
-from dglm.decoder import min_p_filter
+from dglm.stages.decoder import min_p_filter
 from dglm.pipeline import Pipeline
 from dglm.seeding import sample_generators
 

@@ -10,7 +10,7 @@ import dglm
 from dglm.cli import main
 from dglm.errors import DglmError
 from dglm.plugins import get_attributes
-from dglm.tables import read_labelled
+from dglm.data.labelled import read_labelled
 
 from conftest import toy_sentiment
 
@@ -75,7 +75,7 @@ def test_two_plugins_registering_one_name_is_an_error(toy_probe_dir, toy_plugin)
 
 
 def test_composition_of_several_attributes_and_steering_away(tiny_pipeline, toy_probe_dir, toy_plugin):
-    guide = tiny_pipeline.make_guide(dglm.guidance.as_constraints(["toy_sentiment=positive:1", "toy_sentiment=negative:-2"]))
+    guide = tiny_pipeline.make_guide(dglm.stages.guidance.as_constraints(["toy_sentiment=positive:1", "toy_sentiment=negative:-2"]))
     assert [(index, weight) for _, index, weight in guide.terms] == [(1, 1.0), (0, -2.0)]
     samples = tiny_pipeline.generate("The film", attributes=[dglm.Constraint("toy_sentiment", "negative", -1.0)], seed=0)
     assert samples[0].attributes == {"toy_sentiment": "negative"}
@@ -102,7 +102,7 @@ def test_csv_with_missing_columns(tmp_path):
 
 
 def test_corrupt_probe_card(tmp_path):
-    from dglm.probes import load_probe
+    from dglm.attributes.probes import load_probe
 
     (tmp_path / "bad.json").write_text('{"name": "bad"}')
     with pytest.raises(DglmError, match="lacks the key"):

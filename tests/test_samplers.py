@@ -11,15 +11,15 @@ from safetensors.torch import load_file
 
 import dglm
 from dglm.config import DenoiserConfig
-from dglm.denoiser import Denoiser
-from dglm.encoder import LatentNormalizer
+from dglm.stages.denoiser import Denoiser
+from dglm.stages.encoder import LatentNormalizer
 from dglm.errors import DglmError
-from dglm.guidance import Guide
+from dglm.stages.guidance import Guide
 from dglm.pipeline import Pipeline
 from dglm.plugins import get_plugins, get_samplers
-from dglm.probes import Probe
-from dglm.samplers import DDIMSampler, DPMSolverPlusPlus2M, diffuse
-from dglm.schedule import CosineSchedule
+from dglm.attributes.probes import Probe
+from dglm.stages.samplers import DDIMSampler, DPMSolverPlusPlus2M, diffuse
+from dglm.stages.schedule import CosineSchedule
 from dglm.seeding import sample_generators
 
 REFERENCE = Path(__file__).parent / "fixtures" / "ddim-reference.safetensors"
@@ -138,7 +138,7 @@ def test_a_plugin_sampler_that_is_not_a_sampler_is_refused():
 
     dglm.register_plugin(BadPlugin(), name="bad-sampler-plugin")
     try:
-        with pytest.raises(DglmError, match="not a named dglm.samplers.Sampler subclass"):
+        with pytest.raises(DglmError, match="not a named dglm.stages.samplers.Sampler subclass"):
             get_samplers()
     finally:
         dglm.unregister_plugin("bad-sampler-plugin")

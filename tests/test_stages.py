@@ -3,8 +3,8 @@
 import torch
 
 from dglm.config import DecodingSettings
-from dglm.decoder import top_p_filter
-from dglm.schedule import CosineSchedule, noise_to_level
+from dglm.stages.decoder import top_p_filter
+from dglm.stages.schedule import CosineSchedule, noise_to_level
 from dglm.seeding import sample_generators
 
 

@@ -10,7 +10,8 @@ import yaml
 from dglm.errors import DglmError
 from dglm.pipeline import Pipeline
 from dglm.config import AdapterConfig, DataConfig, TrainConfig
-from dglm.training import (encoded_pairs, pair_weights, select_pairs, train_denoiser,
+from dglm.data.pairs import pair_weights, select_pairs
+from dglm.training.stages import (encoded_pairs, train_denoiser,
                            train_prompt_generator)
 
 from conftest import toy_sentences
@@ -179,9 +180,9 @@ def test_embedding_cache_is_never_shared_between_selections_of_the_same_size(tra
 def test_a_decoder_adapter_is_trained_saved_and_merged_exactly(train_config, tmp_path):
     from peft.utils import set_peft_model_state_dict
 
-    from dglm.adapter import ADAPTER_PREFIX, add_adapter
+    from dglm.stages.decoder_adapter import ADAPTER_PREFIX, add_adapter
     from dglm.config import AdapterConfig
-    from dglm.models import load_causal_lm
+    from dglm.stages.pretrained import load_causal_lm
 
     config = TrainConfig.from_yaml(train_config)
     config.pipeline.decoder_adapter = AdapterConfig(rank=2, targets=["c_attn"])

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dglm import Pipeline
-from dglm.baselines import Method
-from dglm.eval_harness import (
+from dglm.evaluation.baselines import Method
+from dglm.evaluation.harness import (
     EvalConfig,
     Scorer,
     continue_all,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import random
 from pathlib import Path
 
 from dglm.errors import DglmError
@@ -61,3 +62,14 @@ def _read_dataset(name: str, split: str):
     except Exception as error:
         raise DglmError(f"could not load data set {name!r} ({type(error).__name__}); pass a CSV or JSONL file") from None
     return list(table), list(table.column_names)
+
+
+def pick_sentences(texts: list[str], labels: list[str], per_label: int, min_words: int, seed: int) -> dict[str, list[list[str]]]:
+    """Up to `per_label` random sentences of each label with at least `min_words` words, as word lists."""
+    rng = random.Random(seed)
+    picked = {}
+    for label in sorted(set(labels)):
+        sentences = [t.split() for t, l in zip(texts, labels) if l == label and len(t.split()) >= min_words]
+        rng.shuffle(sentences)
+        picked[label] = sentences[:per_label]
+    return picked

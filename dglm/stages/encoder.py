@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dglm.errors import DglmError
-from dglm.models import load_sentence_transformer
+from dglm.stages.pretrained import load_sentence_transformer
 
 
 class SentenceEncoder:

@@ -27,7 +27,7 @@ class SoftPromptDecoder:
     @classmethod
     def load(cls, name: str, device: str = "cpu") -> "SoftPromptDecoder":
         """The decoder named `name` (a local path, an offline registry package or a hub name), as published."""
-        from dglm.models import load_causal_lm
+        from dglm.stages.pretrained import load_causal_lm
 
         model, tokenizer = load_causal_lm(name, device=device)
         return cls(model, tokenizer, name)

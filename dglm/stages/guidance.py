@@ -12,9 +12,9 @@ from typing import Iterable, Mapping, Union
 
 import torch
 
-from dglm.encoder import LatentNormalizer
+from dglm.stages.encoder import LatentNormalizer
 from dglm.errors import DglmError
-from dglm.probes import Probe
+from dglm.attributes.probes import Probe
 from dglm.seeding import per_sample_randn
 
 

@@ -1,4 +1,4 @@
-"""Training bookkeeping without pickles: resumable states in safetensors + JSON, EMA, loss curves."""
+"""Training bookkeeping without pickles: resumable states in safetensors + JSON, and the EMA."""
 
 from __future__ import annotations
 
@@ -80,23 +80,3 @@ def load_training_state(path: Path, module: nn.Module, optimizer: torch.optim.Op
     except (RuntimeError, ValueError, KeyError) as error:
         raise DglmError(f"cannot resume from {weights}: {str(error).splitlines()[0]}; delete it to start over") from None
     return int(meta["step"]), list(meta["losses"]), float(meta.get("seconds", 0.0))
-
-
-def plot_losses(losses: list[float], path: Path, title: str, smooth: int = 50) -> None:
-    """Save the raw and smoothed loss curve as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(figsize=(7, 4))
-    axes.plot(losses, alpha=0.3, label="loss")
-    if len(losses) >= smooth:
-        kernel = torch.ones(smooth) / smooth
-        smoothed = torch.conv1d(torch.tensor(losses)[None, None], kernel[None, None]).flatten().tolist()
-        axes.plot(range(smooth - 1, len(losses)), smoothed, label=f"mean of {smooth}")
-    axes.set(xlabel="step", ylabel="loss", title=title, yscale="log")
-    axes.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)

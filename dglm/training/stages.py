@@ -9,13 +9,8 @@ state in the run folder and writes the pipeline checkpoint to `output` when it e
 from __future__ import annotations
 
 import hashlib
-import itertools
-import json
-import math
 import platform
 import sys
-import time
-from collections.abc import Iterable, Iterator
 from dataclasses import asdict
 from pathlib import Path
 
@@ -24,53 +19,13 @@ import torch.nn.functional as F
 from torch import nn
 from safetensors.torch import load_file, save_file
 
-from dglm.config import DataConfig, TrainConfig
+from dglm.config import TrainConfig
 from dglm.errors import DglmError
-from dglm.schedule import CosineSchedule, noise_to_level
-from dglm.train_state import EMA, load_training_state, plot_losses, save_training_state
-
-
-# ---- data ---------------------------------------------------------------------------------
-
-def iter_pairs(path: Path | str) -> Iterator[dict]:
-    """Stream prefix/continuation pairs from a JSONL file, for passes that need not hold them all."""
-    path = Path(path)
-    if not path.is_file():
-        raise DglmError(f"training pairs {path} do not exist; build them with `dglm data build`")
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            yield json.loads(line)
-
-
-def read_pairs(path: Path | str, limit: int = 0) -> list[dict]:
-    return list(itertools.islice(iter_pairs(path), limit or None))
-
-
-def select_pairs(data: DataConfig) -> list[dict]:
-    """The first `max_pairs` training pairs, plus every later pair from the sources in `all_pairs_from`.
-
-    Lets a CPU-sized run keep all of a small, valuable source (the movie reviews) without encoding the
-    whole corpus.
-    """
-    pairs, sources = [], set()
-    for index, pair in enumerate(iter_pairs(data.train)):
-        source = source_of(pair)
-        sources.add(source)
-        if not data.max_pairs or index < data.max_pairs or source in data.all_pairs_from:
-            pairs.append(pair)
-    refuse_unknown_sources("all_pairs_from", data.all_pairs_from, sources, f"{data.train} has")
-    return pairs
-
-
-def source_of(pair: dict) -> str:
-    """The corpus source a pair came from; pairs without one share the name "(none)"."""
-    return pair.get("source", "(none)")
-
-
-def refuse_unknown_sources(option: str, asked: Iterable[str], known: set[str], holder: str) -> None:
-    unknown = sorted(set(asked) - known)
-    if unknown:
-        raise DglmError(f"{option} names unknown source(s) {unknown}; {holder}: {sorted(known)}")
+from dglm.stages.schedule import CosineSchedule, noise_to_level
+from dglm.data.pairs import pair_weights, select_pairs
+from dglm.training.loop import LegTimer, run_loop
+from dglm.training.plots import plot_losses
+from dglm.training.state import EMA
 
 
 def encoded_pairs(config: TrainConfig, pairs: list[dict], is_main: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -79,7 +34,7 @@ def encoded_pairs(config: TrainConfig, pairs: list[dict], is_main: bool) -> tupl
     The cache's name holds a digest of the texts and the encoder, so another selection of pairs never
     reads embeddings that belong to a different one.
     """
-    from dglm.encoder import SentenceEncoder
+    from dglm.stages.encoder import SentenceEncoder
 
     digest = hashlib.sha256(config.pipeline.encoder.encode())
     for pair in pairs:
@@ -94,28 +49,6 @@ def encoded_pairs(config: TrainConfig, pairs: list[dict], is_main: bool) -> tupl
     return tensors["prefix"].float(), tensors["continuation"].float()
 
 
-def pair_weights(pairs: list[dict], source_weights: dict[str, float]) -> torch.Tensor | None:
-    """Per-pair sampling weights from per-source weights (None when every source weighs the same).
-
-    Lets a stage see some sources more often, e.g. sentiment-bearing reviews, without rebuilding the corpus.
-    """
-    if not source_weights:
-        return None
-    sources = [source_of(p) for p in pairs]
-    refuse_unknown_sources("source_weights", source_weights, set(sources), "the training pairs have")
-    if any(not isinstance(w, (int, float)) or w <= 0 for w in source_weights.values()):
-        raise DglmError(f"source_weights must be positive numbers, got {source_weights}")
-    return torch.tensor([float(source_weights.get(source, 1.0)) for source in sources])
-
-
-def warmup_cosine(step: int, warmup: int, total: int) -> float:
-    if step < warmup:
-        return (step + 1) / warmup
-    return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
-
-
-# ---- stages -------------------------------------------------------------------------------
-
 def starting_parts(config: TrainConfig):
     """The output checkpoint's parts, card and decoder adapter when it was trained with this pipeline config,
     else fresh parts, an empty card and no adapter."""
@@ -128,96 +61,6 @@ def starting_parts(config: TrainConfig):
             parts, adapter = build_parts(saved_config, state, output)
             return parts, card, adapter
     return TrainableParts(config.pipeline), {}, {}
-
-
-def step_generator(seed: int, step: int, process_index: int) -> torch.Generator:
-    """The random stream of one step on one process.
-
-    Seeding every step from (seed, step, process) makes a batch depend on its step alone, so a run resumed at
-    step s draws exactly what an uninterrupted run draws from step s on, and each process draws its own batches.
-    """
-    return torch.Generator().manual_seed((seed * 1_000_003 + step) * 1024 + process_index)
-
-
-class LegTimer:
-    """Ends a training leg after `max_minutes`, or after the current step on SIGTERM, so that the leg saves its
-    state and checkpoint before it stops; the same command continues the run."""
-
-    def __init__(self, max_minutes: float | None):
-        self.deadline = None if max_minutes is None else time.time() + 60 * max_minutes
-        self.terminated = False
-
-    def __enter__(self) -> "LegTimer":
-        import signal
-        import threading
-
-        if threading.current_thread() is threading.main_thread():
-            self.previous = signal.signal(signal.SIGTERM, self._on_sigterm)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        import signal
-
-        if hasattr(self, "previous"):
-            signal.signal(signal.SIGTERM, self.previous)
-
-    def _on_sigterm(self, signum, frame) -> None:
-        self.terminated = True
-
-    def expired(self) -> bool:
-        return self.terminated or (self.deadline is not None and time.time() >= self.deadline)
-
-
-def run_loop(accelerator, model, optimizer, stage: str, steps: int, warmup: int, checkpoint_every: int,
-             state_path: Path, batch_loss, seed: int, precision: str, leg: LegTimer, ema: EMA | None = None,
-             fallback_step: int = 0) -> tuple[list[float], float, int]:
-    """The shared optimisation loop: resume, warm-up + cosine learning rate, clipping, EMA, periodic states.
-
-    Returns the losses of the steps this run recorded, the training time in seconds summed over the run's legs,
-    and the number of steps done (fewer than `steps` when `leg` ended it early).
-
-    `batch_loss(model, generator)` draws a batch from `step_generator`'s stream and returns its loss. A run
-    resumed from its state continues exactly: same weights, optimizer moments, EMA, learning rate and batches.
-    Without a state, `fallback_step` (the steps a checkpoint already holds) starts the run there with a fresh
-    optimizer. `precision` "bf16" runs the forward pass under bfloat16 autocast.
-    """
-    from tqdm.auto import tqdm
-
-    step, losses, earlier_seconds = load_training_state(state_path, model, optimizer, ema, steps)
-    if step == 0 and fallback_step:
-        step = fallback_step
-        for group in optimizer.param_groups:  # a fresh optimizer, joining the schedule at `step`
-            group.setdefault("initial_lr", group["lr"])
-    done = step
-    start = time.time()
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, warmup, steps), last_epoch=step - 1)
-    prepared_model, optimizer = accelerator.prepare(model, optimizer)
-    autocast = torch.autocast(accelerator.device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
-    bar = tqdm(range(step, steps), initial=step, total=steps, desc=stage, disable=not accelerator.is_main_process)
-    for step in bar:
-        if leg.expired():
-            break
-        with autocast:
-            loss = batch_loss(prepared_model, step_generator(seed, step, accelerator.process_index))
-        optimizer.zero_grad(set_to_none=True)
-        accelerator.backward(loss)
-        accelerator.clip_grad_norm_(prepared_model.parameters(), 1.0)
-        optimizer.step()
-        scheduler.step()
-        if ema is not None:
-            ema.update(accelerator.unwrap_model(prepared_model))
-        losses.append(loss.item())
-        done = step + 1
-        bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}")
-        if accelerator.is_main_process and done % checkpoint_every == 0:
-            save_training_state(state_path, accelerator.unwrap_model(prepared_model), optimizer, ema, done, losses,
-                                earlier_seconds + time.time() - start, steps)
-    bar.close()
-    seconds = earlier_seconds + time.time() - start
-    if accelerator.is_main_process:
-        save_training_state(state_path, accelerator.unwrap_model(prepared_model), optimizer, ema, done, losses,
-                            seconds, steps)
-    return losses, seconds, done
 
 
 def prepare_stage(config: TrainConfig):
@@ -341,8 +184,8 @@ def train_prompt_generator(config: TrainConfig, config_path: str, leg: LegTimer 
     continuation's words into its soft prompts (no pass through the decoder, so ~20x cheaper per example);
     the joint training with the decoder then starts from prompts the decoder can already read.
     """
-    from dglm.adapter import add_adapter, adapter_state, set_adapter_weights
-    from dglm.decoder import SoftPromptDecoder
+    from dglm.stages.decoder_adapter import add_adapter, adapter_state, set_adapter_weights
+    from dglm.stages.decoder import SoftPromptDecoder
 
     t = config.prompt_generator
     leg = leg or LegTimer(None)
@@ -410,7 +253,7 @@ def train_all(config: TrainConfig, config_path: str, leg: LegTimer | None = None
     A leg that runs out of time during the denoiser stops there; the next leg finishes it and goes on."""
     leg = leg or LegTimer(None)
     if not Path(config.data.train).is_file():
-        from dglm.corpus import build
+        from dglm.data.corpus import build
 
         data_folder = Path(config.data.train).parent
         build(data_folder, data_folder / "sources", seed=config.seed)

@@ -18,9 +18,9 @@ from abc import ABC, abstractmethod
 
 import torch
 
-from dglm.denoiser import Denoiser
-from dglm.guidance import Guide
-from dglm.schedule import CosineSchedule
+from dglm.stages.denoiser import Denoiser
+from dglm.stages.guidance import Guide
+from dglm.stages.schedule import CosineSchedule
 from dglm.seeding import per_sample_randn
 
 

@@ -1,6 +1,6 @@
 """`dglm eval`: methods x conditions x prefixes x samples, judged independently of the guidance.
 
-Every method (DGLM and the baselines in `dglm.baselines`) continues the same prefixes with the same
+Every method (DGLM and the baselines in `dglm.evaluation.baselines`) continues the same prefixes with the same
 seeds. Outputs: a JSON report, a Markdown table, a PNG of attribute success and perplexity against
 DGLM's guidance scale (the trade-off curve), and every sample as JSONL (to read, or to judge again).
 """
@@ -15,11 +15,13 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from dglm.baselines import PlainSampling
+from dglm.evaluation.baselines import PlainSampling
 from dglm.config import build_dataclass, load_yaml
 from dglm.errors import DglmError
-from dglm.evaluation import CopyDetector, PerplexityJudge, TextJudge, distinct_n, label_shares, median
-from dglm.guidance import Constraint, parse_constraint
+from dglm.evaluation.judges import PerplexityJudge, TextJudge
+from dglm.data.prefixes import read_prefixes
+from dglm.evaluation.metrics import CopyDetector, distinct_n, label_shares, median
+from dglm.stages.guidance import Constraint, parse_constraint
 from dglm.pipeline import Pipeline
 from dglm.plugins import get_methods
 from dglm.seeding import seeded_rows
@@ -97,9 +99,6 @@ def check_judged(config: EvalConfig) -> None:
                                 f"judges: {', '.join(config.judges)}")
 
 
-def read_prefixes(path: Path | str) -> list[str]:
-    """The non-empty lines of a prefixes file, one prefix each."""
-    return [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def continue_all(method, rows: list[tuple[str, int]], constraints: list[Constraint], max_new_tokens: int,

@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 from dglm.errors import DglmError
-from dglm.probes import load_probe
+from dglm.attributes.probes import load_probe
 
 PYPROJECT = """\
 [build-system]

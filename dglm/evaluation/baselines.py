@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from dglm.config import build_dataclass
-from dglm.guidance import Constraint
+from dglm.stages.guidance import Constraint
 from dglm.pipeline import Pipeline
 from dglm.seeding import sample_generators
 

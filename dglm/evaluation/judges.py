@@ -1,4 +1,4 @@
-"""Independent measurements of generated text: attribute judges, perplexity, diversity, copying.
+"""Independent judges of generated text: attribute classifiers and perplexity under another LM.
 
 The judges never share anything with the guidance probes: they use different features (word and
 character n-gram TF-IDF, or another sentence encoder than the pipeline's) and are trained on different
@@ -8,15 +8,12 @@ data (see `dglm data build`: the *-judge.csv files). Perplexity comes from a dif
 from __future__ import annotations
 
 import math
-import re
-from array import array
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from dglm.tables import read_labelled
-from dglm.training import iter_pairs
+from dglm.data.labelled import read_labelled
 
 
 @dataclass
@@ -45,7 +42,7 @@ class TextJudge:
                 TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), min_df=3, sublinear_tf=True),
             )
         else:
-            from dglm.encoder import SentenceEncoder
+            from dglm.stages.encoder import SentenceEncoder
 
             sentence_encoder = SentenceEncoder(encoder)
             features = FunctionTransformer(lambda batch: sentence_encoder.encode(list(batch)).numpy())
@@ -56,50 +53,11 @@ class TextJudge:
         return list(self.model.predict(texts))
 
 
-def label_shares(verdicts: list[str], labels: list[str]) -> dict[str, float]:
-    """The share of verdicts that are each label."""
-    return {label: sum(v == label for v in verdicts) / len(verdicts) for label in labels}
-
-
-def distinct_n(texts: list[str], n: int) -> float:
-    """Unique n-grams over all n-grams of whitespace tokens (Dist-n of Li et al. 2016)."""
-    grams = [tuple(words[i : i + n]) for words in (t.split() for t in texts) for i in range(len(words) - n + 1)]
-    return len(set(grams)) / len(grams) if grams else 0.0
-
-
-def word_ngram_hashes(text: str, n: int) -> list[int]:
-    words = re.findall(r"\w+", text.lower())
-    return [hash(tuple(words[i : i + n])) for i in range(len(words) - n + 1)]
-
-
-class CopyDetector:
-    """Spots samples that repeat `n` words in a row from the training pairs.
-
-    Memorised training text would flatter a judge trained on similar text (the sentiment judge's reviews
-    are in the training pairs too), so the evaluation reports how often it happens.
-    """
-
-    def __init__(self, pairs_path: str, n: int = 8):
-        hashes = array("q")  # 8 bytes a hash, where a list of Python ints would take ~40
-        for pair in iter_pairs(pairs_path):
-            hashes.extend(word_ngram_hashes(pair["prefix"] + pair["continuation"], n))
-        self.known = torch.empty(0, dtype=torch.int64)  # stays empty when no pair has n words
-        if hashes:  # frombuffer refuses an empty buffer
-            self.known = torch.frombuffer(hashes, dtype=torch.int64).unique()
-        self.n = n
-
-    def share_copied(self, continuations: list[str]) -> float:
-        """The share of continuations with at least one n-word run found in the training pairs."""
-        copied = [bool(torch.isin(torch.tensor(h, dtype=torch.int64), self.known).any()) if h else False
-                  for h in (word_ngram_hashes(text, self.n) for text in continuations)]
-        return sum(copied) / len(copied)
-
-
 class PerplexityJudge:
     """Perplexity of a continuation given its prefix under a separate causal LM."""
 
     def __init__(self, name: str = "gemma-3-270m", device: str = "cpu"):
-        from dglm.models import load_causal_lm
+        from dglm.stages.pretrained import load_causal_lm
 
         self.model, self.tokenizer = load_causal_lm(name, device=device)
         self.name = name
@@ -129,12 +87,3 @@ class PerplexityJudge:
             nll = F.cross_entropy(logits[row, positions].float(), ids[row, positions + 1]).item()  # only the continuation's rows
             results.append(math.exp(nll))
         return results
-
-
-def median(values: list[float]) -> float:
-    """Median of the finite values (NaN marks an unscorable sample)."""
-    ordered = sorted(v for v in values if math.isfinite(v))
-    if not ordered:
-        return float("nan")
-    middle = len(ordered) // 2
-    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2

@@ -1,0 +1,69 @@
+"""Prefix/continuation pairs (written by `dglm data build`): reading them, choosing which to train on, and
+how often each is drawn."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import torch
+
+from dglm.config import DataConfig
+from dglm.errors import DglmError
+
+
+def iter_pairs(path: Path | str) -> Iterator[dict]:
+    """Stream prefix/continuation pairs from a JSONL file, for passes that need not hold them all."""
+    path = Path(path)
+    if not path.is_file():
+        raise DglmError(f"training pairs {path} do not exist; build them with `dglm data build`")
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            yield json.loads(line)
+
+
+def read_pairs(path: Path | str, limit: int = 0) -> list[dict]:
+    return list(itertools.islice(iter_pairs(path), limit or None))
+
+
+def select_pairs(data: DataConfig) -> list[dict]:
+    """The first `max_pairs` training pairs, plus every later pair from the sources in `all_pairs_from`.
+
+    Lets a CPU-sized run keep all of a small, valuable source (the movie reviews) without encoding the
+    whole corpus.
+    """
+    pairs, sources = [], set()
+    for index, pair in enumerate(iter_pairs(data.train)):
+        source = source_of(pair)
+        sources.add(source)
+        if not data.max_pairs or index < data.max_pairs or source in data.all_pairs_from:
+            pairs.append(pair)
+    refuse_unknown_sources("all_pairs_from", data.all_pairs_from, sources, f"{data.train} has")
+    return pairs
+
+
+def source_of(pair: dict) -> str:
+    """The corpus source a pair came from; pairs without one share the name "(none)"."""
+    return pair.get("source", "(none)")
+
+
+def refuse_unknown_sources(option: str, asked: Iterable[str], known: set[str], holder: str) -> None:
+    unknown = sorted(set(asked) - known)
+    if unknown:
+        raise DglmError(f"{option} names unknown source(s) {unknown}; {holder}: {sorted(known)}")
+
+
+def pair_weights(pairs: list[dict], source_weights: dict[str, float]) -> torch.Tensor | None:
+    """Per-pair sampling weights from per-source weights (None when every source weighs the same).
+
+    Lets a stage see some sources more often, e.g. sentiment-bearing reviews, without rebuilding the corpus.
+    """
+    if not source_weights:
+        return None
+    sources = [source_of(p) for p in pairs]
+    refuse_unknown_sources("source_weights", source_weights, set(sources), "the training pairs have")
+    if any(not isinstance(w, (int, float)) or w <= 0 for w in source_weights.values()):
+        raise DglmError(f"source_weights must be positive numbers, got {source_weights}")
+    return torch.tensor([float(source_weights.get(source, 1.0)) for source in sources])
