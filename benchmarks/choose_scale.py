@@ -16,7 +16,6 @@ import json
 from pathlib import Path
 
 from dglm.evaluation.bench import SentimentBench, add_common_arguments
-
 from dglm.plugins import get_methods
 
 MAX_PERPLEXITY_RATIO = 1.5

@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 
 from dglm import Pipeline
-from dglm.seeding import sample_generators
 from dglm.data.pairs import read_pairs
+from dglm.seeding import sample_generators
 
 
 def main() -> None:

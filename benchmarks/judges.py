@@ -20,10 +20,9 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-from dglm.data.labelled import pick_sentences
+from dglm.data.labelled import pick_sentences, read_labelled
 from dglm.evaluation.judges import TextJudge
 from dglm.evaluation.metrics import label_shares
-from dglm.data.labelled import read_labelled
 
 
 def labelled_continuations(path: str, per_label: int, prefix_words: int, seed: int) -> dict[str, list[str]]:

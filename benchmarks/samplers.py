@@ -14,7 +14,6 @@ import json
 import math
 
 from dglm.evaluation.bench import SentimentBench, add_common_arguments
-
 from dglm.plugins import get_methods
 
 SAMPLERS = ("ddim", "dpmsolver++")

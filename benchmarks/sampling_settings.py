@@ -15,7 +15,6 @@ import argparse
 import json
 
 from dglm.evaluation.bench import SentimentBench, add_common_arguments
-
 from dglm.plugins import get_methods
 
 # name -> changes to the checkpoint's sampling settings

@@ -2,10 +2,10 @@
 
 from dglm.config import PipelineConfig
 from dglm.errors import DglmError
-from dglm.stages.guidance import Constraint
 from dglm.hookspecs import hookimpl
 from dglm.pipeline import Pipeline, Sample
 from dglm.plugins import get_attributes, get_plugins, register_plugin, unregister_plugin
+from dglm.stages.guidance import Constraint
 
 __all__ = [
     "Constraint",

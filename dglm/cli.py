@@ -133,8 +133,8 @@ def _device(name: str) -> str:
 def cmd_generate(args: argparse.Namespace) -> None:
     from dglm.config import declared_settings
     from dglm.data.prefixes import read_prefixes
-    from dglm.stages.guidance import parse_constraint
     from dglm.pipeline import Pipeline
+    from dglm.stages.guidance import parse_constraint
 
     prefixes = [args.prefix] if args.prefix is not None else []
     if args.prefix_file is not None:
@@ -184,9 +184,9 @@ def cmd_plugins(args: argparse.Namespace) -> None:
 
 
 def cmd_classifier_train(args: argparse.Namespace) -> None:
-    from dglm.stages.encoder import SentenceEncoder
     from dglm.attributes.probes import train_probe_on_texts
     from dglm.data.labelled import read_labelled
+    from dglm.stages.encoder import SentenceEncoder
 
     texts, labels = read_labelled(args.data, args.text_column, args.label_column)
     probe = train_probe_on_texts(
@@ -241,7 +241,8 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    from dglm.evaluation.harness import EvalConfig, markdown_table, run_eval
+    from dglm.config import EvalConfig
+    from dglm.evaluation.harness import markdown_table, run_eval
 
     config = EvalConfig.from_yaml(args.config)
     if args.methods:

@@ -227,6 +227,39 @@ class TrainConfig:
         return load_yaml(cls, path, "training")
 
 
+@dataclass
+class EvalConfig:
+    """What `dglm eval` runs: methods x conditions x prefixes x samples, and how it judges them."""
+
+    prefixes: str = "benchmarks/prefixes.txt"
+    num_samples: int = 20
+    max_new_tokens: int = 20
+    seed: int = 0
+    batch_size: int = 25
+    model: str | None = None
+    conditions: list[str] = field(default_factory=lambda: ["none", "sentiment=positive", "sentiment=negative"])
+    methods: dict = field(default_factory=lambda: {"dglm": {}, "plain": {}})  # name -> options, checked per method
+    judges: dict[str, str] = field(default_factory=lambda: {"sentiment": "data/sentiment-judge.csv", "topic": "data/topic-judge.csv"})
+    perplexity: str | None = "gemma-3-270m"
+    training_pairs: str | None = None  # JSONL pairs to check samples against for 8-word verbatim copies
+    tradeoff_condition: str | None = None
+    tradeoff_scales: list[float] = field(default_factory=lambda: [0.0, 2.0, 4.0, 8.0])
+    out: str = "benchmarks/results/eval"
+
+    @classmethod
+    def from_yaml(cls, path: Path | str) -> "EvalConfig":
+        from dglm.plugins import get_methods  # plugins import the pipeline, which imports this module
+
+        config = load_yaml(cls, path, "evaluation")
+        methods = get_methods()
+        unknown = sorted(set(config.methods) - set(methods))
+        if unknown:
+            raise DglmError(f"unknown method(s) {unknown} in {path}; known: {', '.join(methods)}")
+        for name, options in config.methods.items():  # refuse a misspelt option before any model loads
+            build_dataclass(methods[name].Options, options or {}, f"{path}: methods.{name}")
+        return config
+
+
 def read_yaml_mapping(path: Path, kind: str, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     """A YAML file's mapping, with `extends: OTHER.yaml` resolved: the file's keys override OTHER's, key by key
     in nested mappings, so a config states only what it changes. OTHER is relative to the file."""

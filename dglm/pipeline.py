@@ -20,19 +20,18 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from dglm.stages.decoder_adapter import load_adapter, split_adapter
-from dglm.config import (SETTINGS_SECTIONS, DecodingSettings, DiffusionSettings, PipelineConfig,
-                         declared_settings)
+from dglm.config import SETTINGS_SECTIONS, DecodingSettings, DiffusionSettings, PipelineConfig, declared_settings
+from dglm.errors import DglmError
+from dglm.plugins import get_attributes, get_sampler
+from dglm.seeding import per_sample_randn, sample_generators, seeded_rows
 from dglm.stages.decoder import SoftPromptDecoder
+from dglm.stages.decoder_adapter import load_adapter, split_adapter
 from dglm.stages.denoiser import Denoiser
 from dglm.stages.encoder import LatentNormalizer, SentenceEncoder
-from dglm.errors import DglmError
 from dglm.stages.guidance import AttributeSpec, Constraint, Guide, as_constraints
-from dglm.plugins import get_attributes, get_sampler
 from dglm.stages.prompt_generator import PromptGenerator
 from dglm.stages.samplers import diffuse
 from dglm.stages.schedule import CosineSchedule, noise_to_level
-from dglm.seeding import per_sample_randn, sample_generators, seeded_rows
 
 DEFAULT_CHECKPOINT = "default"
 # config.json's format. 1: no format_version, one "sampling" section without a "sampler" (always DDIM).

@@ -13,8 +13,8 @@ from pathlib import Path
 import pluggy
 
 from dglm import hookspecs
-from dglm.errors import DglmError
 from dglm.attributes.probes import Probe, load_probe
+from dglm.errors import DglmError
 from dglm.stages.samplers import BUILTIN_SAMPLERS, Sampler
 
 ENTRY_POINT_GROUP = "dglm"
@@ -124,7 +124,10 @@ def get_methods() -> dict[str, type]:
 
 
 def _build_methods() -> dict[str, tuple[type, str]]:
-    from dglm.evaluation.baselines import BUILTIN_METHODS, Method  # baselines import the pipeline, which imports this module
+    from dglm.evaluation.baselines import (  # baselines import the pipeline, which imports this module
+        BUILTIN_METHODS,
+        Method,
+    )
 
     return _named_classes("register_methods", BUILTIN_METHODS, Method, "method")
 

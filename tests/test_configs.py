@@ -7,11 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dglm.config import read_yaml_mapping
+from dglm.config import EvalConfig, TrainConfig, read_yaml_mapping
 from dglm.errors import DglmError
-from dglm.evaluation.harness import EvalConfig
 from dglm.pipeline import TrainableParts, read_checkpoint, render_model_card
-from dglm.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 BUNDLED = ROOT / "dglm" / "default"

@@ -5,13 +5,13 @@ import json
 
 import pytest
 import yaml
+from conftest import toy_sentiment
 
 from dglm.cli import main
+from dglm.config import EvalConfig
 from dglm.errors import DglmError
-from dglm.evaluation.harness import EvalConfig, run_eval
+from dglm.evaluation.harness import run_eval
 from dglm.pipeline import Pipeline
-
-from conftest import toy_sentiment
 
 
 @pytest.fixture

@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-from dglm.stages.encoder import LatentNormalizer
-from dglm.errors import DglmError
-from dglm.stages.guidance import Constraint, Guide, as_constraints, parse_constraint
 from dglm.attributes.probes import Probe
+from dglm.errors import DglmError
 from dglm.seeding import sample_generators
+from dglm.stages.encoder import LatentNormalizer
+from dglm.stages.guidance import Constraint, Guide, as_constraints, parse_constraint
 
 
 def toy_probe(dim=16):

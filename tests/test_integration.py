@@ -40,8 +40,8 @@ def test_guidance_raises_the_probe_score_of_the_proposal(default_pipeline):
     """On the trained model, steering the diffused latent toward a label raises that label's probability."""
     import torch
 
-    from dglm.stages.guidance import as_constraints
     from dglm.seeding import sample_generators
+    from dglm.stages.guidance import as_constraints
 
     pipe = default_pipeline
     prefixes = ["The weather today"] * 16

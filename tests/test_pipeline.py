@@ -3,9 +3,9 @@
 import torch
 
 from dglm.config import DecodingSettings
-from dglm.stages.decoder import min_p_filter
 from dglm.pipeline import Pipeline
 from dglm.seeding import sample_generators
+from dglm.stages.decoder import min_p_filter
 
 
 def test_same_seed_same_text_and_seeds_are_recorded(tiny_pipeline):

@@ -5,14 +5,13 @@ import subprocess
 import sys
 
 import pytest
+from conftest import toy_sentiment
 
 import dglm
 from dglm.cli import main
+from dglm.data.labelled import read_labelled
 from dglm.errors import DglmError
 from dglm.plugins import get_attributes
-from dglm.data.labelled import read_labelled
-
-from conftest import toy_sentiment
 
 
 def question_or_statement(count):

@@ -10,17 +10,17 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 import dglm
+from dglm.attributes.probes import Probe
 from dglm.config import DenoiserConfig
-from dglm.stages.denoiser import Denoiser
-from dglm.stages.encoder import LatentNormalizer
 from dglm.errors import DglmError
-from dglm.stages.guidance import Guide
 from dglm.pipeline import Pipeline
 from dglm.plugins import get_plugins, get_samplers
-from dglm.attributes.probes import Probe
+from dglm.seeding import sample_generators
+from dglm.stages.denoiser import Denoiser
+from dglm.stages.encoder import LatentNormalizer
+from dglm.stages.guidance import Guide
 from dglm.stages.samplers import DDIMSampler, DPMSolverPlusPlus2M, diffuse
 from dglm.stages.schedule import CosineSchedule
-from dglm.seeding import sample_generators
 
 REFERENCE = Path(__file__).parent / "fixtures" / "ddim-reference.safetensors"
 

@@ -3,9 +3,9 @@
 import torch
 
 from dglm.config import DecodingSettings
+from dglm.seeding import sample_generators
 from dglm.stages.decoder import top_p_filter
 from dglm.stages.schedule import CosineSchedule, noise_to_level
-from dglm.seeding import sample_generators
 
 
 def test_encoder_gives_unit_embeddings_of_its_dimension(tiny_pipeline):

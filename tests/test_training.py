@@ -6,15 +6,13 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import toy_sentences
 
-from dglm.errors import DglmError
-from dglm.pipeline import Pipeline
 from dglm.config import AdapterConfig, DataConfig, TrainConfig
 from dglm.data.pairs import pair_weights, select_pairs
-from dglm.training.stages import (encoded_pairs, train_denoiser,
-                           train_prompt_generator)
-
-from conftest import toy_sentences
+from dglm.errors import DglmError
+from dglm.pipeline import Pipeline
+from dglm.training.stages import encoded_pairs, train_denoiser, train_prompt_generator
 
 
 @pytest.fixture
@@ -180,8 +178,8 @@ def test_embedding_cache_is_never_shared_between_selections_of_the_same_size(tra
 def test_a_decoder_adapter_is_trained_saved_and_merged_exactly(train_config, tmp_path):
     from peft.utils import set_peft_model_state_dict
 
-    from dglm.stages.decoder_adapter import ADAPTER_PREFIX, add_adapter
     from dglm.config import AdapterConfig
+    from dglm.stages.decoder_adapter import ADAPTER_PREFIX, add_adapter
     from dglm.stages.pretrained import load_causal_lm
 
     config = TrainConfig.from_yaml(train_config)

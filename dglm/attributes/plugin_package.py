@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from dglm.errors import DglmError
 from dglm.attributes.probes import load_probe
+from dglm.errors import DglmError
 
 PYPROJECT = """\
 [build-system]

@@ -20,9 +20,9 @@ from typing import Any
 import torch
 
 from dglm.config import build_dataclass
-from dglm.stages.guidance import Constraint
 from dglm.pipeline import Pipeline
 from dglm.seeding import sample_generators
+from dglm.stages.guidance import Constraint
 
 DEFAULT_STEERING = "The following text is {label}."
 

@@ -9,14 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dglm import Pipeline
+from dglm.config import EvalConfig
+from dglm.data.prefixes import read_prefixes
 from dglm.evaluation.baselines import Method
-from dglm.evaluation.harness import (
-    EvalConfig,
-    Scorer,
-    continue_all,
-    parse_condition,
-    read_prefixes,
-)
+from dglm.evaluation.harness import Scorer, continue_all, parse_condition
 from dglm.seeding import seeded_rows
 
 

@@ -10,50 +10,21 @@ from __future__ import annotations
 import json
 import resource
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from dglm.evaluation.baselines import PlainSampling
-from dglm.config import build_dataclass, load_yaml
-from dglm.errors import DglmError
-from dglm.evaluation.judges import PerplexityJudge, TextJudge
+from dglm.config import EvalConfig
 from dglm.data.prefixes import read_prefixes
+from dglm.errors import DglmError
+from dglm.evaluation.baselines import PlainSampling
+from dglm.evaluation.judges import PerplexityJudge, TextJudge
 from dglm.evaluation.metrics import CopyDetector, distinct_n, label_shares, median
-from dglm.stages.guidance import Constraint, parse_constraint
 from dglm.pipeline import Pipeline
 from dglm.plugins import get_methods
 from dglm.seeding import seeded_rows
-
-
-@dataclass
-class EvalConfig:
-    prefixes: str = "benchmarks/prefixes.txt"
-    num_samples: int = 20
-    max_new_tokens: int = 20
-    seed: int = 0
-    batch_size: int = 25
-    model: str | None = None
-    conditions: list = field(default_factory=lambda: ["none", "sentiment=positive", "sentiment=negative"])
-    methods: dict = field(default_factory=lambda: {"dglm": {}, "plain": {}})
-    judges: dict = field(default_factory=lambda: {"sentiment": "data/sentiment-judge.csv", "topic": "data/topic-judge.csv"})
-    perplexity: str | None = "gemma-3-270m"
-    training_pairs: str | None = None  # JSONL pairs to check samples against for 8-word verbatim copies
-    tradeoff_condition: str | None = None
-    tradeoff_scales: list = field(default_factory=lambda: [0.0, 2.0, 4.0, 8.0])
-    out: str = "benchmarks/results/eval"
-
-    @classmethod
-    def from_yaml(cls, path: Path | str) -> "EvalConfig":
-        config = load_yaml(cls, path, "evaluation")
-        methods = get_methods()
-        unknown = sorted(set(config.methods) - set(methods))
-        if unknown:
-            raise DglmError(f"unknown method(s) {unknown} in {path}; known: {', '.join(methods)}")
-        for name, options in config.methods.items():  # refuse a misspelt option before any model loads
-            build_dataclass(methods[name].Options, options or {}, f"{path}: methods.{name}")
-        return config
+from dglm.stages.guidance import Constraint, parse_constraint
 
 
 def parse_condition(text: str) -> list[Constraint]:

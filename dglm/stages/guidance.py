@@ -12,10 +12,10 @@ from typing import Iterable, Mapping, Union
 
 import torch
 
-from dglm.stages.encoder import LatentNormalizer
-from dglm.errors import DglmError
 from dglm.attributes.probes import Probe
+from dglm.errors import DglmError
 from dglm.seeding import per_sample_randn
+from dglm.stages.encoder import LatentNormalizer
 
 
 @dataclass(frozen=True)

@@ -18,10 +18,10 @@ from abc import ABC, abstractmethod
 
 import torch
 
+from dglm.seeding import per_sample_randn
 from dglm.stages.denoiser import Denoiser
 from dglm.stages.guidance import Guide
 from dglm.stages.schedule import CosineSchedule
-from dglm.seeding import per_sample_randn
 
 
 class Sampler(ABC):

@@ -16,13 +16,13 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 from safetensors.torch import load_file, save_file
+from torch import nn
 
 from dglm.config import TrainConfig
+from dglm.data.pairs import pair_weights, select_pairs
 from dglm.errors import DglmError
 from dglm.stages.schedule import CosineSchedule, noise_to_level
-from dglm.data.pairs import pair_weights, select_pairs
 from dglm.training.loop import LegTimer, run_loop
 from dglm.training.plots import plot_losses
 from dglm.training.state import EMA
@@ -184,8 +184,8 @@ def train_prompt_generator(config: TrainConfig, config_path: str, leg: LegTimer 
     continuation's words into its soft prompts (no pass through the decoder, so ~20x cheaper per example);
     the joint training with the decoder then starts from prompts the decoder can already read.
     """
-    from dglm.stages.decoder_adapter import add_adapter, adapter_state, set_adapter_weights
     from dglm.stages.decoder import SoftPromptDecoder
+    from dglm.stages.decoder_adapter import adapter_state, add_adapter, set_adapter_weights
 
     t = config.prompt_generator
     leg = leg or LegTimer(None)
