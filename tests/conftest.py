@@ -61,7 +61,8 @@ def _tokenizer(folder: Path):
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> dict[str, Path]:
     """Folders of a tiny GPT-2 (decoder) and a tiny Sentence-T5-style encoder, both random."""
-    from sentence_transformers import SentenceTransformer, models
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer import modules
     from transformers import GPT2Config, GPT2LMHeadModel, T5Config, T5EncoderModel
 
     torch.manual_seed(0)
@@ -74,9 +75,9 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
     T5EncoderModel(T5Config(vocab_size=vocab, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
                             pad_token_id=tokenizer.pad_token_id)).save_pretrained(t5)
     tokenizer.save_pretrained(t5)
-    transformer = models.Transformer(str(t5), max_seq_length=64)
-    modules = [transformer, models.Pooling(transformer.get_word_embedding_dimension(), "mean"), models.Normalize()]
-    SentenceTransformer(modules=modules, device="cpu").save(str(encoder))
+    transformer = modules.Transformer(str(t5), max_seq_length=64)
+    layers = [transformer, modules.Pooling(transformer.get_embedding_dimension(), "mean"), modules.Normalize()]
+    SentenceTransformer(modules=layers, device="cpu").save(str(encoder))
     return {"decoder": gpt2, "encoder": encoder}
 
 
