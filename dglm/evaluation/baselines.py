@@ -3,6 +3,8 @@ as published: when a checkpoint adapts the decoder for its soft prompts, the bas
 
 - plain: the decoder sampled with no steering at all;
 - prompting: a steering sentence placed before the prefix ("The following is a positive review.");
+- activation: contrastive activation addition (CAA), a steering vector per label added to the decoder's
+  residual stream at one layer (`dglm.evaluation.steering_vectors`);
 - fudge: token-level plug-and-play steering with the *same* attribute probes as DGLM (FUDGE-style,
   Yang & Klein 2021): at each step the top-k next tokens are re-scored by the probes' log-probability
   of the target on the text so far plus that token.
@@ -20,6 +22,7 @@ from typing import Any
 import torch
 
 from dglm.config import build_dataclass
+from dglm.errors import DglmError
 from dglm.pipeline import Pipeline
 from dglm.seeding import sample_generators
 from dglm.stages.guidance import Constraint
@@ -132,4 +135,52 @@ class Fudge(Method):
         return self.sample(prefixes, rows, max_new_tokens, adjust_logits)
 
 
-BUILTIN_METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (DGLM, PlainSampling, SteeringPrompt, Fudge)}
+class ActivationSteering(Method):
+    """Contrastive activation addition on the same decoder: the vector of each constraint's label (computed from
+    that attribute's labelled texts, by default the probe's training data), times its weight, summed over the
+    constraints and times `multiplier`, added after block `layer` at every position while generating."""
+
+    name = "activation"
+
+    @dataclass
+    class Options:
+        layer: int = 12  # ~40% depth of SmolLM2-135M's 30 blocks
+        multiplier: float = 4.0
+        texts: dict[str, str] = field(default_factory=dict)  # attribute -> labelled CSV; default data/ATTRIBUTE.csv
+        per_label: int = 200  # texts a label's mean is taken over
+        text_column: str = "text"
+        label_column: str = "label"
+
+    def __init__(self, pipeline: Pipeline, **options: Any):
+        super().__init__(pipeline, **options)
+        self.vectors: dict[str, dict[str, torch.Tensor]] = {}  # attribute -> label -> vector, computed once
+
+    def vector_for(self, constraint: Constraint) -> torch.Tensor:
+        from dglm.data.labelled import read_labelled
+        from dglm.evaluation.steering_vectors import contrastive_vectors
+
+        if constraint.attribute not in self.vectors:
+            source = self.options.texts.get(constraint.attribute, f"data/{constraint.attribute}.csv")
+            texts, labels = read_labelled(source, self.options.text_column, self.options.label_column)
+            self.vectors[constraint.attribute] = contrastive_vectors(
+                self.pipeline.plain_decoder(), texts, labels, self.options.layer, self.options.per_label)
+        by_label = self.vectors[constraint.attribute]
+        if constraint.label not in by_label:
+            raise DglmError(f"no texts labelled {constraint.label!r} for attribute {constraint.attribute!r}; "
+                            f"labels: {', '.join(by_label)}")
+        return by_label[constraint.label]
+
+    def continue_rows(self, rows, constraints, max_new_tokens):
+        from dglm.evaluation.steering_vectors import steered
+
+        prefixes = [p for p, _ in rows]
+        if not constraints:
+            return self.sample(prefixes, rows, max_new_tokens)
+        vector = self.options.multiplier * sum(c.weight * self.vector_for(c) for c in constraints)
+        with steered(self.pipeline.plain_decoder().model, self.options.layer, vector):
+            return self.sample(prefixes, rows, max_new_tokens)
+
+
+BUILTIN_METHODS: dict[str, type[Method]] = {
+    cls.name: cls for cls in (DGLM, PlainSampling, SteeringPrompt, Fudge, ActivationSteering)
+}
