@@ -1,6 +1,7 @@
 """Both training stages run, resume, and produce a loadable checkpoint (tiny models, few steps)."""
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -222,3 +223,24 @@ def test_a_checkpoint_missing_its_declared_adapter_is_reported(tiny_checkpoint, 
     (folder / "config.json").write_text(json.dumps(config))
     with pytest.raises(DglmError, match="declares a decoder adapter"):
         Pipeline.from_pretrained(folder)
+
+
+def test_train_all_runs_both_stages_and_print_config_resolves(train_config, capsys):
+    from dglm.cli import main
+
+    assert main(["train", "all", "--config", str(train_config), "--print-config"]) == 0
+    resolved = json.loads(capsys.readouterr().out)
+    assert resolved["denoiser"]["steps"] == 6 and resolved["prompt_generator"]["precision"] == "fp32"
+    assert not (train_config.parent / "checkpoint").exists()  # printing trains nothing
+    assert main(["train", "all", "--config", str(train_config)]) == 0
+    card = json.loads((train_config.parent / "checkpoint" / "card.json").read_text())
+    assert card["denoiser"]["steps"] == 6 and card["prompt_generator"]["steps"] == 3
+
+
+def test_bf16_training_keeps_fp32_weights_and_writes_a_loadable_checkpoint(train_config):
+    config = config_in(train_config, "bf16", denoiser={"precision": "bf16"}, prompt_generator={"precision": "bf16"})
+    train_denoiser(config, "bf16.yaml")
+    output = train_prompt_generator(config, "bf16.yaml")
+    state = json.loads((config.run_path / "prompt-generator-state.json").read_text())
+    assert all(math.isfinite(loss) for loss in state["losses"])
+    assert len(Pipeline.from_pretrained(output).generate("The movie", num_samples=2, seed=0)) == 2
