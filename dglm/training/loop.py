@@ -34,20 +34,21 @@ class LegTimer:
     def __init__(self, max_minutes: float | None):
         self.deadline = None if max_minutes is None else time.time() + 60 * max_minutes
         self.terminated = False
+        self.previous_handler = None  # SIGTERM's handler before this leg, restored after it
 
     def __enter__(self) -> "LegTimer":
         import signal
         import threading
 
-        if threading.current_thread() is threading.main_thread():
-            self.previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+        if threading.current_thread() is threading.main_thread():  # signals can only be caught there
+            self.previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
         return self
 
     def __exit__(self, *exc) -> None:
         import signal
 
-        if hasattr(self, "previous"):
-            signal.signal(signal.SIGTERM, self.previous)
+        if self.previous_handler is not None:
+            signal.signal(signal.SIGTERM, self.previous_handler)
 
     def _on_sigterm(self, signum, frame) -> None:
         self.terminated = True
