@@ -149,7 +149,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
         if args.format == "jsonl":
             print(json.dumps(sample.to_dict(), ensure_ascii=False))
         else:
-            targets = ", ".join(f"{k}={v}" for k, v in sample.attributes.items()) or "unguided"
+            targets = ", ".join(f"{c.attribute}={c.label}:{c.weight:g}" for c in sample.constraints) or "unguided"
             print(f"--- sample {index + 1}/{len(samples)} ({targets}; seed {sample.seed})")
             print(sample.text)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -42,10 +42,14 @@ SETTINGS = declared_settings()
 
 @dataclass
 class Sample:
+    """One continuation. `attributes` maps each attribute to the label asked for (the last one, when an attribute
+    was given twice); `constraints` keeps every constraint as given, with its weight."""
+
     prefix: str
     continuation: str
     attributes: dict[str, str]
     seed: int
+    constraints: list[Constraint] = field(default_factory=list)
 
     @property
     def text(self) -> str:
@@ -203,7 +207,7 @@ class Pipeline:
         for start in tqdm(range(0, len(rows), batch_size), desc="generating", unit="batch", disable=not progress):
             continuations += self.generate_rows(rows[start : start + batch_size], guide, diffusion, decoding)
         targets = {c.attribute: c.label for c in constraints}
-        return [Sample(p, text, targets, row_seed) for (p, row_seed), text in zip(rows, continuations)]
+        return [Sample(p, text, targets, row_seed, constraints) for (p, row_seed), text in zip(rows, continuations)]
 
     def settings(self, **overrides: Any) -> tuple[DiffusionSettings, DecodingSettings]:
         """The checkpoint's diffusion and decoding settings with `overrides` (None: keep) applied and validated."""

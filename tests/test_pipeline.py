@@ -77,3 +77,19 @@ def test_top_k_one_leaves_the_decoder_no_choice(tiny_pipeline):
         "The movie", num_samples=3, seed=3, top_k=top_k, temperature=temperature)]
     assert text(1, 1.0) == text(1, 0.5)
     assert text(0, 1.0) != text(0, 0.5)
+
+
+def test_a_sample_keeps_every_constraint_even_one_attribute_given_twice(tiny_checkpoint, toy_plugin, capsys):
+    import json
+
+    from dglm.cli import main
+
+    args = ["generate", "The movie", "--model", str(tiny_checkpoint), "--attr", "toy_sentiment=positive",
+            "--attr", "toy_sentiment=negative:-0.5", "-n", "2", "--seed", "1", "--format", "jsonl"]
+    assert main(args) == 0
+    samples = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert all(s["attributes"] == {"toy_sentiment": "negative"} for s in samples)  # as before: the last label
+    assert all(s["constraints"] == [{"attribute": "toy_sentiment", "label": "positive", "weight": 1.0},
+                                    {"attribute": "toy_sentiment", "label": "negative", "weight": -0.5}] for s in samples)
+    assert main(args[:-2]) == 0
+    assert "(toy_sentiment=positive:1, toy_sentiment=negative:-0.5; seed 1)" in capsys.readouterr().out
