@@ -115,3 +115,18 @@ def test_help_teaches_every_flag(capsys):
     text = capsys.readouterr().out
     for flag in ("--prefix-file", "--attr", "-n", "--max-new-tokens", "--seed", "--guidance-scale", "--steps", "--min-p", "--format", "--model"):
         assert flag in text
+
+
+@pytest.mark.parametrize("content, pattern", [
+    (b"", "give a PREFIX or --prefix-file with at least one non-empty line"),
+    (b"  \n\t\n", "give a PREFIX or --prefix-file with at least one non-empty line"),
+    (b"\xff\xfe\x00binary", "is not UTF-8 text (byte 0)"),
+])
+def test_prefix_files_that_are_empty_or_not_text(capsys, tiny_checkpoint, tmp_path, content, pattern):
+    path = tmp_path / "prefixes.txt"
+    path.write_bytes(content)
+    expect_error(capsys, pattern, "generate", "--prefix-file", str(path), "--model", str(tiny_checkpoint))
+
+
+def test_a_missing_prefix_file(capsys, tiny_checkpoint, tmp_path):
+    expect_error(capsys, "does not exist", "generate", "--prefix-file", str(tmp_path / "none.txt"), "--model", str(tiny_checkpoint))

@@ -58,5 +58,21 @@ def test_as_constraints_accepts_dicts_lists_and_objects():
         Constraint("sentiment", "positive", 1.0), Constraint("topic", "sport", 2.0)]
     assert as_constraints(["sentiment=negative", Constraint("topic", "tech")]) == [
         Constraint("sentiment", "negative", 1.0), Constraint("topic", "tech", 1.0)]
-    with pytest.raises(DglmError, match="must be a number"):
+    with pytest.raises(DglmError, match="must be a finite number, got 'lots'"):
         as_constraints({"sentiment": ("positive", "lots")})
+
+
+@pytest.mark.parametrize("build, message", [
+    (lambda: Constraint("sentiment", "positive", float("nan")), "must be a finite number, got nan"),
+    (lambda: Constraint("sentiment", "positive", float("-inf")), "must be a finite number, got -inf"),
+    (lambda: Constraint("sentiment", "positive", True), "must be a finite number, got True"),
+    (lambda: Constraint("", "positive"), "attribute must be a non-empty string"),
+    (lambda: Constraint("sentiment", None), "label must be a non-empty string, got None"),
+    (lambda: as_constraints({"sentiment": 2.0}), r"must map to a label or a \(label, weight\) pair, got 2.0"),
+    (lambda: as_constraints({"sentiment": ("positive", 1.0, 3)}), "must map to a label or a"),
+    (lambda: as_constraints([5]), "an attribute must be a Constraint or a 'NAME=LABEL"),
+    (lambda: as_constraints(5), "attributes must be a dict, a list of constraints"),
+])
+def test_constraints_built_any_way_are_checked(build, message):
+    with pytest.raises(DglmError, match=message):
+        build()

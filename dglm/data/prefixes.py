@@ -12,4 +12,8 @@ def read_prefixes(path: Path | str) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise DglmError(f"prefix file {path} does not exist")
-    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise DglmError(f"prefix file {path} is not UTF-8 text (byte {error.start}); give one prefix a line, in UTF-8") from None
+    return [line.strip() for line in text.splitlines() if line.strip()]

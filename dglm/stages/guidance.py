@@ -20,9 +20,22 @@ from dglm.stages.encoder import LatentNormalizer
 
 @dataclass(frozen=True)
 class Constraint:
+    """A target: steer toward `label` of `attribute` with `weight` (a negative weight steers away from it).
+    Checked when built, so that a bad constraint fails here, not deep inside the guidance."""
+
     attribute: str
     label: str
     weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name in ("attribute", "label"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value.strip():
+                raise DglmError(f"a constraint's {name} must be a non-empty string, got {value!r}")
+        weight = self.weight
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight):
+            raise DglmError(f"weight for attribute {self.attribute!r} must be a finite number, got {weight!r}")
+        object.__setattr__(self, "weight", float(weight))
 
 
 AttributeSpec = Union[None, str, Constraint, Mapping[str, Union[str, tuple]], Iterable[Union[str, Constraint]]]
@@ -40,7 +53,7 @@ def parse_constraint(spec: str) -> Constraint:
             weight = float(weight_text)
         except ValueError:
             raise DglmError(f"weight {weight_text!r} in {spec!r} is not a number (e.g. sentiment=positive:2.0)") from None
-    return _checked(Constraint(name.strip(), label.strip(), weight))
+    return Constraint(name.strip(), label.strip(), weight)
 
 
 def as_constraints(attributes: AttributeSpec) -> list[Constraint]:
@@ -52,22 +65,21 @@ def as_constraints(attributes: AttributeSpec) -> list[Constraint]:
     if isinstance(attributes, Mapping):
         constraints = []
         for name, target in attributes.items():
-            label, weight = (target, 1.0) if isinstance(target, str) else tuple(target)
-            constraints.append(_checked(Constraint(name, label, _as_weight(weight, name))))
+            if isinstance(target, str):
+                constraints.append(Constraint(name, target))
+            elif isinstance(target, (tuple, list)) and len(target) == 2:
+                constraints.append(Constraint(name, *target))
+            else:
+                raise DglmError(f"attribute {name!r} must map to a label or a (label, weight) pair, got {target!r}")
         return constraints
-    return [item if isinstance(item, Constraint) else parse_constraint(item) for item in attributes]
-
-
-def _as_weight(weight: object, name: str) -> float:
-    if isinstance(weight, bool) or not isinstance(weight, (int, float)):
-        raise DglmError(f"weight for attribute {name!r} must be a number, got {weight!r}")
-    return float(weight)
-
-
-def _checked(constraint: Constraint) -> Constraint:
-    if not math.isfinite(constraint.weight):
-        raise DglmError(f"weight for attribute {constraint.attribute!r} must be finite, got {constraint.weight}")
-    return constraint
+    if not isinstance(attributes, Iterable):
+        raise DglmError(f"attributes must be a dict, a list of constraints or 'NAME=LABEL[:WEIGHT]' strings, got {attributes!r}")
+    constraints = []
+    for item in attributes:
+        if not isinstance(item, (str, Constraint)):
+            raise DglmError(f"an attribute must be a Constraint or a 'NAME=LABEL[:WEIGHT]' string, got {item!r}")
+        constraints.append(item if isinstance(item, Constraint) else parse_constraint(item))
+    return constraints
 
 
 class Guide:
