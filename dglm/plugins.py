@@ -7,6 +7,7 @@ Each registry is built once per process and built again only when the set of reg
 from __future__ import annotations
 
 import importlib.metadata
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -124,10 +125,8 @@ def get_methods() -> dict[str, type]:
 
 
 def _build_methods() -> dict[str, tuple[type, str]]:
-    from dglm.evaluation.baselines import (  # baselines import the pipeline, which imports this module
-        BUILTIN_METHODS,
-        Method,
-    )
+    # Imported here: the baselines import the pipeline, which imports this module.
+    from dglm.evaluation.baselines import BUILTIN_METHODS, Method
 
     return _named_classes("register_methods", BUILTIN_METHODS, Method, "method")
 
@@ -160,18 +159,20 @@ def get_sampler(name: str) -> type[Sampler]:
 def get_plugins() -> list[PluginInfo]:
     """Installed plugins with the hooks each implements and what it registers through them."""
     versions = _distribution_versions()
-    attributes: dict[str, list[str]] = {}
-    for attribute in get_attributes().values():
-        attributes.setdefault(attribute.plugin, []).append(attribute.name)
-    samplers: dict[str, list[str]] = {}
-    for name, (_, plugin) in _cached("samplers", _build_samplers).items():
-        samplers.setdefault(plugin, []).append(name)
-    methods: dict[str, list[str]] = {}
-    for name, (_, plugin) in _cached("methods", _build_methods).items():
-        methods.setdefault(plugin, []).append(name)
+    attributes = _by_plugin((attribute.name, attribute.plugin) for attribute in get_attributes().values())
+    samplers = _by_plugin((name, plugin) for name, (_, plugin) in _cached("samplers", _build_samplers).items())
+    methods = _by_plugin((name, plugin) for name, (_, plugin) in _cached("methods", _build_methods).items())
     infos = []
     for name, plugin in sorted(_manager().list_name_plugin()):
         hooks = sorted(caller.name for caller in _manager().get_hookcallers(plugin) or [])
         infos.append(PluginInfo(name, versions.get(name), hooks, attributes.get(name, []), samplers.get(name, []),
                                 methods.get(name, [])))
     return infos
+
+
+def _by_plugin(registered: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
+    """Names grouped by the plugin that registered them, from (name, plugin) pairs."""
+    grouped: dict[str, list[str]] = {}
+    for name, plugin in registered:
+        grouped.setdefault(plugin, []).append(name)
+    return grouped
