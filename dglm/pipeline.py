@@ -195,11 +195,11 @@ class Pipeline:
         """
         diffusion, decoding = self.settings(**{name: value for name, value in locals().items() if name in SETTINGS})
         prefixes = [prefix] if isinstance(prefix, str) else list(prefix)
-        check_generation_inputs(prefixes, num_samples, batch_size)
-        get_sampler(diffusion.sampler)
+        check_generation_inputs(prefixes, num_samples, batch_size, seed)
+        get_sampler(diffusion.sampler)  # an unknown sampler fails here, before any model runs
         constraints = as_constraints(attributes)
         guide = self.make_guide(constraints, diffusion.mc_draws)
-        seed = random.randrange(2**31) if seed is None else int(seed)
+        seed = random.randrange(2**31) if seed is None else seed
         rows = seeded_rows(prefixes, num_samples, seed)
         from tqdm.auto import tqdm
 
@@ -264,7 +264,7 @@ def check_compatible(config: PipelineConfig, encoder: SentenceEncoder, decoder: 
         )
 
 
-def check_generation_inputs(prefixes: list[str], num_samples: int, batch_size: int) -> None:
+def check_generation_inputs(prefixes: list[str], num_samples: int, batch_size: int, seed: int | None) -> None:
     """Reject bad prefixes and counts before any model runs (the settings check themselves)."""
     if not prefixes:
         raise DglmError("no prefix given; pass a prefix string or a non-empty list of prefixes")
@@ -274,6 +274,8 @@ def check_generation_inputs(prefixes: list[str], num_samples: int, batch_size: i
     for name, value in (("num_samples", num_samples), ("batch_size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise DglmError(f"{name} must be a positive integer, got {value!r}")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise DglmError(f"seed must be an integer (or None for a random one), got {seed!r}")
 
 
 def write_checkpoint(folder: Path, config: PipelineConfig, parts: TrainableParts, card: dict[str, Any],

@@ -61,6 +61,8 @@ def test_bad_settings_reach_the_user_from_python_and_from_the_command_line(tiny_
 
     with pytest.raises(DglmError, match="top_p must be a number in"):
         tiny_pipeline.generate("The movie", top_p=0.0)
+    with pytest.raises(DglmError, match="seed must be an integer"):
+        tiny_pipeline.generate("The movie", seed="7")
     with pytest.raises(DglmError, match="unknown generation setting"):
         tiny_pipeline.settings(temprature=0.7)
     assert main(["generate", "The movie", "--model", str(tiny_checkpoint), "--temperature", "nan"]) == 2
