@@ -128,6 +128,10 @@ def test_a_lost_resume_state_continues_from_the_checkpoint_and_says_so(train_con
     card = json.loads((Path(config.output) / "card.json").read_text())
     assert card["prompt_generator"]["steps"] == 3 and card["prompt_generator"]["restarted_without_optimizer_state_at"] == [2]
     assert "restarted without optimizer state at: [2]" in (Path(config.output) / "README.md").read_text()
+    for path in config.run_path.glob("prompt-generator-state.*"):
+        path.unlink()
+    train_prompt_generator(config, "lost.yaml")  # the checkpoint holds the whole stage: nothing to redo or rewrite
+    assert json.loads((Path(config.output) / "card.json").read_text()) == card
 
 
 def test_bad_training_config_is_reported(tmp_path):

@@ -59,7 +59,7 @@ class LegTimer:
 
 def run_loop(accelerator, model, optimizer, stage: str, steps: int, warmup: int, checkpoint_every: int,
              state_path: Path, batch_loss, seed: int, precision: str, leg: LegTimer, ema: EMA | None = None,
-             fallback_step: int = 0) -> tuple[list[float], float, int]:
+             fallback: tuple[int, float] = (0, 0.0)) -> tuple[list[float], float, int]:
     """The shared optimisation loop: resume, warm-up + cosine learning rate, clipping, EMA, periodic states.
 
     Returns the losses of the steps this run recorded, the training time in seconds summed over the run's legs,
@@ -67,14 +67,14 @@ def run_loop(accelerator, model, optimizer, stage: str, steps: int, warmup: int,
 
     `batch_loss(model, generator)` draws a batch from `step_generator`'s stream and returns its loss. A run
     resumed from its state continues exactly: same weights, optimizer moments, EMA, learning rate and batches.
-    Without a state, `fallback_step` (the steps a checkpoint already holds) starts the run there with a fresh
-    optimizer. `precision` "bf16" runs the forward pass under bfloat16 autocast.
+    Without a state, `fallback` (the steps a checkpoint already holds and the seconds they took) starts the run
+    there with a fresh optimizer. `precision` "bf16" runs the forward pass under bfloat16 autocast.
     """
     from tqdm.auto import tqdm
 
     step, losses, earlier_seconds = load_training_state(state_path, model, optimizer, ema, steps)
-    if step == 0 and fallback_step:
-        step = fallback_step
+    if step == 0 and fallback[0]:
+        step, earlier_seconds = fallback
         for group in optimizer.param_groups:  # a fresh optimizer, joining the schedule at `step`
             group.setdefault("initial_lr", group["lr"])
     done = step

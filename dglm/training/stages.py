@@ -76,13 +76,13 @@ def prepare_stage(config: TrainConfig):
     return accelerator, pairs, prefix, continuation
 
 
-def steps_in_checkpoint(card: dict, stage: str, stage_config) -> int:
-    """How many steps of this stage, trained with this stage config, the output checkpoint already holds.
-
-    A run whose resume state is lost continues from there (with a fresh optimizer) instead of starting over.
-    """
+def steps_in_checkpoint(card: dict, stage: str, stage_config) -> tuple[int, float]:
+    """How many steps of this stage, trained with this stage config, the output checkpoint already holds, and
+    the seconds they took. A run whose resume state is lost continues from there (with a fresh optimizer)."""
     facts = card.get(stage.replace("-", "_"), {})
-    return int(facts.get("steps", 0)) if facts.get("config") == asdict(stage_config) else 0
+    if facts.get("config") != asdict(stage_config):
+        return 0, 0.0
+    return int(facts.get("steps", 0)), float(facts.get("wall_time_s", 0))
 
 
 def finish_stage(config, config_path, accelerator, stage, parts, card, run, pairs, adapter=None) -> Path:
@@ -106,10 +106,11 @@ def finish_stage(config, config_path, accelerator, stage, parts, card, run, pair
     return save_checkpoint(config, parts, card, adapter)
 
 
-def resume_point(config: TrainConfig, card: dict, stage: str, state_path: Path) -> int:
-    """The step to restart from when the stage has no resume state but its checkpoint holds some steps (else 0)."""
+def resume_point(config: TrainConfig, card: dict, stage: str, state_path: Path) -> tuple[int, float]:
+    """Where to restart, (step, seconds so far), when the stage has no resume state but its checkpoint holds some
+    steps; (0, 0.0) otherwise."""
     if state_path.with_suffix(".json").is_file():
-        return 0
+        return 0, 0.0
     return steps_in_checkpoint(card, stage, getattr(config, stage.replace("-", "_")))
 
 
@@ -143,10 +144,12 @@ def train_denoiser(config: TrainConfig, config_path: str, leg: LegTimer | None =
     ema = EMA(parts.denoiser, t.ema_decay)
     state_path = config.run_path / "denoiser-state"
     restart = resume_point(config, card, "denoiser", state_path)
+    if restart[0] >= t.steps:  # the checkpoint holds the whole stage; only its resume state is gone
+        return Path(config.output)
     run = run_loop(accelerator, parts.denoiser, optimizer, "denoiser", t.steps, t.warmup, t.checkpoint_every, state_path,
                    batch_loss, config.seed, t.precision, leg or LegTimer(None), ema, restart)
     ema.copy_to(parts.denoiser)
-    return finish_stage(config, config_path, accelerator, "denoiser", parts, card, (*run, restart), len(pairs), adapter)
+    return finish_stage(config, config_path, accelerator, "denoiser", parts, card, (*run, restart[0]), len(pairs), adapter)
 
 
 class PromptGeneratorStage(nn.Module):
@@ -195,6 +198,8 @@ def train_prompt_generator(config: TrainConfig, config_path: str, leg: LegTimer 
         raise DglmError(f"train the denoiser first: {config.output} has no denoiser trained with this config")
     state_path = config.run_path / "prompt-generator-state"
     restart = resume_point(config, card, "prompt-generator", state_path)
+    if restart[0] >= t.steps:  # the checkpoint holds the whole stage; only its resume state is gone
+        return Path(config.output)
     decoder = SoftPromptDecoder.load(config.pipeline.decoder, str(accelerator.device))
     model_lm = decoder.model
     model_lm.requires_grad_(False)
@@ -203,7 +208,7 @@ def train_prompt_generator(config: TrainConfig, config_path: str, leg: LegTimer 
     adapter = add_adapter(model_lm, config.pipeline.decoder_adapter) if config.pipeline.decoder_adapter.rank else []
     for parameter in adapter:
         parameter.data = parameter.data.float()  # trained weights stay fp32
-    if restart and adapter:
+    if restart[0] and adapter:
         set_adapter_weights(model_lm, saved_adapter)
     latents = parts.normalizer.to_latent(continuation)
     run_dir = config.run_path
@@ -223,7 +228,7 @@ def train_prompt_generator(config: TrainConfig, config_path: str, leg: LegTimer 
         return batch_loss
 
     words_seconds = 0.0
-    if not restart:  # a fresh start (a saved state overrides this) or the rest of a run that has its states
+    if not restart[0]:  # a fresh start (a saved state overrides this) or the rest of a run that has its states
         match_token_scale(parts.prompt_generator, decoder)
         if t.bag_of_words_steps:
             words = PromptGeneratorStage(parts.prompt_generator, decoder, t.max_target_tokens, 0.0, 1.0)
@@ -241,9 +246,9 @@ def train_prompt_generator(config: TrainConfig, config_path: str, leg: LegTimer 
     optimizer = torch.optim.AdamW(groups, weight_decay=0.01)
     losses, seconds, done = run_loop(accelerator, stage, optimizer, "prompt-generator", t.steps, t.warmup,
                                      t.checkpoint_every, state_path, batches_of(t.batch_size), config.seed, t.precision,
-                                     leg, fallback_step=restart)
+                                     leg, fallback=restart)
     return finish_stage(config, config_path, accelerator, "prompt-generator", parts, card,
-                        (losses, words_seconds + seconds, done, restart), len(pairs),
+                        (losses, words_seconds + seconds, done, restart[0]), len(pairs),
                         adapter_state(model_lm) if adapter else None)
 
 
