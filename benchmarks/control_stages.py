@@ -30,7 +30,7 @@ from dglm.data.prefixes import read_prefixes
 from dglm.evaluation.judges import TextJudge
 from dglm.evaluation.metrics import label_shares
 from dglm.seeding import sample_generators
-from dglm.stages.guidance import Constraint
+from dglm.stages.guidance import BatchGuidance, Constraint
 
 
 def label_rates(judge: TextJudge, texts: list[str]) -> dict[str, float]:
@@ -52,7 +52,7 @@ def latent_stage(pipeline: Pipeline, judge: TextJudge, attribute: str, prefixes:
         with torch.no_grad():
             latents = torch.cat([
                 pipeline.propose_latents([p for p, _ in rows[i : i + 50]], sample_generators([s for _, s in rows[i : i + 50]]),
-                                         guide, scale)
+                                         BatchGuidance.same(guide, scale, len(rows[i : i + 50])))
                 for i in range(0, len(rows), 50)
             ])
         embeddings = pipeline.parts.normalizer.to_embedding(latents)

@@ -28,7 +28,7 @@ from dglm.stages.decoder import SoftPromptDecoder
 from dglm.stages.decoder_adapter import load_adapter, split_adapter
 from dglm.stages.denoiser import Denoiser
 from dglm.stages.encoder import LatentNormalizer, SentenceEncoder
-from dglm.stages.guidance import AttributeSpec, Constraint, Guide, as_constraints
+from dglm.stages.guidance import AttributeSpec, BatchGuidance, Constraint, Guide, as_constraints
 from dglm.stages.prompt_generator import PromptGenerator
 from dglm.stages.samplers import diffuse
 from dglm.stages.schedule import CosineSchedule, noise_to_level
@@ -57,6 +57,25 @@ class Sample:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass
+class Row:
+    """One sample to generate: its prefix, its seed, its resolved attributes and its settings. Rows with the
+    same diffusion schedule (`Row.schedule_key`) can share a batch whatever their attributes, guidance scale
+    and decoding settings, and each comes out as it would alone."""
+
+    prefix: str
+    seed: int
+    guide: Guide | None
+    diffusion: DiffusionSettings
+    decoding: DecodingSettings
+
+    @property
+    def schedule_key(self) -> tuple:
+        """The diffusion settings a batch must share (the rest may differ row by row)."""
+        d = self.diffusion
+        return d.sampler, d.steps, d.prefix_guidance, d.renoise_alpha2
 
 
 class TrainableParts(nn.Module):
@@ -200,14 +219,14 @@ class Pipeline:
         constraints = as_constraints(attributes)
         guide = self.make_guide(constraints, diffusion.mc_draws)
         seed = random.randrange(2**31) if seed is None else seed
-        rows = seeded_rows(prefixes, num_samples, seed)
+        rows = [Row(p, row_seed, guide, diffusion, decoding) for p, row_seed in seeded_rows(prefixes, num_samples, seed)]
         from tqdm.auto import tqdm
 
         continuations: list[str] = []
         for start in tqdm(range(0, len(rows), batch_size), desc="generating", unit="batch", disable=not progress):
-            continuations += self.generate_rows(rows[start : start + batch_size], guide, diffusion, decoding)
+            continuations += map(self.decoder.decode, self.generate_rows(rows[start : start + batch_size]))
         targets = {c.attribute: c.label for c in constraints}
-        return [Sample(p, text, targets, row_seed, constraints) for (p, row_seed), text in zip(rows, continuations)]
+        return [Sample(row.prefix, text, targets, row.seed, constraints) for row, text in zip(rows, continuations)]
 
     def settings(self, **overrides: Any) -> tuple[DiffusionSettings, DecodingSettings]:
         """The checkpoint's diffusion and decoding settings with `overrides` (None: keep) applied and validated."""
@@ -219,29 +238,29 @@ class Pipeline:
             sections[SETTINGS[name][0]][name] = value
         return self.config.diffusion.updated(**sections["diffusion"]), self.config.decoding.updated(**sections["decoding"])
 
-    def generate_rows(self, rows: list[tuple[str, int]], guide: Guide | None, diffusion: DiffusionSettings,
-                      decoding: DecodingSettings) -> list[str]:
-        """One continuation per (prefix, seed) row, in one batch; `generate` validates and batches for you."""
-        prefixes = [p for p, _ in rows]
-        generators = sample_generators([row_seed for _, row_seed in rows])
-        soft_prompts = self.propose_soft_prompts(prefixes, generators, guide, diffusion)
-        return self.decoder.generate(prefixes, soft_prompts, generators, decoding)
+    def generate_rows(self, rows: list[Row], on_step=None) -> list[list[int]]:
+        """The continuation's token ids for each row, in one batch (`generate` validates and batches for you).
 
-    def propose_soft_prompts(self, prefixes: list[str], generators: list[torch.Generator], guide: Guide | None = None,
-                             diffusion: DiffusionSettings | None = None) -> torch.Tensor:
-        """Diffuse a continuation latent for each prefix and turn it into soft prompts."""
-        diffusion = diffusion or self.config.diffusion
-        latents = self.propose_latents(prefixes, generators, guide, diffusion)
-        return self.soft_prompts(latents, generators, diffusion.renoise_alpha2)
+        The rows must share a diffusion schedule (`Row.schedule_key`); attributes, guidance scale and decoding
+        settings may differ row by row. `on_step` is passed to the decoder (streaming, see `generate_tokens`).
+        """
+        if len({row.schedule_key for row in rows}) > 1:
+            raise DglmError("rows in one batch must share sampler, steps, prefix_guidance and renoise_alpha2")
+        prefixes, diffusion = [row.prefix for row in rows], rows[0].diffusion
+        generators = sample_generators([row.seed for row in rows])
+        guidance = BatchGuidance([row.guide for row in rows], [row.diffusion.guidance_scale for row in rows])
+        latents = self.propose_latents(prefixes, generators, guidance, diffusion)
+        soft_prompts = self.soft_prompts(latents, generators, diffusion.renoise_alpha2)
+        return self.decoder.generate_tokens(prefixes, soft_prompts, generators, [row.decoding for row in rows], on_step=on_step)
 
-    def propose_latents(self, prefixes: list[str], generators: list[torch.Generator], guide: Guide | None = None,
+    def propose_latents(self, prefixes: list[str], generators: list[torch.Generator], guidance: BatchGuidance | None = None,
                         diffusion: DiffusionSettings | None = None) -> torch.Tensor:
         """The guided diffusion alone: one clean continuation latent per prefix and generator."""
         diffusion = diffusion or self.config.diffusion
         prefix_latents = self.parts.normalizer.to_latent(self.encoder.encode(prefixes).to(self.decoder.device))
         sampler = get_sampler(diffusion.sampler)(self.schedule)
-        return diffuse(self.parts.denoiser, sampler, prefix_latents, generators, diffusion.steps, guide=guide,
-                       guidance_scale=diffusion.guidance_scale, prefix_guidance=diffusion.prefix_guidance)
+        return diffuse(self.parts.denoiser, sampler, prefix_latents, generators, diffusion.steps, guidance=guidance,
+                       prefix_guidance=diffusion.prefix_guidance)
 
     def soft_prompts(self, latents: torch.Tensor, generators: list[torch.Generator], renoise_alpha2: float | None = None) -> torch.Tensor:
         """Re-noise latents to the level the prompt generator was trained on, then make soft prompts."""

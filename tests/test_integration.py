@@ -41,7 +41,7 @@ def test_guidance_raises_the_probe_score_of_the_proposal(default_pipeline):
     import torch
 
     from dglm.seeding import sample_generators
-    from dglm.stages.guidance import as_constraints
+    from dglm.stages.guidance import BatchGuidance, as_constraints
 
     pipe = default_pipeline
     prefixes = ["The weather today"] * 16
@@ -49,7 +49,9 @@ def test_guidance_raises_the_probe_score_of_the_proposal(default_pipeline):
     mean_positive = {}
     for target in ("positive", "negative"):
         guide = pipe.make_guide(as_constraints({"sentiment": target}))
-        latents = pipe.propose_latents(prefixes, sample_generators(range(16)), guide, pipe.config.diffusion.updated(steps=10))
+        diffusion = pipe.config.diffusion.updated(steps=10)
+        guidance = BatchGuidance.same(guide, diffusion.guidance_scale, len(prefixes))
+        latents = pipe.propose_latents(prefixes, sample_generators(range(16)), guidance, diffusion)
         mean_positive[target] = probe.log_prob(latents).exp().mean().item()
     assert mean_positive["positive"] > mean_positive["negative"] + 0.2, mean_positive
     assert torch.isfinite(torch.tensor(list(mean_positive.values()))).all()

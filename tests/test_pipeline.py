@@ -34,6 +34,29 @@ def test_batching_gives_the_same_samples_as_one_by_one(tiny_pipeline, toy_plugin
     assert all(s.attributes == {"toy_sentiment": "positive"} for s in batched)
 
 
+def test_rows_with_different_attributes_and_settings_share_a_batch_and_come_out_as_alone(tiny_pipeline, toy_plugin):
+    """What a server relies on: unrelated requests batched together each get the text they would get alone."""
+    from dglm.pipeline import Row
+    from dglm.stages.guidance import as_constraints
+
+    requests = [
+        ("The movie", 1, {"toy_sentiment": "positive"}, {"guidance_scale": 8.0, "temperature": 0.7}),
+        ("A long and very boring film", 2, {"toy_sentiment": ("negative", 2.0)}, {"top_k": 5, "max_new_tokens": 3}),
+        ("The match", 3, None, {"top_p": 0.5, "min_p": 0.1, "repetition_penalty": 1.0, "max_new_tokens": 9}),
+        ("The movie", 4, {"toy_sentiment": "negative"}, {"mc_draws": 4}),
+    ]
+    rows = []
+    for prefix, seed, attributes, overrides in requests:
+        diffusion, decoding = tiny_pipeline.settings(**overrides)
+        guide = tiny_pipeline.make_guide(as_constraints(attributes), diffusion.mc_draws)
+        rows.append(Row(prefix, seed, guide, diffusion, decoding))
+    batched = tiny_pipeline.generate_rows(rows)
+    alone = [tiny_pipeline.generate(prefix, attributes, seed=seed, **overrides)[0].continuation
+             for prefix, seed, attributes, overrides in requests]
+    assert [tiny_pipeline.decoder.decode(ids) for ids in batched] == alone
+    assert len(batched[1]) <= 3 and len(batched[2]) <= 9
+
+
 def test_save_and_load_round_trip_exactly(tiny_pipeline, tiny_checkpoint):
     loaded = Pipeline.from_pretrained(tiny_checkpoint, encoder=tiny_pipeline.encoder, decoder=tiny_pipeline.decoder)
     original, restored = tiny_pipeline.parts.state_dict(), loaded.parts.state_dict()

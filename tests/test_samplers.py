@@ -18,7 +18,7 @@ from dglm.plugins import get_plugins, get_samplers
 from dglm.seeding import sample_generators
 from dglm.stages.denoiser import Denoiser
 from dglm.stages.encoder import LatentNormalizer
-from dglm.stages.guidance import Guide
+from dglm.stages.guidance import BatchGuidance, Guide
 from dglm.stages.samplers import DDIMSampler, DPMSolverPlusPlus2M, diffuse
 from dglm.stages.schedule import CosineSchedule
 
@@ -45,7 +45,7 @@ def test_ddim_reproduces_the_samples_recorded_before_samplers_became_objects():
         guide = Guide(terms, normalizer, mc_draws=int(meta["mc_draws"])) if scale else None
         sampler = DDIMSampler(CosineSchedule(float(meta["schedule_shift"])))
         latents = diffuse(denoiser, sampler, tensors["prefix_latents"], sample_generators(seeds), int(meta["steps"]),
-                          guide=guide, guidance_scale=scale, prefix_guidance=prefix_guidance)
+                          guidance=BatchGuidance.same(guide, scale, len(seeds)), prefix_guidance=prefix_guidance)
         assert torch.equal(latents, tensors[f"expected.{name}"]), name
 
 

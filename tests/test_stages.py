@@ -48,9 +48,10 @@ def test_denoiser_and_prompt_generator_shapes(tiny_pipeline):
     assert parts.prompt_generator(torch.randn(3, 32)).shape == (3, 2, 32)
 
 
-def test_propose_soft_prompts_shapes(tiny_pipeline):
-    soft = tiny_pipeline.propose_soft_prompts(["One.", "Two words."], sample_generators([1, 2]),
-                                              diffusion=tiny_pipeline.config.diffusion.updated(steps=3))
+def test_proposed_latents_become_soft_prompts_of_the_right_shape(tiny_pipeline):
+    generators = sample_generators([1, 2])
+    latents = tiny_pipeline.propose_latents(["One.", "Two words."], generators, diffusion=tiny_pipeline.config.diffusion.updated(steps=3))
+    soft = tiny_pipeline.soft_prompts(latents, generators)
     assert soft.shape == (2, 2, 32) and torch.isfinite(soft).all()
 
 

@@ -23,7 +23,7 @@ import torch
 
 from dglm.config import build_dataclass
 from dglm.errors import DglmError
-from dglm.pipeline import Pipeline
+from dglm.pipeline import Pipeline, Row
 from dglm.seeding import sample_generators
 from dglm.stages.guidance import Constraint
 
@@ -72,7 +72,8 @@ class DGLM(Method):
         diffusion, decoding = self.pipeline.settings(guidance_scale=self.options.guidance_scale,
                                                      steps=self.options.steps, max_new_tokens=max_new_tokens)
         guide = self.pipeline.make_guide(constraints, diffusion.mc_draws)
-        return self.pipeline.generate_rows(rows, guide, diffusion, decoding)
+        rows = [Row(prefix, seed, guide, diffusion, decoding) for prefix, seed in rows]
+        return [self.pipeline.decoder.decode(ids) for ids in self.pipeline.generate_rows(rows)]
 
 
 class PlainSampling(Method):

@@ -64,48 +64,66 @@ class SoftPromptDecoder:
             mask = torch.cat([mask, mask.new_ones(mask.shape[0], soft_prompts.shape[1])], dim=1)
         return embeds, mask, ids
 
-    @torch.no_grad()
     def generate(
         self,
         prefixes: list[str],
         soft_prompts: torch.Tensor | None,
         generators: list[torch.Generator],
-        settings: DecodingSettings,
+        settings: DecodingSettings | list[DecodingSettings],
         adjust_logits: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     ) -> list[str]:
+        """Sample one continuation per row and return its text; see `generate_tokens`."""
+        return [self.decode(ids) for ids in self.generate_tokens(prefixes, soft_prompts, generators, settings, adjust_logits)]
+
+    @torch.no_grad()
+    def generate_tokens(
+        self,
+        prefixes: list[str],
+        soft_prompts: torch.Tensor | None,
+        generators: list[torch.Generator],
+        settings: DecodingSettings | list[DecodingSettings],
+        adjust_logits: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+        on_step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor | None] | None = None,
+    ) -> list[list[int]]:
         """Sample one continuation per row; soft_prompts is (rows, k, hidden) or None for plain sampling.
 
-        `adjust_logits(logits, generated)` may rewrite each step's logits given the tokens generated so
-        far (rows x step); token-level steering baselines plug in here.
+        Returns each row's token ids, ending with the end-of-sequence token when the row stopped on it.
+        `settings` is one DecodingSettings for all rows or one per row (a server batches requests that
+        differ in temperature, top-p, length...). `adjust_logits(logits, generated)` may rewrite each step's
+        logits given the tokens generated so far (rows x step); token-level steering baselines plug in here.
+        `on_step(generated, finished)` sees the tokens after each step, for streaming, and may return a
+        boolean mask of rows to stop (a client that went away).
         """
+        rows = len(prefixes)
+        row_settings = RowSettings(settings if isinstance(settings, list) else [settings] * rows, self.device)
         embeds, mask, ids = self._left_padded(prefixes, soft_prompts)
-        max_new_tokens, penalty = settings.max_new_tokens, settings.repetition_penalty
-        rows, vocab = len(prefixes), self.model.get_output_embeddings().weight.shape[0]
+        vocab = self.model.get_output_embeddings().weight.shape[0]
         seen = torch.zeros(rows, vocab, dtype=torch.bool, device=self.device)
         for row, row_ids in enumerate(ids):
             seen[row, row_ids] = True
         positions = (mask.cumsum(-1) - 1).clamp_min(0)
         out = self.model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
         eos, cache_name = self.tokenizer.eos_token_id, self._cache_name
-        generated = torch.full((rows, max_new_tokens), self.tokenizer.pad_token_id, dtype=torch.long)
+        longest = int(row_settings.max_new_tokens.max())
+        generated = torch.full((rows, longest), self.tokenizer.pad_token_id, dtype=torch.long)
         finished = torch.zeros(rows, dtype=torch.bool)
-        for step in range(max_new_tokens):
-            logits = out.logits[:, -1].float()
-            if settings.top_k:
-                logits = logits.masked_fill(logits < logits.topk(settings.top_k, dim=-1).values[:, -1:], float("-inf"))
-            if settings.min_p > 0.0:
-                logits = min_p_filter(logits, settings.min_p)
+        lengths = torch.zeros(rows, dtype=torch.long)
+        for step in range(longest):
+            logits = row_settings.filter(out.logits[:, -1].float())
             if adjust_logits is not None:
                 logits = adjust_logits(logits, generated[:, :step])
-            if penalty != 1.0:
-                penalised = torch.where(logits > 0, logits / penalty, logits * penalty)
-                logits = torch.where(seen, penalised, logits)
-            probs = top_p_filter(F.softmax(logits / settings.temperature, dim=-1), settings.top_p).cpu()
+            logits = row_settings.penalise(logits, seen)
+            probs = row_settings.top_p_filter(F.softmax(logits / row_settings.temperature, dim=-1)).cpu()
             tokens = torch.tensor(
                 [eos if done else torch.multinomial(p, 1, generator=g).item() for p, g, done in zip(probs, generators, finished)]
             )
             generated[:, step] = torch.where(finished, generated[:, step], tokens)
-            finished |= tokens == eos
+            lengths += ~finished
+            finished |= (tokens == eos) | (row_settings.max_new_tokens <= step + 1)
+            if on_step is not None:
+                stop = on_step(generated[:, : step + 1], finished)
+                if stop is not None:
+                    finished |= stop
             if bool(finished.all()):
                 break
             seen[torch.arange(rows), tokens.to(self.device)] = True
@@ -118,7 +136,7 @@ class SoftPromptDecoder:
                 use_cache=True,
                 **{cache_name: getattr(out, cache_name)},
             )
-        return [self.decode(row) for row in generated.tolist()]
+        return [row[:length] for row, length in zip(generated.tolist(), lengths.tolist())]
 
     def decode(self, token_ids: list[int]) -> str:
         """Text of generated token ids, cut at the first end-of-sequence token."""
@@ -172,20 +190,57 @@ class SoftPromptDecoder:
         return torch.stack([-mixture[row, ids].mean() for row, ids in enumerate(targets)]).mean()
 
 
-def min_p_filter(logits: torch.Tensor, min_p: float) -> torch.Tensor:
+class RowSettings:
+    """Decoding settings as per-row tensors, so that rows with different settings share one batch; a row is
+    filtered exactly as it would be alone."""
+
+    def __init__(self, settings: list[DecodingSettings], device: torch.device):
+        column = lambda values: torch.tensor(values, dtype=torch.float32, device=device)[:, None]
+        self.max_new_tokens = torch.tensor([s.max_new_tokens for s in settings])
+        self.temperature = column([s.temperature for s in settings])
+        self.top_p = column([s.top_p for s in settings])
+        self.penalty = column([s.repetition_penalty for s in settings])
+        self.min_p = [s.min_p for s in settings]
+        self.top_k = [s.top_k for s in settings]
+
+    def filter(self, logits: torch.Tensor) -> torch.Tensor:
+        """Top-k, then min-p, each on the rows that ask for it."""
+        for k in sorted(set(self.top_k) - {0}):
+            rows = torch.tensor([row_k == k for row_k in self.top_k], device=logits.device)[:, None]
+            cut = logits < logits.topk(k, dim=-1).values[:, -1:]
+            logits = logits.masked_fill(cut & rows, float("-inf"))
+        if any(self.min_p):
+            logits = min_p_filter(logits, self.min_p)
+        return logits
+
+    def penalise(self, logits: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
+        """Repetition penalty on the tokens each row has already seen."""
+        penalised = torch.where(logits > 0, logits / self.penalty, logits * self.penalty)
+        return torch.where(seen & (self.penalty != 1.0), penalised, logits)
+
+    def top_p_filter(self, probs: torch.Tensor) -> torch.Tensor:
+        keep_all = self.top_p >= 1.0
+        if bool(keep_all.all()):
+            return probs
+        return torch.where(keep_all, probs, top_p_filter(probs, self.top_p))
+
+
+def min_p_filter(logits: torch.Tensor, min_p: float | list[float]) -> torch.Tensor:
     """Drop the tokens less than min_p times as likely as the most likely one (min-p sampling).
 
     Unlike top-p, the cut follows the decoder's confidence: where the soft prompts make one word clearly
     likely, the long tail of unlikely words, which carries little of the requested attribute, is cut off.
     """
+    values = [min_p] if isinstance(min_p, (int, float)) else min_p
+    log_min_p = torch.tensor([math.log(m) if m > 0 else float("-inf") for m in values], device=logits.device)[:, None]
     log_probs = F.log_softmax(logits, dim=-1)
-    floor = log_probs.max(dim=-1, keepdim=True).values + math.log(min_p)
+    floor = log_probs.max(dim=-1, keepdim=True).values + log_min_p
     return logits.masked_fill(log_probs < floor, float("-inf"))
 
 
-def top_p_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:
-    """Keep the smallest set of tokens whose probability mass reaches top_p, renormalised."""
-    if top_p >= 1.0:
+def top_p_filter(probs: torch.Tensor, top_p: float | torch.Tensor) -> torch.Tensor:
+    """Keep the smallest set of tokens whose probability mass reaches top_p (a number, or one per row), renormalised."""
+    if not torch.is_tensor(top_p) and top_p >= 1.0:
         return probs
     sorted_probs, order = probs.sort(dim=-1, descending=True)
     outside = sorted_probs.cumsum(-1) - sorted_probs > top_p

@@ -121,3 +121,37 @@ class Guide:
             aggregate = torch.logsumexp(self.log_prob(draws), dim=1) - math.log(self.mc_draws)
             (grad,) = torch.autograd.grad(aggregate.sum(), x0)
         return grad
+
+
+class BatchGuidance:
+    """Guidance for one batch in which rows may ask for different attributes, weights and scales.
+
+    Rows that share a guide and a scale are scored together; each row's gradient depends on its own latent
+    and generator only, so a row is nudged exactly as it would be alone (a server batches unrelated requests).
+    """
+
+    def __init__(self, guides: list[Guide | None], scales: list[float]):
+        groups: dict[tuple[int, float], list[int]] = {}
+        self.guides: dict[int, Guide] = {}
+        for row, (guide, scale) in enumerate(zip(guides, scales)):
+            if guide is not None and scale != 0.0:
+                groups.setdefault((id(guide), scale), []).append(row)
+                self.guides[id(guide)] = guide
+        self.groups = groups
+
+    @classmethod
+    def same(cls, guide: Guide | None, scale: float, rows: int) -> "BatchGuidance":
+        """Every row guided alike."""
+        return cls([guide] * rows, [scale] * rows)
+
+    def __bool__(self) -> bool:
+        return bool(self.groups)
+
+    def delta(self, x0: torch.Tensor, blur: float, generators: list[torch.Generator]) -> torch.Tensor:
+        """What each row's clean estimate moves by: its scale times its guide's gradient (zero when unguided)."""
+        delta = torch.zeros_like(x0)
+        for (guide_id, scale), rows in self.groups.items():
+            index = torch.tensor(rows, device=x0.device)
+            gradient = self.guides[guide_id].gradient(x0[index], blur, [generators[row] for row in rows])
+            delta[index] = scale * gradient
+        return delta

@@ -20,7 +20,7 @@ import torch
 
 from dglm.seeding import per_sample_randn
 from dglm.stages.denoiser import Denoiser
-from dglm.stages.guidance import Guide
+from dglm.stages.guidance import BatchGuidance
 from dglm.stages.schedule import CosineSchedule
 
 
@@ -95,15 +95,14 @@ def diffuse(
     prefix_latents: torch.Tensor,
     generators: list[torch.Generator],
     steps: int,
-    guide: Guide | None = None,
-    guidance_scale: float = 0.0,
+    guidance: BatchGuidance | None = None,
     prefix_guidance: float = 1.0,
 ) -> torch.Tensor:
     """Clean latents (B, D), one per generator, conditioned on the prefix latents.
 
     Each step predicts v (self-conditioned on the last clean estimate; with `prefix_guidance` != 1,
-    extrapolated away from the prediction without the prefix), turns it into x0, adds the guidance
-    gradient scaled by `guidance_scale`, and lets the sampler move to the next noise level.
+    extrapolated away from the prediction without the prefix), turns it into x0, moves it along each row's
+    guidance gradient (`BatchGuidance`), and lets the sampler move to the next noise level.
     """
     batch, dim = prefix_latents.shape
     device = prefix_latents.device
@@ -120,7 +119,7 @@ def diffuse(
             v_free = denoiser(z, logsnr, prefix_latents, self_cond=x0, prefix_mask=no_prefix)
             v = v_free + prefix_guidance * (v - v_free)
         x0 = alpha * z - sigma * v
-        if guide is not None and guidance_scale != 0.0:
-            x0 = x0 + guidance_scale * guide.gradient(x0, float(sigma / alpha), generators)
+        if guidance:
+            x0 = x0 + guidance.delta(x0, float(sigma / alpha), generators)
         z = sampler.step(x0, index, z)
     return x0
