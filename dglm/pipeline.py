@@ -38,6 +38,7 @@ DEFAULT_CHECKPOINT = "default"
 # 2: "sampling" split into "diffusion" (with the sampler's name) and "decoding".
 CHECKPOINT_FORMAT = 2
 SETTINGS = declared_settings()
+MAX_SEED = 2**63 - 1  # torch generators take 64 bits, and a negative seed would repeat another's stream
 
 
 @dataclass
@@ -171,7 +172,7 @@ class Pipeline:
                 known = ", ".join(attributes) or "none (install an attribute plugin)"
                 raise DglmError(f"unknown attribute {constraint.attribute!r}; known attributes: {known}")
             probe = attributes[constraint.attribute].probe
-            if (probe.card["encoder"], probe.card["encoder_dim"]) != (self.config.encoder, self.config.latent_dim):
+            if not self.probe_fits(probe):
                 raise DglmError(
                     f"attribute {probe.name!r} was trained on encoder {probe.card['encoder']!r} "
                     f"({probe.card['encoder_dim']}-d), but this pipeline uses {self.config.encoder!r} "
@@ -179,6 +180,21 @@ class Pipeline:
                 )
             terms.append((probe.to(self.decoder.device), probe.label_index(constraint.label), constraint.weight))
         return Guide(terms, self.parts.normalizer, mc_draws=mc_draws or self.config.diffusion.mc_draws)
+
+    def probe_fits(self, probe) -> bool:
+        """Whether a probe was trained on this pipeline's encoder (probes read one encoder's space only)."""
+        return (probe.card["encoder"], probe.card["encoder_dim"]) == (self.config.encoder, self.config.latent_dim)
+
+    def attribute_scores(self, texts: list[str]) -> list[dict[str, dict[str, float]]]:
+        """Each installed attribute's label probabilities for each text, from its probe on this encoder (what an
+        application filters samples by); attributes whose probe was trained on another encoder are left out."""
+        usable = {name: a.probe for name, a in get_attributes().items() if self.probe_fits(a.probe)}
+        embeddings = self.encoder.encode(texts).to(self.decoder.device)
+        with torch.no_grad():
+            probabilities = {name: torch.softmax(probe.to(self.decoder.device)(embeddings), dim=-1).tolist()
+                             for name, probe in usable.items()}
+        return [{name: {label: round(p, 4) for label, p in zip(usable[name].labels, rows[i])} for name, rows in probabilities.items()}
+                for i in range(len(texts))]
 
     # ---- generation ---------------------------------------------------------------------
     @torch.no_grad()
@@ -215,7 +231,6 @@ class Pipeline:
         diffusion, decoding = self.settings(**{name: value for name, value in locals().items() if name in SETTINGS})
         prefixes = [prefix] if isinstance(prefix, str) else list(prefix)
         check_generation_inputs(prefixes, num_samples, batch_size, seed)
-        get_sampler(diffusion.sampler)  # an unknown sampler fails here, before any model runs
         constraints = as_constraints(attributes)
         guide = self.make_guide(constraints, diffusion.mc_draws)
         seed = random.randrange(2**31) if seed is None else seed
@@ -236,7 +251,9 @@ class Pipeline:
         sections = {section: {} for section in SETTINGS_SECTIONS}
         for name, value in overrides.items():
             sections[SETTINGS[name][0]][name] = value
-        return self.config.diffusion.updated(**sections["diffusion"]), self.config.decoding.updated(**sections["decoding"])
+        diffusion = self.config.diffusion.updated(**sections["diffusion"])
+        get_sampler(diffusion.sampler)  # an unknown sampler fails here, before any model runs
+        return diffusion, self.config.decoding.updated(**sections["decoding"])
 
     def generate_rows(self, rows: list[Row], on_step=None) -> list[list[int]]:
         """The continuation's token ids for each row, in one batch (`generate` validates and batches for you).
@@ -293,8 +310,9 @@ def check_generation_inputs(prefixes: list[str], num_samples: int, batch_size: i
     for name, value in (("num_samples", num_samples), ("batch_size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise DglmError(f"{name} must be a positive integer, got {value!r}")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise DglmError(f"seed must be an integer (or None for a random one), got {seed!r}")
+    last = len(prefixes) * num_samples - 1  # the last row's seed is seed + last
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED - last):
+        raise DglmError(f"seed must be an integer from 0 to {MAX_SEED - last} (or None for a random one), got {seed!r}")
 
 
 def write_checkpoint(folder: Path, config: PipelineConfig, parts: TrainableParts, card: dict[str, Any],

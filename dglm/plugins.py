@@ -59,6 +59,12 @@ class Attribute:
     def labels(self) -> list[str]:
         return self.probe.labels
 
+    def summary(self) -> dict:
+        """What `dglm attributes --json` and the server's /v1/attributes list."""
+        card = self.probe.card
+        return {"name": self.name, "labels": self.labels, "encoder": card["encoder"], "encoder_dim": card["encoder_dim"],
+                "held_out_accuracy": card.get("held_out_accuracy"), "plugin": self.plugin}
+
 
 @dataclass
 class PluginInfo:

@@ -49,6 +49,9 @@ class SoftPromptDecoder:
     def _token_ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
+    def count_tokens(self, text: str) -> int:
+        return len(self._token_ids(text))
+
     def _left_padded(self, prefixes: list[str], soft_prompts: torch.Tensor | None):
         """Embeddings, attention mask and token ids of [pad ; prefix ; soft prompts], left-padded."""
         ids = [self._token_ids(prefix) for prefix in prefixes]

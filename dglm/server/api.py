@@ -1,0 +1,370 @@
+"""The HTTP layer of `dglm serve`: OpenAI's completions API, extended with attributes, over one `Pipeline`.
+
+FastAPI on uvicorn: requests are checked by pydantic models (built from the generation settings'
+declarations, so a new setting is a new request field with nothing else to change), the OpenAPI description
+comes for free at /docs, and server-sent events are a plain streaming response. The model work is done by
+`BatchingEngine` on its own thread; this module validates, hands jobs over and shapes the answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import random
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from importlib.resources import files
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, create_model
+from starlette.exceptions import HTTPException
+
+from dglm.config import accepted, declared_settings
+from dglm.errors import DglmError
+from dglm.pipeline import Pipeline, Row, check_generation_inputs
+from dglm.plugins import get_attributes
+from dglm.seeding import seeded_rows
+from dglm.server.engine import BatchingEngine, Delta, EngineClosed, Failed, Finished, Job
+from dglm.stages.guidance import Constraint, parse_constraint
+
+SETTINGS = declared_settings()
+PUBLIC_PATHS = {"/health", "/"}  # the page is static and holds no data; it sends the key with every API call
+
+
+@dataclass
+class ServerLimits:
+    """What one request may ask for, and how requests are batched (the `dglm serve` flags)."""
+
+    max_batch_size: int = 32
+    max_wait_ms: float = 20.0
+    max_n: int = 16
+    max_tokens: int = 256
+    max_body_kb: int = 64
+    request_timeout_s: float = 300.0
+
+    def __post_init__(self) -> None:
+        for name, value in vars(self).items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or value == float("inf"):
+                raise DglmError(f"--{name.replace('_', '-')} must be a positive number, got {value!r}")
+
+
+class ApiError(Exception):
+    """An answer in OpenAI's error shape: {"error": {"message", "type", "param", "code"}}."""
+
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
+                 kind: str = "invalid_request_error"):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.kind = status, message, param, code, kind
+
+    def response(self) -> JSONResponse:
+        error = {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}
+        return JSONResponse({"error": error}, status_code=self.status)
+
+
+# ---- request models ------------------------------------------------------------------------
+class AttributeTarget(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    name: str = Field(description="attribute name, as listed by GET /v1/attributes")
+    label: str = Field(description="the label to steer toward")
+    weight: float = Field(1.0, description="strength; a negative weight steers away from the label")
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    include_usage: bool = False
+
+
+def _setting_fields() -> dict[str, Any]:
+    """One optional request field per declared generation setting; OpenAI's name (`alias`) is accepted too."""
+    fields = {}
+    for name, (_, spec, kind) in SETTINGS.items():
+        alias = spec.metadata["alias"]
+        choices = AliasChoices(alias, name) if alias else None
+        fields[name] = (kind | None, Field(None, validation_alias=choices, description=f"{spec.metadata['help']} "
+                                                                                          f"({accepted(spec, kind)})"))
+    return fields
+
+
+CompletionRequest = create_model(
+    "CompletionRequest",
+    __config__=ConfigDict(extra="forbid", strict=True),
+    model=(str | None, Field(None, description="the served model's name (GET /v1/models); may be left out")),
+    prompt=(str | list[str], Field(description="text to continue, or a list of texts")),
+    n=(int, Field(1, description="continuations per prompt")),
+    seed=(int | None, Field(None, description="base seed: choice i uses seed + i, and reports it")),
+    stream=(bool, Field(False, description="send text as it is decoded, as server-sent events")),
+    stream_options=(StreamOptions | None, None),
+    attributes=(list[AttributeTarget | str], Field([], description='targets: {"name", "label", "weight"} objects or '
+                                                                      '"NAME=LABEL[:WEIGHT]" strings')),
+    return_scores=(bool, Field(False, description="add each installed probe's label probabilities for each choice")),
+    user=(str | None, Field(None, description="accepted for OpenAI compatibility, not used")),
+    **_setting_fields(),
+)
+
+
+def validation_message(error: ValidationError) -> tuple[str, str | None]:
+    """One readable sentence (and the field it is about) from pydantic's first error."""
+    first = error.errors()[0]
+    where = ".".join(str(part) for part in first["loc"] if not str(part).startswith(("str", "list[", "AttributeTarget")))
+    field = where.split(".")[0] or None
+    if first["type"] == "extra_forbidden":
+        known = sorted({f.validation_alias.choices[0] if f.validation_alias else name
+                        for name, f in CompletionRequest.model_fields.items()} | {name for name in SETTINGS})
+        return f"unknown field {where!r}; accepted fields: {', '.join(known)}", field
+    if first["type"] == "missing":
+        return f"field {where!r} is required", field
+    if field == "prompt":
+        return "prompt must be a string or a list of strings (token-id prompts are not supported)", field
+    return f"field {where!r}: {first['msg']} (got {first.get('input')!r})", field
+
+
+# ---- the app -------------------------------------------------------------------------------
+class Guard:
+    """ASGI middleware: the API key (every path but the public ones) and refusing new requests while draining."""
+
+    def __init__(self, app, api_key: str | None, state: dict[str, bool]):
+        self.app, self.api_key, self.state = app, api_key, state
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and scope["path"] != "/health":
+            problem = None
+            if self.state["draining"]:
+                problem = ApiError(503, "the server is shutting down; send the request again later", kind="server_error")
+            elif self.api_key and scope["path"] not in PUBLIC_PATHS:
+                sent = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
+                if not hmac.compare_digest(sent.encode(), f"Bearer {self.api_key}".encode()):
+                    problem = ApiError(401, "missing or wrong API key: send the header 'Authorization: Bearer KEY' with "
+                                            "the key the server was started with", code="invalid_api_key",
+                                       kind="authentication_error")
+            if problem is not None:
+                await problem.response()(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def create_app(pipeline: Pipeline, model_name: str = "dglm-default", limits: ServerLimits | None = None,
+               api_key: str | None = None) -> FastAPI:
+    """The web application; `dglm serve` runs it with uvicorn, tests and applications may run it themselves.
+    `app.state.engine` is the batching engine (its `batch_sizes` show how requests were batched)."""
+    limits = limits or ServerLimits()
+    engine = BatchingEngine(pipeline, limits.max_batch_size, limits.max_wait_ms)
+    state = {"draining": False}
+    created = int(time.time())
+
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        await asyncio.to_thread(engine.close, limits.request_timeout_s)
+
+    app = FastAPI(title="dglm", description="Controllable text generation: OpenAI-compatible completions with attributes.",
+                  lifespan=lifespan)
+    app.state.engine, app.state.drain = engine, state
+    app.add_middleware(Guard, api_key=api_key, state=state)
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, error: ApiError) -> JSONResponse:
+        return error.response()
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, error: HTTPException) -> JSONResponse:
+        message = {404: f"no endpoint {request.method} {request.url.path}; the API is POST /v1/completions, "
+                        "GET /v1/models, GET /v1/attributes, GET /health (docs at /docs)",
+                   405: f"{request.method} is not accepted by {request.url.path}"}.get(error.status_code, str(error.detail))
+        return ApiError(error.status_code, message, code="not_found" if error.status_code == 404 else None).response()
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, error: Exception) -> JSONResponse:
+        return ApiError(500, f"internal error: {type(error).__name__}: {error}", kind="server_error").response()
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "model": model_name}
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def playground() -> HTMLResponse:
+        return HTMLResponse((files("dglm.server") / "playground.html").read_text(encoding="utf-8"))
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        return {"object": "list", "data": [{"id": model_name, "object": "model", "created": created, "owned_by": "dglm"}]}
+
+    @app.get("/v1/attributes")
+    async def attributes() -> dict[str, Any]:
+        rows = [a.summary() for a in get_attributes().values() if pipeline.probe_fits(a.probe)]
+        return {"object": "list", "data": rows}
+
+    @app.post("/v1/chat/completions", include_in_schema=False)
+    async def chat() -> None:
+        raise ApiError(400, "dglm continues text and has no chat endpoint: send the text to continue as `prompt` to "
+                            "POST /v1/completions", code="unsupported_endpoint")
+
+    @app.post("/v1/completions", openapi_extra={"requestBody": {"required": True, "content": {
+        "application/json": {"schema": CompletionRequest.model_json_schema()}}}})
+    async def completions(request: Request) -> Response:
+        body = await read_json(request, limits.max_body_kb * 1024)
+        try:
+            completion = CompletionRequest.model_validate(body)
+        except ValidationError as error:
+            message, field = validation_message(error)
+            raise ApiError(400, message, param=field) from None
+        rows = plan_rows(completion, pipeline, model_name, limits)
+        loop, events = asyncio.get_running_loop(), asyncio.Queue()
+
+        def emit(event) -> None:
+            try:
+                loop.call_soon_threadsafe(events.put_nowait, event)
+            except RuntimeError:  # the event loop has stopped (shutdown)
+                pass
+
+        job = Job(rows, emit, stream=completion.stream, scores=completion.return_scores)
+        try:
+            engine.submit(job)
+        except EngineClosed as error:
+            raise ApiError(503, str(error), kind="server_error") from None
+        reply = Reply(job, events, model_name, time.monotonic() + limits.request_timeout_s, limits.request_timeout_s)
+        if completion.stream:
+            include_usage = bool(completion.stream_options and completion.stream_options.include_usage)
+            return StreamingResponse(reply.stream(include_usage), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return JSONResponse(await reply.collect(request))
+
+    return app
+
+
+async def read_json(request: Request, limit: int) -> Any:
+    """The request body as JSON, refusing bodies over `limit` bytes before reading them whole."""
+    too_big = ApiError(413, f"request body is larger than the server's limit of {limit // 1024} KiB (--max-body-kb)")
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise too_big
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise too_big
+    try:
+        return json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ApiError(400, f"request body is not valid JSON ({error}); send a JSON object such as "
+                            '{"prompt": "The movie", "attributes": ["sentiment=positive"]}') from None
+
+
+def plan_rows(completion: Any, pipeline: Pipeline, model_name: str, limits: ServerLimits) -> list[Row]:
+    """Check a completion request against the model and the server's limits, and turn it into rows: choice
+    i * n + j continues prompt i with seed `seed + i * n + j`, as `dglm generate` and `Pipeline.generate` do."""
+    if completion.model not in (None, model_name):
+        raise ApiError(404, f"the model {completion.model!r} does not exist; this server serves {model_name!r} "
+                            "(GET /v1/models)", param="model", code="model_not_found")
+    prompts = [completion.prompt] if isinstance(completion.prompt, str) else completion.prompt
+    count = len(prompts) * completion.n
+    if completion.n < 1 or count > limits.max_n:
+        raise ApiError(400, f"n must be at least 1 and n times the number of prompts at most {limits.max_n} (--max-n); "
+                            f"got n={completion.n} for {len(prompts)} prompt(s)", param="n")
+    overrides = {name: getattr(completion, name) for name in SETTINGS}
+    if (overrides["max_new_tokens"] or 0) > limits.max_tokens:
+        raise ApiError(400, f"max_tokens must be at most {limits.max_tokens} (--max-tokens), got {overrides['max_new_tokens']}",
+                       param="max_tokens")
+    seed = random.randrange(2**31) if completion.seed is None else completion.seed
+    try:
+        check_generation_inputs(prompts, completion.n, 1, seed)
+    except DglmError as error:
+        raise ApiError(400, str(error).replace("prefix", "prompt"), param="prompt" if "prefix" in str(error) else "seed") from None
+    try:
+        diffusion, decoding = pipeline.settings(**overrides)
+        if decoding.max_new_tokens > limits.max_tokens:
+            decoding = decoding.updated(max_new_tokens=limits.max_tokens)
+        constraints = [parse_constraint(t) if isinstance(t, str) else Constraint(t.name, t.label, t.weight)
+                       for t in completion.attributes]
+        guide = pipeline.make_guide(constraints, diffusion.mc_draws)
+    except DglmError as error:
+        named = str(error).split()[0]
+        raise ApiError(400, str(error), param=named if named in SETTINGS else "attributes") from None
+    return [Row(prompt, row_seed, guide, diffusion, decoding) for prompt, row_seed in seeded_rows(prompts, completion.n, seed)]
+
+
+class Reply:
+    """Turns a job's events into an OpenAI completion object, or into its stream of chunks."""
+
+    def __init__(self, job: Job, events: asyncio.Queue, model: str, deadline: float, timeout_s: float):
+        self.job, self.events, self.model, self.deadline, self.timeout_s = job, events, model, deadline, timeout_s
+        self.id, self.created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
+        self.sent = [""] * len(job.rows)
+        self.finished: dict[int, Finished] = {}
+
+    def chunk(self, choices: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+        return {"id": self.id, "object": "text_completion", "created": self.created, "model": self.model,
+                "choices": choices, **extra}
+
+    def choice(self, index: int, text: str, done: Finished | None) -> dict[str, Any]:
+        choice = {"index": index, "text": text, "logprobs": None, "finish_reason": done.finish_reason if done else None}
+        if done is not None:
+            choice["seed"] = self.job.rows[index].seed
+            if done.scores is not None:
+                choice["scores"] = done.scores
+        return choice
+
+    def usage(self) -> dict[str, int]:
+        completion = sum(done.completion_tokens for done in self.finished.values())
+        return {"prompt_tokens": self.job.prompt_tokens, "completion_tokens": completion,
+                "total_tokens": self.job.prompt_tokens + completion}
+
+    async def next_event(self, wait: float | None = None) -> Delta | Finished | None:
+        """The next event, None after `wait` seconds without one; a failure or the deadline raises ApiError."""
+        remaining = self.deadline - time.monotonic()
+        try:
+            event = await asyncio.wait_for(self.events.get(), min(remaining, wait or remaining))
+        except asyncio.TimeoutError:
+            if time.monotonic() < self.deadline:
+                return None
+            self.job.cancelled = True
+            raise ApiError(504, f"the request took longer than the server's limit of {self.timeout_s:g} s "
+                                "(--request-timeout-s); ask for fewer or shorter samples", kind="timeout") from None
+        if isinstance(event, Failed):
+            raise ApiError(event.status, event.message, kind="server_error")
+        return event
+
+    async def collect(self, request: Request) -> dict[str, Any]:
+        try:
+            while len(self.finished) < len(self.job.rows):
+                event = await self.next_event(wait=1.0)
+                if event is None and await request.is_disconnected():
+                    self.job.cancelled = True
+                    return {}
+                if isinstance(event, Finished):
+                    self.finished[event.index] = event
+        except asyncio.CancelledError:
+            self.job.cancelled = True
+            raise
+        choices = [self.choice(i, self.finished[i].text, self.finished[i]) for i in range(len(self.job.rows))]
+        return self.chunk(choices, usage=self.usage())
+
+    async def stream(self, include_usage: bool) -> AsyncIterator[str]:
+        try:
+            while len(self.finished) < len(self.job.rows):
+                try:
+                    event = await self.next_event()
+                except ApiError as error:
+                    yield sse(json.loads(error.response().body))
+                    return
+                if isinstance(event, Delta):
+                    self.sent[event.index] += event.text
+                    yield sse(self.chunk([self.choice(event.index, event.text, None)]))
+                elif isinstance(event, Finished):
+                    self.finished[event.index] = event
+                    rest = event.text[len(self.sent[event.index]):]
+                    yield sse(self.chunk([self.choice(event.index, rest, event)]))
+            if include_usage:
+                yield sse(self.chunk([], usage=self.usage()))
+            yield "data: [DONE]\n\n"
+        finally:
+            if len(self.finished) < len(self.job.rows):
+                self.job.cancelled = True  # the client went away: its rows leave the batch
+
+
+def sse(payload: dict[str, Any]) -> str:
+    return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
+

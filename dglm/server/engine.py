@@ -1,0 +1,168 @@
+"""The batching engine behind `dglm serve`: one worker thread that gathers concurrent requests into batches.
+
+Requests arrive from the web server's event loop as `Job`s (one row per sample); the worker takes the rows
+that have waited longest, waits at most `max_wait_ms` for company, and runs up to `max_batch_size` rows that
+share a diffusion schedule through `Pipeline.generate_rows` in one batch. Each row's text depends on its
+seed only (see `dglm.seeding`), so a request gets the same text whether it was served alone or batched.
+All model and tokenizer work happens on the worker thread; the event loop only passes messages.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from dglm.pipeline import Pipeline, Row
+
+log = logging.getLogger("dglm.server")
+
+
+@dataclass
+class Delta:
+    """New text for one choice, while it is decoded (streaming requests only)."""
+
+    index: int
+    text: str
+
+
+@dataclass
+class Finished:
+    """One choice is complete."""
+
+    index: int
+    text: str
+    completion_tokens: int
+    finish_reason: str  # "stop" (end of text) or "length"
+    scores: dict[str, dict[str, float]] | None = None
+
+
+@dataclass
+class Failed:
+    """The request cannot be completed; `status` is the HTTP status to answer with."""
+
+    message: str
+    status: int = 500
+
+
+Event = Delta | Finished | Failed
+
+
+@dataclass
+class Job:
+    """One completion request: its rows, whether it streams and wants scores, and where its events go.
+
+    `emit` is called from the worker thread; the web layer makes it hand the event to its event loop."""
+
+    rows: list[Row]
+    emit: Callable[[Event], None]
+    stream: bool = False
+    scores: bool = False
+    cancelled: bool = False  # set by the web layer when the client goes away or time runs out
+    prompt_tokens: int = 0  # filled in by the worker (the tokenizer lives on its thread)
+    arrived: float = field(default_factory=time.monotonic)
+
+
+class EngineClosed(Exception):
+    """The server is shutting down and takes no new work."""
+
+
+class BatchingEngine:
+    def __init__(self, pipeline: Pipeline, max_batch_size: int = 32, max_wait_ms: float = 20.0):
+        self.pipeline = pipeline
+        self.max_batch_size = max_batch_size
+        self.max_wait = max_wait_ms / 1000
+        self.waiting: list[tuple[Job, int]] = []  # (job, row index), oldest first
+        self.condition = threading.Condition()
+        self.closed = False
+        self.batch_sizes: list[int] = []  # one entry per batch run, for monitoring and tests
+        self.decode_steps = 0  # decoder steps run, all batches together
+        self.thread = threading.Thread(target=self._work, name="dglm-batching", daemon=True)
+        self.thread.start()
+
+    def submit(self, job: Job) -> None:
+        with self.condition:
+            if self.closed:
+                raise EngineClosed("the server is shutting down; retry against another instance")
+            self.waiting += [(job, index) for index in range(len(job.rows))]
+            self.condition.notify()
+
+    def close(self, timeout: float | None = None) -> None:
+        """Take no new jobs, fail those still waiting, and let the batch in progress finish."""
+        with self.condition:
+            self.closed = True
+            left, self.waiting = self.waiting, []
+            self.condition.notify()
+        for job in {id(job): job for job, _ in left}.values():
+            job.emit(Failed("the server shut down before this request was served; send it again", 503))
+        self.thread.join(timeout)
+
+    # ---- the worker thread ----------------------------------------------------------------
+    def _work(self) -> None:
+        while (batch := self._next_batch()) is not None:
+            if not batch:
+                continue
+            try:
+                self._run(batch)
+            except Exception as error:  # a bug must fail its requests, never the worker
+                log.exception("a batch failed")
+                for job in {id(job): job for job, _ in batch}.values():
+                    job.emit(Failed(f"generation failed: {type(error).__name__}: {error}"))
+
+    def _next_batch(self) -> list[tuple[Job, int]] | None:
+        """The next rows to run: those sharing the oldest row's schedule, once the batch is full or the oldest
+        row has waited `max_wait`; None when the engine is closed."""
+        with self.condition:
+            while not self.waiting and not self.closed:
+                self.condition.wait()
+            if self.closed:
+                return None
+            self.waiting = [(job, index) for job, index in self.waiting if not job.cancelled]
+            if not self.waiting:
+                return []
+            key = self.waiting[0][0].rows[self.waiting[0][1]].schedule_key
+            deadline = self.waiting[0][0].arrived + self.max_wait
+            while not self.closed and time.monotonic() < deadline and self._count(key) < self.max_batch_size:
+                self.condition.wait(deadline - time.monotonic())
+            batch, rest = [], []
+            for job, index in self.waiting:
+                fits = len(batch) < self.max_batch_size and job.rows[index].schedule_key == key and not job.cancelled
+                (batch if fits else rest).append((job, index))
+            self.waiting = rest
+            return batch
+
+    def _count(self, key: tuple) -> int:
+        return sum(job.rows[index].schedule_key == key for job, index in self.waiting)
+
+    def _run(self, batch: list[tuple[Job, int]]) -> None:
+        decoder = self.pipeline.decoder
+        for job in {id(job): job for job, index in batch if index == 0}.values():
+            job.prompt_tokens = sum(decoder.count_tokens(prefix) for prefix in dict.fromkeys(r.prefix for r in job.rows))
+        sent = [""] * len(batch)  # the text streamed so far, per row
+
+        def on_step(generated: torch.Tensor, finished: torch.Tensor) -> torch.Tensor:
+            self.decode_steps += 1
+            for row, (job, index) in enumerate(batch):
+                if job.stream and not job.cancelled:
+                    text = decoder.decode(generated[row].tolist()).rstrip("\ufffd")  # wait for a character's last byte
+                    if len(text) > len(sent[row]) and text.startswith(sent[row]):
+                        job.emit(Delta(index, text[len(sent[row]):]))
+                        sent[row] = text
+            return torch.tensor([job.cancelled for job, _ in batch])
+
+        self.batch_sizes.append(len(batch))
+        token_ids = self.pipeline.generate_rows([job.rows[index] for job, index in batch], on_step=on_step)
+        texts = [decoder.decode(ids) for ids in token_ids]
+        wanted = [row for row, (job, _) in enumerate(batch) if job.scores and not job.cancelled]
+        scores = dict(zip(wanted, self.pipeline.attribute_scores([texts[row] for row in wanted]))) if wanted else {}
+        eos = decoder.tokenizer.eos_token_id
+        for row, (job, index) in enumerate(batch):
+            if job.cancelled:
+                continue
+            ids = token_ids[row]
+            stopped = bool(ids) and ids[-1] == eos
+            job.emit(Finished(index, texts[row], len(ids) - stopped, "stop" if stopped else "length", scores.get(row)))

@@ -1,0 +1,246 @@
+"""`dglm serve` on a free localhost port, talked to with real clients: the official `openai` client, raw HTTP for
+bad requests, concurrent requests for batching, a client that goes away mid-stream, and SIGTERM."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+
+import pytest
+
+openai = pytest.importorskip("openai")
+uvicorn = pytest.importorskip("uvicorn")
+
+from dglm.server import ServerLimits, create_app  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def running(app):
+    """Run `app` with uvicorn on a free port in this process (so in-process plugins are seen)."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(20)
+
+
+@pytest.fixture
+def served(tiny_pipeline, toy_plugin):
+    app = create_app(tiny_pipeline, "tiny", ServerLimits(max_n=8, max_tokens=64, max_body_kb=4, max_wait_ms=200))
+    with running(app) as url:
+        yield url, app
+
+
+def request(url: str, method: str, path: str, body=None, headers=None, raw: bytes | None = None):
+    """(status, parsed JSON) of one HTTP request."""
+    host, port = url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=60)
+    payload = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    connection.request(method, path, body=payload, headers={"Content-Type": "application/json", **(headers or {})})
+    response = connection.getresponse()
+    return response.status, json.loads(response.read() or b"null")
+
+
+def alone(pipeline, prompt, seed, attributes=None, **settings) -> str:
+    return pipeline.generate(prompt, attributes, seed=seed, **settings)[0].continuation
+
+
+def test_the_openai_client_gets_guided_completions_equal_to_the_python_api(served, tiny_pipeline):
+    url, _ = served
+    client = openai.OpenAI(base_url=url + "/v1", api_key="unused")
+    assert [m.id for m in client.models.list().data] == ["tiny"]
+    completion = client.completions.create(
+        model="tiny", prompt="The movie", n=3, max_tokens=6, seed=40,
+        extra_body={"attributes": [{"name": "toy_sentiment", "label": "positive", "weight": 2}], "return_scores": True,
+                    "guidance_scale": 6.0},
+    )
+    texts = [c.text for c in completion.choices]
+    expected = [s.continuation for s in tiny_pipeline.generate("The movie", {"toy_sentiment": ("positive", 2.0)}, 3,
+                                                              max_new_tokens=6, seed=40, guidance_scale=6.0)]
+    assert texts == expected
+    assert [c.model_extra["seed"] for c in completion.choices] == [40, 41, 42]
+    scores = completion.choices[0].model_extra["scores"]["toy_sentiment"]
+    assert set(scores) == {"negative", "positive"} and abs(sum(scores.values()) - 1) < 1e-3
+    count = tiny_pipeline.decoder.count_tokens
+    assert completion.usage.completion_tokens == sum(6 if c.finish_reason == "length" else count(c.text) for c in completion.choices)
+    assert completion.usage.prompt_tokens == count("The movie")
+
+
+def test_streaming_sends_text_as_it_is_decoded_and_ends_with_done(served, tiny_pipeline):
+    url, _ = served
+    client = openai.OpenAI(base_url=url + "/v1", api_key="unused")
+    chunks = list(client.completions.create(model="tiny", prompt=["The movie", "A film"], n=2, max_tokens=8, seed=5,
+                                            stream=True, stream_options={"include_usage": True},
+                                            extra_body={"attributes": ["toy_sentiment=negative"]}))
+    texts = ["", "", "", ""]
+    for chunk in chunks:
+        for choice in chunk.choices:
+            texts[choice.index] += choice.text
+    expected = [s.continuation for s in tiny_pipeline.generate(["The movie", "A film"], ["toy_sentiment=negative"], 2,
+                                                              max_new_tokens=8, seed=5)]
+    assert texts == expected
+    assert len(chunks) > 8, "text must arrive in pieces, not at the end"
+    assert chunks[-1].usage is not None and chunks[-1].choices == []
+    finals = [c for chunk in chunks for c in chunk.choices if c.finish_reason]
+    assert sorted(c.model_extra["seed"] for c in finals) == [5, 6, 7, 8]
+
+
+def test_concurrent_requests_share_batches_and_each_gets_its_text_alone(served, tiny_pipeline):
+    url, app = served
+    jobs = [("The movie", 1, ["toy_sentiment=positive"], {"temperature": 0.7}),
+            ("The movie", 2, ["toy_sentiment=negative:2"], {"top_k": 5, "max_tokens": 3}),
+            ("A long and boring film", 3, [], {"min_p": 0.1}),
+            ("The match", 4, ["toy_sentiment=positive", "toy_sentiment=negative:-1"], {"guidance_scale": 8.0}),
+            ("The film", 5, ["toy_sentiment=positive"], {"repetition_penalty": 1.0, "top_p": 0.5})] * 2
+
+    def send(job):
+        prompt, seed, attributes, settings = job
+        status, body = request(url, "POST", "/v1/completions", {"prompt": prompt, "seed": seed, "attributes": attributes,
+                                                                 "max_tokens": 7, **settings})
+        assert status == 200, body
+        return body["choices"][0]["text"]
+
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        texts = list(pool.map(send, jobs))
+    assert max(app.state.engine.batch_sizes) > 1, "concurrent requests were not batched"
+    settings_of = lambda s: {("max_new_tokens" if k == "max_tokens" else k): v for k, v in {"max_tokens": 7, **s}.items()}
+    assert texts == [alone(tiny_pipeline, p, seed, a, **settings_of(s)) for p, seed, a, s in jobs]
+
+
+@pytest.mark.parametrize("body, status, message", [
+    ({"prompt": "x", "attributes": ["mood=happy"]}, 400, "unknown attribute 'mood'; known attributes: "),
+    ({"prompt": "x", "attributes": ["toy_sentiment=happy"]}, 400, "known labels: negative, positive"),
+    ({"prompt": "x", "attributes": [{"name": "toy_sentiment", "label": "positive", "weight": "heavy"}]}, 400,
+     "attributes.0.weight"),
+    ({"prompt": "x", "attributes": ["toy_sentiment=positive:inf"]}, 400, "must be a finite number, got inf"),
+    ({"prompt": "   "}, 400, "prompt 1 is empty"),
+    ({"prompt": []}, 400, "no prompt given"),
+    ({"prompt": [1, 2]}, 400, "prompt must be a string or a list of strings"),
+    ({"prompt": "x", "n": 9}, 400, "at most 8 (--max-n)"),
+    ({"prompt": "x", "n": 0}, 400, "n must be at least 1"),
+    ({"prompt": "x", "max_tokens": 65}, 400, "max_tokens must be at most 64 (--max-tokens)"),
+    ({"prompt": "x", "max_tokens": "ten"}, 400, "field 'max_tokens': Input should be a valid integer"),
+    ({"prompt": "x", "top_p": 1.5}, 400, "top_p must be a number in (0, 1], got 1.5"),
+    ({"prompt": "x", "temperature": 0}, 400, "temperature must be a number > 0"),
+    ({"prompt": "x", "seed": -3}, 400, "seed must be an integer from 0"),
+    ({"prompt": "x", "sampler": "euler"}, 400, "unknown sampler 'euler'"),
+    ({"prompt": "x", "stop": "."}, 400, "unknown field 'stop'; accepted fields: attributes"),
+    ({"max_tokens": 3}, 400, "field 'prompt' is required"),
+    ({"prompt": "x", "model": "gpt-4"}, 404, "the model 'gpt-4' does not exist; this server serves 'tiny'"),
+])
+def test_a_bad_request_gets_a_4xx_in_openai_shape_saying_what_is_accepted(served, body, status, message):
+    got, answer = request(served[0], "POST", "/v1/completions", body)
+    assert got == status, answer
+    assert message in answer["error"]["message"] and answer["error"]["type"] == "invalid_request_error"
+
+
+def test_malformed_json_a_big_body_chat_and_unknown_paths_are_refused_clearly(served):
+    url = served[0]
+    status, answer = request(url, "POST", "/v1/completions", raw=b'{"prompt": "x",')
+    assert status == 400 and "not valid JSON" in answer["error"]["message"]
+    status, answer = request(url, "POST", "/v1/completions", raw=json.dumps({"prompt": "x" * 5000}).encode())
+    assert status == 413 and "larger than the server's limit of 4 KiB" in answer["error"]["message"]
+    status, answer = request(url, "POST", "/v1/chat/completions", {"messages": []})
+    assert status == 400 and "POST /v1/completions" in answer["error"]["message"]
+    status, answer = request(url, "GET", "/v2/things")
+    assert status == 404 and "no endpoint GET /v2/things" in answer["error"]["message"]
+
+
+def test_attributes_health_and_the_playground_page_are_served(served):
+    url = served[0]
+    status, answer = request(url, "GET", "/v1/attributes")
+    assert status == 200 and answer["data"][0]["name"] == "toy_sentiment" and answer["data"][0]["plugin"] == "toy"
+    assert request(url, "GET", "/health") == (200, {"status": "ok", "model": "tiny"})
+    host, port = url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=10)
+    connection.request("GET", "/")
+    page = connection.getresponse().read().decode()
+    assert "<title>dglm playground</title>" in page and "/v1/attributes" in page
+
+
+def test_with_an_api_key_every_endpoint_but_health_needs_it(tiny_pipeline):
+    with running(create_app(tiny_pipeline, "tiny", api_key="s3cret")) as url:
+        for headers in ({}, {"Authorization": "Bearer wrong"}):
+            status, answer = request(url, "POST", "/v1/completions", {"prompt": "x"}, headers)
+            assert status == 401 and answer["error"]["code"] == "invalid_api_key"
+            assert request(url, "GET", "/v1/models", headers=headers)[0] == 401
+        assert request(url, "GET", "/health")[0] == 200
+        status, answer = request(url, "POST", "/v1/completions", {"prompt": "x", "max_tokens": 2},
+                                 {"Authorization": "Bearer s3cret"})
+        assert status == 200 and len(answer["choices"]) == 1
+
+
+def test_a_client_that_leaves_mid_stream_frees_its_rows_and_others_are_undisturbed(served, tiny_pipeline, monkeypatch):
+    url, app = served
+    model, forward = tiny_pipeline.decoder.model, tiny_pipeline.decoder.model.forward
+
+    def slow_forward(*args, **kwargs):  # 64 steps take over a second, so leaving early shows
+        time.sleep(0.02)
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(model, "forward", slow_forward)
+    host, port = url.removeprefix("http://").split(":")
+    leaving = socket.create_connection((host, int(port)))
+    body = json.dumps({"prompt": "The movie", "max_tokens": 64, "seed": 1, "stream": True, "repetition_penalty": 1.0,
+                       "temperature": 0.3}).encode()
+    leaving.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: %d\r\n\r\n" % len(body) + body)
+    staying = ThreadPoolExecutor(1).submit(request, url, "POST", "/v1/completions",
+                                           {"prompt": "A film", "max_tokens": 5, "seed": 2})
+    received = b""
+    while b"data:" not in received:  # streaming has started
+        received += leaving.recv(4096)
+    leaving.close()
+    status, answer = staying.result(60)
+    assert status == 200 and answer["choices"][0]["text"] == alone(tiny_pipeline, "A film", 2, max_new_tokens=5)
+    time.sleep(1.5)
+    assert app.state.engine.decode_steps < 40, "the departed client's 64 tokens were decoded all the same"
+
+
+def test_sigterm_finishes_the_request_in_flight_then_exits(tiny_checkpoint):
+    port = free_port()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    server = subprocess.Popen([sys.executable, "-m", "dglm", "serve", "--model", str(tiny_checkpoint), "--port", str(port)],
+                              stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        for line in server.stderr:
+            if "Uvicorn running on" in line:
+                break
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        connection.request("POST", "/v1/completions", json.dumps({"prompt": "The movie", "max_tokens": 64, "seed": 0,
+                                                                  "stream": True, "repetition_penalty": 1.0}),
+                           {"Content-Type": "application/json"})
+        response = connection.getresponse()
+        first = response.readline()
+        server.send_signal(signal.SIGTERM)
+        rest = response.read().decode()
+        assert first.startswith(b"data: ") and rest.rstrip().endswith("data: [DONE]")
+        assert server.wait(30) in (0, -signal.SIGTERM)  # uvicorn ends by re-raising the signal it caught
+        assert "Traceback" not in server.stderr.read()
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", port), timeout=2)
+    finally:
+        server.kill()
