@@ -10,17 +10,15 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 
 import pytest
 
 openai = pytest.importorskip("openai")
 uvicorn = pytest.importorskip("uvicorn")
 
-from dglm.server import ServerLimits, create_app  # noqa: E402
+from dglm.server import ServerLimits, create_app, serve_in_thread  # noqa: E402
 
 
 def free_port() -> int:
@@ -29,28 +27,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@contextmanager
-def running(app):
-    """Run `app` with uvicorn on a free port in this process (so in-process plugins are seen)."""
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(20)
-
-
 @pytest.fixture
 def served(tiny_pipeline, toy_plugin):
     app = create_app(tiny_pipeline, "tiny", ServerLimits(max_n=8, max_tokens=64, max_body_kb=4, max_wait_ms=200))
-    with running(app) as url:
+    with serve_in_thread(app) as url:
         yield url, app
 
 
@@ -182,7 +162,7 @@ def test_attributes_health_and_the_playground_page_are_served(served):
 
 
 def test_with_an_api_key_every_endpoint_but_health_needs_it(tiny_pipeline):
-    with running(create_app(tiny_pipeline, "tiny", api_key="s3cret")) as url:
+    with serve_in_thread(create_app(tiny_pipeline, "tiny", api_key="s3cret")) as url:
         for headers in ({}, {"Authorization": "Bearer wrong"}):
             status, answer = request(url, "POST", "/v1/completions", {"prompt": "x"}, headers)
             assert status == 401 and answer["error"]["code"] == "invalid_api_key"

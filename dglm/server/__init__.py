@@ -1,13 +1,19 @@
 """`dglm serve`: an OpenAI-compatible completions server with attributes per request, and a playground page.
 
-`create_app` builds the web application over a `Pipeline`; `serve` runs it with uvicorn."""
+`create_app` builds the web application over a `Pipeline`; `serve` runs it with uvicorn until a signal,
+`serve_in_thread` runs it beside the caller's code (a notebook, a test) for as long as a `with` block lasts."""
 
 from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from dglm.pipeline import Pipeline
 from dglm.server.api import ServerLimits, create_app
 
-__all__ = ["ServerLimits", "create_app", "serve"]
+__all__ = ["ServerLimits", "create_app", "serve", "serve_in_thread"]
 
 
 def serve(pipeline: Pipeline, model_name: str, host: str = "127.0.0.1", port: int = 8000,
@@ -27,3 +33,29 @@ def serve(pipeline: Pipeline, model_name: str, host: str = "127.0.0.1", port: in
     config = uvicorn.Config(app, host=host, port=port, timeout_graceful_shutdown=int(limits.request_timeout_s) + 1,
                             log_level="info", access_log=True)
     DrainingServer(config).run()
+
+
+@contextmanager
+def serve_in_thread(app, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
+    """Run `app` on a background thread (port 0: a free one) and yield its base URL; it stops when the block ends."""
+    import socket
+
+    import uvicorn
+
+    if port == 0:
+        with socket.socket() as probe:
+            probe.bind((host, 0))
+            port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, name="dglm-server", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError(f"the server did not start on {host}:{port}")
+        time.sleep(0.05)
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(30)

@@ -1,0 +1,99 @@
+"""The playground page in a real headless Chromium: attributes loaded from the API, two constraints set from the
+keyboard, text streamed in, and markup in a continuation shown as text."""
+
+from __future__ import annotations
+
+import shutil
+import time
+
+import pytest
+
+from dglm.server import ServerLimits, create_app, serve_in_thread
+
+webdriver = pytest.importorskip("selenium.webdriver")
+CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+pytestmark = pytest.mark.skipif(
+    not (CHROMIUM and CHROMEDRIVER),
+    reason="needs Chromium and ChromeDriver: `apt-get install chromium chromium-driver` on Debian (.ci/run does)",
+)
+MARKUP = "<script>window.pwned = 1</script><b>bold</b>"
+
+
+def open_browser(width: int, height: int):
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 f"--window-size={width},{height}"):
+        options.add_argument(flag)
+    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+
+
+def wait_for(condition, timeout: float = 60.0):
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        assert time.monotonic() < deadline, "timed out waiting for the page"
+        time.sleep(0.1)
+    return value
+
+
+@pytest.fixture
+def page_with_markup(tiny_pipeline, toy_plugin, monkeypatch):
+    """The server on tiny models, its decoder made to write markup before every continuation."""
+    decode = tiny_pipeline.decoder.decode
+    monkeypatch.setattr(tiny_pipeline.decoder, "decode", lambda ids: MARKUP + decode(ids))
+    with serve_in_thread(create_app(tiny_pipeline, "tiny", ServerLimits())) as url:
+        yield url
+
+
+def test_a_keyboard_user_generates_with_two_attributes_and_sees_streamed_text_as_text(page_with_markup, tiny_pipeline,
+                                                                                       tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    browser = open_browser(390, 844)  # a phone-sized screen
+    try:
+        browser.get(page_with_markup + "/")
+        wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "#attributes .attribute"))
+        assert "model tiny" in browser.find_element(By.ID, "model").text
+        first = browser.find_element(By.CSS_SELECTOR, "#attributes .attribute")
+        assert [o.text for o in first.find_elements(By.CSS_SELECTOR, ".name option")] == ["toy_sentiment"]
+        assert first.find_element(By.CSS_SELECTOR, ".label").get_attribute("value") == "positive"
+
+        # Add the same attribute again, away from "negative": label picked and weight slid with the keyboard only.
+        browser.find_element(By.ID, "add").send_keys(Keys.ENTER)
+        second = browser.find_elements(By.CSS_SELECTOR, "#attributes .attribute")[1]
+        second.find_element(By.CSS_SELECTOR, ".label").send_keys("n")
+        slider = second.find_element(By.CSS_SELECTOR, ".w")
+        for _ in range(4):
+            slider.send_keys(Keys.ARROW_LEFT)  # 1 -> -1 in steps of 0.5
+        assert second.find_element(By.TAG_NAME, "output").text == "-1"
+        for field, value in (("seed", "3"), ("n", "2"), ("tokens", "8")):
+            box = browser.find_element(By.ID, field)
+            box.clear()
+            box.send_keys(value)
+        browser.execute_script("""
+            window.changes = 0;
+            new MutationObserver((m) => { window.changes += m.length; })
+                .observe(document.getElementById('samples'), {subtree: true, childList: true, characterData: true});""")
+        prefix = browser.find_element(By.ID, "prefix")
+        prefix.clear()
+        prefix.send_keys("The movie", Keys.CONTROL, Keys.ENTER)
+        wait_for(lambda: browser.find_element(By.ID, "status").text == "Done.")
+        browser.save_screenshot(str(tmp_path / "phone.png"))
+
+        shown = [span.get_attribute("textContent") for span in browser.find_elements(By.CSS_SELECTOR, "#samples .continuation")]
+        expected = tiny_pipeline.generate("The movie", ["toy_sentiment=positive", "toy_sentiment=negative:-1"], 2,
+                                          max_new_tokens=8, seed=3, guidance_scale=4.0)
+        assert shown == [sample.continuation for sample in expected] and all(text.startswith(MARKUP) for text in shown)
+        assert [meta.text.split(" ")[:2] for meta in browser.find_elements(By.CSS_SELECTOR, "#samples .meta")] == \
+            [["seed", "3"], ["seed", "4"]]
+        assert browser.find_elements(By.CSS_SELECTOR, "#samples b") == []
+        assert browser.execute_script("return window.pwned === undefined")
+        assert browser.execute_script("return window.changes") > 4, "the text did not arrive in pieces"
+        assert browser.execute_script("return document.documentElement.scrollWidth <= window.innerWidth"), \
+            "the page is wider than a phone screen"
+    finally:
+        browser.quit()
