@@ -14,7 +14,9 @@ examples:
   dglm generate "The movie" --attr sentiment=positive -n 3
   dglm generate "The match" --attr sentiment=positive --attr topic=sport:2 --seed 7
   dglm generate "Today" --attr topic=politics:-1       # a negative weight steers away
-  dglm generate --prefix-file prompts.txt -n 5 --format jsonl > samples.jsonl
+  dglm generate --prefix-file prompts.txt -n 5 --seed 0 --output samples.jsonl   # written as it goes
+  dglm generate --prefix-file prompts.txt -n 5 --seed 0 --output samples.jsonl --resume   # after a kill
+  torchrun --nproc_per_node 2 -m dglm generate --prefix-file prompts.txt --seed 0 --output samples.jsonl
 
 Attributes come from plugins: `dglm attributes` lists them with their labels.
 """
@@ -49,7 +51,13 @@ def build_parser() -> argparse.ArgumentParser:
                      "(default random; each sample's seed is printed)")
     settings = gen.add_argument_group("generation settings", "each defaults to the checkpoint's (see its model card)")
     add_setting_arguments(settings)
-    gen.add_argument("--format", choices=["text", "jsonl"], default="text", help="text for reading, jsonl for programs (one sample a line)")
+    gen.add_argument("--format", choices=["text", "jsonl"], help="text for reading, jsonl for programs (one sample a line); "
+                     "default text on the terminal, jsonl with --output")
+    gen.add_argument("--output", type=Path, metavar="OUT", help="write samples to OUT as each batch finishes (with the run's "
+                     "settings in OUT.settings.json), a progress bar on stderr")
+    gen.add_argument("--resume", action="store_true", help="continue the run that wrote OUT: skip the samples it holds "
+                     "(checked one by one) and refuse other settings")
+    gen.add_argument("--batch-size", type=int, default=32, help="samples generated together (default 32)")
     gen.add_argument("--model", help="checkpoint folder (default: the bundled model)")
     gen.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     gen.set_defaults(handler=cmd_generate)
@@ -167,27 +175,78 @@ def _device(name: str) -> str:
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
+    import itertools
+    from dataclasses import asdict
+
+    from tqdm.auto import tqdm
+
     from dglm.config import declared_settings
-    from dglm.data.prefixes import read_prefixes
-    from dglm.pipeline import Pipeline
+    from dglm.data.prefixes import count_prefixes, iter_prefixes
+    from dglm.pipeline import Pipeline, chunks, process_group, shared_seed
+    from dglm.sample_file import SampleFile, format_sample
     from dglm.stages.guidance import parse_constraint
 
-    prefixes = [args.prefix] if args.prefix is not None else []
-    if args.prefix_file is not None:
-        prefixes += read_prefixes(args.prefix_file)
-    if not prefixes:
+    if args.prefix is None and args.prefix_file is None:
         raise DglmError("give a PREFIX or --prefix-file with at least one non-empty line")
+    if args.resume and args.output is None:
+        raise DglmError("--resume continues the file given with --output; add --output OUT")
     constraints = [parse_constraint(spec) for spec in args.attr]
-    pipeline = Pipeline.from_pretrained(args.model, device=_device(args.device))
-    samples = pipeline.generate(prefixes, attributes=constraints, num_samples=args.num_samples, seed=args.seed,
-                                progress=args.format == "text", **{name: getattr(args, name) for name in declared_settings()})
-    for index, sample in enumerate(samples):
-        if args.format == "jsonl":
-            print(json.dumps(sample.to_dict(), ensure_ascii=False))
+    total = (args.prefix is not None) + (count_prefixes(args.prefix_file) if args.prefix_file is not None else 0)
+    device = launch_processes(args.device)
+    world, rank = process_group()
+    overrides = {name: getattr(args, name) for name in declared_settings()}
+    pipeline = Pipeline.from_pretrained(args.model, device=device)
+    diffusion, decoding = pipeline.settings(**overrides)
+    prefixes = lambda: itertools.chain([args.prefix] if args.prefix is not None else [],
+                                       iter_prefixes(args.prefix_file) if args.prefix_file is not None else [])
+    form = args.format or ("jsonl" if args.output else "text")
+    seed, out = args.seed, None
+    if args.output is not None and rank == 0:
+        if seed is None:  # a resumed run keeps the seed its first leg drew
+            seed = SampleFile.recorded(args.output).get("seed") if args.resume else shared_seed(None, 1)
+        run = {"model": str(Path(args.model).resolve()) if args.model else "bundled default",
+               "prefix": args.prefix, "prefix_file": str(args.prefix_file.resolve()) if args.prefix_file else None,
+               "attributes": [asdict(c) for c in constraints], "num_samples": args.num_samples, "seed": seed,
+               **asdict(diffusion), **asdict(decoding)}
+        out = SampleFile(args.output, run, form, args.resume)
+    skip, seed = share_from_main([out.held if out else 0, seed], world)
+    if world > 1 and rank == 0:
+        print(f"dglm: sharded over {world} processes", file=sys.stderr, flush=True)
+    samples = pipeline.generate_stream(prefixes(), constraints, args.num_samples, seed, args.batch_size, skip=skip, **overrides)
+    show_progress = rank == 0 and (out is not None or sys.stderr.isatty())
+    progress = tqdm(total=total * args.num_samples, initial=skip, desc="generating", unit="sample", file=sys.stderr,
+                    disable=not show_progress, dynamic_ncols=True)
+    for batch in chunks(samples, args.batch_size):
+        if out is not None:
+            out.append(batch)
         else:
-            targets = ", ".join(f"{c.attribute}={c.label}:{c.weight:g}" for c in sample.constraints) or "unguided"
-            print(f"--- sample {index + 1}/{len(samples)} ({targets}; seed {sample.seed})")
-            print(sample.text)
+            sys.stdout.write("".join(format_sample(sample, form) for sample in batch))
+            sys.stdout.flush()
+        progress.update(len(batch))
+    progress.close()
+
+
+def launch_processes(device: str) -> str:
+    """Under a multi-process launch (torchrun sets WORLD_SIZE), join the process group through accelerate, each
+    process on its own GPU when there are GPUs (cpu=True otherwise); the device to load the model on."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return _device(device)
+    import torch
+    from accelerate import Accelerator
+
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    return str(accelerator.device)
+
+
+def share_from_main(values: list, world: int) -> list:
+    """The main process's values, on every process."""
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.broadcast_object_list(values, src=0)
+    return values
 
 
 def cmd_serve(args: argparse.Namespace) -> None:

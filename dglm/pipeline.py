@@ -8,8 +8,10 @@ are named in the config, not stored: any copy of them can be used.
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from importlib.resources import files
 from pathlib import Path
@@ -23,7 +25,7 @@ from torch import nn
 from dglm.config import SETTINGS_SECTIONS, DecodingSettings, DiffusionSettings, PipelineConfig, declared_settings
 from dglm.errors import DglmError
 from dglm.plugins import get_attributes, get_sampler
-from dglm.seeding import per_sample_randn, sample_generators, seeded_rows
+from dglm.seeding import per_sample_randn, sample_generators
 from dglm.stages.decoder import SoftPromptDecoder
 from dglm.stages.decoder_adapter import load_adapter, split_adapter
 from dglm.stages.denoiser import Denoiser
@@ -51,6 +53,8 @@ class Sample:
     attributes: dict[str, str]
     seed: int
     constraints: list[Constraint] = field(default_factory=list)
+    prefix_index: int = 0  # which prefix of the run (from 0), and which of its samples: what a resumed run checks
+    sample_index: int = 0
 
     @property
     def text(self) -> str:
@@ -228,20 +232,52 @@ class Pipeline:
         that sample alone. The generation settings (`dglm.config.DiffusionSettings` and `DecodingSettings`
         declare them, with their ranges) default to the checkpoint's.
         """
-        diffusion, decoding = self.settings(**{name: value for name, value in locals().items() if name in SETTINGS})
+        settings = {name: value for name, value in locals().items() if name in SETTINGS}
         prefixes = [prefix] if isinstance(prefix, str) else list(prefix)
         check_generation_inputs(prefixes, num_samples, batch_size, seed)
-        constraints = as_constraints(attributes)
-        guide = self.make_guide(constraints, diffusion.mc_draws)
-        seed = random.randrange(2**31) if seed is None else seed
-        rows = [Row(p, row_seed, guide, diffusion, decoding) for p, row_seed in seeded_rows(prefixes, num_samples, seed)]
+        samples = self.generate_stream(prefixes, attributes, num_samples, seed, batch_size, **settings)
         from tqdm.auto import tqdm
 
-        continuations: list[str] = []
-        for start in tqdm(range(0, len(rows), batch_size), desc="generating", unit="batch", disable=not progress):
-            continuations += map(self.decoder.decode, self.generate_rows(rows[start : start + batch_size]))
+        return list(tqdm(samples, total=len(prefixes) * num_samples, desc="generating", unit="sample", disable=not progress))
+
+    def generate_stream(self, prefixes: Iterable[str], attributes: AttributeSpec = None, num_samples: int = 1,
+                        seed: int | None = None, batch_size: int = 32, skip: int = 0, **settings: Any) -> Iterator[Sample]:
+        """`generate` for inputs of any length: prefixes are read lazily and samples yielded in order, a batch at a
+        time, so memory stays flat however many prefixes there are. `skip` leaves out the first samples (a
+        resumed run); the others are exactly those `generate` gives for the same arguments.
+
+        Under a multi-process launch (torchrun; see the README), the batches are shared out over the processes
+        and the main process yields every sample, in the same order and with the same text as one process; the
+        other processes yield nothing. All processes must be given the same prefixes and arguments.
+        """
+        diffusion, decoding = self.settings(**settings)
+        check_counts(num_samples, batch_size, seed)
+        if isinstance(skip, bool) or not isinstance(skip, int) or skip < 0:
+            raise DglmError(f"skip must be a non-negative integer, got {skip!r}")
+        constraints = as_constraints(attributes)
+        guide = self.make_guide(constraints, diffusion.mc_draws)
+        world, rank = process_group()
+        seed = shared_seed(seed, world)
         targets = {c.attribute: c.label for c in constraints}
-        return [Sample(row.prefix, text, targets, row.seed, constraints) for row, text in zip(rows, continuations)]
+
+        def rows() -> Iterator[tuple[int, int, Row]]:
+            for i, text in enumerate(prefixes):
+                if not isinstance(text, str) or not text.strip():
+                    raise DglmError(f"prefix {i + 1} is empty; every prefix needs some text to continue")
+                for j in range(num_samples):
+                    k = i * num_samples + j
+                    if k >= skip:
+                        if seed + k > MAX_SEED:
+                            raise DglmError(f"seed {seed} is too large for {k + 1} samples (at most {MAX_SEED} in all)")
+                        yield i, j, Row(text, seed + k, guide, diffusion, decoding)
+
+        batches = chunks(rows(), batch_size)
+        for round_of_batches in chunks(batches, world):  # one batch per process a round
+            mine = round_of_batches[rank] if rank < len(round_of_batches) else []
+            texts = map(self.decoder.decode, self.generate_rows([row for _, _, row in mine])) if mine else []
+            samples = [Sample(row.prefix, text, targets, row.seed, constraints, i, j) for (i, j, row), text in zip(mine, texts)]
+            for part in gather_to_main(samples, world, rank):
+                yield from part
 
     def settings(self, **overrides: Any) -> tuple[DiffusionSettings, DecodingSettings]:
         """The checkpoint's diffusion and decoding settings with `overrides` (None: keep) applied and validated."""
@@ -286,6 +322,45 @@ class Pipeline:
         return self.parts.prompt_generator(noise_to_level(latents, alpha2, noise))
 
 
+def chunks(items: Iterable, size: int) -> Iterator[list]:
+    """Consecutive lists of `size` items (the last may be shorter), read lazily."""
+    iterator = iter(items)
+    while chunk := list(itertools.islice(iterator, size)):
+        yield chunk
+
+
+def process_group() -> tuple[int, int]:
+    """(number of processes, this one's rank) of a multi-process launch; (1, 0) otherwise."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size(), dist.get_rank()
+    return 1, 0
+
+
+def shared_seed(seed: int | None, world: int) -> int:
+    """The given seed, or a random one that every process of the launch agrees on."""
+    if seed is not None:
+        return seed
+    drawn = [random.randrange(2**31)]
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.broadcast_object_list(drawn, src=0)
+    return drawn[0]
+
+
+def gather_to_main(samples: list[Sample], world: int, rank: int) -> list[list[Sample]]:
+    """Every process's samples of this round, in rank order, on the main process; nothing on the others."""
+    if world == 1:
+        return [samples]
+    import torch.distributed as dist
+
+    parts: list[list[Sample] | None] = [None] * world if rank == 0 else None
+    dist.gather_object(samples, parts, dst=0)
+    return parts if rank == 0 else []
+
+
 def check_compatible(config: PipelineConfig, encoder: SentenceEncoder, decoder: SoftPromptDecoder) -> None:
     """The frozen models must have the sizes the checkpoint was trained with."""
     if encoder.dim != config.latent_dim:
@@ -307,10 +382,14 @@ def check_generation_inputs(prefixes: list[str], num_samples: int, batch_size: i
     for index, text in enumerate(prefixes):
         if not isinstance(text, str) or not text.strip():
             raise DglmError(f"prefix {index + 1} is empty; every prefix needs some text to continue")
+    check_counts(num_samples, batch_size, seed, len(prefixes) * num_samples)
+
+
+def check_counts(num_samples: int, batch_size: int, seed: int | None, rows: int = 1) -> None:
     for name, value in (("num_samples", num_samples), ("batch_size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise DglmError(f"{name} must be a positive integer, got {value!r}")
-    last = len(prefixes) * num_samples - 1  # the last row's seed is seed + last
+    last = rows - 1  # the last row's seed is seed + last
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED - last):
         raise DglmError(f"seed must be an integer from 0 to {MAX_SEED - last} (or None for a random one), got {seed!r}")
 

@@ -118,9 +118,10 @@ def test_help_teaches_every_flag(capsys):
 
 
 @pytest.mark.parametrize("content, pattern", [
-    (b"", "give a PREFIX or --prefix-file with at least one non-empty line"),
-    (b"  \n\t\n", "give a PREFIX or --prefix-file with at least one non-empty line"),
-    (b"\xff\xfe\x00binary", "is not UTF-8 text (byte 0)"),
+    (b"", "has no prefix: every line is empty"),
+    (b"  \n\t\n", "has no prefix: every line is empty"),
+    (b"\xff\xfe\x00binary", "looks binary (a NUL byte on line 1)"),
+    (b"The film\ncaf\xe9\n", "is not UTF-8 text (line 2, byte 3)"),
 ])
 def test_prefix_files_that_are_empty_or_not_text(capsys, tiny_checkpoint, tmp_path, content, pattern):
     path = tmp_path / "prefixes.txt"

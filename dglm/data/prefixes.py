@@ -2,18 +2,39 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 from dglm.errors import DglmError
 
 
-def read_prefixes(path: Path | str) -> list[str]:
-    """The non-empty lines of a prefixes file, stripped of surrounding whitespace, one prefix each."""
+def iter_prefixes(path: Path | str) -> Iterator[str]:
+    """The non-empty lines of a prefixes file, stripped of surrounding whitespace, read lazily (memory stays flat
+    however long the file is). A file that is missing, binary, not UTF-8 or has no prefix at all is refused."""
     path = Path(path)
     if not path.is_file():
         raise DglmError(f"prefix file {path} does not exist")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as error:
-        raise DglmError(f"prefix file {path} is not UTF-8 text (byte {error.start}); give one prefix a line, in UTF-8") from None
-    return [line.strip() for line in text.splitlines() if line.strip()]
+    found = False
+    with open(path, "rb") as lines:
+        for number, raw in enumerate(lines, 1):
+            if b"\0" in raw:
+                raise DglmError(f"prefix file {path} looks binary (a NUL byte on line {number}); give one prefix a line, in UTF-8")
+            try:
+                line = raw.decode("utf-8").strip()
+            except UnicodeDecodeError as error:
+                raise DglmError(f"prefix file {path} is not UTF-8 text (line {number}, byte {error.start}); "
+                                "give one prefix a line, in UTF-8") from None
+            if line:
+                found = True
+                yield line
+    if not found:
+        raise DglmError(f"prefix file {path} has no prefix: every line is empty; give one prefix a line")
+
+
+def read_prefixes(path: Path | str) -> list[str]:
+    return list(iter_prefixes(path))
+
+
+def count_prefixes(path: Path | str) -> int:
+    """How many prefixes `iter_prefixes` will give, counted without keeping them (for a progress bar)."""
+    return sum(1 for _ in iter_prefixes(path))
