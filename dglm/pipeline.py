@@ -24,7 +24,7 @@ from torch import nn
 
 from dglm.config import SETTINGS_SECTIONS, DecodingSettings, DiffusionSettings, PipelineConfig, declared_settings
 from dglm.errors import DglmError
-from dglm.plugins import get_attributes, get_sampler
+from dglm.plugins import failure_note, get_attributes, get_sampler
 from dglm.seeding import per_sample_randn, sample_generators
 from dglm.stages.decoder import SoftPromptDecoder
 from dglm.stages.decoder_adapter import load_adapter, split_adapter
@@ -174,7 +174,7 @@ class Pipeline:
         for constraint in constraints:
             if constraint.attribute not in attributes:
                 known = ", ".join(attributes) or "none (install an attribute plugin)"
-                raise DglmError(f"unknown attribute {constraint.attribute!r}; known attributes: {known}")
+                raise DglmError(f"unknown attribute {constraint.attribute!r}; known attributes: {known}{failure_note()}")
             probe = attributes[constraint.attribute].probe
             if not self.probe_fits(probe):
                 raise DglmError(

@@ -7,6 +7,7 @@ Each registry is built once per process and built again only when the set of reg
 from __future__ import annotations
 
 import importlib.metadata
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,12 +27,51 @@ _entry_points_loaded = False
 _registries: dict[str, tuple[tuple, dict]] = {}  # registry name -> (the plugins it was built from, the registry)
 
 
+_failed: dict[str, str] = {}  # plugin name -> why it failed to load or to register, for error messages
+
+
+class PluginConflict(DglmError):
+    """Two plugins claim one name: refused outright, since either choice could be the wrong one."""
+
+
 def _manager() -> pluggy.PluginManager:
     global _entry_points_loaded
     if not _entry_points_loaded:
-        plugin_manager.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
         _entry_points_loaded = True
+        for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+            if plugin_manager.get_plugin(entry_point.name) is None and not plugin_manager.is_blocked(entry_point.name):
+                try:
+                    plugin_manager.register(entry_point.load(), name=entry_point.name)
+                except Exception as error:  # a broken plugin must not take dglm down with it
+                    _skip(entry_point.name, error)
     return plugin_manager
+
+
+def _skip(plugin: str, error: Exception) -> None:
+    """Note a plugin that failed, with a one-line warning the first time."""
+    if plugin not in _failed:
+        _failed[plugin] = f"{type(error).__name__}: {error}"
+        print(f"dglm: warning: plugin {plugin!r} failed to load and is skipped ({_failed[plugin]})", file=sys.stderr)
+
+
+def failed_plugins() -> dict[str, str]:
+    """Plugins that failed to load or to register, with why."""
+    _manager()
+    return dict(_failed)
+
+
+def _call(impl, register_into: dict, make_register) -> None:
+    """Run one plugin's registration hook into a scratch copy, kept only if the hook finishes: a plugin that
+    raises halfway registers nothing and is skipped."""
+    scratch = dict(register_into)
+    try:
+        impl.function(register=make_register(scratch, impl.plugin_name))
+    except PluginConflict:
+        raise
+    except Exception as error:
+        _skip(impl.plugin_name, error)
+        return
+    register_into.update(scratch)
 
 
 def register_plugin(plugin: object, name: str | None = None) -> None:
@@ -41,6 +81,7 @@ def register_plugin(plugin: object, name: str | None = None) -> None:
 
 def unregister_plugin(name: str) -> None:
     _manager().unregister(name=name)
+    _failed.pop(name, None)
 
 
 @dataclass
@@ -101,18 +142,19 @@ def get_attributes() -> dict[str, Attribute]:
 
 def _build_attributes() -> dict[str, Attribute]:
     attributes: dict[str, Attribute] = {}
-    for impl in _manager().hook.register_attributes.get_hookimpls():
 
-        def register(card_path: Path | str, _plugin: str = impl.plugin_name) -> None:
+    def make_register(into: dict[str, Attribute], plugin: str):
+        def register(card_path: Path | str) -> None:
             probe = load_probe(card_path)
-            if probe.name in attributes:
-                raise DglmError(
-                    f"attribute {probe.name!r} is registered by two plugins, "
-                    f"{attributes[probe.name].plugin!r} and {_plugin!r}; uninstall or rename one"
-                )
-            attributes[probe.name] = Attribute(probe, Path(card_path), _plugin)
+            if probe.name in into:
+                raise PluginConflict(f"attribute {probe.name!r} is registered by two plugins, "
+                                     f"{into[probe.name].plugin!r} and {plugin!r}; uninstall or rename one")
+            into[probe.name] = Attribute(probe, Path(card_path), plugin)
 
-        impl.function(register=register)
+        return register
+
+    for impl in _manager().hook.register_attributes.get_hookimpls():
+        _call(impl, attributes, make_register)
     return dict(sorted(attributes.items()))
 
 
@@ -140,26 +182,37 @@ def _build_methods() -> dict[str, tuple[type, str]]:
 def _named_classes(hook: str, builtin: dict[str, type], base: type, kind: str) -> dict[str, tuple[type, str]]:
     """Classes by their `name`, each with the plugin that registered it ("dglm" for the built-in ones)."""
     found = {name: (cls, "dglm") for name, cls in builtin.items()}
-    for impl in getattr(_manager().hook, hook).get_hookimpls():
 
-        def register(cls: type, _plugin: str = impl.plugin_name) -> None:
+    def make_register(into: dict[str, tuple[type, str]], plugin: str):
+        def register(cls: type) -> None:
             if not (isinstance(cls, type) and issubclass(cls, base) and cls.name):
-                raise DglmError(f"plugin {_plugin!r} registered {cls!r}, which is not a named "
-                                f"{base.__module__}.{base.__name__} subclass")
-            if cls.name in found:
-                raise DglmError(f"{kind} {cls.name!r} from plugin {_plugin!r} is already registered "
-                                f"by {found[cls.name][1]!r}; rename it")
-            found[cls.name] = (cls, _plugin)
+                raise DglmError(f"it registered {cls!r}, which is not a named {base.__module__}.{base.__name__} subclass")
+            if cls.name in into:
+                raise PluginConflict(f"{kind} {cls.name!r} from plugin {plugin!r} is already registered "
+                                     f"by {into[cls.name][1]!r}; rename it")
+            into[cls.name] = (cls, plugin)
 
-        impl.function(register=register)
+        return register
+
+    for impl in getattr(_manager().hook, hook).get_hookimpls():
+        _call(impl, found, make_register)
     return found
 
 
 def get_sampler(name: str) -> type[Sampler]:
     samplers = get_samplers()
     if name not in samplers:
-        raise DglmError(f"unknown sampler {name!r}; known samplers: {', '.join(samplers)}")
+        raise DglmError(f"unknown sampler {name!r}; known samplers: {', '.join(samplers)}{failure_note()}")
     return samplers[name]
+
+
+def failure_note() -> str:
+    """What to add to an 'unknown name' message when some plugin failed: the name may have been its."""
+    failed = failed_plugins()
+    if not failed:
+        return ""
+    return "; " + "; ".join(f"plugin {name!r} failed to load ({why}), so what it provides is missing"
+                            for name, why in failed.items())
 
 
 def get_plugins() -> list[PluginInfo]:

@@ -1,6 +1,7 @@
 """Attributes as plugins: discovery through entry points, composition, and clear errors."""
 
 import csv
+import os
 import subprocess
 import sys
 
@@ -106,3 +107,29 @@ def test_corrupt_probe_card(tmp_path):
     (tmp_path / "bad.json").write_text('{"name": "bad"}')
     with pytest.raises(DglmError, match="lacks the key"):
         load_probe(tmp_path / "bad.json")
+
+
+def test_a_plugin_that_fails_to_import_or_to_register_is_skipped_and_named(tmp_path, tiny_checkpoint):
+    """Installed plugins that raise (one on import, one while registering) cost one warning line each; the
+    built-in attributes keep working, and asking for a missing attribute names the failed plugins."""
+    import subprocess
+    import sys
+
+    (tmp_path / "broken_on_import.py").write_text("raise RuntimeError('missing dependency')\n")
+    (tmp_path / "broken_on_register.py").write_text(
+        "import dglm\n\n@dglm.hookimpl\ndef register_attributes(register):\n    register('/nowhere/probe.json')\n")
+    info = tmp_path / "broken_plugins-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-plugins\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[dglm]\nimporter = broken_on_import\nregisterer = broken_on_register\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    listed = subprocess.run([sys.executable, "-m", "dglm", "attributes"], capture_output=True, text=True, env=env, check=False)
+    assert listed.returncode == 0 and "sentiment: negative, positive" in listed.stdout
+    warnings = [line for line in listed.stderr.splitlines() if line.startswith("dglm: warning:")]
+    assert len(warnings) == 2 and "Traceback" not in listed.stderr
+    assert "plugin 'importer' failed to load and is skipped (RuntimeError: missing dependency)" in warnings[0]
+    assert "plugin 'registerer' failed to load" in warnings[1] and "/nowhere/probe.json" in warnings[1]
+    asked = subprocess.run([sys.executable, "-m", "dglm", "generate", "The movie", "--attr", "formality=formal", "--model",
+                            str(tiny_checkpoint)], capture_output=True, text=True, env=env, check=False)
+    assert asked.returncode == 2 and "unknown attribute 'formality'" in asked.stderr
+    assert "plugin 'importer' failed to load (RuntimeError: missing dependency), so what it provides is missing" in asked.stderr
