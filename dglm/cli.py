@@ -134,7 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
                "  dglm train all --config configs/train-cpu.yaml\n"
                "  dglm train prompt-generator --config configs/train-long.yaml --max-minutes 170   # one leg\n"
                "  dglm train all --config configs/train-gpu.yaml --print-config                    # resolved config\n"
-               "  accelerate launch -m dglm train denoiser --config configs/train-gpu.yaml         # several GPUs\n",
+               "  accelerate launch -m dglm train denoiser --config configs/train-gpu.yaml         # several GPUs\n"
+               "  torchrun --nproc_per_node 2 -m dglm train denoiser --config configs/train-cpu.yaml # two CPU processes\n",
     )
     train.add_argument("stage", choices=["denoiser", "prompt-generator", "all"], help="which part to train")
     train.add_argument("--config", type=Path, required=True, help="training YAML, e.g. configs/train-cpu.yaml")
@@ -143,6 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--max-minutes", type=float, metavar="M",
                        help="end this leg after M minutes (or on SIGTERM), saving its state and checkpoint; "
                             "the same command continues the run")
+    train.add_argument("--max-steps", type=int, metavar="N", help="end this leg after N optimisation steps (a short "
+                                                                  "trial leg); the same command continues the run")
     train.set_defaults(handler=cmd_train)
 
     evaluate = commands.add_parser("eval", help="compare DGLM with baselines, judged independently of the guidance",
@@ -349,10 +352,12 @@ def cmd_train(args: argparse.Namespace) -> None:
     if args.print_config:
         print(json.dumps(config.to_dict(), indent=2))
         return
-    if args.max_minutes is not None and not args.max_minutes > 0:
+    if args.max_minutes is not None and not 0 < args.max_minutes < float("inf"):
         raise DglmError(f"--max-minutes must be a positive number of minutes, got {args.max_minutes}")
+    if args.max_steps is not None and args.max_steps < 1:
+        raise DglmError(f"--max-steps must be a positive number of steps, got {args.max_steps}")
     trainer = {"denoiser": train_denoiser, "prompt-generator": train_prompt_generator, "all": train_all}[args.stage]
-    with LegTimer(args.max_minutes) as leg:
+    with LegTimer(args.max_minutes, args.max_steps) as leg:
         print(f"checkpoint written to {trainer(config, str(args.config), leg)}")
 
 

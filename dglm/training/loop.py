@@ -28,11 +28,12 @@ def step_generator(seed: int, step: int, process_index: int) -> torch.Generator:
 
 
 class LegTimer:
-    """Ends a training leg after `max_minutes`, or after the current step on SIGTERM, so that the leg saves its
-    state and checkpoint before it stops; the same command continues the run."""
+    """Ends a training leg after `max_minutes`, after `max_steps` optimisation steps, or after the current step on
+    SIGTERM, so that the leg saves its state and checkpoint before it stops; the same command continues the run."""
 
-    def __init__(self, max_minutes: float | None):
+    def __init__(self, max_minutes: float | None, max_steps: int | None = None):
         self.deadline = None if max_minutes is None else time.time() + 60 * max_minutes
+        self.steps_left = max_steps
         self.terminated = False
         self.previous_handler = None  # SIGTERM's handler before this leg, restored after it
 
@@ -54,7 +55,23 @@ class LegTimer:
         self.terminated = True
 
     def expired(self) -> bool:
+        """Asked once before each step."""
+        if self.steps_left is not None:
+            if self.steps_left <= 0:
+                return True
+            self.steps_left -= 1
         return self.terminated or (self.deadline is not None and time.time() >= self.deadline)
+
+
+def leg_ends(accelerator, leg: LegTimer) -> bool:
+    """Whether to end the leg before this step; with several processes, all end when any must (a process that
+    stopped alone would leave the others waiting for it forever)."""
+    ends = leg.expired()
+    if accelerator.num_processes > 1:
+        flag = torch.tensor([float(ends)], device=accelerator.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        ends = bool(flag.item())
+    return ends
 
 
 def run_loop(accelerator, model, optimizer, stage: str, steps: int, warmup: int, checkpoint_every: int,
@@ -84,7 +101,7 @@ def run_loop(accelerator, model, optimizer, stage: str, steps: int, warmup: int,
     autocast = torch.autocast(accelerator.device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     bar = tqdm(range(step, steps), initial=step, total=steps, desc=stage, disable=not accelerator.is_main_process)
     for step in bar:
-        if leg.expired():
+        if leg_ends(accelerator, leg):
             break
         with autocast:
             loss = batch_loss(prepared_model, step_generator(seed, step, accelerator.process_index))

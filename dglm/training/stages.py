@@ -67,7 +67,7 @@ def prepare_stage(config: TrainConfig):
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
-    accelerator = Accelerator()
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())  # cpu=True: torchrun's processes each join on the CPU
     set_seed(config.seed)
     config.run_path.mkdir(parents=True, exist_ok=True)
     pairs = select_pairs(config.data)
