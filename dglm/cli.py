@@ -303,10 +303,11 @@ def cmd_plugins(args: argparse.Namespace) -> None:
 
 
 def cmd_classifier_train(args: argparse.Namespace) -> None:
-    from dglm.attributes.probes import train_probe_on_texts
+    from dglm.attributes.probes import check_probe_options, train_probe_on_texts
     from dglm.data.labelled import read_labelled
     from dglm.stages.encoder import SentenceEncoder
 
+    check_probe_options(args.test_fraction, args.regularisation)
     texts, labels = read_labelled(args.data, args.text_column, args.label_column)
     probe = train_probe_on_texts(
         args.name, texts, labels, SentenceEncoder(args.encoder), data=args.describe_data or str(args.data),

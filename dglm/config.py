@@ -105,11 +105,12 @@ class DiffusionSettings(Settings):
     """How the continuation's latent is proposed: the sampler and the guidance."""
 
     sampler: str = setting("ddim", "diffusion sampler: ddim or dpmsolver++, or one a plugin adds (`dglm plugins`)")
-    steps: int = setting(20, "diffusion steps; fewer is faster", at_least=1)
+    steps: int = setting(20, "diffusion steps; fewer is faster", at_least=1, at_most=1000)
     guidance_scale: float = setting(4.0, "strength of attribute guidance; 0 turns it off", at_least=0)
     prefix_guidance: float = setting(1.0, "classifier-free guidance on the prefix; 1 turns it off, more follows the "
                                           "prefix more closely", at_least=0)
-    mc_draws: int = setting(16, "Monte-Carlo draws that blur the clean estimate the attribute probes score", at_least=1)
+    mc_draws: int = setting(16, "Monte-Carlo draws that blur the clean estimate the attribute probes score", at_least=1,
+                            at_most=1024)
     renoise_alpha2: float = setting(0.95, "signal level alpha^2 the proposal is re-noised to before it becomes soft "
                                           "prompts (what the prompt generator was trained on); 1 keeps it clean",
                                     above=0, at_most=1)

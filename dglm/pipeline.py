@@ -233,6 +233,8 @@ class Pipeline:
         declare them, with their ranges) default to the checkpoint's.
         """
         settings = {name: value for name, value in locals().items() if name in SETTINGS}
+        if not isinstance(prefix, (str, list, tuple)):
+            raise DglmError(f"prefix must be a string or a list of strings, got {prefix!r}")
         prefixes = [prefix] if isinstance(prefix, str) else list(prefix)
         check_generation_inputs(prefixes, num_samples, batch_size, seed)
         samples = self.generate_stream(prefixes, attributes, num_samples, seed, batch_size, **settings)
@@ -259,6 +261,13 @@ class Pipeline:
         world, rank = process_group()
         seed = shared_seed(seed, world)
         targets = {c.attribute: c.label for c in constraints}
+        return self._stream(prefixes, targets, constraints, guide, diffusion, decoding, num_samples, seed, batch_size,
+                            skip, world, rank)
+
+    def _stream(self, prefixes, targets, constraints, guide, diffusion, decoding, num_samples, seed, batch_size, skip,
+                world, rank) -> Iterator[Sample]:
+        """generate_stream's generator, apart so that its arguments are checked when it is called, not when the
+        first sample is asked for."""
 
         def rows() -> Iterator[tuple[int, int, Row]]:
             for i, text in enumerate(prefixes):
@@ -300,11 +309,19 @@ class Pipeline:
         if len({row.schedule_key for row in rows}) > 1:
             raise DglmError("rows in one batch must share sampler, steps, prefix_guidance and renoise_alpha2")
         prefixes, diffusion = [row.prefix for row in rows], rows[0].diffusion
+        for row in rows:  # before any model runs
+            self.check_fits(row)
+        self.encoder.warn_if_cut(prefixes)
         generators = sample_generators([row.seed for row in rows])
         guidance = BatchGuidance([row.guide for row in rows], [row.diffusion.guidance_scale for row in rows])
         latents = self.propose_latents(prefixes, generators, guidance, diffusion)
         soft_prompts = self.soft_prompts(latents, generators, diffusion.renoise_alpha2)
         return self.decoder.generate_tokens(prefixes, soft_prompts, generators, [row.decoding for row in rows], on_step=on_step)
+
+    def check_fits(self, row: Row) -> None:
+        """Refuse a row whose prefix, soft prompts and new tokens would overrun the decoder's context."""
+        self.decoder.check_fits(self.decoder._token_ids(row.prefix), self.config.prompt_generator.num_soft_prompts,
+                                row.decoding.max_new_tokens)
 
     def propose_latents(self, prefixes: list[str], generators: list[torch.Generator], guidance: BatchGuidance | None = None,
                         diffusion: DiffusionSettings | None = None) -> torch.Tensor:

@@ -53,9 +53,9 @@ def test_zero_samples(capsys, tiny_checkpoint):
     expect_error(capsys, "num_samples must be a positive integer", "generate", "Hi", "-n", "0", "--model", str(tiny_checkpoint))
 
 
-@pytest.mark.parametrize("flag", ["--max-new-tokens", "--steps"])
-def test_zero_tokens_or_steps(capsys, tiny_checkpoint, flag):
-    expect_error(capsys, "must be an integer >= 1, got 0", "generate", "Hi", flag, "0", "--model", str(tiny_checkpoint))
+@pytest.mark.parametrize("flag, accepted", [("--max-new-tokens", ">= 1"), ("--steps", "in [1, 1000]")])
+def test_zero_tokens_or_steps(capsys, tiny_checkpoint, flag, accepted):
+    expect_error(capsys, f"must be an integer {accepted}, got 0", "generate", "Hi", flag, "0", "--model", str(tiny_checkpoint))
 
 
 def test_zero_temperature(capsys, tiny_checkpoint):

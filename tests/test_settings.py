@@ -35,14 +35,14 @@ def test_dglm_generate_has_a_flag_for_every_declared_setting():
 
 
 @pytest.mark.parametrize("name, bad, message", [
-    ("steps", 0, "steps must be an integer >= 1, got 0"),
-    ("steps", 2.5, "steps must be an integer >= 1, got 2.5"),
-    ("steps", True, "steps must be an integer >= 1, got True"),
+    ("steps", 0, r"steps must be an integer in \[1, 1000\], got 0"),
+    ("steps", 2.5, r"steps must be an integer in \[1, 1000\], got 2.5"),
+    ("steps", True, r"steps must be an integer in \[1, 1000\], got True"),
     ("guidance_scale", -1.0, "guidance_scale must be a number >= 0, got -1.0"),
     ("guidance_scale", math.nan, "guidance_scale must be a number >= 0, got nan"),
     ("guidance_scale", math.inf, "guidance_scale must be a number >= 0, got inf"),
     ("renoise_alpha2", 0.0, r"renoise_alpha2 must be a number in \(0, 1\], got 0.0"),
-    ("mc_draws", 0, "mc_draws must be an integer >= 1, got 0"),
+    ("mc_draws", 0, r"mc_draws must be an integer in \[1, 1024\], got 0"),
     ("sampler", " ", "sampler must be a name, got ' '"),
     ("max_new_tokens", -3, "max_new_tokens must be an integer >= 1, got -3"),
     ("temperature", 0.0, "temperature must be a number > 0, got 0.0"),

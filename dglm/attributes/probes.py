@@ -7,6 +7,7 @@ stored in the same two-row form ([0, w]), so softmax over the rows equals the lo
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +90,14 @@ def load_probe(card_path: Path | str) -> Probe:
     return Probe(card, weight.float(), bias.float())
 
 
+def check_probe_options(test_fraction: float, regularisation: float) -> None:
+    """Refuse a held-out share outside (0, 1) and a regularisation that is not a positive finite number."""
+    if not 0 < test_fraction < 1:  # also false for nan
+        raise DglmError(f"test fraction must be a number between 0 and 1 (the held-out share), got {test_fraction}")
+    if not 0 < regularisation < math.inf:
+        raise DglmError(f"C (inverse regularisation) must be a positive finite number, got {regularisation}")
+
+
 def train_probe(
     name: str,
     embeddings: torch.Tensor,
@@ -100,6 +109,7 @@ def train_probe(
     seed: int = 0,
 ) -> Probe:
     """Fit a logistic-regression probe on embeddings, evaluate it on a held-out split, fill its card."""
+    check_probe_options(test_fraction, regularisation)
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import accuracy_score, confusion_matrix
     from sklearn.model_selection import train_test_split

@@ -324,7 +324,7 @@ class Reply:
             raise ApiError(504, f"the request took longer than the server's limit of {self.timeout_s:g} s "
                                 "(--request-timeout-s); ask for fewer or shorter samples", kind="timeout") from None
         if isinstance(event, Failed):
-            raise ApiError(event.status, event.message, kind="server_error")
+            raise ApiError(event.status, event.message, kind="invalid_request_error" if event.status < 500 else "server_error")
         return event
 
     async def collect(self, request: Request) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from dglm.errors import DglmError
 from dglm.pipeline import Pipeline, Row
 
 log = logging.getLogger("dglm.server")
@@ -140,6 +141,16 @@ class BatchingEngine:
 
     def _run(self, batch: list[tuple[Job, int]]) -> None:
         decoder = self.pipeline.decoder
+        for job in {id(job): job for job, _ in batch}.values():  # a request that cannot run fails alone
+            try:
+                for row in job.rows:
+                    self.pipeline.check_fits(row)
+            except DglmError as error:
+                job.cancelled = True
+                job.emit(Failed(str(error), 400))
+        batch = [(job, index) for job, index in batch if not job.cancelled]
+        if not batch:
+            return
         for job in {id(job): job for job, index in batch if index == 0}.values():
             job.prompt_tokens = sum(decoder.count_tokens(prefix) for prefix in dict.fromkeys(r.prefix for r in job.rows))
         sent = [""] * len(batch)  # the text streamed so far, per row

@@ -52,6 +52,21 @@ class SoftPromptDecoder:
     def count_tokens(self, text: str) -> int:
         return len(self._token_ids(text))
 
+    @property
+    def context(self) -> int | None:
+        """The most positions the model can attend to (None when its config does not say)."""
+        config = self.model.config
+        return getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+
+    def check_fits(self, prefix_ids: list[int], soft_prompts: int, max_new_tokens: int) -> None:
+        """Refuse a prefix that, with the soft prompts and the tokens to write, would overrun the decoder's context
+        (the model would fail deep inside, or silently wrap its positions)."""
+        context = self.context
+        if context and len(prefix_ids) + soft_prompts + max_new_tokens > context:
+            raise DglmError(f"a prefix of {len(prefix_ids)} tokens ({self.tokenizer.decode(prefix_ids[:8])!r}...) with "
+                            f"{soft_prompts} soft prompts and {max_new_tokens} new tokens overruns the decoder's context "
+                            f"of {context} tokens; shorten the prefix or ask for fewer tokens")
+
     def _left_padded(self, prefixes: list[str], soft_prompts: torch.Tensor | None):
         """Embeddings, attention mask and token ids of [pad ; prefix ; soft prompts], left-padded."""
         ids = [self._token_ids(prefix) for prefix in prefixes]
@@ -100,6 +115,8 @@ class SoftPromptDecoder:
         rows = len(prefixes)
         row_settings = RowSettings(settings if isinstance(settings, list) else [settings] * rows, self.device)
         embeds, mask, ids = self._left_padded(prefixes, soft_prompts)
+        for row_ids, limit in zip(ids, row_settings.max_new_tokens.tolist()):
+            self.check_fits(row_ids, 0 if soft_prompts is None else soft_prompts.shape[1], limit)
         vocab = self.model.get_output_embeddings().weight.shape[0]
         seen = torch.zeros(rows, vocab, dtype=torch.bool, device=self.device)
         for row, row_ids in enumerate(ids):
@@ -117,6 +134,10 @@ class SoftPromptDecoder:
                 logits = adjust_logits(logits, generated[:, :step])
             logits = row_settings.penalise(logits, seen)
             probs = row_settings.top_p_filter(F.softmax(logits / row_settings.temperature, dim=-1)).cpu()
+            if not bool(probs.isfinite().all()):
+                raise DglmError("the next-token probabilities are not finite numbers: the settings are too extreme "
+                                "(a guidance or prefix-guidance scale far too large, a temperature or repetition "
+                                "penalty near 0); use values closer to the defaults")
             tokens = torch.tensor(
                 [eos if done else torch.multinomial(p, 1, generator=g).item() for p, g, done in zip(probs, generators, finished)]
             )
@@ -210,7 +231,7 @@ class RowSettings:
         """Top-k, then min-p, each on the rows that ask for it."""
         for k in sorted(set(self.top_k) - {0}):
             rows = torch.tensor([row_k == k for row_k in self.top_k], device=logits.device)[:, None]
-            cut = logits < logits.topk(k, dim=-1).values[:, -1:]
+            cut = logits < logits.topk(min(k, logits.shape[-1]), dim=-1).values[:, -1:]
             logits = logits.masked_fill(cut & rows, float("-inf"))
         if any(self.min_p):
             logits = min_p_filter(logits, self.min_p)

@@ -6,6 +6,8 @@ standardised latents: per-dimension corpus mean and std removed, so every dimens
 
 from __future__ import annotations
 
+import sys
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -22,6 +24,7 @@ class SentenceEncoder:
         self.model = load_sentence_transformer(name_or_path, device=device)
         dimension = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
         self.dim = int(dimension())
+        self.warned_about_window = False
 
     @torch.no_grad()
     def encode(self, texts: list[str], batch_size: int = 64, progress: bool = False) -> torch.Tensor:
@@ -29,6 +32,20 @@ class SentenceEncoder:
             list(texts), batch_size=batch_size, convert_to_tensor=True, show_progress_bar=progress
         )
         return F.normalize(embeddings.float().cpu(), dim=-1)
+
+    def warn_if_cut(self, texts: list[str]) -> None:
+        """Say once, on stderr, that a text is longer than the encoder's window: the encoder reads only its first
+        `max_seq_length` word pieces (sentence-transformers cuts the rest), so a long prefix conditions the
+        diffusion on its beginning, while the decoder still reads it whole."""
+        window = getattr(self.model, "max_seq_length", None)
+        if self.warned_about_window or not window:
+            return
+        for text in texts:
+            if len(text) > window - 2 and len(self.model.tokenizer(text)["input_ids"]) > window:
+                print(f"dglm: warning: a prefix is longer than the encoder's window of {window} word pieces; the "
+                      "diffusion is conditioned on its beginning only (the decoder reads it whole)", file=sys.stderr)
+                self.warned_about_window = True
+                return
 
 
 class LatentNormalizer(nn.Module):
