@@ -58,15 +58,14 @@ def _tokenizer(folder: Path):
     return fast
 
 
-@pytest.fixture(scope="session")
-def tiny_models(tmp_path_factory) -> dict[str, Path]:
-    """Folders of a tiny GPT-2 (decoder) and a tiny Sentence-T5-style encoder, both random."""
+def build_tiny_models(root: Path) -> dict[str, Path]:
+    """Folders of a tiny GPT-2 (decoder) and a tiny Sentence-T5-style encoder, both random, under `root`
+    (also used by benchmarks that need models fast rather than good)."""
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer import modules
     from transformers import GPT2Config, GPT2LMHeadModel, T5Config, T5EncoderModel
 
     torch.manual_seed(0)
-    root = tmp_path_factory.mktemp("tiny")
     gpt2, t5, encoder = root / "gpt2", root / "t5", root / "sentence-t5"
     tokenizer = _tokenizer(gpt2)
     vocab = len(tokenizer)
@@ -81,13 +80,12 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
     return {"decoder": gpt2, "encoder": encoder}
 
 
-@pytest.fixture(scope="session")
-def tiny_config(tiny_models):
+def tiny_pipeline_config(models: dict[str, Path]):
     from dglm.config import DecodingSettings, DenoiserConfig, DiffusionSettings, PipelineConfig, PromptGeneratorConfig
 
     return PipelineConfig(
-        encoder=str(tiny_models["encoder"]),
-        decoder=str(tiny_models["decoder"]),
+        encoder=str(models["encoder"]),
+        decoder=str(models["decoder"]),
         latent_dim=32,
         decoder_dim=32,
         denoiser=DenoiserConfig(num_tokens=4, width=32, layers=2, heads=2, latent_token_width=8, prefix_token_width=8),
@@ -95,6 +93,16 @@ def tiny_config(tiny_models):
         diffusion=DiffusionSettings(steps=4, mc_draws=4),
         decoding=DecodingSettings(max_new_tokens=6),
     )
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> dict[str, Path]:
+    return build_tiny_models(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="session")
+def tiny_config(tiny_models):
+    return tiny_pipeline_config(tiny_models)
 
 
 @pytest.fixture(scope="session")
