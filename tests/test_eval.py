@@ -29,7 +29,8 @@ def eval_config(tmp_path, tiny_checkpoint, tiny_models):
         "training_pairs": str(pairs), "prefixes": str(prefixes), "num_samples": 2, "max_new_tokens": 4, "batch_size": 3, "model": str(tiny_checkpoint),
         "conditions": ["none", "toy_sentiment=positive"],
         "methods": {"dglm": {}, "plain": {}, "prompting": {"templates": {"toy_sentiment": "A {label} text."}}, "fudge": {"top_k": 3}},
-        "judges": {"toy_sentiment": str(judge_data)}, "perplexity": str(tiny_models["decoder"]),
+        "judges": {"toy_sentiment": str(judge_data), f"toy_sentiment@{tiny_models['encoder']}": str(judge_data)},
+        "perplexity": str(tiny_models["decoder"]),
         "tradeoff_condition": "toy_sentiment=positive", "tradeoff_scales": [0.0, 10.0], "out": str(tmp_path / "report"),
     }
     path = tmp_path / "eval.yaml"
@@ -42,8 +43,10 @@ def test_eval_runs_every_method_and_writes_the_report(eval_config, toy_plugin, c
     report = json.loads((eval_config.parent / "report.json").read_text())
     assert set(report["results"]) == {f"{m} | {c}" for m in ("dglm", "plain", "prompting", "fudge") for c in ("none", "toy_sentiment=positive")}
     guided = report["results"]["fudge | toy_sentiment=positive"]
+    embedding_judge = next(name for name in report["judges"] if "@" in name)  # toy_sentiment@<tiny encoder>
     assert {"all_targets_met", "toy_sentiment=positive", "dist1", "dist2", "dist3", "perplexity_median",
-            "copied_8_words", "seconds_per_sample", "samples_per_second"} <= guided.keys()
+            "copied_8_words", "seconds_per_sample", "samples_per_second", f"{embedding_judge}=positive",
+            "all_targets_met@" + embedding_judge.partition("@")[2]} <= guided.keys()
     assert report["peak_rss_mib"] > 0
     assert report["results"]["plain | none"] == report["results"]["plain | toy_sentiment=positive"]
     assert set(report["tradeoff"]) == {"0.0", "10.0"}

@@ -36,7 +36,9 @@ class Scorer:
     """Judges a list of continuations: label rates per judge, joint success, perplexity, Dist-3."""
 
     def __init__(self, config: EvalConfig):
-        self.judges = {name: TextJudge.train(name, path) for name, path in config.judges.items()}
+        # "sentiment" is judged on TF-IDF features; "sentiment@all-mpnet-base-v2" on that encoder's embeddings.
+        self.judges = {name: TextJudge.train(name, path, encoder=name.partition("@")[2] or None)
+                       for name, path in config.judges.items()}
         self.perplexity = PerplexityJudge(config.perplexity) if config.perplexity else None
         self.copies = CopyDetector(config.training_pairs) if config.training_pairs else None
         self.num_samples = config.num_samples
@@ -47,9 +49,11 @@ class Scorer:
         for name, labels in verdicts.items():
             for label, share in label_shares(labels, self.judges[name].model.classes_).items():
                 result[f"{name}={label}"] = share
-        if constraints:
-            met = [all((verdicts[c.attribute][i] == c.label) == (c.weight >= 0) for c in constraints) for i in range(len(continuations))]
-            result["all_targets_met"] = sum(met) / len(met)
+        for suffix in self.judge_families():  # joint success under each family of judges that covers the targets
+            if constraints and all(c.attribute + suffix in verdicts for c in constraints):
+                met = [all((verdicts[c.attribute + suffix][i] == c.label) == (c.weight >= 0) for c in constraints)
+                       for i in range(len(continuations))]
+                result["all_targets_met" + suffix] = sum(met) / len(met)
         groups = [continuations[i : i + self.num_samples] for i in range(0, len(continuations), self.num_samples)]
         for n in (1, 2, 3):
             result[f"dist{n}"] = sum(distinct_n(group, n) for group in groups) / len(groups)
@@ -58,6 +62,10 @@ class Scorer:
         if self.copies is not None:
             result["copied_8_words"] = self.copies.share_copied(continuations)
         return result
+
+    def judge_families(self) -> list[str]:
+        """The suffixes of the judge families: "" for the TF-IDF judges, "@ENCODER" for those on an encoder."""
+        return sorted({"@" + name.partition("@")[2] if "@" in name else "" for name in self.judges})
 
 
 def check_judged(config: EvalConfig) -> None:
@@ -139,7 +147,8 @@ def write_report(config: EvalConfig, report: dict, samples: list[dict]) -> None:
 def markdown_table(report: dict) -> str:
     results = report["results"]
     rates = sorted({key for result in results.values() for key in result if "=" in key})
-    columns = ["all_targets_met", *rates, "perplexity_median", "dist3", "copied_8_words", "seconds_per_sample"]
+    joint = sorted({key for result in results.values() for key in result if key.startswith("all_targets_met")})
+    columns = [*joint, *rates, "perplexity_median", "dist3", "copied_8_words", "seconds_per_sample"]
     columns = [c for c in columns if any(c in r for r in results.values())]
     lines = ["| method | condition | " + " | ".join(columns) + " |", "|---|---|" + "---|" * len(columns)]
     for key, result in results.items():
