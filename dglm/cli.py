@@ -25,7 +25,7 @@ Attributes come from plugins: `dglm attributes` lists them with their labels.
 EPILOG_SERVE = """\
 examples:
   dglm serve                                   # http://127.0.0.1:8000, playground at /
-  DGLM_API_KEY=secret dglm serve --port 9000   # every endpoint but /health needs the key
+  DGLM_API_KEY=secret dglm serve --port 9000   # the API needs the key (/health and the page do not)
   curl -s localhost:8000/v1/completions -H 'Content-Type: application/json' \\
        -d '{"prompt": "The movie", "attributes": ["sentiment=positive"], "n": 2, "seed": 0}'
 
