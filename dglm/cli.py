@@ -84,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--request-timeout-s", type=float, default=300.0, help="a request still unanswered after this many "
                                                                             "seconds gets a 504 (default 300)")
     serve.add_argument("--api-key-file", type=Path, help="file holding the API key (or set DGLM_API_KEY); with a key, "
-                                                          "every endpoint but /health needs 'Authorization: Bearer KEY'")
+                                                          "the API needs 'Authorization: Bearer KEY' (/health and the page, "
+                                                          "which holds no data, do not)")
     serve.set_defaults(handler=cmd_serve)
 
     attrs = commands.add_parser("attributes", help="list the attributes installed plugins provide")
