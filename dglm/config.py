@@ -56,7 +56,7 @@ def accepted(spec: dataclasses.Field, kind: type) -> str:
     """What a setting accepts, in words: "an integer >= 1", "a number in (0, 1]"."""
     low = ("[", spec.metadata["at_least"]) if spec.metadata["at_least"] is not None else ("(", spec.metadata["above"])
     high = ("]", spec.metadata["at_most"]) if spec.metadata["at_most"] is not None else (")", spec.metadata["below"])
-    noun = {int: "an integer", float: "a number", str: "a name"}[kind]
+    noun = "a name" if kind is str else type_name(kind)
     if low[1] is not None and high[1] is not None:
         return f"{noun} in {low[0]}{low[1]:g}, {high[1]:g}{high[0]}"
     if low[1] is not None:
