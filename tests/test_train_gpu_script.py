@@ -1,6 +1,7 @@
 """scripts/train-gpu.sh proved on the CPU at a smoke size: packed in pieces of at most 64 MiB, trained from the
 pieces alone, brought back as at most 8 files of at most 16 MiB, and rebuilt into a checkpoint that generates."""
 
+import json
 import os
 import subprocess
 import sys
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import toy_sentences
 
 from dglm import Pipeline
 
@@ -23,8 +25,9 @@ def run(*args: str, **env: str) -> None:
 
 
 def test_the_gpu_script_packs_trains_from_pieces_and_brings_back_small_files(tmp_path):
-    if not (REPO / "data" / "pairs-train.jsonl").is_file():
-        pytest.skip("needs data/pairs-train.jsonl: run `dglm data build` first")
+    pairs = tmp_path / "pairs.jsonl"  # a stand-in corpus: the smoke run reads 64 pairs
+    pairs.write_text("".join(json.dumps({"prefix": s[:12], "continuation": " " + s[12:], "source": "toy"}) + "\n"
+                             for s in toy_sentences(200)))
     smoke = tmp_path / "smoke.yaml"
     smoke.write_text(yaml.safe_dump({
         "extends": str(REPO / "configs" / "train-gpu.yaml"), "run_dir": "runs/smoke", "output": "runs/smoke/checkpoint",
@@ -33,7 +36,7 @@ def test_the_gpu_script_packs_trains_from_pieces_and_brings_back_small_files(tmp
         "prompt_generator": {"steps": 2, "batch_size": 2, "warmup": 1, "bag_of_words_steps": 1,
                              "bag_of_words_batch_size": 4, "checkpoint_every": 1},
     }))
-    run("pack", str(tmp_path / "pieces"))
+    run("pack", str(tmp_path / "pieces"), PAIRS=str(pairs))
     pieces = sorted((tmp_path / "pieces").iterdir())
     assert len(pieces) >= 2 and all(p.stat().st_size <= 64 * 2**20 for p in pieces)
     run("train", str(tmp_path / "pieces"), str(tmp_path / "out"), CONFIG=str(smoke), MINUTES="10")
