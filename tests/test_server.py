@@ -224,3 +224,20 @@ def test_sigterm_finishes_the_request_in_flight_then_exits(tiny_checkpoint):
             socket.create_connection(("127.0.0.1", port), timeout=2)
     finally:
         server.kill()
+
+
+def test_a_request_over_the_time_limit_gets_a_504_and_leaves_the_batch(tiny_pipeline, monkeypatch):
+    forward = tiny_pipeline.decoder.model.forward
+
+    def slow_forward(*args, **kwargs):
+        time.sleep(0.05)
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(tiny_pipeline.decoder.model, "forward", slow_forward)
+    app = create_app(tiny_pipeline, "tiny", ServerLimits(request_timeout_s=0.5))
+    with serve_in_thread(app) as url:
+        status, answer = request(url, "POST", "/v1/completions", {"prompt": "The movie", "max_tokens": 60,
+                                                                   "repetition_penalty": 1.0, "temperature": 0.3})
+        assert status == 504 and "longer than the server's limit of 0.5 s (--request-timeout-s)" in answer["error"]["message"]
+        time.sleep(1.0)
+        assert app.state.engine.decode_steps < 50, "the timed-out request kept its place in the batch"
