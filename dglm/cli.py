@@ -201,8 +201,8 @@ def cmd_generate(args: argparse.Namespace) -> None:
     overrides = {name: getattr(args, name) for name in declared_settings()}
     pipeline = Pipeline.from_pretrained(args.model, device=device)
     diffusion, decoding = pipeline.settings(**overrides)
-    prefixes = lambda: itertools.chain([args.prefix] if args.prefix is not None else [],
-                                       iter_prefixes(args.prefix_file) if args.prefix_file is not None else [])
+    prefixes = itertools.chain([args.prefix] if args.prefix is not None else [],
+                               iter_prefixes(args.prefix_file) if args.prefix_file is not None else [])
     form = args.format or ("jsonl" if args.output else "text")
     seed, out = args.seed, None
     if args.output is not None and rank == 0:
@@ -216,7 +216,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
     skip, seed = share_from_main([out.held if out else 0, seed], world)
     if world > 1 and rank == 0:
         print(f"dglm: sharded over {world} processes", file=sys.stderr, flush=True)
-    samples = pipeline.generate_stream(prefixes(), constraints, args.num_samples, seed, args.batch_size, skip=skip, **overrides)
+    samples = pipeline.generate_stream(prefixes, constraints, args.num_samples, seed, args.batch_size, skip=skip, **overrides)
     show_progress = rank == 0 and (out is not None or sys.stderr.isatty())
     progress = tqdm(total=total * args.num_samples, initial=skip, desc="generating", unit="sample", file=sys.stderr,
                     disable=not show_progress, dynamic_ncols=True)

@@ -261,13 +261,6 @@ class Pipeline:
         world, rank = process_group()
         seed = shared_seed(seed, world)
         targets = {c.attribute: c.label for c in constraints}
-        return self._stream(prefixes, targets, constraints, guide, diffusion, decoding, num_samples, seed, batch_size,
-                            skip, world, rank)
-
-    def _stream(self, prefixes, targets, constraints, guide, diffusion, decoding, num_samples, seed, batch_size, skip,
-                world, rank) -> Iterator[Sample]:
-        """generate_stream's generator, apart so that its arguments are checked when it is called, not when the
-        first sample is asked for."""
 
         def rows() -> Iterator[tuple[int, int, Row]]:
             for i, text in enumerate(prefixes):
@@ -280,13 +273,15 @@ class Pipeline:
                             raise DglmError(f"seed {seed} is too large for {k + 1} samples (at most {MAX_SEED} in all)")
                         yield i, j, Row(text, seed + k, guide, diffusion, decoding)
 
-        batches = chunks(rows(), batch_size)
-        for round_of_batches in chunks(batches, world):  # one batch per process a round
-            mine = round_of_batches[rank] if rank < len(round_of_batches) else []
-            texts = map(self.decoder.decode, self.generate_rows([row for _, _, row in mine])) if mine else []
-            samples = [Sample(row.prefix, text, targets, row.seed, constraints, i, j) for (i, j, row), text in zip(mine, texts)]
-            for part in gather_to_main(samples, world, rank):
-                yield from part
+        def samples() -> Iterator[Sample]:  # a generator of its own, so that the checks above run at the call
+            for round_of_batches in chunks(chunks(rows(), batch_size), world):  # one batch per process a round
+                mine = round_of_batches[rank] if rank < len(round_of_batches) else []
+                texts = map(self.decoder.decode, self.generate_rows([row for _, _, row in mine])) if mine else []
+                ours = [Sample(row.prefix, text, targets, row.seed, constraints, i, j) for (i, j, row), text in zip(mine, texts)]
+                for part in gather_to_main(ours, world, rank):
+                    yield from part
+
+        return samples()
 
     def settings(self, **overrides: Any) -> tuple[DiffusionSettings, DecodingSettings]:
         """The checkpoint's diffusion and decoding settings with `overrides` (None: keep) applied and validated."""
@@ -309,7 +304,7 @@ class Pipeline:
         if len({row.schedule_key for row in rows}) > 1:
             raise DglmError("rows in one batch must share sampler, steps, prefix_guidance and renoise_alpha2")
         prefixes, diffusion = [row.prefix for row in rows], rows[0].diffusion
-        for row in rows:  # before any model runs
+        for row in rows:  # before any model runs, and before the encoder's warning
             self.check_fits(row)
         self.encoder.warn_if_cut(prefixes)
         generators = sample_generators([row.seed for row in rows])
@@ -319,7 +314,8 @@ class Pipeline:
         return self.decoder.generate_tokens(prefixes, soft_prompts, generators, [row.decoding for row in rows], on_step=on_step)
 
     def check_fits(self, row: Row) -> None:
-        """Refuse a row whose prefix, soft prompts and new tokens would overrun the decoder's context."""
+        """Refuse a row whose prefix, soft prompts and new tokens would overrun the decoder's context, before any
+        model runs (the decoder checks again as it starts, for callers that decode without diffusion)."""
         self.decoder.check_fits(self.decoder._token_ids(row.prefix), self.config.prompt_generator.num_soft_prompts,
                                 row.decoding.max_new_tokens)
 

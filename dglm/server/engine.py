@@ -98,7 +98,7 @@ class BatchingEngine:
             self.closed = True
             left, self.waiting = self.waiting, []
             self.condition.notify()
-        for job in {id(job): job for job, _ in left}.values():
+        for job in distinct_jobs(left):
             job.emit(Failed("the server shut down before this request was served; send it again", 503))
         self.thread.join(timeout)
 
@@ -111,7 +111,7 @@ class BatchingEngine:
                 self._run(batch)
             except Exception as error:  # a bug must fail its requests, never the worker
                 log.exception("a batch failed")
-                for job in {id(job): job for job, _ in batch}.values():
+                for job in distinct_jobs(batch):
                     job.emit(Failed(f"generation failed: {type(error).__name__}: {error}"))
 
     def _next_batch(self) -> list[tuple[Job, int]] | None:
@@ -141,7 +141,7 @@ class BatchingEngine:
 
     def _run(self, batch: list[tuple[Job, int]]) -> None:
         decoder = self.pipeline.decoder
-        for job in {id(job): job for job, _ in batch}.values():  # a request that cannot run fails alone
+        for job in distinct_jobs(batch):  # a request that cannot run fails alone
             try:
                 for row in job.rows:
                     self.pipeline.check_fits(row)
@@ -151,7 +151,7 @@ class BatchingEngine:
         batch = [(job, index) for job, index in batch if not job.cancelled]
         if not batch:
             return
-        for job in {id(job): job for job, index in batch if index == 0}.values():
+        for job in [job for job, index in batch if index == 0]:  # each job once: its first row
             job.prompt_tokens = sum(decoder.count_tokens(prefix) for prefix in dict.fromkeys(r.prefix for r in job.rows))
         sent = [""] * len(batch)  # the text streamed so far, per row
 
@@ -177,3 +177,8 @@ class BatchingEngine:
             ids = token_ids[row]
             stopped = bool(ids) and ids[-1] == eos
             job.emit(Finished(index, texts[row], len(ids) - stopped, "stop" if stopped else "length", scores.get(row)))
+
+
+def distinct_jobs(rows) -> list[Job]:
+    """The jobs of (job, row index) pairs, each once, in order."""
+    return list({id(job): job for job, _ in rows}.values())
