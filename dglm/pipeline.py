@@ -304,8 +304,7 @@ class Pipeline:
         if len({row.schedule_key for row in rows}) > 1:
             raise DglmError("rows in one batch must share sampler, steps, prefix_guidance and renoise_alpha2")
         prefixes, diffusion = [row.prefix for row in rows], rows[0].diffusion
-        for row in rows:  # before any model runs, and before the encoder's warning
-            self.check_fits(row)
+        self.check_fits(rows)  # before any model runs, and before the encoder's warning
         self.encoder.warn_if_cut(prefixes)
         generators = sample_generators([row.seed for row in rows])
         guidance = BatchGuidance([row.guide for row in rows], [row.diffusion.guidance_scale for row in rows])
@@ -313,11 +312,11 @@ class Pipeline:
         soft_prompts = self.soft_prompts(latents, generators, diffusion.renoise_alpha2)
         return self.decoder.generate_tokens(prefixes, soft_prompts, generators, [row.decoding for row in rows], on_step=on_step)
 
-    def check_fits(self, row: Row) -> None:
-        """Refuse a row whose prefix, soft prompts and new tokens would overrun the decoder's context, before any
+    def check_fits(self, rows: list[Row]) -> None:
+        """Refuse rows whose prefix, soft prompts and new tokens would overrun the decoder's context, before any
         model runs (the decoder checks again as it starts, for callers that decode without diffusion)."""
-        self.decoder.check_fits(self.decoder._token_ids(row.prefix), self.config.prompt_generator.num_soft_prompts,
-                                row.decoding.max_new_tokens)
+        for row, prefix_ids in zip(rows, self.decoder.token_ids([row.prefix for row in rows])):
+            self.decoder.check_fits(prefix_ids, self.config.prompt_generator.num_soft_prompts, row.decoding.max_new_tokens)
 
     def propose_latents(self, prefixes: list[str], generators: list[torch.Generator], guidance: BatchGuidance | None = None,
                         diffusion: DiffusionSettings | None = None) -> torch.Tensor:

@@ -143,8 +143,7 @@ class BatchingEngine:
         decoder = self.pipeline.decoder
         for job in distinct_jobs(batch):  # a request that cannot run fails alone
             try:
-                for row in job.rows:
-                    self.pipeline.check_fits(row)
+                self.pipeline.check_fits(job.rows)
             except DglmError as error:
                 job.cancelled = True
                 job.emit(Failed(str(error), 400))

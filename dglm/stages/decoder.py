@@ -46,11 +46,13 @@ class SoftPromptDecoder:
     def device(self) -> torch.device:
         return self.model.get_input_embeddings().weight.device
 
-    def _token_ids(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+    def token_ids(self, texts: list[str]) -> list[list[int]]:
+        """Each text's token ids, without special tokens: one tokenizer call for the batch, not one per text
+        (with a fast tokenizer, per-text calls cost more than a tiny model's forward pass)."""
+        return self.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
 
     def count_tokens(self, text: str) -> int:
-        return len(self._token_ids(text))
+        return len(self.token_ids([text])[0])
 
     @property
     def context(self) -> int | None:
@@ -69,7 +71,7 @@ class SoftPromptDecoder:
 
     def _left_padded(self, prefixes: list[str], soft_prompts: torch.Tensor | None):
         """Embeddings, attention mask and token ids of [pad ; prefix ; soft prompts], left-padded."""
-        ids = [self._token_ids(prefix) for prefix in prefixes]
+        ids = self.token_ids(prefixes)
         if any(len(row) == 0 for row in ids):
             raise DglmError("a prefix produced no tokens; give a non-empty prefix")
         width = max(map(len, ids))
@@ -177,7 +179,7 @@ class SoftPromptDecoder:
         which the model reads as a new sequence), so no compute goes to padding; logits are computed only
         where a continuation token is predicted, not over the whole vocabulary at every position.
         """
-        rows = [(self._token_ids(p), self._token_ids(c)[:max_target_tokens]) for p, c in zip(prefixes, continuations)]
+        rows = [(p, c[:max_target_tokens]) for p, c in zip(self.token_ids(prefixes), self.token_ids(continuations))]
         k = soft_prompts.shape[1]
         table = self.model.get_input_embeddings()
         embeds, positions, predict_at, labels = [], [], [], []
@@ -210,7 +212,7 @@ class SoftPromptDecoder:
         k = soft_prompts.shape[1]
         log_probs = F.log_softmax(self.model.get_output_embeddings()(soft_prompts).float(), dim=-1)
         mixture = log_probs.logsumexp(dim=1) - math.log(k)
-        targets = [sorted(set(self._token_ids(c)[:max_target_tokens])) for c in continuations]
+        targets = [sorted(set(ids[:max_target_tokens])) for ids in self.token_ids(continuations)]
         return torch.stack([-mixture[row, ids].mean() for row, ids in enumerate(targets)]).mean()
 
 
