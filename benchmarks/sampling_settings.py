@@ -33,9 +33,6 @@ SETTINGS = {
     "min_p 0.2, temperature 0.7": {"min_p": 0.2, "temperature": 0.7},
     "min_p 0.2, guidance scale 512": {"min_p": 0.2, "guidance_scale": 512.0},
     "50 diffusion steps": {"steps": 50},
-    "bag-of-words prior 0.25": {"bow_weight": 0.25},
-    "bag-of-words prior 0.5": {"bow_weight": 0.5},
-    "bag-of-words prior 1": {"bow_weight": 1.0},
 }
 
 

@@ -128,9 +128,6 @@ class DecodingSettings(Settings):
     min_p: float = setting(0.0, "drop tokens less than MIN_P times as likely as the likeliest one; keeps text on its "
                                 "attribute, 0 turns it off", at_least=0, below=1)
     repetition_penalty: float = setting(1.2, "penalty for tokens already in the text; 1 turns it off", above=0)
-    bow_weight: float = setting(0.0, "weight of the bag-of-words prior: the words the soft prompts point to (read through "
-                                     "the decoder's output layer) multiplied into each step's distribution; 0 turns it "
-                                     "off", at_least=0)
 
 
 SETTINGS_SECTIONS: dict[str, type[Settings]] = {"diffusion": DiffusionSettings, "decoding": DecodingSettings}

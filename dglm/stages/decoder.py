@@ -130,12 +130,8 @@ class SoftPromptDecoder:
         generated = torch.full((rows, longest), self.tokenizer.pad_token_id, dtype=torch.long)
         finished = torch.zeros(rows, dtype=torch.bool)
         lengths = torch.zeros(rows, dtype=torch.long)
-        prior = self.bag_of_words_log_probs(soft_prompts) if soft_prompts is not None and row_settings.uses_prior else None
         for step in range(longest):
-            logits = out.logits[:, -1].float()
-            if prior is not None:
-                logits = logits + row_settings.bow_weight * prior
-            logits = row_settings.filter(logits)
+            logits = row_settings.filter(out.logits[:, -1].float())
             if adjust_logits is not None:
                 logits = adjust_logits(logits, generated[:, :step])
             logits = row_settings.penalise(logits, seen)
@@ -213,16 +209,11 @@ class SoftPromptDecoder:
         already knows how to read, instead of leaving the prompt generator to discover one through the
         whole decoder; with tied embeddings the LM head *is* the input embedding table.
         """
-        mixture = self.bag_of_words_log_probs(soft_prompts)
+        k = soft_prompts.shape[1]
+        log_probs = F.log_softmax(self.model.get_output_embeddings()(soft_prompts).float(), dim=-1)
+        mixture = log_probs.logsumexp(dim=1) - math.log(k)
         targets = [sorted(set(ids[:max_target_tokens])) for ids in self.token_ids(continuations)]
         return torch.stack([-mixture[row, ids].mean() for row, ids in enumerate(targets)]).mean()
-
-
-    def bag_of_words_log_probs(self, soft_prompts: torch.Tensor) -> torch.Tensor:
-        """Log-probabilities over the vocabulary (rows x vocab) of the soft prompts read through the LM head as an
-        equal mixture of their k token distributions: the words they point to, in no order."""
-        log_probs = F.log_softmax(self.model.get_output_embeddings()(soft_prompts).float(), dim=-1)
-        return log_probs.logsumexp(dim=1) - math.log(soft_prompts.shape[1])
 
 
 class RowSettings:
@@ -235,8 +226,6 @@ class RowSettings:
         self.temperature = column([s.temperature for s in settings])
         self.top_p = column([s.top_p for s in settings])
         self.penalty = column([s.repetition_penalty for s in settings])
-        self.bow_weight = column([s.bow_weight for s in settings])
-        self.uses_prior = any(s.bow_weight for s in settings)
         self.min_p = [s.min_p for s in settings]
         self.top_k = [s.top_k for s in settings]
 
