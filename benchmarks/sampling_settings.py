@@ -60,7 +60,8 @@ def main() -> None:
         for method_name, condition in runs:
             key = f"{name} | {method_name} | {condition}"
             scores = bench.judge(get_methods()[method_name](pipeline), condition, key)
-            report["results"][key] = {k: v for k, v in scores.items() if k in ("sentiment=positive", "perplexity_median", "dist3")}
+            report["results"][key] = {k: v for k, v in scores.items()
+                                      if k.startswith("sentiment") and k.endswith("=positive") or k in ("perplexity_median", "dist3")}
             print(key, json.dumps(report["results"][key]), flush=True)
     pipeline.config.diffusion, pipeline.config.decoding = diffusion, decoding
     args.out.write_text(json.dumps(report, indent=2) + "\n")

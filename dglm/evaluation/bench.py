@@ -20,6 +20,8 @@ def add_common_arguments(parser: argparse.ArgumentParser, prefixes: str, out: st
     parser.add_argument("--prefixes", type=Path, default=Path(prefixes))
     parser.add_argument("--samples", type=int, default=10, help="samples per prefix and condition")
     parser.add_argument("--judge", default="data/sentiment-judge.csv", help="the sentiment judge's training data")
+    parser.add_argument("--encoder-judge", default="all-mpnet-base-v2", metavar="ENCODER",
+                        help="also judge on this encoder's embeddings (the sharper judge; '' for the TF-IDF judge only)")
     parser.add_argument("--model")
     parser.add_argument("--out", type=Path, default=Path(out))
 
@@ -33,7 +35,8 @@ class SentimentBench:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> SentimentBench:
-        config = EvalConfig(prefixes=str(args.prefixes), num_samples=args.samples, judges={"sentiment": args.judge})
+        judges = {"sentiment": args.judge, **({f"sentiment@{args.encoder_judge}": args.judge} if args.encoder_judge else {})}
+        config = EvalConfig(prefixes=str(args.prefixes), num_samples=args.samples, judges=judges)
         rows = seeded_rows(read_prefixes(args.prefixes), args.samples, config.seed)
         return cls(config, Scorer(config), Pipeline.from_pretrained(args.model), rows)
 
