@@ -15,7 +15,10 @@ ROOT = Path(__file__).resolve().parent.parent
 BUNDLED = ROOT / "dglm" / "default"
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+TRIALS = sorted((ROOT / "configs" / "trials").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")) + TRIALS, ids=lambda p: p.name)
 def test_training_configs_parse(path):
     assert TrainConfig.from_yaml(path).prompt_generator.steps > 0
 
@@ -115,3 +118,14 @@ def test_yaml_values_are_type_checked_naming_file_and_key(tmp_path, text, messag
     with pytest.raises(DglmError, match=message) as error:
         TrainConfig.from_yaml(path)
     assert str(error.value).startswith(str(path))
+
+
+@pytest.mark.parametrize("path", TRIALS, ids=lambda p: p.name)
+def test_a_lever_trial_draws_the_long_runs_batches(path):
+    """A trial is read batch for batch against the long run (benchmarks/lever_trials.py): it may change the
+    pipeline (its lever) and the denoiser it does not use, nothing that decides the prompt generator's batches."""
+    trial, long_run = TrainConfig.from_yaml(path), TrainConfig.from_yaml(ROOT / "configs" / "train-long.yaml")
+    assert (trial.seed, trial.data, trial.prompt_generator) == (long_run.seed, long_run.data, long_run.prompt_generator)
+    assert trial.pipeline != long_run.pipeline
+    assert trial.run_dir != long_run.run_dir and trial.output != long_run.output
+

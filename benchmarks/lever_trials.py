@@ -1,0 +1,90 @@
+"""Read short lever trials against the long run: the prompt generator's training loss, step by step.
+
+A trial (`configs/trials/*.yaml`) is the long run's config with one lever changed, trained for its first few
+hundred joint steps. The data order and the learning-rate schedule come from the seed and the total steps,
+which the trial shares with the long run, so step s of the trial saw the same batch as step s of the long
+run; each batch is new to both (the first epoch is far away), so the loss on it is a held-out estimate. The
+script compares mean losses over windows of steps and plots the smoothed curves.
+
+    python benchmarks/lever_trials.py --trials adapter-mlp soft-prompts-16 --steps 750
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+RUNS = Path("~/.cache/dglm/runs").expanduser()
+
+
+def losses(run: str) -> list[float]:
+    state = RUNS / run / "prompt-generator-state.json"
+    if not state.is_file():
+        raise SystemExit(f"no prompt-generator state in {state.parent}: train the trial first (see configs/trials/)")
+    return json.loads(state.read_text())["losses"]
+
+
+def windows(values: list[float], steps: int, width: int) -> list[float]:
+    return [statistics.fmean(values[start : start + width]) for start in range(0, steps, width)]
+
+
+def paired_difference(trial: list[float], baseline: list[float]) -> dict[str, float]:
+    """Mean and standard error of trial - baseline over the same batches (pairing removes the batch-to-batch noise)."""
+    differences = [t - b for t, b in zip(trial, baseline)]
+    return {"mean": round(statistics.fmean(differences), 4),
+            "standard_error": round(statistics.stdev(differences) / len(differences) ** 0.5, 4)}
+
+
+def plot(curves: dict[str, list[float]], path: Path, smooth: int = 50) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7, 4))
+    for name, values in curves.items():
+        smoothed = [statistics.fmean(values[i - smooth : i]) for i in range(smooth, len(values) + 1)]
+        axes.plot(range(smooth, len(values) + 1), smoothed, label=name)
+    axes.set(xlabel="joint step (batch of 8)", ylabel=f"loss, mean of {smooth} steps",
+             title="prompt generator: lever trials against the long run")
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--trials", nargs="+", required=True, help="trial names (configs/trials/NAME.yaml)")
+    parser.add_argument("--baseline", default="long", help="the run the trials are read against")
+    parser.add_argument("--steps", type=int, default=750, help="joint steps compared")
+    parser.add_argument("--window", type=int, default=250, help="steps per mean")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/lever-trials"))
+    args = parser.parse_args()
+
+    curves = {name: losses(name if name == args.baseline else f"trial-{name}")[: args.steps]
+              for name in [args.baseline, *args.trials]}
+    short = [name for name, values in curves.items() if len(values) < args.steps]
+    if short:
+        raise SystemExit(f"{', '.join(short)} trained fewer than {args.steps} joint steps")
+    last = slice(args.steps - args.window, args.steps)
+    report = {"steps": args.steps, "window": args.window,
+              "mean_loss": {name: [round(v, 4) for v in windows(values, args.steps, args.window)] for name, values in curves.items()},
+              "last_window_difference": {name: paired_difference(curves[name][last], curves[args.baseline][last])
+                                         for name in args.trials}}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+    plot(curves, args.out.with_suffix(".png"))
+    heads = [f"steps {s}-{min(s + args.window, args.steps) - 1}" for s in range(0, args.steps, args.window)]
+    print("| run | " + " | ".join(heads) + " |\n|---|" + "---|" * len(heads))
+    for name, means in report["mean_loss"].items():
+        print(f"| {name} | " + " | ".join(f"{m:.4f}" for m in means) + " |")
+    for name, difference in report["last_window_difference"].items():
+        print(f"{name} - {args.baseline}, last {args.window} steps, same batches: "
+              f"{difference['mean']:+.4f} +- {difference['standard_error']:.4f}")
+
+
+if __name__ == "__main__":
+    main()
