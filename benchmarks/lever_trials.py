@@ -1,12 +1,13 @@
-"""Read short lever trials against the long run: the prompt generator's training loss, step by step.
+"""Read short lever trials against a baseline run: the prompt generator's training loss, batch for batch.
 
-A trial (`configs/trials/*.yaml`) is the long run's config with one lever changed, trained for its first few
-hundred joint steps. The data order and the learning-rate schedule come from the seed and the total steps,
-which the trial shares with the long run, so step s of the trial saw the same batch as step s of the long
-run; each batch is new to both (the first epoch is far away), so the loss on it is a held-out estimate. The
-script compares mean losses over windows of steps and plots the smoothed curves.
+A trial (`configs/trials/*.yaml`) is the baseline run's config with one lever changed, trained for its first
+few hundred joint steps. The data order and the learning-rate schedule come from the seed and the total
+steps, which every trial shares with the baseline and the long run, so step s of each saw the same batch;
+each batch is new to all of them (the first epoch is far away), so the loss on it is a held-out estimate.
+Runs are named by their folder under ~/.cache/dglm/runs. The script compares mean losses over windows of
+steps, gives each run's paired difference from the baseline, and plots the smoothed curves.
 
-    python benchmarks/lever_trials.py --trials adapter-mlp soft-prompts-16 --steps 750
+    python benchmarks/lever_trials.py --baseline long-rank8 --runs trial-adapter-mlp trial-soft-prompts-16 long
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ RUNS = Path("~/.cache/dglm/runs").expanduser()
 def losses(run: str) -> list[float]:
     state = RUNS / run / "prompt-generator-state.json"
     if not state.is_file():
-        raise SystemExit(f"no prompt-generator state in {state.parent}: train the trial first (see configs/trials/)")
+        raise SystemExit(f"no prompt-generator state in {state.parent}: train the run first (see configs/trials/)")
     return json.loads(state.read_text())["losses"]
 
 
@@ -48,7 +49,7 @@ def plot(curves: dict[str, list[float]], path: Path, smooth: int = 50) -> None:
         smoothed = [statistics.fmean(values[i - smooth : i]) for i in range(smooth, len(values) + 1)]
         axes.plot(range(smooth, len(values) + 1), smoothed, label=name)
     axes.set(xlabel="joint step (batch of 8)", ylabel=f"loss, mean of {smooth} steps",
-             title="prompt generator: lever trials against the long run")
+             title="prompt generator: lever trials against the baseline run")
     axes.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=120)
@@ -57,15 +58,14 @@ def plot(curves: dict[str, list[float]], path: Path, smooth: int = 50) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--trials", nargs="+", required=True, help="trial names (configs/trials/NAME.yaml)")
-    parser.add_argument("--baseline", default="long", help="the run the trials are read against")
+    parser.add_argument("--runs", nargs="+", required=True, help="run folders under ~/.cache/dglm/runs to compare")
+    parser.add_argument("--baseline", default="long-rank8", help="the run folder the others are read against")
     parser.add_argument("--steps", type=int, default=750, help="joint steps compared")
     parser.add_argument("--window", type=int, default=250, help="steps per mean")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/lever-trials"))
     args = parser.parse_args()
 
-    curves = {name: losses(name if name == args.baseline else f"trial-{name}")[: args.steps]
-              for name in [args.baseline, *args.trials]}
+    curves = {name: losses(name)[: args.steps] for name in [args.baseline, *args.runs]}
     short = [name for name, values in curves.items() if len(values) < args.steps]
     if short:
         raise SystemExit(f"{', '.join(short)} trained fewer than {args.steps} joint steps")
@@ -73,7 +73,7 @@ def main() -> None:
     report = {"steps": args.steps, "window": args.window,
               "mean_loss": {name: [round(v, 4) for v in windows(values, args.steps, args.window)] for name, values in curves.items()},
               "last_window_difference": {name: paired_difference(curves[name][last], curves[args.baseline][last])
-                                         for name in args.trials}}
+                                         for name in args.runs}}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
     plot(curves, args.out.with_suffix(".png"))
