@@ -7,7 +7,7 @@ each batch is new to all of them (the first epoch is far away), so the loss on i
 Runs are named by their folder under ~/.cache/dglm/runs. The script compares mean losses over windows of
 steps, gives each run's paired difference from the baseline, and plots the smoothed curves.
 
-    python benchmarks/lever_trials.py --baseline long-rank8 --runs trial-adapter-mlp trial-soft-prompts-16 long
+    python benchmarks/lever_trials.py --baseline long-rank8 --runs trial-adapter-mlp trial-soft-prompts-16 long-both
 """
 
 from __future__ import annotations
