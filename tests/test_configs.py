@@ -72,12 +72,13 @@ def test_the_gpu_and_long_configs_extend_the_default_recipe():
 @pytest.mark.parametrize("path", EXTENDING, ids=lambda p: p.name)
 def test_an_extending_config_changes_only_what_it_means_to(path):
     parent_path = path.parent / yaml.safe_load(path.read_text())["extends"]
-    child, parent = TrainConfig.from_yaml(path).to_dict(), TrainConfig.from_yaml(parent_path).to_dict()
+    child_config, parent_config = TrainConfig.from_yaml(path), TrainConfig.from_yaml(parent_path)
+    child, parent = child_config.to_dict(), parent_config.to_dict()
     child_leaves, parent_leaves = leaves(child), leaves(parent)
     changed = {key for key in child_leaves if child_leaves[key] != parent_leaves.get(key)}
     drifted = sorted(key for key in changed if key.split(".")[-1] not in DELIBERATE and not key.startswith(SIZES))
     assert not drifted, f"{path.name} changes {drifted} of {parent_path.name}"
-    assert TrainConfig.from_yaml(path).pipeline.decoder_adapter.rank >= TrainConfig.from_yaml(parent_path).pipeline.decoder_adapter.rank, \
+    assert child_config.pipeline.decoder_adapter.rank >= parent_config.pipeline.decoder_adapter.rank, \
         f"{path.name} shrinks or drops the decoder adapter of {parent_path.name}"
 
 
@@ -96,9 +97,9 @@ def lora_parameters(model: torch.nn.Module, adapter) -> int:
 
 @pytest.mark.integration
 def test_lora_parameters_counts_what_the_bundled_adapter_holds(default_decoder):
-    _, bundled_state, _ = read_checkpoint(BUNDLED)
+    bundled_config, bundled_state, _ = read_checkpoint(BUNDLED)
     bundled = sum(t.numel() for key, t in bundled_state.items() if key.startswith("decoder_adapter."))
-    assert lora_parameters(default_decoder, read_checkpoint(BUNDLED)[0].decoder_adapter) == bundled
+    assert lora_parameters(default_decoder, bundled_config.decoder_adapter) == bundled
 
 
 @pytest.mark.integration
@@ -143,11 +144,10 @@ def test_yaml_values_are_type_checked_naming_file_and_key(tmp_path, text, messag
 
 @pytest.mark.parametrize("path", TRIALS, ids=lambda p: p.name)
 def test_a_lever_trial_draws_the_long_runs_batches(path):
-    """A trial is read batch for batch against the long run (benchmarks/lever_trials.py): it may change the
-    pipeline (its lever) and the denoiser it does not use, nothing that decides the prompt generator's batches."""
+    """A trial is read batch for batch against the baseline (benchmarks/lever_trials.py): it shares the long run's
+    seed, data and prompt-generator settings, and changes the pipeline (its lever) and the unused denoiser only."""
     trial, long_run = TrainConfig.from_yaml(path), TrainConfig.from_yaml(ROOT / "configs" / "train-long.yaml")
     assert (trial.seed, trial.data, trial.prompt_generator) == (long_run.seed, long_run.data, long_run.prompt_generator)
     if path.name != "baseline.yaml":
         assert trial.pipeline != TrainConfig.from_yaml(path.parent / "baseline.yaml").pipeline
     assert trial.run_dir != long_run.run_dir and trial.output != long_run.output
-
