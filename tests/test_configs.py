@@ -145,9 +145,14 @@ def test_yaml_values_are_type_checked_naming_file_and_key(tmp_path, text, messag
 @pytest.mark.parametrize("path", TRIALS, ids=lambda p: p.name)
 def test_a_lever_trial_draws_the_long_runs_batches(path):
     """A trial is read batch for batch against the baseline (benchmarks/lever_trials.py): it shares the long run's
-    seed, data and prompt-generator settings, and changes the pipeline of the config it extends (its lever; the
-    baseline's is the long run's) and the unused denoiser only."""
+    seed, data and training settings, and changes the pipeline of the config it extends (its lever; the
+    baseline's is the long run's). A prompt-generator trial may shorten the denoiser stage, which it does not
+    use; a denoiser trial keeps it whole, since the learning-rate schedule follows the stage's total steps."""
     trial, long_run = TrainConfig.from_yaml(path), TrainConfig.from_yaml(ROOT / "configs" / "train-long.yaml")
     assert (trial.seed, trial.data, trial.prompt_generator) == (long_run.seed, long_run.data, long_run.prompt_generator)
+    if trial.pipeline.denoiser == long_run.pipeline.denoiser:
+        assert dataclasses.replace(trial.denoiser, steps=long_run.denoiser.steps) == long_run.denoiser
+    else:
+        assert trial.denoiser == long_run.denoiser
     assert trial.pipeline != TrainConfig.from_yaml(path.parent / yaml.safe_load(path.read_text())["extends"]).pipeline
     assert trial.run_dir != long_run.run_dir and trial.output != long_run.output
