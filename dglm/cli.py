@@ -157,6 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--methods", nargs="+", metavar="METHOD",
                           help="run only these of the config's methods, e.g. `--methods dglm` after retraining (the "
                                "baselines do not depend on the checkpoint)")
+    evaluate.add_argument("--model", help="checkpoint folder instead of the config's `model` (default: the bundled "
+                                           "model), e.g. a newly trained one, judged with the shipped configs")
     evaluate.add_argument("--out", help="output path prefix instead of the config's `out`")
     evaluate.add_argument("--no-tradeoff", action="store_true", help="skip the guidance-scale trade-off runs")
     evaluate.set_defaults(handler=cmd_eval)
@@ -373,6 +375,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
         if unknown:
             raise DglmError(f"--methods {unknown} not in {args.config}; its methods: {', '.join(config.methods)}")
         config.methods = {name: config.methods[name] for name in args.methods}
+    config.model = args.model or config.model
     config.out = args.out or config.out
     if args.no_tradeoff:
         config.tradeoff_condition = None

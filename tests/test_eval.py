@@ -72,6 +72,17 @@ def test_eval_seeds_each_sample_as_generate_does(eval_config, tiny_checkpoint, t
     assert examples == [samples[0].text, samples[2].text]
 
 
+def test_eval_judges_another_checkpoint_with_the_same_config(eval_config, tmp_path, toy_plugin, capsys):
+    """`--model` swaps the checkpoint and nothing else; the report names the one it judged."""
+    other = tmp_path / "missing-checkpoint"
+    assert main(["eval", "--config", str(eval_config), "--model", str(other), "--methods", "dglm", "--no-tradeoff"]) == 2
+    assert str(other) in capsys.readouterr().err
+    configured = yaml.safe_load(eval_config.read_text())["model"]
+    out = tmp_path / "named"
+    assert main(["eval", "--config", str(eval_config), "--model", configured, "--methods", "dglm", "--no-tradeoff", "--out", str(out)]) == 0
+    assert json.loads(out.with_suffix(".json").read_text())["config"]["model"] == configured
+
+
 def test_eval_can_rerun_only_some_methods_to_another_output(eval_config, toy_plugin, capsys):
     out = eval_config.parent / "only-plain"
     assert main(["eval", "--config", str(eval_config), "--methods", "plain", "--out", str(out), "--no-tradeoff"]) == 0
