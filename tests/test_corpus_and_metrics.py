@@ -10,6 +10,7 @@ import tarfile
 import zipfile
 
 import pytest
+from conftest import toy_sentiment
 
 from dglm.data import corpus
 from dglm.errors import DglmError
@@ -87,6 +88,31 @@ def test_text_judge_learns_a_separable_task(tmp_path, tiny_models, features):
     judge = TextJudge.train("toy", str(path), encoder=str(tiny_models["encoder"]) if features == "encoder" else None)
     assert judge.held_out_accuracy == 1.0
     assert judge.predict(["lovely and wonderful", "awful, dreadful"]) == ["positive", "negative"]
+
+
+def test_an_encoder_judge_embeds_its_training_texts_once(tmp_path, tiny_models, monkeypatch):
+    """Fitting the same encoder judge again reads the embeddings back instead of encoding the texts again,
+    and judges exactly as before; other texts get their own cache file."""
+    from dglm.stages.encoder import SentenceEncoder
+
+    monkeypatch.setenv("DGLM_CACHE", str(tmp_path / "cache"))
+    encoded: list[str] = []
+    original = SentenceEncoder.encode
+    monkeypatch.setattr(SentenceEncoder, "encode", lambda self, texts, **kw: encoded.extend(texts) or original(self, texts, **kw))
+    texts, labels = toy_sentiment(80, seed=5)
+    path = tmp_path / "judge.csv"
+    with open(path, "w", newline="") as handle:
+        csv.writer(handle).writerows([("text", "label"), *zip(texts, labels)])
+    samples = ["lovely and wonderful", "awful, dreadful"]
+    first = TextJudge.train("toy", str(path), encoder=str(tiny_models["encoder"]))
+    assert len(encoded) == 80 and len(list((tmp_path / "cache" / "judge-embeddings").iterdir())) == 2  # train, held out
+    again = TextJudge.train("toy", str(path), encoder=str(tiny_models["encoder"]))
+    assert len(encoded) == 80
+    assert again.held_out_accuracy == first.held_out_accuracy
+    assert (again.model.predict_proba(samples) == first.model.predict_proba(samples)).all()
+    TextJudge.train("toy", str(path), seed=1, encoder=str(tiny_models["encoder"]))  # another split: other texts
+    assert len(encoded) == 80 + 4 + 80  # + the 2 samples each judge read above, + the new split
+    assert len(list((tmp_path / "cache" / "judge-embeddings").iterdir())) == 4
 
 
 def test_fetch_with_a_relative_cache_finds_what_it_downloaded(tmp_path, monkeypatch):
