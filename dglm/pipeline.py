@@ -500,5 +500,8 @@ def render_model_card(config: PipelineConfig, card: dict[str, Any]) -> str:
                   "and fluency than a GPU-scale run such as configs/train-gpu.yaml.", ""]
     for stage, facts in card.items():
         lines += [f"## Training: {stage.replace('_', ' ')}", ""]
+        planned = facts.get("config", {}).get("steps", 0)
+        if facts.get("steps", planned) < planned:  # a leg of a longer run: say so before the figures
+            lines += [f"In progress: {facts['steps']} of {planned} steps; the same command continues the run.", ""]
         lines += [f"- {key.replace('_', ' ')}: {value}" for key, value in facts.items()] + [""]
     return "\n".join(lines).rstrip() + "\n"

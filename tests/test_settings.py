@@ -75,6 +75,13 @@ def test_the_model_card_lists_every_setting_from_its_declaration():
         assert f"{name.replace('_', ' ')} " in card
 
 
+def test_the_model_card_says_when_a_stage_is_only_part_trained():
+    """A checkpoint written at the end of one leg of a long run must not read as the finished model."""
+    card = render_model_card(PipelineConfig(), {"denoiser": {"config": {"steps": 12000}, "steps": 12000},
+                                                "prompt_generator": {"config": {"steps": 30000}, "steps": 4816}})
+    assert card.count("In progress") == 1 and "In progress: 4816 of 30000 steps" in card.split("## Training: prompt generator")[1]
+
+
 def test_a_setting_out_of_range_in_yaml_names_the_file_and_the_key(tmp_path):
     path = tmp_path / "train.yaml"
     path.write_text("pipeline: {decoding: {top_p: 2}}\n")
