@@ -174,8 +174,8 @@ def test_embedding_cache_is_never_shared_between_selections_of_the_same_size(tra
     config = TrainConfig.from_yaml(train_config)
     pairs = select_pairs(config.data)
     (train_config.parent / "run").mkdir()
-    first, _ = encoded_pairs(config, pairs[:4], is_main=True)
-    other, _ = encoded_pairs(config, pairs[4:8], is_main=True)
+    first, _ = encoded_pairs(config, pairs[:4])
+    other, _ = encoded_pairs(config, pairs[4:8])
     assert len(list((train_config.parent / "run").glob("embeddings-4-*.safetensors"))) == 2
     assert not torch.equal(first, other)
 

@@ -7,7 +7,6 @@ data (see `dglm data build`: the *-judge.csv files). Perplexity comes from a dif
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass
 
@@ -15,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from dglm.data.labelled import read_labelled
+from dglm.tensor_cache import cached_tensors, texts_digest
 
 
 @dataclass
@@ -58,29 +58,15 @@ class TextJudge:
 
 
 def cached_embeddings(sentence_encoder, encoder: str, texts: list[str]):
-    """A judge's training or held-out texts embedded by `encoder`, kept under DGLM_CACHE (~/.cache/dglm) in a
-    file named by a digest of the encoder's name and the texts.
+    """A judge's training or held-out texts embedded by `encoder`, kept under DGLM_CACHE (~/.cache/dglm).
 
     Embedding the sentiment judge's 13k texts with all-mpnet-base-v2 takes about 8 minutes on 2 CPU cores, and
-    every `dglm eval` run fits its judges anew; with the cache only the first run pays. The file holds the
-    embeddings alone (safetensors), so nothing in it can run code.
+    every `dglm eval` run fits its judges anew; with the cache only the first run pays.
     """
-    from safetensors.torch import load_file, save_file
-
     from dglm.stages.pretrained import cache_dir
 
-    digest = hashlib.sha256(encoder.encode())
-    for text in texts:
-        digest.update(text.encode() + b"\0")
-    path = cache_dir() / "judge-embeddings" / f"{digest.hexdigest()[:24]}.safetensors"
-    if path.is_file():
-        return load_file(str(path))["embeddings"].numpy()
-    embeddings = sentence_encoder.encode(texts).contiguous()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".partial")
-    save_file({"embeddings": embeddings}, str(partial))
-    partial.replace(path)  # a run cut off while writing leaves no truncated file behind
-    return embeddings.numpy()
+    path = cache_dir() / "judge-embeddings" / f"{texts_digest(encoder, texts)[:24]}.safetensors"
+    return cached_tensors(path, lambda: {"embeddings": sentence_encoder.encode(texts)})["embeddings"].numpy()
 
 
 class PerplexityJudge:

@@ -8,7 +8,6 @@ state in the run folder and writes the pipeline checkpoint to `output` when it e
 
 from __future__ import annotations
 
-import hashlib
 import platform
 import sys
 from dataclasses import asdict
@@ -16,19 +15,19 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from dglm.config import TrainConfig
 from dglm.data.pairs import pair_weights, select_pairs
 from dglm.errors import DglmError
 from dglm.stages.schedule import CosineSchedule, noise_to_level
+from dglm.tensor_cache import cached_tensors, texts_digest
 from dglm.training.loop import LegTimer, run_loop
 from dglm.training.plots import plot_losses
 from dglm.training.state import EMA
 
 
-def encoded_pairs(config: TrainConfig, pairs: list[dict], is_main: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def encoded_pairs(config: TrainConfig, pairs: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
     """Prefix and continuation embeddings, computed once and cached in the run folder (fp16).
 
     The cache's name holds a digest of the texts and the encoder, so another selection of pairs never
@@ -36,16 +35,13 @@ def encoded_pairs(config: TrainConfig, pairs: list[dict], is_main: bool) -> tupl
     """
     from dglm.stages.encoder import SentenceEncoder
 
-    digest = hashlib.sha256(config.pipeline.encoder.encode())
-    for pair in pairs:
-        digest.update(f"{pair['prefix']}\0{pair['continuation']}\0".encode())
-    cache = config.run_path / f"embeddings-{len(pairs)}-{digest.hexdigest()[:12]}.safetensors"
-    if not cache.is_file() and is_main:
-        encoder = SentenceEncoder(config.pipeline.encoder)
+    def encode() -> dict[str, torch.Tensor]:
         texts = [p["prefix"] for p in pairs] + [p["continuation"] for p in pairs]
-        embeddings = encoder.encode(texts, batch_size=128, progress=True).half()
-        save_file({"prefix": embeddings[: len(pairs)].contiguous(), "continuation": embeddings[len(pairs):].contiguous()}, str(cache))
-    tensors = load_file(str(cache))
+        embeddings = SentenceEncoder(config.pipeline.encoder).encode(texts, batch_size=128, progress=True).half()
+        return {"prefix": embeddings[: len(pairs)], "continuation": embeddings[len(pairs):]}
+
+    digest = texts_digest(config.pipeline.encoder, (text for p in pairs for text in (p["prefix"], p["continuation"])))
+    tensors = cached_tensors(config.run_path / f"embeddings-{len(pairs)}-{digest[:12]}.safetensors", encode)
     return tensors["prefix"].float(), tensors["continuation"].float()
 
 
@@ -72,7 +68,7 @@ def prepare_stage(config: TrainConfig):
     config.run_path.mkdir(parents=True, exist_ok=True)
     pairs = select_pairs(config.data)
     with accelerator.main_process_first():
-        prefix, continuation = encoded_pairs(config, pairs, accelerator.is_main_process)
+        prefix, continuation = encoded_pairs(config, pairs)  # the others read the main process's cache
     return accelerator, pairs, prefix, continuation
 
 
