@@ -26,6 +26,7 @@ SETTINGS = {
     "no re-noising, temperature 0.7": {"renoise_alpha2": 1.0, "temperature": 0.7},
     "prefix guidance 2": {"prefix_guidance": 2.0},
     "prefix guidance 4": {"prefix_guidance": 4.0},
+    "prefix guidance 8": {"prefix_guidance": 8.0},
     "min_p 0 (off)": {"min_p": 0.0},
     "min_p 0.2": {"min_p": 0.2},
     "min_p 0.3": {"min_p": 0.3},
