@@ -230,6 +230,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
             sys.stdout.flush()
         progress.update(len(batch))
     progress.close()
+    leave_process_group(world)
 
 
 def launch_processes(device: str) -> str:
@@ -253,6 +254,16 @@ def share_from_main(values: list, world: int) -> list:
 
         dist.broadcast_object_list(values, src=0)
     return values
+
+
+def leave_process_group(world: int) -> None:
+    """Close a multi-process launch's group on every process together: a process that exits with the group
+    still open can abort in its teardown (SIGABRT, 'terminate called without an active exception')."""
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def cmd_serve(args: argparse.Namespace) -> None:

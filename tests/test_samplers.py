@@ -46,7 +46,9 @@ def test_ddim_reproduces_the_samples_recorded_before_samplers_became_objects():
         sampler = DDIMSampler(CosineSchedule(float(meta["schedule_shift"])))
         latents = diffuse(denoiser, sampler, tensors["prefix_latents"], sample_generators(seeds), int(meta["steps"]),
                           guidance=BatchGuidance.same(guide, scale, len(seeds)), prefix_guidance=prefix_guidance)
-        assert torch.equal(latents, tensors[f"expected.{name}"]), name
+        # Equal up to float rounding: another CPU's kernels round differently (about 1e-6 seen on latents of
+        # size 3-5); a change to the sampler's arithmetic moves them by far more.
+        torch.testing.assert_close(latents, tensors[f"expected.{name}"], rtol=0, atol=1e-5, msg=name)
 
 
 class GaussianDenoiser(torch.nn.Module):
