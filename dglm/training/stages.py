@@ -224,7 +224,7 @@ def train_prompt_generator(config: TrainConfig, config_path: str, leg: LegTimer 
         return batch_loss
 
     words_seconds = 0.0
-    if not restart[0]:  # a fresh start (a saved state overrides this) or the rest of a run that has its states
+    if not restart[0] and not state_path.with_suffix(".json").is_file():  # a fresh start, not a resumed run
         match_token_scale(parts.prompt_generator, decoder)
         if t.bag_of_words_steps:
             words = PromptGeneratorStage(parts.prompt_generator, decoder, t.max_target_tokens, 0.0, 1.0)
