@@ -24,7 +24,7 @@ from dglm.stages.schedule import CosineSchedule, noise_to_level
 from dglm.tensor_cache import cached_tensors, texts_digest
 from dglm.training.loop import LegTimer, run_loop
 from dglm.training.plots import plot_losses
-from dglm.training.state import EMA
+from dglm.training.state import EMA, has_training_state
 
 
 def encoded_pairs(config: TrainConfig, pairs: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -105,7 +105,7 @@ def finish_stage(config, config_path, accelerator, stage, parts, card, run, pair
 def resume_point(config: TrainConfig, card: dict, stage: str, state_path: Path) -> tuple[int, float]:
     """Where to restart, (step, seconds so far), when the stage has no resume state but its checkpoint holds some
     steps; (0, 0.0) otherwise."""
-    if state_path.with_suffix(".json").is_file():
+    if has_training_state(state_path):
         return 0, 0.0
     return steps_in_checkpoint(card, stage, getattr(config, stage.replace("-", "_")))
 
@@ -224,7 +224,7 @@ def train_prompt_generator(config: TrainConfig, config_path: str, leg: LegTimer 
         return batch_loss
 
     words_seconds = 0.0
-    if not restart[0] and not state_path.with_suffix(".json").is_file():  # a fresh start, not a resumed run
+    if not restart[0] and not has_training_state(state_path):  # a fresh start, not a resumed run
         match_token_scale(parts.prompt_generator, decoder)
         if t.bag_of_words_steps:
             words = PromptGeneratorStage(parts.prompt_generator, decoder, t.max_target_tokens, 0.0, 1.0)

@@ -53,14 +53,19 @@ def save_training_state(path: Path, module: nn.Module, optimizer: torch.optim.Op
     partial_meta.replace(meta_path)
 
 
+def has_training_state(path: Path) -> bool:
+    """Whether save_training_state has written a whole state at `path` (it writes the JSON last)."""
+    return path.with_suffix(".safetensors").is_file() and path.with_suffix(".json").is_file()
+
+
 def load_training_state(path: Path, module: nn.Module, optimizer: torch.optim.Optimizer,
                         ema: EMA | None, total_steps: int) -> tuple[int, list[float], float]:
     """Restore a state written by save_training_state; return (step, losses, seconds trained). No state: (0, [], 0).
 
     A state saved by a run of another length is refused: resuming it would bend the learning-rate schedule."""
-    weights, meta_path = path.with_suffix(".safetensors"), path.with_suffix(".json")
-    if not weights.is_file() or not meta_path.is_file():
+    if not has_training_state(path):
         return 0, [], 0.0
+    weights, meta_path = path.with_suffix(".safetensors"), path.with_suffix(".json")
     try:
         tensors, meta = load_file(str(weights)), json.loads(meta_path.read_text())
         saved_total = meta.get("total_steps", total_steps)  # states written before the total was recorded
