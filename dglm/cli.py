@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from dglm.errors import DglmError
+from dglm.processes import leave_process_group
 
 EPILOG_GENERATE = """\
 examples:
@@ -230,21 +231,18 @@ def cmd_generate(args: argparse.Namespace) -> None:
             sys.stdout.flush()
         progress.update(len(batch))
     progress.close()
-    leave_process_group(world)
 
 
 def launch_processes(device: str) -> str:
-    """Under a multi-process launch (torchrun sets WORLD_SIZE), join the process group through accelerate, each
-    process on its own GPU when there are GPUs (cpu=True otherwise); the device to load the model on."""
+    """Under a multi-process launch (torchrun sets WORLD_SIZE), join its process group; the device to load the
+    model on."""
     import os
 
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return _device(device)
-    import torch
-    from accelerate import Accelerator
+    from dglm.processes import join_process_group
 
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
-    return str(accelerator.device)
+    return str(join_process_group().device)
 
 
 def share_from_main(values: list, world: int) -> list:
@@ -254,16 +252,6 @@ def share_from_main(values: list, world: int) -> list:
 
         dist.broadcast_object_list(values, src=0)
     return values
-
-
-def leave_process_group(world: int) -> None:
-    """Close a multi-process launch's group on every process together: a process that exits with the group
-    still open can abort in its teardown (SIGABRT, 'terminate called without an active exception')."""
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
-        dist.destroy_process_group()
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
@@ -399,6 +387,7 @@ def main(argv: list[str] | None = None) -> int:
     quiet_libraries()
     try:
         args.handler(args)
+        leave_process_group()  # under torchrun, generate and train joined a process group
     except DglmError as error:
         print(f"dglm: error: {error}", file=sys.stderr)
         return 2

@@ -60,10 +60,11 @@ def starting_parts(config: TrainConfig):
 
 
 def prepare_stage(config: TrainConfig):
-    from accelerate import Accelerator
     from accelerate.utils import set_seed
 
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())  # cpu=True: torchrun's processes each join on the CPU
+    from dglm.processes import join_process_group
+
+    accelerator = join_process_group()
     set_seed(config.seed)
     config.run_path.mkdir(parents=True, exist_ok=True)
     pairs = select_pairs(config.data)
