@@ -36,10 +36,11 @@ class Scorer:
     """Judges a list of continuations: label rates per judge, joint success, perplexity, Dist-3."""
 
     def __init__(self, config: EvalConfig):
+        # Loaded first: a missing perplexity model fails in seconds, not after the encoder judges' minutes of training.
+        self.perplexity = PerplexityJudge(config.perplexity) if config.perplexity else None
         # "sentiment" is judged on TF-IDF features; "sentiment@all-mpnet-base-v2" on that encoder's embeddings.
         self.judges = {name: TextJudge.train(name, path, encoder=name.partition("@")[2] or None)
                        for name, path in config.judges.items()}
-        self.perplexity = PerplexityJudge(config.perplexity) if config.perplexity else None
         self.copies = CopyDetector(config.training_pairs) if config.training_pairs else None
         self.num_samples = config.num_samples
 
