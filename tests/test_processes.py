@@ -9,9 +9,9 @@ import subprocess
 import sys
 
 # Run by each process: join, import a model stack (which brings torch._dynamo), do a collective, leave, and
-# print the names of the threads still running.
+# write the names of the threads still running to its own file (the processes' stdout lines can interleave).
 JOIN_AND_LEAVE = '''
-import os
+import os, sys
 import torch.distributed as dist
 from dglm.processes import join_process_group, leave_process_group
 
@@ -20,7 +20,8 @@ import transformers.modeling_utils  # what loading any model does
 parts = [None, None] if dist.get_rank() == 0 else None
 dist.gather_object([dist.get_rank()], parts, dst=0)
 leave_process_group()
-print("threads:", sorted(open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task")))
+threads = sorted(open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task"))
+open(os.path.join(sys.argv[1], "threads-rank" + os.environ["RANK"]), "w").write(" ".join(threads))
 '''
 
 
@@ -30,11 +31,11 @@ def test_leaving_joins_the_groups_worker_threads(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                           str(port), str(script)], capture_output=True, text=True, timeout=300, check=False,
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+              str(script), str(tmp_path)]
+    done = subprocess.run(launch, capture_output=True, text=True, timeout=300, check=False,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
-    reports = [line for line in done.stdout.splitlines() if line.startswith("threads:")]
-    assert len(reports) == 2, done.stdout
-    for report in reports:
-        assert "gloo" not in report, report
+    for rank in (0, 1):
+        threads = (tmp_path / f"threads-rank{rank}").read_text()
+        assert "python" in threads and "gloo" not in threads, threads
