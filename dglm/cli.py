@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from dglm.errors import DglmError
-from dglm.processes import leave_process_group
+from dglm.processes import join_process_group, leave_process_group
 
 EPILOG_GENERATE = """\
 examples:
@@ -240,8 +240,6 @@ def launch_processes(device: str) -> str:
 
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return _device(device)
-    from dglm.processes import join_process_group
-
     return str(join_process_group().device)
 
 

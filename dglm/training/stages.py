@@ -20,6 +20,7 @@ from torch import nn
 from dglm.config import TrainConfig
 from dglm.data.pairs import pair_weights, select_pairs
 from dglm.errors import DglmError
+from dglm.processes import join_process_group
 from dglm.stages.schedule import CosineSchedule, noise_to_level
 from dglm.tensor_cache import cached_tensors, texts_digest
 from dglm.training.loop import LegTimer, run_loop
@@ -61,8 +62,6 @@ def starting_parts(config: TrainConfig):
 
 def prepare_stage(config: TrainConfig):
     from accelerate.utils import set_seed
-
-    from dglm.processes import join_process_group
 
     accelerator = join_process_group()
     set_seed(config.seed)
