@@ -6,7 +6,11 @@ without a hub. Everything is built once per test session in a temporary folder.
 
 from __future__ import annotations
 
+import os
 import random
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +22,23 @@ WORDS = (
     "government party music star show computer internet goal season profit loss was is were and but "
     "it this that very really not quite so of in on to with for by at from"
 ).split()
+
+def free_port() -> int:
+    """A localhost port that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_two_processes(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    """`torchrun --nproc_per_node 2 ARGS` on the CPU, one thread a process; it must exit 0."""
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
+              *args]
+    done = subprocess.run(launch, capture_output=True, text=True, timeout=timeout, check=False,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
 
 POSITIVE = ["great", "good", "wonderful", "brilliant", "happy"]
 NEGATIVE = ["terrible", "awful", "boring", "bad", "dull"]

@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from conftest import run_two_processes
 
 from dglm.cli import main
 
@@ -91,14 +90,7 @@ def test_resuming_with_other_settings_or_a_foreign_file_is_refused(tiny_checkpoi
 
 def test_two_processes_write_the_same_file_as_one(tiny_checkpoint, prefix_file, whole, tmp_path):
     two = tmp_path / "two.jsonl"
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
-              "-m", "dglm", "generate", *command(tiny_checkpoint, prefix_file, two)]
-    done = subprocess.run(launch, capture_output=True, text=True, timeout=600, check=False,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = run_two_processes("-m", "dglm", "generate", *command(tiny_checkpoint, prefix_file, two))
     assert "dglm: sharded over 2 processes" in done.stderr
     assert two.read_bytes() == whole.read_bytes()
 

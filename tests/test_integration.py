@@ -3,6 +3,7 @@
 import json
 
 import pytest
+from conftest import free_port
 
 from dglm import Pipeline
 from dglm.cli import main
@@ -91,15 +92,12 @@ def test_dglm_serve_answers_the_openai_client_like_the_python_api(default_pipeli
     extra_body, with and without streaming; the text is what Python gives for the same seeds."""
     import os
     import signal
-    import socket
     import subprocess
     import sys
     import time
 
     openai = pytest.importorskip("openai")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     log = tmp_path / "serve.log"
     with open(log, "w") as stderr:
         server = subprocess.Popen([sys.executable, "-m", "dglm", "serve", "--port", str(port)], stderr=stderr,

@@ -4,15 +4,11 @@ different data on each, checkpoints written by the main process only, and a resu
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 from collections import defaultdict
 from pathlib import Path
 
 import yaml
-from conftest import toy_sentences
+from conftest import run_two_processes, toy_sentences
 from safetensors.torch import load_file
 
 # Run by each process: records, per step, a hash of the weights after the optimizer step and of the batch the
@@ -46,16 +42,9 @@ sys.exit(main(sys.argv[2:]))
 
 
 def launch(trace: Path, config: Path, *extra: str) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     tracer = trace / "tracer.py"
     tracer.write_text(TRACER)
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
-               str(tracer), str(trace), "train", "denoiser", "--config", str(config), *extra]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert done.returncode == 0, done.stderr[-3000:]
+    run_two_processes(str(tracer), str(trace), "train", "denoiser", "--config", str(config), *extra)
 
 
 def read_trace(trace: Path) -> dict[int, dict[str, list]]:

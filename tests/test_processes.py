@@ -3,10 +3,7 @@ interpreter's exit, where it could abort the process (SIGABRT) after all the wor
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
+from conftest import run_two_processes
 
 # Run by each process: join, import a model stack (which brings torch._dynamo), do a collective, leave, and
 # write the names of the threads still running to its own file (the processes' stdout lines can interleave).
@@ -28,14 +25,7 @@ open(os.path.join(sys.argv[1], "threads-rank" + os.environ["RANK"]), "w").write(
 def test_leaving_joins_the_groups_worker_threads(tmp_path):
     script = tmp_path / "join_and_leave.py"
     script.write_text(JOIN_AND_LEAVE)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
-              str(script), str(tmp_path)]
-    done = subprocess.run(launch, capture_output=True, text=True, timeout=300, check=False,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert done.returncode == 0, done.stderr[-3000:]
+    run_two_processes(str(script), str(tmp_path), timeout=300)
     for rank in (0, 1):
         threads = (tmp_path / f"threads-rank{rank}").read_text()
         assert "python" in threads and "gloo" not in threads, threads
