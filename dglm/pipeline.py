@@ -131,8 +131,12 @@ class Pipeline:
         device: str = "cpu",
         encoder: SentenceEncoder | None = None,
         decoder: SoftPromptDecoder | None = None,
+        adapter_scale: float = 1.0,
     ) -> "Pipeline":
         """Load a checkpoint folder (the bundled default when `path` is None).
+
+        `adapter_scale` weakens the decoder adapter as it is merged (1: as trained, 0: the decoder as published);
+        benchmarks/RESULTS.md measures what it trades.
 
         Already-loaded `encoder` / `decoder` objects may be passed to share them between pipelines; a
         checkpoint with a decoder adapter merges it into the decoder's weights, so do not share that
@@ -151,7 +155,7 @@ class Pipeline:
             raise DglmError(f"checkpoint {folder} declares a decoder adapter but holds none of its weights; "
                             "train it with `dglm train prompt-generator`")
         if adapter:
-            load_adapter(decoder.model, config.decoder_adapter, adapter)
+            load_adapter(decoder.model, config.decoder_adapter, adapter, adapter_scale)
         return cls(config, encoder, decoder, parts, card, adapter)
 
     def save_pretrained(self, path: str | Path, dtype: torch.dtype = torch.float32) -> Path:

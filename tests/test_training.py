@@ -216,6 +216,17 @@ def test_a_decoder_adapter_is_trained_saved_and_merged_exactly(train_config, tmp
     with torch.no_grad():
         assert torch.allclose(resaved.decoder.model(input_ids=tokens).logits, merged_logits, atol=1e-4)
 
+    # A scaled adapter moves the decoder's weights that fraction of the way; scale 0 is the published decoder.
+    def attention_weight(p: Pipeline) -> torch.Tensor:
+        return p.decoder.model.get_submodule("transformer.h.0.attn.c_attn").weight
+
+    plain_weight = pipeline.plain_decoder().model.get_submodule("transformer.h.0.attn.c_attn").weight
+    half = Pipeline.from_pretrained(output, adapter_scale=0.5)
+    assert torch.allclose(attention_weight(half) - plain_weight, (attention_weight(pipeline) - plain_weight) / 2, atol=1e-6)
+    assert torch.equal(attention_weight(Pipeline.from_pretrained(output, adapter_scale=0.0)), plain_weight)
+    with pytest.raises(DglmError, match=r"adapter scale must be a number in \[0, 1\], got 1.5"):
+        Pipeline.from_pretrained(output, adapter_scale=1.5)
+
 
 def test_a_checkpoint_missing_its_declared_adapter_is_reported(tiny_checkpoint, tmp_path):
     import shutil

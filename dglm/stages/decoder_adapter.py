@@ -56,13 +56,19 @@ def set_adapter_weights(model: nn.Module, state: dict[str, torch.Tensor]) -> Non
         )
 
 
-def load_adapter(model: nn.Module, config: AdapterConfig, state: dict[str, torch.Tensor]) -> None:
+def load_adapter(model: nn.Module, config: AdapterConfig, state: dict[str, torch.Tensor], scale: float = 1.0) -> None:
     """Inject the adapter, load its checkpoint weights, merge them into the decoder's own weights and take the
-    LoRA layers out again, leaving an ordinary model that generates exactly as fast as the original."""
+    LoRA layers out again, leaving an ordinary model that generates exactly as fast as the original.
+
+    `scale` multiplies the adapter's update before merging (as a LoRA scale does elsewhere): 1 is the decoder as
+    trained, 0 the decoder as published; in between trades the decoder's fidelity to the latent for fluency.
+    """
     from peft.tuners.tuners_utils import BaseTunerLayer
 
+    if not (isinstance(scale, (int, float)) and 0 <= scale <= 1):
+        raise DglmError(f"adapter scale must be a number in [0, 1], got {scale!r}")
     add_adapter(model, config)
-    set_adapter_weights(model, state)
+    set_adapter_weights(model, {key: value * scale if ".lora_B." in key else value for key, value in state.items()})
     with torch.no_grad():
         for name, module in list(model.named_modules()):
             if isinstance(module, BaseTunerLayer):
