@@ -23,6 +23,8 @@ def add_common_arguments(parser: argparse.ArgumentParser, prefixes: str, out: st
     parser.add_argument("--encoder-judge", default="all-mpnet-base-v2", metavar="ENCODER",
                         help="also judge on this encoder's embeddings (the sharper judge; '' for the TF-IDF judge only)")
     parser.add_argument("--model")
+    parser.add_argument("--adapter-scale", type=float, default=1.0,
+                        help="merge the decoder adapter at this fraction of its trained strength (default 1)")
     parser.add_argument("--out", type=Path, default=Path(out))
 
 
@@ -38,7 +40,7 @@ class SentimentBench:
         judges = {"sentiment": args.judge, **({f"sentiment@{args.encoder_judge}": args.judge} if args.encoder_judge else {})}
         config = EvalConfig(prefixes=str(args.prefixes), num_samples=args.samples, judges=judges)
         rows = seeded_rows(read_prefixes(args.prefixes), args.samples, config.seed)
-        return cls(config, Scorer(config), Pipeline.from_pretrained(args.model), rows)
+        return cls(config, Scorer(config), Pipeline.from_pretrained(args.model, adapter_scale=args.adapter_scale), rows)
 
     def judge(self, method: Method, condition: str, desc: str) -> dict:
         """Continue every row with `method` under `condition` and score the continuations; the scores include
