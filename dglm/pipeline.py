@@ -142,6 +142,8 @@ class Pipeline:
         checkpoint with a decoder adapter merges it into the decoder's weights, so do not share that
         decoder with code that expects the original.
         """
+        if not (isinstance(adapter_scale, (int, float)) and 0 <= adapter_scale <= 1):
+            raise DglmError(f"adapter scale must be a number in [0, 1], got {adapter_scale!r}")
         folder = Path(path) if path is not None else default_checkpoint_path()
         config, state, card = read_checkpoint(folder)
         if encoder is None:
