@@ -48,8 +48,9 @@ def main() -> None:
         generators = sample_generators(seeds)
         with torch.no_grad():
             soft = pipeline.soft_prompts(pipeline.parts.normalizer.to_latent(target_embeddings[rows]), generators)
-            proposed = pipeline.soft_prompts(pipeline.propose_latents(prefixes[rows], sample_generators(seeds)),
-                                             sample_generators(seeds))
+            # As generation does: the re-noising continues each sample's generator after the diffusion.
+            proposal_generators = sample_generators(seeds)
+            proposed = pipeline.soft_prompts(pipeline.propose_latents(prefixes[rows], proposal_generators), proposal_generators)
         ways = {
             "with soft prompts from the true latent": (pipeline.decoder, soft),
             "with soft prompts from the denoiser's proposal": (pipeline.decoder, proposed),
