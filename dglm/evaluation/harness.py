@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import resource
 import time
+import gzip
 from dataclasses import asdict
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from dglm.config import EvalConfig
 from dglm.data.prefixes import read_prefixes
 from dglm.errors import DglmError
 from dglm.evaluation.baselines import PlainSampling
+from dglm.evaluation.collapse import CollapseJudge, relative_to_plain
 from dglm.evaluation.judges import PerplexityJudge, TextJudge
 from dglm.evaluation.metrics import CopyDetector, distinct_n, label_shares, median
 from dglm.pipeline import Pipeline
@@ -33,7 +35,10 @@ def parse_condition(text: str) -> list[Constraint]:
 
 
 class Scorer:
-    """Judges a list of continuations: label rates per judge, joint success, perplexity, Dist-3."""
+    """Judges a list of continuations: label rates per judge, joint success, perplexity, Dist-n and collapse.
+
+    Dist-n comes two ways: `distN` within each prefix's samples, averaged over prefixes (what the targets use), and
+    `distN_all` over all of a condition's samples, which falls when every prefix gets the same words."""
 
     def __init__(self, config: EvalConfig):
         # Loaded first: a missing perplexity model fails in seconds, not after the encoder judges' minutes of training.
@@ -42,6 +47,7 @@ class Scorer:
         self.judges = {name: TextJudge.train(name, path, encoder=name.partition("@")[2] or None)
                        for name, path in config.judges.items()}
         self.copies = CopyDetector(config.training_pairs) if config.training_pairs else None
+        self.collapse = CollapseJudge(config.collapse_encoder) if config.collapse_encoder else None
         self.num_samples = config.num_samples
 
     def __call__(self, prefixes: list[str], continuations: list[str], constraints: list[Constraint]) -> dict:
@@ -58,6 +64,9 @@ class Scorer:
         groups = [continuations[i : i + self.num_samples] for i in range(0, len(continuations), self.num_samples)]
         for n in (1, 2, 3):
             result[f"dist{n}"] = sum(distinct_n(group, n) for group in groups) / len(groups)
+            result[f"dist{n}_all"] = distinct_n(continuations, n)
+        if self.collapse is not None:
+            result.update(self.collapse(prefixes, continuations))
         if self.perplexity is not None:
             result["perplexity_median"] = median(self.perplexity(prefixes, continuations))
         if self.copies is not None:
@@ -114,7 +123,7 @@ def run_eval(config: EvalConfig, config_path: str = "") -> dict:
         result["examples"] = [rows[i][0] + continuations[i] for i in range(0, len(rows), config.num_samples)][:3]
         return result
 
-    methods = get_methods()
+    methods, plain = get_methods(), None
     for name, options in config.methods.items():
         method = methods[name](pipeline, **(options or {}))
         unsteered = None
@@ -125,11 +134,14 @@ def run_eval(config: EvalConfig, config_path: str = "") -> dict:
             result = run(method, condition)
             report["results"][f"{name} | {condition}"] = result
             unsteered = unsteered or (result if isinstance(method, PlainSampling) else None)
+        plain = plain or unsteered
     if config.tradeoff_condition:
         report["tradeoff"] = {
             scale: run(methods["dglm"](pipeline, guidance_scale=scale), config.tradeoff_condition, scale)
             for scale in config.tradeoff_scales
         }
+    if plain is not None:  # homogeneity and prefix relevance are relative to plain sampling in the same run
+        relative_to_plain([*report["results"].values(), *report.get("tradeoff", {}).values()], plain)
     report["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     write_report(config, report, samples)
     return report
@@ -139,7 +151,8 @@ def write_report(config: EvalConfig, report: dict, samples: list[dict]) -> None:
     out = Path(config.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
-    out.with_suffix(".samples.jsonl").write_text("".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples))
+    with gzip.open(out.with_suffix(".samples.jsonl.gz"), "wt", encoding="utf-8") as file:  # sample files run to megabytes
+        file.writelines(json.dumps(s, ensure_ascii=False) + "\n" for s in samples)
     out.with_suffix(".md").write_text(markdown_table(report))
     if "tradeoff" in report:
         plot_tradeoff(report, out.with_suffix(".png"), config.tradeoff_condition)
@@ -149,19 +162,34 @@ def markdown_table(report: dict) -> str:
     results = report["results"]
     rates = sorted({key for result in results.values() for key in result if "=" in key})
     joint = sorted({key for result in results.values() for key in result if key.startswith("all_targets_met")})
-    columns = [*joint, *rates, "perplexity_median", "dist3", "copied_8_words", "seconds_per_sample"]
+    columns = [*joint, *rates, "perplexity_median", "homogeneity", "prefix_relevance", "top_word_share", "dist3",
+               "dist3_all", "copied_8_words", "seconds_per_sample"]
     columns = [c for c in columns if any(c in r for r in results.values())]
     lines = ["| method | condition | " + " | ".join(columns) + " |", "|---|---|" + "---|" * len(columns)]
     for key, result in results.items():
         method, condition = key.split(" | ")
-        lines.append(f"| {method} | {condition} | " + " | ".join(f"{result[c]:.3g}" if c in result else "" for c in columns) + " |")
+        lines.append(f"| {method} | {condition} | " + " | ".join(cell(result, c) for c in columns) + " |")
     judges = ", ".join(f"{name} {accuracy:.3f}" for name, accuracy in report["judges"].items())
     text = "\n".join(lines) + f"\n\nJudges' held-out accuracy: {judges}.\n"
+    text += ("\nhomogeneity: mean cosine between continuations of different prefixes, relative to plain sampling's; "
+             "prefix_relevance: mean prefix-continuation cosine, relative likewise; top_word_share: the share of samples "
+             "containing the condition's commonest content word (the word in brackets); dist3: within each prefix, "
+             "dist3_all: over the whole condition.\n")
     if "tradeoff" in report:
-        text += "\n| guidance scale | targets met | perplexity (median) | dist3 |\n|---|---|---|---|\n"
+        text += "\n| guidance scale | targets met | perplexity (median) | homogeneity | top_word_share | dist3 |\n"
+        text += "|---|---|---|---|---|---|\n"
         for scale, r in report["tradeoff"].items():
-            text += f"| {scale} | {r['all_targets_met']:.3g} | {r.get('perplexity_median', float('nan')):.3g} | {r['dist3']:.3g} |\n"
+            text += (f"| {scale} | {cell(r, 'all_targets_met')} | {cell(r, 'perplexity_median')} | {cell(r, 'homogeneity')} | "
+                     f"{cell(r, 'top_word_share')} | {cell(r, 'dist3')} |\n")
     return text
+
+
+def cell(result: dict, column: str) -> str:
+    """One table cell: a number to three figures, the top word beside its share, or blank when not measured."""
+    if column not in result:
+        return ""
+    text = f"{result[column]:.3g}"
+    return f"{text} ({result['top_word']})" if column == "top_word_share" and result.get("top_word") else text
 
 
 def plot_tradeoff(report: dict, path: Path, condition: str) -> None:
