@@ -30,7 +30,7 @@ from dglm.stages.decoder import SoftPromptDecoder
 from dglm.stages.decoder_adapter import load_adapter, split_adapter
 from dglm.stages.denoiser import Denoiser
 from dglm.stages.encoder import LatentNormalizer, SentenceEncoder
-from dglm.stages.guidance import AttributeSpec, BatchGuidance, Constraint, Guide, as_constraints
+from dglm.stages.guidance import AttributeSpec, BatchGuidance, Constraint, Guide, as_constraints, check_guidance_mode
 from dglm.stages.prompt_generator import PromptGenerator
 from dglm.stages.samplers import diffuse
 from dglm.stages.schedule import CosineSchedule, noise_to_level
@@ -172,8 +172,9 @@ class Pipeline:
         return self._plain_decoder
 
     # ---- attributes ---------------------------------------------------------------------
-    def make_guide(self, constraints: list[Constraint], mc_draws: int | None = None) -> Guide | None:
-        """Resolve constraints against the registered attributes and check their probes fit this encoder."""
+    def make_guide(self, constraints: list[Constraint], diffusion: DiffusionSettings | None = None) -> Guide | None:
+        """Resolve constraints against the registered attributes and check their probes fit this encoder; the
+        diffusion settings (the checkpoint's by default) say how the guide moves the proposal."""
         if not constraints:
             return None
         attributes, terms = get_attributes(), []
@@ -189,7 +190,9 @@ class Pipeline:
                     f"({self.config.latent_dim}-d); retrain the probe with `dglm classifier train`"
                 )
             terms.append((probe.to(self.decoder.device), probe.label_index(constraint.label), constraint.weight))
-        return Guide(terms, self.parts.normalizer, mc_draws=mc_draws or self.config.diffusion.mc_draws)
+        diffusion = diffusion or self.config.diffusion
+        return Guide(terms, self.parts.normalizer, mc_draws=diffusion.mc_draws, mode=diffusion.guidance_mode,
+                     target=diffusion.guidance_target)
 
     def probe_fits(self, probe) -> bool:
         """Whether a probe was trained on this pipeline's encoder (probes read one encoder's space only)."""
@@ -229,6 +232,8 @@ class Pipeline:
         mc_draws: int | None = None,
         renoise_alpha2: float | None = None,
         top_k: int | None = None,
+        guidance_mode: str | None = None,
+        guidance_target: float | None = None,
     ) -> list[Sample]:
         """Continue each prefix `num_samples` times so that the continuations carry `attributes`.
 
@@ -263,7 +268,7 @@ class Pipeline:
         if isinstance(skip, bool) or not isinstance(skip, int) or skip < 0:
             raise DglmError(f"skip must be a non-negative integer, got {skip!r}")
         constraints = as_constraints(attributes)
-        guide = self.make_guide(constraints, diffusion.mc_draws)
+        guide = self.make_guide(constraints, diffusion)
         world, rank = process_group()
         seed = shared_seed(seed, world)
         targets = {c.attribute: c.label for c in constraints}
@@ -298,7 +303,8 @@ class Pipeline:
         for name, value in overrides.items():
             sections[SETTINGS[name][0]][name] = value
         diffusion = self.config.diffusion.updated(**sections["diffusion"])
-        get_sampler(diffusion.sampler)  # an unknown sampler fails here, before any model runs
+        get_sampler(diffusion.sampler)  # an unknown sampler or guidance mode fails here, before any model runs
+        check_guidance_mode(diffusion.guidance_mode)
         return diffusion, self.config.decoding.updated(**sections["decoding"])
 
     def generate_rows(self, rows: list[Row], on_step=None) -> list[list[int]]:

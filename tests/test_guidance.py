@@ -1,5 +1,7 @@
 """Classifier guidance moves latents toward (or away from) a probe's target label."""
 
+import math
+
 import pytest
 import torch
 
@@ -76,3 +78,47 @@ def test_as_constraints_accepts_dicts_lists_and_objects():
 def test_constraints_built_any_way_are_checked(build, message):
     with pytest.raises(DglmError, match=message):
         build()
+
+
+@pytest.mark.parametrize("weight", [1.0, -1.0, 2.0])
+def test_projection_reaches_the_target_and_moves_no_further_than_needed(weight):
+    probe, normalizer = toy_probe(), LatentNormalizer(16)
+    guide = Guide([(probe, 1, weight)], normalizer, mode="project", target=0.9)
+    latents = torch.randn(32, 16)
+    projected = latents + guide.delta(latents, scale=1.0, blur=0.5, generators=sample_generators(range(32)))
+    wanted = abs(weight) * math.log(0.9 / 0.1)
+    signed = torch.sign(torch.tensor(weight)) * target_logit(probe, normalizer, projected)
+    assert (signed >= wanted - 1e-2).all()
+    already = torch.sign(torch.tensor(weight)) * target_logit(probe, normalizer, latents) >= wanted
+    assert already.any() and (~already).any()
+    assert torch.equal(projected[already], latents[already])  # rows already on target stay where they are
+    assert (signed[~already] <= wanted + 0.2).all()  # the others land on the margin, not past it
+
+
+def test_projection_meets_two_targets_at_once():
+    probe, normalizer = toy_probe(), LatentNormalizer(16)
+    torch.manual_seed(1)
+    other = Probe({**probe.card, "name": "other"}, torch.randn(2, 16) * 3, torch.zeros(2))
+    guide = Guide([(probe, 1, 1.0), (other, 0, 1.0)], normalizer, mode="project", target=0.8, projection_passes=6)
+    latents = torch.randn(16, 16)
+    projected = latents + guide.delta(latents, 1.0, 0.5, sample_generators(range(16)))
+    assert (target_logit(probe, normalizer, projected) >= math.log(4) - 0.05).all()
+    assert (-target_logit(other, normalizer, projected) >= math.log(4) - 0.05).all()
+
+
+def test_margin_guidance_stops_pushing_a_satisfied_target():
+    probe, normalizer = toy_probe(), LatentNormalizer(16)
+    latents = torch.randn(64, 16)
+    probability = torch.sigmoid(target_logit(probe, normalizer, latents))
+    guide = Guide([(probe, 1, 1.0)], normalizer, mc_draws=1, mode="margin", target=0.7)
+    gradient = guide.gradient(latents, blur=0.0, generators=sample_generators(range(64)))
+    pushed = gradient.norm(dim=-1) > 0
+    assert torch.equal(pushed, probability < 0.7)
+    plain = Guide([(probe, 1, 1.0)], normalizer, mc_draws=1).gradient(latents, 0.0, sample_generators(range(64)))
+    assert (plain.norm(dim=-1) > 0).all()
+
+
+def test_an_unknown_guidance_mode_names_the_modes():
+    probe, normalizer = toy_probe(), LatentNormalizer(16)
+    with pytest.raises(DglmError, match="unknown guidance mode 'nearest'; modes: gradient, margin, project"):
+        Guide([(probe, 1, 1.0)], normalizer, mode="nearest")

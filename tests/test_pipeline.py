@@ -48,7 +48,7 @@ def test_rows_with_different_attributes_and_settings_share_a_batch_and_come_out_
     rows = []
     for prefix, seed, attributes, overrides in requests:
         diffusion, decoding = tiny_pipeline.settings(**overrides)
-        guide = tiny_pipeline.make_guide(as_constraints(attributes), diffusion.mc_draws)
+        guide = tiny_pipeline.make_guide(as_constraints(attributes), diffusion)
         rows.append(Row(prefix, seed, guide, diffusion, decoding))
     batched = tiny_pipeline.generate_rows(rows)
     alone = [tiny_pipeline.generate(prefix, attributes, seed=seed, **overrides)[0].continuation

@@ -279,7 +279,7 @@ def plan_rows(completion: Any, pipeline: Pipeline, model_name: str, limits: Serv
             decoding = decoding.updated(max_new_tokens=limits.max_tokens)
         constraints = [parse_constraint(t) if isinstance(t, str) else Constraint(t.name, t.label, t.weight)
                        for t in completion.attributes]
-        guide = pipeline.make_guide(constraints, diffusion.mc_draws)
+        guide = pipeline.make_guide(constraints, diffusion)
     except DglmError as error:
         named = str(error).split()[0]
         raise ApiError(400, str(error), param=named if named in SETTINGS else "attributes") from None

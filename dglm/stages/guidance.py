@@ -82,12 +82,31 @@ def as_constraints(attributes: AttributeSpec) -> list[Constraint]:
     return constraints
 
 
-class Guide:
-    """Gradient of the summed, weighted log-probability of the targets w.r.t. a clean-latent estimate.
+GUIDANCE_MODES = {
+    "gradient": "push along each target's weighted log-probability, as hard as the scale says (the reference's way)",
+    "margin": "the same push, but each target stops pushing once the probe gives it GUIDANCE_TARGET",
+    "project": "move the clean estimate to the nearest point where every probe gives its target GUIDANCE_TARGET "
+               "(weight 2 asks twice the log-odds); the scale only switches it on",
+}
 
-    Following the reference, the estimate is blurred by Monte-Carlo draws x0 + (sigma/alpha) * xi
-    (capped at `max_blur`), all scored in one batch, and aggregated as log-mean-exp. Probes are
-    linear, so no gradient passes through the denoiser.
+
+def check_guidance_mode(mode: str) -> str:
+    if mode not in GUIDANCE_MODES:
+        raise DglmError(f"unknown guidance mode {mode!r}; modes: {', '.join(GUIDANCE_MODES)}")
+    return mode
+
+
+class Guide:
+    """Moves a clean-latent estimate toward its targets, in one of three modes (`GUIDANCE_MODES`).
+
+    For a logistic probe the gradient of log p(label | x) is (1 - p) w: at a scale of hundreds it keeps moving
+    the latent long after the label is certain, towards one stock meaning for every prefix. "margin" stops each
+    target's push at a probability, and "project" moves only as far as the probes need, so that what they do not
+    measure stays as the prefix made it.
+
+    In the gradient modes, following the reference, the estimate is blurred by Monte-Carlo draws
+    x0 + (sigma/alpha) * xi (capped at `max_blur`), all scored in one batch, and aggregated as log-mean-exp.
+    Probes are linear, so no gradient passes through the denoiser.
     """
 
     def __init__(
@@ -96,11 +115,17 @@ class Guide:
         normalizer: LatentNormalizer,
         mc_draws: int = 16,
         max_blur: float = 1.0,
+        mode: str = "gradient",
+        target: float = 0.9,
+        projection_passes: int = 3,
     ):
         self.terms = terms
         self.normalizer = normalizer
         self.mc_draws = mc_draws
         self.max_blur = max_blur
+        self.mode = check_guidance_mode(mode)
+        self.target = target
+        self.projection_passes = projection_passes
 
     def log_prob(self, latents: torch.Tensor) -> torch.Tensor:
         """Summed weighted log p(target | latent) over the terms, for latents of shape (..., D)."""
@@ -113,14 +138,54 @@ class Guide:
             total = total + weight * torch.log_softmax(probe(embeddings), dim=-1)[..., label_index]
         return total
 
+    def signed_log_odds(self, latents: torch.Tensor, term: int) -> torch.Tensor:
+        """log(q / (1 - q)) of one term, where q is p(label) for a positive weight and 1 - p(label) for a negative one."""
+        probe, label_index, weight = self.terms[term]
+        logits = probe(self.normalizer.to_embedding(latents))
+        others = torch.cat([logits[..., :label_index], logits[..., label_index + 1 :]], dim=-1)
+        log_odds = logits[..., label_index] - torch.logsumexp(others, dim=-1)
+        return log_odds if weight >= 0 else -log_odds
+
+    def satisfied_log_prob(self, latents: torch.Tensor) -> torch.Tensor:
+        """Sum of |weight| * log q per term, each capped at log(target): a satisfied term pulls no more."""
+        cap = math.log(self.target)
+        return sum(abs(weight) * torch.nn.functional.logsigmoid(self.signed_log_odds(latents, k)).clamp_max(cap)
+                   for k, (_, _, weight) in enumerate(self.terms))
+
     def gradient(self, x0: torch.Tensor, blur: float, generators: list[torch.Generator]) -> torch.Tensor:
+        """Gradient of the (blurred) objective: the weighted log-probability, or its capped form in margin mode."""
+        objective = self.satisfied_log_prob if self.mode == "margin" else self.log_prob
         with torch.enable_grad():
             x0 = x0.detach().requires_grad_(True)
             noise = per_sample_randn(generators, (self.mc_draws, x0.shape[-1]), device=x0.device)
             draws = x0[:, None] + min(blur, self.max_blur) * noise  # (B, draws, D)
-            aggregate = torch.logsumexp(self.log_prob(draws), dim=1) - math.log(self.mc_draws)
+            aggregate = torch.logsumexp(objective(draws), dim=1) - math.log(self.mc_draws)
             (grad,) = torch.autograd.grad(aggregate.sum(), x0)
         return grad
+
+    def projection(self, x0: torch.Tensor) -> torch.Tensor:
+        """The nearest point to `x0` at which every term's signed log-odds reaches |weight| * logit(target).
+
+        Each term is a half-space for a linear probe; one step onto it is closed form, (need / |g|^2) g. The
+        embedding's normalisation bends the half-space a little, and several terms must hold at once, so the steps
+        cycle over the terms a few times (alternating projections)."""
+        margin = math.log(self.target / (1 - self.target))
+        x = x0.detach()
+        for _ in range(self.projection_passes):
+            for k, (_, _, weight) in enumerate(self.terms):
+                with torch.enable_grad():
+                    point = x.requires_grad_(True)
+                    log_odds = self.signed_log_odds(point, k)
+                    (grad,) = torch.autograd.grad(log_odds.sum(), point)
+                need = (abs(weight) * margin - log_odds.detach()).clamp_min(0)
+                x = x.detach() + (need / grad.square().sum(-1).clamp_min(1e-12))[:, None] * grad
+        return x
+
+    def delta(self, x0: torch.Tensor, scale: float, blur: float, generators: list[torch.Generator]) -> torch.Tensor:
+        """How far this guide moves each row's clean estimate at one step."""
+        if self.mode == "project":
+            return self.projection(x0) - x0
+        return scale * self.gradient(x0, blur, generators)
 
 
 class BatchGuidance:
@@ -148,10 +213,9 @@ class BatchGuidance:
         return bool(self.groups)
 
     def delta(self, x0: torch.Tensor, blur: float, generators: list[torch.Generator]) -> torch.Tensor:
-        """What each row's clean estimate moves by: its scale times its guide's gradient (zero when unguided)."""
+        """What each row's clean estimate moves by under its guide and scale (zero when unguided)."""
         delta = torch.zeros_like(x0)
         for (guide_id, scale), rows in self.groups.items():
             index = torch.tensor(rows, device=x0.device)
-            gradient = self.guides[guide_id].gradient(x0[index], blur, [generators[row] for row in rows])
-            delta[index] = scale * gradient
+            delta[index] = self.guides[guide_id].delta(x0[index], scale, blur, [generators[row] for row in rows])
         return delta
