@@ -80,7 +80,7 @@ def check_setting(spec: dataclasses.Field, kind: type, value: Any) -> Any:
     if valid and kind is str:
         valid = bool(value.strip())
     if not valid:
-        raise DglmError(f"{spec.name} must be {accepted(spec, kind)}, got {value!r}")
+        raise DglmError(f"{spec.name} must be {accepted(spec, kind)}, got {value!r}", field=spec.name)
     return value
 
 

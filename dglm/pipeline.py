@@ -402,20 +402,21 @@ def check_compatible(config: PipelineConfig, encoder: SentenceEncoder, decoder: 
 def check_generation_inputs(prefixes: list[str], num_samples: int, batch_size: int, seed: int | None) -> None:
     """Reject bad prefixes and counts before any model runs (the settings check themselves)."""
     if not prefixes:
-        raise DglmError("no prefix given; pass a prefix string or a non-empty list of prefixes")
+        raise DglmError("no prefix given; pass a prefix string or a non-empty list of prefixes", field="prefix")
     for index, text in enumerate(prefixes):
         if not isinstance(text, str) or not text.strip():
-            raise DglmError(f"prefix {index + 1} is empty; every prefix needs some text to continue")
+            raise DglmError(f"prefix {index + 1} is empty; every prefix needs some text to continue", field="prefix")
     check_counts(num_samples, batch_size, seed, len(prefixes) * num_samples)
 
 
 def check_counts(num_samples: int, batch_size: int, seed: int | None, rows: int = 1) -> None:
     for name, value in (("num_samples", num_samples), ("batch_size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise DglmError(f"{name} must be a positive integer, got {value!r}")
+            raise DglmError(f"{name} must be a positive integer, got {value!r}", field=name)
     last = rows - 1  # the last row's seed is seed + last
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED - last):
-        raise DglmError(f"seed must be an integer from 0 to {MAX_SEED - last} (or None for a random one), got {seed!r}")
+        raise DglmError(f"seed must be an integer from 0 to {MAX_SEED - last} (or None for a random one), got {seed!r}",
+                         field="seed")
 
 
 def write_checkpoint(folder: Path, config: PipelineConfig, parts: TrainableParts, card: dict[str, Any],

@@ -202,7 +202,7 @@ def _named_classes(hook: str, builtin: dict[str, type], base: type, kind: str) -
 def get_sampler(name: str) -> type[Sampler]:
     samplers = get_samplers()
     if name not in samplers:
-        raise DglmError(f"unknown sampler {name!r}; known samplers: {', '.join(samplers)}{failure_note()}")
+        raise DglmError(f"unknown sampler {name!r}; known samplers: {', '.join(samplers)}{failure_note()}", field="sampler")
     return samplers[name]
 
 

@@ -48,6 +48,17 @@ def page_with_markup(tiny_pipeline, toy_plugin, monkeypatch):
         yield url
 
 
+def record_requests(browser) -> None:
+    """Keep the body of every completion request the page sends, in `window.sent`."""
+    browser.execute_script("""
+        window.sent = [];
+        const original = window.fetch;
+        window.fetch = (path, options = {}) => {
+            if (path === "/v1/completions") window.sent.push(JSON.parse(options.body));
+            return original(path, options);
+        };""")
+
+
 def test_a_keyboard_user_generates_with_two_attributes_and_sees_streamed_text_as_text(page_with_markup, tiny_pipeline,
                                                                                        tmp_path):
     from selenium.webdriver.common.by import By
@@ -70,10 +81,17 @@ def test_a_keyboard_user_generates_with_two_attributes_and_sees_streamed_text_as
         for _ in range(4):
             slider.send_keys(Keys.ARROW_LEFT)  # 1 -> -1 in steps of 0.5
         assert second.find_element(By.TAG_NAME, "output").text == "-1"
-        for field, value in (("seed", "3"), ("n", "2"), ("tokens", "8")):
+        for field, value in (("seed", "3"), ("n", "2")):
             box = browser.find_element(By.ID, field)
             box.clear()
             box.send_keys(value)
+        browser.find_element(By.CSS_SELECTOR, "#more summary").click()  # the settings the server declares
+        tokens = browser.find_element(By.ID, "setting-max_tokens")
+        assert tokens.get_attribute("value") == "" and tokens.get_attribute("placeholder") == \
+            str(tiny_pipeline.config.decoding.max_new_tokens)
+        tokens.send_keys("8")
+        browser.find_element(By.ID, "scores").send_keys(Keys.SPACE)
+        record_requests(browser)
         browser.execute_script("""
             window.changes = 0;
             new MutationObserver((m) => { window.changes += m.length; })
@@ -85,11 +103,16 @@ def test_a_keyboard_user_generates_with_two_attributes_and_sees_streamed_text_as
         browser.save_screenshot(str(tmp_path / "phone.png"))
 
         shown = [span.get_attribute("textContent") for span in browser.find_elements(By.CSS_SELECTOR, "#samples .continuation")]
+        sent = browser.execute_script("return window.sent")
+        assert sent == [{"prompt": "The movie", "n": 2, "seed": 3, "max_tokens": 8, "stream": True, "return_scores": True,
+                         "attributes": [{"name": "toy_sentiment", "label": "positive", "weight": 1},
+                                        {"name": "toy_sentiment", "label": "negative", "weight": -1}]}]
         expected = tiny_pipeline.generate("The movie", ["toy_sentiment=positive", "toy_sentiment=negative:-1"], 2,
-                                          max_new_tokens=8, seed=3, guidance_scale=4.0)
+                                          max_new_tokens=8, seed=3)  # the checkpoint's own guidance settings
         assert shown == [sample.continuation for sample in expected] and all(text.startswith(MARKUP) for text in shown)
-        assert [meta.text.split(" ")[:2] for meta in browser.find_elements(By.CSS_SELECTOR, "#samples .meta")] == \
-            [["seed", "3"], ["seed", "4"]]
+        metas = [meta.text for meta in browser.find_elements(By.CSS_SELECTOR, "#samples .meta")]
+        assert [meta.split(" ")[:2] for meta in metas] == [["seed", "3"], ["seed", "4"]]
+        assert all("toy_sentiment " in meta for meta in metas), metas  # the scores asked for
         assert browser.find_elements(By.CSS_SELECTOR, "#samples b") == []
         assert browser.execute_script("return window.pwned === undefined")
         assert browser.execute_script("return window.changes") > 4, "the text did not arrive in pieces"
@@ -97,3 +120,37 @@ def test_a_keyboard_user_generates_with_two_attributes_and_sees_streamed_text_as
             "the page is wider than a phone screen"
     finally:
         browser.quit()
+
+
+@pytest.mark.integration
+def test_the_page_steers_the_bundled_model_with_its_own_defaults(tmp_path):
+    """Asked for topic=tech with every setting untouched, the page's samples are about tech (the page once sent a
+    hard-coded guidance scale of 4 where the model's default is 256, and barely steered)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    from dglm import Pipeline
+
+    with serve_in_thread(create_app(Pipeline.from_pretrained(), "dglm-default", ServerLimits())) as url:
+        browser = open_browser(1000, 1400)
+        try:
+            browser.get(url + "/")
+            row = wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "#attributes .attribute"))[0]
+            Select(row.find_element(By.CSS_SELECTOR, ".name")).select_by_value("topic")
+            Select(row.find_element(By.CSS_SELECTOR, ".label")).select_by_value("tech")
+            for field, value in (("n", "8"), ("seed", "0")):
+                box = browser.find_element(By.ID, field)
+                box.clear()
+                box.send_keys(value)
+            browser.find_element(By.ID, "scores").click()
+            record_requests(browser)
+            browser.find_element(By.ID, "go").click()
+            wait_for(lambda: browser.find_element(By.ID, "status").text == "Done.", timeout=300)
+            browser.save_screenshot(str(tmp_path / "tech.png"))
+            sent = browser.execute_script("return window.sent")[0]
+            assert set(sent) == {"prompt", "attributes", "n", "seed", "stream", "return_scores"}, sent
+            metas = [meta.text for meta in browser.find_elements(By.CSS_SELECTOR, "#samples .meta")]
+            on_topic = sum("topic tech" in meta for meta in metas)
+            assert on_topic >= 6, metas
+        finally:
+            browser.quit()

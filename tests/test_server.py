@@ -106,31 +106,34 @@ def test_concurrent_requests_share_batches_and_each_gets_its_text_alone(served, 
     assert texts == [alone(tiny_pipeline, p, seed, a, **settings_of(s)) for p, seed, a, s in jobs]
 
 
-@pytest.mark.parametrize("body, status, message", [
-    ({"prompt": "x", "attributes": ["mood=happy"]}, 400, "unknown attribute 'mood'; known attributes: "),
-    ({"prompt": "x", "attributes": ["toy_sentiment=happy"]}, 400, "known labels: negative, positive"),
+@pytest.mark.parametrize("body, status, message, param", [
+    ({"prompt": "x", "attributes": ["mood=happy"]}, 400, "unknown attribute 'mood'; known attributes: ", "attributes"),
+    ({"prompt": "x", "attributes": ["toy_sentiment=happy"]}, 400, "known labels: negative, positive", "attributes"),
     ({"prompt": "x", "attributes": [{"name": "toy_sentiment", "label": "positive", "weight": "heavy"}]}, 400,
-     "attributes.0.weight"),
-    ({"prompt": "x", "attributes": ["toy_sentiment=positive:inf"]}, 400, "must be a finite number, got inf"),
-    ({"prompt": "   "}, 400, "prompt 1 is empty"),
-    ({"prompt": []}, 400, "no prompt given"),
-    ({"prompt": [1, 2]}, 400, "prompt must be a string or a list of strings"),
-    ({"prompt": "x", "n": 9}, 400, "at most 8 (--max-n)"),
-    ({"prompt": "x", "n": 0}, 400, "n must be at least 1"),
-    ({"prompt": "x", "max_tokens": 65}, 400, "max_tokens must be at most 64 (--max-tokens)"),
-    ({"prompt": "x", "max_tokens": "ten"}, 400, "field 'max_tokens': Input should be a valid integer"),
-    ({"prompt": "x", "top_p": 1.5}, 400, "top_p must be a number in (0, 1], got 1.5"),
-    ({"prompt": "x", "temperature": 0}, 400, "temperature must be a number > 0"),
-    ({"prompt": "x", "seed": -3}, 400, "seed must be an integer from 0"),
-    ({"prompt": "x", "sampler": "euler"}, 400, "unknown sampler 'euler'"),
-    ({"prompt": "x", "stop": "."}, 400, "unknown field 'stop'; accepted fields: attributes"),
-    ({"max_tokens": 3}, 400, "field 'prompt' is required"),
-    ({"prompt": "x", "model": "gpt-4"}, 404, "the model 'gpt-4' does not exist; this server serves 'tiny'"),
+     "attributes.0.weight", "attributes"),
+    ({"prompt": "x", "attributes": ["toy_sentiment=positive:inf"]}, 400, "must be a finite number, got inf", "attributes"),
+    ({"prompt": "   "}, 400, "prompt 1 is empty", "prompt"),
+    ({"prompt": []}, 400, "no prompt given", "prompt"),
+    ({"prompt": [1, 2]}, 400, "prompt must be a string or a list of strings", "prompt"),
+    ({"prompt": "x", "n": 9}, 400, "at most 8 (--max-n)", "n"),
+    ({"prompt": "x", "n": 0}, 400, "n must be at least 1", "n"),
+    ({"prompt": "x", "max_tokens": 65}, 400, "max_tokens must be at most 64 (--max-tokens)", "max_tokens"),
+    ({"prompt": "x", "max_tokens": "ten"}, 400, "field 'max_tokens': Input should be a valid integer", "max_tokens"),
+    ({"prompt": "x", "top_p": 1.5}, 400, "top_p must be a number in (0, 1], got 1.5", "top_p"),
+    ({"prompt": "x", "temperature": 0}, 400, "temperature must be a number > 0", "temperature"),
+    ({"prompt": "x", "seed": -3}, 400, "seed must be an integer from 0", "seed"),
+    ({"prompt": "x", "sampler": "euler"}, 400, "unknown sampler 'euler'", "sampler"),
+    ({"prompt": "x", "guidance_mode": "nearest"}, 400, "unknown guidance mode 'nearest'", "guidance_mode"),
+    ({"prompt": "x", "stop": "."}, 400, "unknown field 'stop'; accepted fields: attributes", "stop"),
+    ({"max_tokens": 3}, 400, "field 'prompt' is required", "prompt"),
+    ({"prompt": "x", "model": "gpt-4"}, 404, "the model 'gpt-4' does not exist; this server serves 'tiny'", "model"),
 ])
-def test_a_bad_request_gets_a_4xx_in_openai_shape_saying_what_is_accepted(served, body, status, message):
+def test_a_bad_request_gets_a_4xx_in_openai_shape_naming_the_field_and_what_is_accepted(served, body, status, message,
+                                                                                        param):
     got, answer = request(served[0], "POST", "/v1/completions", body)
     assert got == status, answer
     assert message in answer["error"]["message"] and answer["error"]["type"] == "invalid_request_error"
+    assert answer["error"]["param"] == param
 
 
 def test_malformed_json_a_big_body_chat_and_unknown_paths_are_refused_clearly(served):
@@ -237,3 +240,18 @@ def test_a_request_over_the_time_limit_gets_a_504_and_leaves_the_batch(tiny_pipe
         assert status == 504 and "longer than the server's limit of 0.5 s (--request-timeout-s)" in answer["error"]["message"]
         time.sleep(1.0)
         assert app.state.engine.decode_steps < 50, "the timed-out request kept its place in the batch"
+
+
+def test_the_model_lists_its_settings_with_this_checkpoints_defaults_and_can_be_retrieved(served, tiny_pipeline):
+    url = served[0]
+    status, listing = request(url, "GET", "/v1/models")
+    entry = listing["data"][0]
+    diffusion, decoding = tiny_pipeline.settings()
+    settings = entry["settings"]
+    assert settings["guidance_scale"]["default"] == diffusion.guidance_scale and settings["guidance_scale"]["at_least"] == 0
+    assert settings["max_tokens"]["default"] == decoding.max_new_tokens and settings["max_tokens"]["type"] == "int"
+    assert settings["top_p"]["accepts"] == "a number in (0, 1]" and "max_new_tokens" not in settings
+    status, one = request(url, "GET", f"/v1/models/{entry['id']}")
+    assert status == 200 and one == entry
+    status, missing = request(url, "GET", "/v1/models/gpt-4")
+    assert status == 404 and missing["error"]["param"] == "model" and "served: tiny" in missing["error"]["message"]

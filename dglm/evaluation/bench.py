@@ -45,8 +45,13 @@ class SentimentBench:
     def judge(self, method: Method, condition: str, desc: str) -> dict:
         """Continue every row with `method` under `condition` and score the continuations; the scores include
         the generation's wall time per sample (`seconds_per_sample`, judging left out)."""
+        return self.judge_with_texts(method, condition, desc)[0]
+
+    def judge_with_texts(self, method: Method, condition: str, desc: str) -> tuple[dict, list[str]]:
+        """`judge`, and the continuations themselves (to read, or to keep)."""
         constraints = parse_condition(condition)
         start = time.perf_counter()
         continuations = continue_all(method, self.rows, constraints, self.config.max_new_tokens, self.config.batch_size, desc)
         seconds = (time.perf_counter() - start) / len(self.rows)
-        return {**self.scorer([p for p, _ in self.rows], continuations, constraints), "seconds_per_sample": seconds}
+        scores = self.scorer([p for p, _ in self.rows], continuations, constraints)
+        return {**scores, "seconds_per_sample": seconds}, continuations

@@ -9,6 +9,7 @@ comes for free at /docs, and server-sent events are a plain streaming response. 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hmac
 import json
 import random
@@ -123,6 +124,19 @@ def validation_message(error: ValidationError) -> tuple[str, str | None]:
     return f"field {where!r}: {first['msg']} (got {first.get('input')!r})", field
 
 
+def model_settings(pipeline: Pipeline) -> dict[str, dict[str, Any]]:
+    """Each generation setting by its request field: this checkpoint's default, what it accepts and its bounds, from
+    the same declarations as the request model, so that a client (the playground) hard-codes none of them."""
+    diffusion, decoding = pipeline.settings()
+    defaults = {**dataclasses.asdict(diffusion), **dataclasses.asdict(decoding)}
+    described = {}
+    for name, (_, spec, kind) in SETTINGS.items():
+        bounds = {key: spec.metadata[key] for key in ("at_least", "above", "at_most", "below") if spec.metadata[key] is not None}
+        described[spec.metadata["alias"] or name] = {"default": defaults[name], "type": kind.__name__,
+                                                     "accepts": accepted(spec, kind), "help": spec.metadata["help"], **bounds}
+    return described
+
+
 # ---- the app -------------------------------------------------------------------------------
 class Guard:
     """ASGI middleware: the API key (every path but the public ones) and refusing new requests while draining."""
@@ -188,9 +202,19 @@ def create_app(pipeline: Pipeline, model_name: str = "dglm-default", limits: Ser
     async def playground() -> HTMLResponse:
         return HTMLResponse((files("dglm.server") / "playground.html").read_text(encoding="utf-8"))
 
+    model_entry = {"id": model_name, "object": "model", "created": created, "owned_by": "dglm",
+                   "settings": model_settings(pipeline)}
+
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
-        return {"object": "list", "data": [{"id": model_name, "object": "model", "created": created, "owned_by": "dglm"}]}
+        return {"object": "list", "data": [model_entry]}
+
+    @app.get("/v1/models/{model_id}")
+    async def model(model_id: str) -> dict[str, Any]:
+        if model_id != model_name:
+            raise ApiError(404, f"model {model_id!r} is not served; served: {model_name}", param="model",
+                           code="model_not_found")
+        return model_entry
 
     @app.get("/v1/attributes")
     async def attributes() -> dict[str, Any]:
@@ -268,22 +292,30 @@ def plan_rows(completion: Any, pipeline: Pipeline, model_name: str, limits: Serv
     if (overrides["max_new_tokens"] or 0) > limits.max_tokens:
         raise ApiError(400, f"max_tokens must be at most {limits.max_tokens} (--max-tokens), got {overrides['max_new_tokens']}",
                        param="max_tokens")
+    if not prompts:
+        raise ApiError(400, "no prompt given; pass a string or a non-empty list of strings", param="prompt")
+    for index, prompt in enumerate(prompts):
+        if not prompt.strip():
+            raise ApiError(400, f"prompt {index + 1} is empty; every prompt needs some text to continue", param="prompt")
     seed = random.randrange(2**31) if completion.seed is None else completion.seed
     try:
         check_generation_inputs(prompts, completion.n, 1, seed)
-    except DglmError as error:
-        raise ApiError(400, str(error).replace("prefix", "prompt"), param="prompt" if "prefix" in str(error) else "seed") from None
-    try:
         diffusion, decoding = pipeline.settings(**overrides)
         if decoding.max_new_tokens > limits.max_tokens:
             decoding = decoding.updated(max_new_tokens=limits.max_tokens)
         constraints = [parse_constraint(t) if isinstance(t, str) else Constraint(t.name, t.label, t.weight)
                        for t in completion.attributes]
         guide = pipeline.make_guide(constraints, diffusion)
-    except DglmError as error:
-        named = str(error).split()[0]
-        raise ApiError(400, str(error), param=named if named in SETTINGS else "attributes") from None
+    except DglmError as error:  # an error without a field is about the attributes (resolving them, their probes)
+        raise ApiError(400, str(error), param=request_field(error.field) if error.field else "attributes") from None
     return [Row(prompt, row_seed, guide, diffusion, decoding) for prompt, row_seed in seeded_rows(prompts, completion.n, seed)]
+
+
+def request_field(name: str) -> str:
+    """The request field a pipeline input or setting arrives in (OpenAI's name where it has one)."""
+    if name in SETTINGS:
+        return SETTINGS[name][1].metadata["alias"] or name
+    return {"prefix": "prompt", "num_samples": "n"}.get(name, name)
 
 
 class Reply:

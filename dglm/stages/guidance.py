@@ -92,7 +92,7 @@ GUIDANCE_MODES = {
 
 def check_guidance_mode(mode: str) -> str:
     if mode not in GUIDANCE_MODES:
-        raise DglmError(f"unknown guidance mode {mode!r}; modes: {', '.join(GUIDANCE_MODES)}")
+        raise DglmError(f"unknown guidance mode {mode!r}; modes: {', '.join(GUIDANCE_MODES)}", field="guidance_mode")
     return mode
 
 

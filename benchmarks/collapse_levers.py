@@ -1,0 +1,111 @@
+"""Levers against collapse: control against homogeneity and perplexity, over each lever's strength.
+
+Runs sentiment=positive and sentiment=negative on the development prefixes for each lever setting below (DGLM's
+guidance modes at several strengths, and activation steering over its multiplier for comparison), plus plain
+sampling and unguided DGLM once, judged as `dglm eval` judges them (TF-IDF and mpnet sentiment judges, Gemma
+perplexity, collapse on mpnet). Writes a JSON report, every sample (gzipped JSONL) and a PNG of the frontiers.
+
+    python benchmarks/collapse_levers.py --samples 10
+    python benchmarks/collapse_levers.py --samples 10 --only "gradient 256" "project 0.99"
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+
+from dglm.evaluation.bench import SentimentBench, add_common_arguments
+from dglm.evaluation.collapse import relative_to_plain
+from dglm.plugins import get_methods
+
+# name -> (method, options): the lever and its strength
+LEVERS = {
+    "gradient 16": ("dglm", {"guidance_scale": 16.0}),
+    "gradient 64": ("dglm", {"guidance_scale": 64.0}),
+    "gradient 256": ("dglm", {"guidance_scale": 256.0}),
+    "margin 0.9": ("dglm", {"guidance_mode": "margin", "guidance_target": 0.9, "guidance_scale": 256.0}),
+    "margin 0.99": ("dglm", {"guidance_mode": "margin", "guidance_target": 0.99, "guidance_scale": 256.0}),
+    "margin 0.999": ("dglm", {"guidance_mode": "margin", "guidance_target": 0.999, "guidance_scale": 256.0}),
+    "project 0.9": ("dglm", {"guidance_mode": "project", "guidance_target": 0.9}),
+    "project 0.99": ("dglm", {"guidance_mode": "project", "guidance_target": 0.99}),
+    "project 0.999": ("dglm", {"guidance_mode": "project", "guidance_target": 0.999}),
+    "project 0.9999": ("dglm", {"guidance_mode": "project", "guidance_target": 0.9999}),
+    "activation x2": ("activation", {"layer": 15, "multiplier": 2.0}),
+    "activation x4": ("activation", {"layer": 15, "multiplier": 4.0}),
+    "activation x8": ("activation", {"layer": 15, "multiplier": 8.0}),
+}
+KEPT = ("sentiment=positive", "sentiment@all-mpnet-base-v2=positive", "perplexity_median", "homogeneity",
+        "prefix_relevance", "top_word", "top_word_share", "dist3", "dist3_all")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_arguments(parser, prefixes="benchmarks/prefixes-dev.txt", out="benchmarks/results/collapse-levers.json")
+    parser.add_argument("--only", nargs="+", choices=list(LEVERS), metavar="LEVER", help=f"levers, of: {', '.join(LEVERS)}")
+    args = parser.parse_args()
+
+    bench = SentimentBench.from_args(args)
+    methods = get_methods()
+    samples: list[dict] = []
+
+    def judge(name: str, method_name: str, options: dict, condition: str) -> dict:
+        method = methods[method_name](bench.pipeline, **options)
+        scores, continuations = bench.judge_with_texts(method, condition, f"{name} {condition}")
+        samples.extend({"lever": name, "condition": condition, "prefix": prefix, "seed": seed, "continuation": text}
+                       for (prefix, seed), text in zip(bench.rows, continuations))
+        kept = {key: scores[key] for key in KEPT + ("cross_prefix_cosine", "prefix_cosine") if key in scores}
+        print(name, condition, json.dumps(kept), flush=True)
+        return kept
+
+    plain = judge("plain", "plain", {}, "none")
+    results = {"plain | none": plain, "unguided | none": judge("unguided", "dglm", {}, "none")}
+    for name in args.only or LEVERS:
+        method_name, options = LEVERS[name]
+        for condition in ("sentiment=positive", "sentiment=negative"):
+            results[f"{name} | {condition}"] = judge(name, method_name, options, condition)
+    relative_to_plain(list(results.values()), plain)
+    report = {"prefixes": str(args.prefixes), "samples_per_condition": len(bench.rows), "levers": LEVERS, "results": results}
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    with gzip.open(args.out.with_suffix(".samples.jsonl.gz"), "wt", encoding="utf-8") as file:
+        file.writelines(json.dumps(s) + "\n" for s in samples)
+    plot_frontiers(results, args.out.with_suffix(".png"))
+    print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
+
+
+def plot_frontiers(results: dict, path) -> None:
+    """Control (mean share on target, both sentiments, mpnet judge) against homogeneity and against perplexity."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    families: dict[str, list[tuple[float, dict]]] = {}
+    for name in dict.fromkeys(key.split(" | ")[0] for key in results if " | sentiment=" in key):
+        family, _, strength = name.rpartition(" ")
+        positive, negative = results[f"{name} | sentiment=positive"], results[f"{name} | sentiment=negative"]
+        control = (positive["sentiment@all-mpnet-base-v2=positive"] + 1 - negative["sentiment@all-mpnet-base-v2=positive"]) / 2
+        point = {"control": control, "homogeneity": (positive["homogeneity"] + negative["homogeneity"]) / 2,
+                 "perplexity": (positive["perplexity_median"] + negative["perplexity_median"]) / 2}
+        families.setdefault(family, []).append((float(strength.strip("x")), point))
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    for axis, x in zip(axes, ("homogeneity", "perplexity")):
+        for family, points in families.items():
+            points.sort(key=lambda item: item[0])
+            axis.plot([p[x] for _, p in points], [p["control"] for _, p in points], "o-", label=family)
+            for strength, p in points:
+                axis.annotate(f"{strength:g}", (p[x], p["control"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        reference = {"homogeneity": 1.0, "perplexity": results["plain | none"]["perplexity_median"]}[x]
+        axis.axvline(reference, color="grey", linestyle=":", label="plain sampling")
+        axis.set(xlabel={"homogeneity": "cross-prefix homogeneity (x plain sampling's; mean of both sentiments)",
+                         "perplexity": "median perplexity, Gemma 3 270M (mean of both sentiments)"}[x],
+                 ylabel="control: mean share on target (mpnet judge)", ylim=(0.5, 1.0))
+    axes[0].legend(fontsize=8)
+    figure.suptitle("Levers against collapse, development prefixes (up and left is better)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+if __name__ == "__main__":
+    main()
