@@ -167,6 +167,10 @@ def test_with_an_api_key_every_endpoint_but_health_needs_it(tiny_pipeline):
             assert status == 401 and answer["error"]["code"] == "invalid_api_key"
             assert request(url, "GET", "/v1/models", headers=headers)[0] == 401
         assert request(url, "GET", "/health")[0] == 200
+        host, port = url.removeprefix("http://").split(":")
+        connection = http.client.HTTPConnection(host, int(port), timeout=10)
+        connection.request("GET", "/v1/attributes")
+        assert connection.getresponse().getheader("WWW-Authenticate") == 'Bearer realm="dglm"'
         status, answer = request(url, "POST", "/v1/completions", {"prompt": "x", "max_tokens": 2},
                                  {"Authorization": "Bearer s3cret"})
         assert status == 200 and len(answer["choices"]) == 1
@@ -199,7 +203,7 @@ def test_a_client_that_leaves_mid_stream_frees_its_rows_and_others_are_undisturb
     assert app.state.engine.decode_steps < 40, "the departed client's 64 tokens were decoded all the same"
 
 
-def test_sigterm_finishes_the_request_in_flight_then_exits(tiny_checkpoint):
+def test_sigterm_answers_503_finishes_the_request_in_flight_then_exits(tiny_checkpoint):
     port = free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     server = subprocess.Popen([sys.executable, "-m", "dglm", "serve", "--model", str(tiny_checkpoint), "--port", str(port)],
@@ -215,6 +219,10 @@ def test_sigterm_finishes_the_request_in_flight_then_exits(tiny_checkpoint):
         response = connection.getresponse()
         first = response.readline()
         server.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while (status := request(f"http://127.0.0.1:{port}", "GET", "/v1/models")[0]) == 200 and time.monotonic() < deadline:
+            time.sleep(0.05)  # until the signal has arrived
+        assert status == 503, "a draining server must answer new requests with 503, not refuse the connection"
         rest = response.read().decode()
         assert first.startswith(b"data: ") and rest.rstrip().endswith("data: [DONE]")
         assert server.wait(30) in (0, -signal.SIGTERM)  # uvicorn ends by re-raising the signal it caught

@@ -18,8 +18,8 @@ __all__ = ["ServerLimits", "create_app", "serve", "serve_in_thread"]
 
 def serve(pipeline: Pipeline, model_name: str, host: str = "127.0.0.1", port: int = 8000,
           limits: ServerLimits | None = None, api_key: str | None = None) -> None:
-    """Serve until SIGINT or SIGTERM. On either, new requests get a 503 and requests in flight are finished
-    (for up to --request-timeout-s) before the process exits."""
+    """Serve until SIGINT or SIGTERM. On either, the server keeps listening but answers new requests with a 503
+    while the requests in flight finish (for up to --request-timeout-s), then stops; a second signal stops it at once."""
     import uvicorn
 
     limits = limits or ServerLimits()
@@ -27,7 +27,14 @@ def serve(pipeline: Pipeline, model_name: str, host: str = "127.0.0.1", port: in
 
     class DrainingServer(uvicorn.Server):
         def handle_exit(self, sig, frame) -> None:
+            if app.state.drain["draining"]:
+                super().handle_exit(sig, frame)
+                return
             app.state.drain["draining"] = True
+            threading.Thread(target=self.exit_when_idle, args=(sig, frame), name="dglm-drain", daemon=True).start()
+
+        def exit_when_idle(self, sig, frame) -> None:
+            app.state.engine.wait_idle(limits.request_timeout_s)
             super().handle_exit(sig, frame)
 
     config = uvicorn.Config(app, host=host, port=port, timeout_graceful_shutdown=int(limits.request_timeout_s) + 1,

@@ -58,13 +58,14 @@ class ApiError(Exception):
     """An answer in OpenAI's error shape: {"error": {"message", "type", "param", "code"}}."""
 
     def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
-                 kind: str = "invalid_request_error"):
+                 kind: str = "invalid_request_error", headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status, self.message, self.param, self.code, self.kind = status, message, param, code, kind
+        self.headers = headers
 
     def response(self) -> JSONResponse:
         error = {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}
-        return JSONResponse({"error": error}, status_code=self.status)
+        return JSONResponse({"error": error}, status_code=self.status, headers=self.headers)
 
 
 # ---- request models ------------------------------------------------------------------------
@@ -154,7 +155,7 @@ class Guard:
                 if not hmac.compare_digest(sent.encode(), f"Bearer {self.api_key}".encode()):
                     problem = ApiError(401, "missing or wrong API key: send the header 'Authorization: Bearer KEY' with "
                                             "the key the server was started with", code="invalid_api_key",
-                                       kind="authentication_error")
+                                       kind="authentication_error", headers={"WWW-Authenticate": 'Bearer realm="dglm"'})
             if problem is not None:
                 await problem.response()(scope, receive, send)
                 return

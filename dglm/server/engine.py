@@ -82,6 +82,7 @@ class BatchingEngine:
         self.closed = False
         self.batch_sizes: list[int] = []  # one entry per batch run, for monitoring and tests
         self.decode_steps = 0  # decoder steps run, all batches together
+        self.running = False  # a batch is being generated
         self.thread = threading.Thread(target=self._work, name="dglm-batching", daemon=True)
         self.thread.start()
 
@@ -102,6 +103,16 @@ class BatchingEngine:
             job.emit(Failed("the server shut down before this request was served; send it again", 503))
         self.thread.join(timeout)
 
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until no row is waiting and no batch is running (a draining server stops after this); True if idle."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.condition:
+                if not self.running and not any(not job.cancelled for job, _ in self.waiting):
+                    return True
+            time.sleep(0.05)
+        return False
+
     # ---- the worker thread ----------------------------------------------------------------
     def _work(self) -> None:
         while (batch := self._next_batch()) is not None:
@@ -113,6 +124,8 @@ class BatchingEngine:
                 log.exception("a batch failed")
                 for job in distinct_jobs(batch):
                     job.emit(Failed(f"generation failed: {type(error).__name__}: {error}"))
+            finally:
+                self.running = False
 
     def _next_batch(self) -> list[tuple[Job, int]] | None:
         """The next rows to run: those sharing the oldest row's schedule, once the batch is full or the oldest
@@ -134,6 +147,7 @@ class BatchingEngine:
                 fits = len(batch) < self.max_batch_size and job.rows[index].schedule_key == key and not job.cancelled
                 (batch if fits else rest).append((job, index))
             self.waiting = rest
+            self.running = bool(batch)
             return batch
 
     def _count(self, key: tuple) -> int:
