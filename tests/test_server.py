@@ -124,7 +124,14 @@ def test_concurrent_requests_share_batches_and_each_gets_its_text_alone(served, 
     ({"prompt": "x", "seed": -3}, 400, "seed must be an integer from 0", "seed"),
     ({"prompt": "x", "sampler": "euler"}, 400, "unknown sampler 'euler'", "sampler"),
     ({"prompt": "x", "guidance_mode": "nearest"}, 400, "unknown guidance mode 'nearest'", "guidance_mode"),
-    ({"prompt": "x", "stop": "."}, 400, "unknown field 'stop'; accepted fields: attributes", "stop"),
+    ({"prompt": "x", "stop": "."}, 400, "stop='.' is not supported by dglm", "stop"),
+    ({"prompt": "x", "logit_bias": {"50256": -100}}, 400, "logit_bias={'50256': -100} is not supported", "logit_bias"),
+    ({"prompt": "x", "best_of": 3}, 400, "best_of=3 is not supported by dglm; leave it out, or send null or 1", "best_of"),
+    ({"prompt": "x", "echo": True}, 400, "echo=True is not supported", "echo"),
+    ({"prompt": "x", "logprobs": False}, 400, "logprobs=False is not supported", "logprobs"),
+    ({"prompt": "x", "max_tokens": 3, "max_new_tokens": 3}, 400,
+     "max_tokens and max_new_tokens are one setting under two names; send only one of them", "max_new_tokens"),
+    ({"prompt": "x", "colour": "blue"}, 400, "unknown field 'colour'; accepted fields: attributes", "colour"),
     ({"max_tokens": 3}, 400, "field 'prompt' is required", "prompt"),
     ({"prompt": "x", "model": "gpt-4"}, 404, "the model 'gpt-4' does not exist; this server serves 'tiny'", "model"),
 ])
@@ -263,3 +270,12 @@ def test_the_model_lists_its_settings_with_this_checkpoints_defaults_and_can_be_
     assert status == 200 and one == entry
     status, missing = request(url, "GET", "/v1/models/gpt-4")
     assert status == 404 and missing["error"]["param"] == "model" and "served: tiny" in missing["error"]["message"]
+
+
+def test_the_openai_fields_clients_send_at_their_defaults_are_accepted(served, tiny_pipeline):
+    """LangChain's OpenAI wrapper and `llm` send these with every request, at these values."""
+    defaults = {"stop": None, "logprobs": None, "echo": False, "best_of": 1, "suffix": None, "presence_penalty": 0,
+                "frequency_penalty": 0.0, "logit_bias": {}, "user": "me"}
+    status, answer = request(served[0], "POST", "/v1/completions", {"prompt": "x", "max_tokens": 3, "seed": 5, **defaults})
+    assert status == 200, answer
+    assert answer["choices"][0]["text"] == alone(tiny_pipeline, "x", 5, max_new_tokens=3)

@@ -92,6 +92,32 @@ def _setting_fields() -> dict[str, Any]:
     return fields
 
 
+# OpenAI completion fields that dglm does not implement: accepted at their defaults (clients such as LangChain's
+# wrapper send them with every request), refused with "not supported" when they ask for something else.
+UNSUPPORTED_AT_DEFAULT: dict[str, tuple[Any, ...]] = {
+    "stop": (None, [], ""), "logprobs": (None, 0), "echo": (None, False), "best_of": (None, 1), "suffix": (None, ""),
+    "presence_penalty": (None, 0), "frequency_penalty": (None, 0), "logit_bias": (None, {}),
+}
+
+
+def is_default(value: Any, default: Any) -> bool:
+    """Equal, without JSON's false passing for 0 (or 0.0 failing for 0)."""
+    if default is None or isinstance(default, bool) or isinstance(value, bool):
+        return value is default
+    if isinstance(default, (int, float)):
+        return isinstance(value, (int, float)) and value == default
+    return type(value) is type(default) and value == default
+
+
+def refuse_unsupported(completion: Any) -> None:
+    for name, defaults in UNSUPPORTED_AT_DEFAULT.items():
+        value = getattr(completion, name)
+        if not any(is_default(value, default) for default in defaults):
+            shown = " or ".join(repr(d) for d in defaults if d is not None)
+            raise ApiError(400, f"{name}={value!r} is not supported by dglm; leave it out, or send null or {shown}",
+                           param=name, code="unsupported_parameter")
+
+
 CompletionRequest = create_model(
     "CompletionRequest",
     __config__=ConfigDict(extra="forbid", strict=True),
@@ -105,6 +131,8 @@ CompletionRequest = create_model(
                                                                       '"NAME=LABEL[:WEIGHT]" strings')),
     return_scores=(bool, Field(False, description="add each installed probe's label probabilities for each choice")),
     user=(str | None, Field(None, description="accepted for OpenAI compatibility, not used")),
+    **{name: (Any, Field(None, description="not supported: accepted only at its default"))
+       for name in UNSUPPORTED_AT_DEFAULT},
     **_setting_fields(),
 )
 
@@ -115,6 +143,10 @@ def validation_message(error: ValidationError) -> tuple[str, str | None]:
     where = ".".join(str(part) for part in first["loc"] if not str(part).startswith(("str", "list[", "AttributeTarget")))
     field = where.split(".")[0] or None
     if first["type"] == "extra_forbidden":
+        twin = next((name if where == alias else alias for name, (_, spec, _) in SETTINGS.items()
+                     if (alias := spec.metadata["alias"]) and where in (name, alias)), None)
+        if twin is not None:
+            return f"{twin} and {where} are one setting under two names; send only one of them", field
         known = sorted({f.validation_alias.choices[0] if f.validation_alias else name
                         for name, f in CompletionRequest.model_fields.items()} | {name for name in SETTINGS})
         return f"unknown field {where!r}; accepted fields: {', '.join(known)}", field
@@ -281,6 +313,7 @@ async def read_json(request: Request, limit: int) -> Any:
 def plan_rows(completion: Any, pipeline: Pipeline, model_name: str, limits: ServerLimits) -> list[Row]:
     """Check a completion request against the model and the server's limits, and turn it into rows: choice
     i * n + j continues prompt i with seed `seed + i * n + j`, as `dglm generate` and `Pipeline.generate` do."""
+    refuse_unsupported(completion)
     if completion.model not in (None, model_name):
         raise ApiError(404, f"the model {completion.model!r} does not exist; this server serves {model_name!r} "
                             "(GET /v1/models)", param="model", code="model_not_found")
