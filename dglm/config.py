@@ -126,7 +126,8 @@ class DecodingSettings(Settings):
     """How the decoder writes the continuation from [prefix ; soft prompts]."""
 
     max_new_tokens: int = setting(20, "length of each continuation in tokens", at_least=1, alias="max_tokens")
-    temperature: float = setting(1.0, "sampling temperature; 0.7 gives more fluent, less varied text", above=0)
+    temperature: float = setting(1.0, "sampling temperature; 0.7 gives more fluent, less varied text, 0 always takes "
+                                      "the likeliest token (greedy)", at_least=0)
     top_p: float = setting(0.9, "nucleus sampling: keep the likeliest tokens up to this probability mass",
                            above=0, at_most=1)
     top_k: int = setting(0, "keep only the TOP_K likeliest tokens; 0 turns it off", at_least=0)

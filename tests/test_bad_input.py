@@ -24,7 +24,7 @@ GENERATE = ["generate", "The movie"]
     (["--guidance-scale", "nan"], "guidance_scale must be a number >= 0, got nan"),
     (["--guidance-scale", "-1"], "guidance_scale must be a number >= 0, got -1.0"),
     (["--top-p", "inf"], "top_p must be a number in (0, 1], got inf"),
-    (["--temperature=-inf"], "temperature must be a number > 0, got -inf"),
+    (["--temperature=-inf"], "temperature must be a number >= 0, got -inf"),
     (["--repetition-penalty", "0"], "repetition_penalty must be a number > 0"),
     (["--renoise-alpha2", "1.5"], "renoise_alpha2 must be a number in (0, 1], got 1.5"),
     (["--mc-draws", "0"], "mc_draws must be an integer in [1, 1024], got 0"),

@@ -58,8 +58,9 @@ def test_zero_tokens_or_steps(capsys, tiny_checkpoint, flag, accepted):
     expect_error(capsys, f"must be an integer {accepted}, got 0", "generate", "Hi", flag, "0", "--model", str(tiny_checkpoint))
 
 
-def test_zero_temperature(capsys, tiny_checkpoint):
-    expect_error(capsys, "temperature must be a number > 0, got 0.0", "generate", "Hi", "--temperature", "0", "--model", str(tiny_checkpoint))
+def test_negative_temperature(capsys, tiny_checkpoint):
+    expect_error(capsys, "temperature must be a number >= 0, got -1.0", "generate", "Hi", "--temperature=-1", "--model",
+                 str(tiny_checkpoint))
 
 
 def test_missing_checkpoint(capsys, tmp_path):

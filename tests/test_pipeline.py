@@ -102,6 +102,14 @@ def test_top_k_one_leaves_the_decoder_no_choice(tiny_pipeline):
     assert text(0, 1.0) != text(0, 0.5)
 
 
+def test_temperature_zero_decodes_greedily(tiny_pipeline):
+    """Temperature 0 takes the likeliest token (as OpenAI-style servers do): without a repetition penalty that is
+    exactly what top_k 1 leaves, whatever the temperature."""
+    text = lambda **settings: [s.continuation for s in tiny_pipeline.generate(
+        "The movie", num_samples=3, seed=3, repetition_penalty=1.0, **settings)]
+    assert text(temperature=0.0) == text(top_k=1, temperature=1.0) != text(temperature=1.0)
+
+
 def test_a_sample_keeps_every_constraint_even_one_attribute_given_twice(tiny_checkpoint, toy_plugin, capsys):
     import json
 

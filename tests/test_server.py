@@ -120,7 +120,7 @@ def test_concurrent_requests_share_batches_and_each_gets_its_text_alone(served, 
     ({"prompt": "x", "max_tokens": 65}, 400, "max_tokens must be at most 64 (--max-tokens)", "max_tokens"),
     ({"prompt": "x", "max_tokens": "ten"}, 400, "field 'max_tokens': Input should be a valid integer", "max_tokens"),
     ({"prompt": "x", "top_p": 1.5}, 400, "top_p must be a number in (0, 1], got 1.5", "top_p"),
-    ({"prompt": "x", "temperature": 0}, 400, "temperature must be a number > 0", "temperature"),
+    ({"prompt": "x", "temperature": -1}, 400, "temperature must be a number >= 0", "temperature"),
     ({"prompt": "x", "seed": -3}, 400, "seed must be an integer from 0", "seed"),
     ({"prompt": "x", "sampler": "euler"}, 400, "unknown sampler 'euler'", "sampler"),
     ({"prompt": "x", "guidance_mode": "nearest"}, 400, "unknown guidance mode 'nearest'", "guidance_mode"),
@@ -279,3 +279,5 @@ def test_the_openai_fields_clients_send_at_their_defaults_are_accepted(served, t
     status, answer = request(served[0], "POST", "/v1/completions", {"prompt": "x", "max_tokens": 3, "seed": 5, **defaults})
     assert status == 200, answer
     assert answer["choices"][0]["text"] == alone(tiny_pipeline, "x", 5, max_new_tokens=3)
+    status, answer = request(served[0], "POST", "/v1/completions", {"prompt": "x", "max_tokens": 3, "seed": 5, "temperature": 0})
+    assert status == 200 and answer["choices"][0]["text"] == alone(tiny_pipeline, "x", 5, max_new_tokens=3, temperature=0.0)

@@ -45,7 +45,8 @@ def test_dglm_generate_has_a_flag_for_every_declared_setting():
     ("mc_draws", 0, r"mc_draws must be an integer in \[1, 1024\], got 0"),
     ("sampler", " ", "sampler must be a name, got ' '"),
     ("max_new_tokens", -3, "max_new_tokens must be an integer >= 1, got -3"),
-    ("temperature", 0.0, "temperature must be a number > 0, got 0.0"),
+    ("temperature", -0.5, "temperature must be a number >= 0, got -0.5"),
+    ("guidance_target", 1.0, r"guidance_target must be a number in \(0, 1\), got 1.0"),
     ("top_p", 1.5, r"top_p must be a number in \(0, 1\], got 1.5"),
     ("min_p", 1.0, r"min_p must be a number in \[0, 1\), got 1.0"),
     ("repetition_penalty", "high", "repetition_penalty must be a number > 0, got 'high'"),
@@ -66,7 +67,7 @@ def test_bad_settings_reach_the_user_from_python_and_from_the_command_line(tiny_
     with pytest.raises(DglmError, match="unknown generation setting"):
         tiny_pipeline.settings(temprature=0.7)
     assert main(["generate", "The movie", "--model", str(tiny_checkpoint), "--temperature", "nan"]) == 2
-    assert capsys.readouterr().err.strip() == "dglm: error: temperature must be a number > 0, got nan"
+    assert capsys.readouterr().err.strip() == "dglm: error: temperature must be a number >= 0, got nan"
 
 
 def test_the_model_card_lists_every_setting_from_its_declaration():

@@ -135,14 +135,14 @@ class SoftPromptDecoder:
             if adjust_logits is not None:
                 logits = adjust_logits(logits, generated[:, :step])
             logits = row_settings.penalise(logits, seen)
-            probs = row_settings.top_p_filter(F.softmax(logits / row_settings.temperature, dim=-1)).cpu()
+            probs = row_settings.top_p_filter(F.softmax(logits / row_settings.divisor, dim=-1)).cpu()
             if not bool(probs.isfinite().all()):
                 raise DglmError("the next-token probabilities are not finite numbers: the settings are too extreme "
                                 "(a guidance or prefix-guidance scale far too large, a temperature or repetition "
                                 "penalty near 0); use values closer to the defaults")
-            tokens = torch.tensor(
-                [eos if done else torch.multinomial(p, 1, generator=g).item() for p, g, done in zip(probs, generators, finished)]
-            )
+            likeliest = logits.argmax(dim=-1).tolist()
+            tokens = torch.tensor([eos if done else top if greedy else torch.multinomial(p, 1, generator=g).item()
+                                   for p, g, done, greedy, top in zip(probs, generators, finished, row_settings.greedy, likeliest)])
             generated[:, step] = torch.where(finished, generated[:, step], tokens)
             lengths += ~finished
             finished |= (tokens == eos) | (row_settings.max_new_tokens <= step + 1)
@@ -223,7 +223,8 @@ class RowSettings:
     def __init__(self, settings: list[DecodingSettings], device: torch.device):
         column = lambda values: torch.tensor(values, dtype=torch.float32, device=device)[:, None]
         self.max_new_tokens = torch.tensor([s.max_new_tokens for s in settings])
-        self.temperature = column([s.temperature for s in settings])
+        self.greedy = [s.temperature == 0 for s in settings]  # these rows take the likeliest token
+        self.divisor = column([s.temperature or 1.0 for s in settings])  # the temperature, 1 for greedy rows
         self.top_p = column([s.top_p for s in settings])
         self.penalty = column([s.repetition_penalty for s in settings])
         self.min_p = [s.min_p for s in settings]
