@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -36,6 +38,7 @@ The key is never a flag (flags show in the process list): use DGLM_API_KEY or --
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dglm", description="Controllable text generation with Diffusion Guided Language Modeling.")
+    parser.add_argument("--version", action="version", version=f"dglm {package_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     gen = commands.add_parser(
@@ -94,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     attrs.set_defaults(handler=cmd_attributes)
 
     plugins = commands.add_parser("plugins", help="list installed plugins")
+    plugins.add_argument("--json", action="store_true", help="print JSON instead of one line a plugin")
     plugins.set_defaults(handler=cmd_plugins)
 
     classifier = commands.add_parser("classifier", help="train attribute probes").add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -189,7 +193,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
     from dglm.config import declared_settings
     from dglm.data.prefixes import count_prefixes, iter_prefixes
-    from dglm.pipeline import Pipeline, chunks, process_group, shared_seed
+    from dglm.pipeline import Pipeline, attribute_terms, check_counts, check_setting_values, chunks, process_group, shared_seed
     from dglm.sample_file import SampleFile, format_sample
     from dglm.stages.guidance import parse_constraint
 
@@ -198,10 +202,14 @@ def cmd_generate(args: argparse.Namespace) -> None:
     if args.resume and args.output is None:
         raise DglmError("--resume continues the file given with --output; add --output OUT")
     constraints = [parse_constraint(spec) for spec in args.attr]
+    overrides = {name: getattr(args, name) for name in declared_settings()}
+    # Everything that needs no model is checked before the model's seconds of loading.
+    attribute_terms(constraints)
+    check_setting_values(overrides)
+    check_counts(args.num_samples, args.batch_size, args.seed)
     total = (args.prefix is not None) + (count_prefixes(args.prefix_file) if args.prefix_file is not None else 0)
     device = launch_processes(args.device)
     world, rank = process_group()
-    overrides = {name: getattr(args, name) for name in declared_settings()}
     pipeline = Pipeline.from_pretrained(args.model, device=device)
     diffusion, decoding = pipeline.settings(**overrides)
     prefixes = itertools.chain([args.prefix] if args.prefix is not None else [],
@@ -295,6 +303,9 @@ def cmd_attributes(args: argparse.Namespace) -> None:
 def cmd_plugins(args: argparse.Namespace) -> None:
     from dglm.plugins import get_plugins
 
+    if args.json:
+        print(json.dumps([dataclasses.asdict(info) for info in get_plugins()], indent=2))
+        return
     for info in get_plugins():
         version = f" {info.version}" if info.version else ""
         print(f"{info.name}{version}: hooks {', '.join(info.hooks) or 'none'}; "
@@ -391,7 +402,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # the reader went away (`dglm attributes | head -2`): stop quietly, as cat does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so that the exit's flush cannot fail again
+        return 0
     return 0
+
+
+def package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("dglm")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
 
 
 if __name__ == "__main__":

@@ -22,7 +22,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from dglm.config import SETTINGS_SECTIONS, DecodingSettings, DiffusionSettings, PipelineConfig, declared_settings
+from dglm.attributes.probes import Probe
+from dglm.config import SETTINGS_SECTIONS, DecodingSettings, DiffusionSettings, PipelineConfig, check_setting, declared_settings
 from dglm.errors import DglmError
 from dglm.plugins import failure_note, get_attributes, get_sampler
 from dglm.seeding import per_sample_randn, sample_generators
@@ -177,19 +178,15 @@ class Pipeline:
         diffusion settings (the checkpoint's by default) say how the guide moves the proposal."""
         if not constraints:
             return None
-        attributes, terms = get_attributes(), []
-        for constraint in constraints:
-            if constraint.attribute not in attributes:
-                known = ", ".join(attributes) or "none (install an attribute plugin)"
-                raise DglmError(f"unknown attribute {constraint.attribute!r}; known attributes: {known}{failure_note()}")
-            probe = attributes[constraint.attribute].probe
+        terms = []
+        for probe, label_index, weight in attribute_terms(constraints):
             if not self.probe_fits(probe):
                 raise DglmError(
                     f"attribute {probe.name!r} was trained on encoder {probe.card['encoder']!r} "
                     f"({probe.card['encoder_dim']}-d), but this pipeline uses {self.config.encoder!r} "
                     f"({self.config.latent_dim}-d); retrain the probe with `dglm classifier train`"
                 )
-            terms.append((probe.to(self.decoder.device), probe.label_index(constraint.label), constraint.weight))
+            terms.append((probe.to(self.decoder.device), label_index, weight))
         diffusion = diffusion or self.config.diffusion
         return Guide(terms, self.parts.normalizer, mc_draws=diffusion.mc_draws, mode=diffusion.guidance_mode,
                      target=diffusion.guidance_target)
@@ -397,6 +394,31 @@ def check_compatible(config: PipelineConfig, encoder: SentenceEncoder, decoder: 
             f"the checkpoint expects a decoder of width {config.decoder_dim} ({config.decoder}), but "
             f"decoder {decoder.name!r} has width {decoder.hidden_size}; use the decoder it was trained with"
         )
+
+
+def attribute_terms(constraints: list[Constraint]) -> list[tuple[Probe, int, float]]:
+    """Each constraint's probe, label index and weight from the registered attributes: an unknown attribute or label
+    fails here, with what is known, before any model loads."""
+    attributes, terms = get_attributes(), []
+    for constraint in constraints:
+        if constraint.attribute not in attributes:
+            known = ", ".join(attributes) or "none (install an attribute plugin)"
+            raise DglmError(f"unknown attribute {constraint.attribute!r}; known attributes: {known}{failure_note()}")
+        probe = attributes[constraint.attribute].probe
+        terms.append((probe, probe.label_index(constraint.label), constraint.weight))
+    return terms
+
+
+def check_setting_values(overrides: dict[str, Any]) -> None:
+    """Check the given settings' values (None: not given) without a checkpoint: ranges, sampler and mode names."""
+    for name, value in overrides.items():
+        if value is not None:
+            _, spec, kind = SETTINGS[name]
+            check_setting(spec, kind, value)
+    if overrides.get("sampler") is not None:
+        get_sampler(overrides["sampler"])
+    if overrides.get("guidance_mode") is not None:
+        check_guidance_mode(overrides["guidance_mode"])
 
 
 def check_generation_inputs(prefixes: list[str], num_samples: int, batch_size: int, seed: int | None) -> None:

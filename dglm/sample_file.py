@@ -90,5 +90,5 @@ def format_sample(sample: Sample, form: str) -> str:
     if form == "jsonl":
         return json.dumps(sample.to_dict(), ensure_ascii=False) + "\n"
     targets = ", ".join(f"{c.attribute}={c.label}:{c.weight:g}" for c in sample.constraints) or "unguided"
-    return (f"--- prefix {sample.prefix_index + 1}, sample {sample.sample_index + 1} ({targets}; seed {sample.seed})\n"
+    return (f"--- prefix {sample.prefix_index}, sample {sample.sample_index} ({targets}; seed {sample.seed})\n"  # as in JSONL
             f"{sample.text}\n")

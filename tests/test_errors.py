@@ -132,3 +132,36 @@ def test_prefix_files_that_are_empty_or_not_text(capsys, tiny_checkpoint, tmp_pa
 
 def test_a_missing_prefix_file(capsys, tiny_checkpoint, tmp_path):
     expect_error(capsys, "does not exist", "generate", "--prefix-file", str(tmp_path / "none.txt"), "--model", str(tiny_checkpoint))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--attr", "mood=happy"], "unknown attribute 'mood'; known attributes: "),
+    (["--attr", "sentiment=happy"], "unknown label 'happy' for attribute 'sentiment'"),
+    (["-n", "0"], "num_samples must be a positive integer, got 0"),
+    (["--temperature=-1"], "temperature must be a number >= 0"),
+    (["--sampler", "euler"], "unknown sampler 'euler'"),
+    (["--guidance-mode", "nearest"], "unknown guidance mode 'nearest'"),
+])
+def test_checks_that_need_no_model_come_before_the_model_loads(capsys, tmp_path, args, message):
+    """The model named does not exist, so an error about the inputs shows they were checked before loading it."""
+    expect_error(capsys, message, "generate", "Hi", "--model", str(tmp_path / "no-such-model"), *args)
+
+
+def test_version_and_plugins_as_json(capsys):
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"dglm {version('dglm')}"
+    assert main(["plugins", "--json"]) == 0
+    plugins = json.loads(capsys.readouterr().out)
+    assert any("sentiment" in p["attributes"] for p in plugins) and {"name", "version", "hooks"} <= plugins[0].keys()
+
+
+def test_a_closed_pipe_ends_quietly():
+    import subprocess
+    import sys
+
+    reader = subprocess.run(f"{sys.executable} -m dglm attributes | head -c 5", shell=True, capture_output=True, text=True,
+                            timeout=120)
+    assert len(reader.stdout) == 5 and "Traceback" not in reader.stderr and "BrokenPipe" not in reader.stderr

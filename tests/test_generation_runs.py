@@ -75,7 +75,7 @@ def test_resuming_with_other_settings_or_a_foreign_file_is_refused(tiny_checkpoi
     Path(str(out) + ".settings.json").write_bytes(Path(str(whole) + ".settings.json").read_bytes())
     assert generate(command(tiny_checkpoint, prefix_file, out, "--resume", "--temperature", "0.7")) == 2
     assert "--resume with other settings" in capsys.readouterr().err
-    assert generate(command(tiny_checkpoint, prefix_file, out, "--resume", "--attr", "toy=x")) == 2
+    assert generate(command(tiny_checkpoint, prefix_file, out, "--resume", "--attr", "sentiment=positive")) == 2
     assert "attributes: [] then" in capsys.readouterr().err
     assert generate(command(tiny_checkpoint, prefix_file, out)) == 2
     assert "already holds samples; pass --resume" in capsys.readouterr().err
