@@ -112,6 +112,9 @@ class DiffusionSettings(Settings):
                                              "reaches GUIDANCE_TARGET)")
     guidance_target: float = setting(0.9, "probability of each target at which margin and project guidance stop",
                                      above=0, below=1)
+    guidance_anchor: float = setting(0.0, "gradient and margin guidance: pull towards the prefix's own meaning (weight of "
+                                          "the cosine to the prefix's embedding against the targets' log-probability); "
+                                          "0 turns it off", at_least=0)
     prefix_guidance: float = setting(1.0, "classifier-free guidance on the prefix; 1 turns it off, more follows the "
                                           "prefix more closely", at_least=0)
     mc_draws: int = setting(16, "Monte-Carlo draws that blur the clean estimate the attribute probes score", at_least=1,

@@ -189,7 +189,7 @@ class Pipeline:
             terms.append((probe.to(self.decoder.device), label_index, weight))
         diffusion = diffusion or self.config.diffusion
         return Guide(terms, self.parts.normalizer, mc_draws=diffusion.mc_draws, mode=diffusion.guidance_mode,
-                     target=diffusion.guidance_target)
+                     target=diffusion.guidance_target, anchor=diffusion.guidance_anchor)
 
     def probe_fits(self, probe) -> bool:
         """Whether a probe was trained on this pipeline's encoder (probes read one encoder's space only)."""
@@ -231,6 +231,7 @@ class Pipeline:
         top_k: int | None = None,
         guidance_mode: str | None = None,
         guidance_target: float | None = None,
+        guidance_anchor: float | None = None,
     ) -> list[Sample]:
         """Continue each prefix `num_samples` times so that the continuations carry `attributes`.
 

@@ -122,3 +122,13 @@ def test_an_unknown_guidance_mode_names_the_modes():
     probe, normalizer = toy_probe(), LatentNormalizer(16)
     with pytest.raises(DglmError, match="unknown guidance mode 'nearest'; modes: gradient, margin, project"):
         Guide([(probe, 1, 1.0)], normalizer, mode="nearest")
+
+
+def test_the_anchor_pulls_a_guided_latent_back_towards_the_prefix():
+    probe, normalizer = toy_probe(), LatentNormalizer(16)
+    latents, prefixes = torch.randn(8, 16), torch.randn(8, 16)
+    generators = lambda: sample_generators(range(8))
+    free = Guide([(probe, 1, 1.0)], normalizer, mc_draws=1).delta(latents, 1.0, 0.0, generators(), prefixes)
+    anchored = Guide([(probe, 1, 1.0)], normalizer, mc_draws=1, anchor=5.0).delta(latents, 1.0, 0.0, generators(), prefixes)
+    closeness = lambda delta: (normalizer.to_embedding(latents + 0.01 * delta) * normalizer.to_embedding(prefixes)).sum(-1)
+    assert (closeness(anchored) > closeness(free)).all()

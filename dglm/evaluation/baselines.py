@@ -69,6 +69,7 @@ class DGLM(Method):
         steps: int | None = None
         guidance_mode: str | None = None
         guidance_target: float | None = None
+        guidance_anchor: float | None = None
 
     def continue_rows(self, rows, constraints, max_new_tokens):
         diffusion, decoding = self.pipeline.settings(**asdict(self.options), max_new_tokens=max_new_tokens)

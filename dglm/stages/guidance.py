@@ -118,6 +118,7 @@ class Guide:
         mode: str = "gradient",
         target: float = 0.9,
         projection_passes: int = 3,
+        anchor: float = 0.0,
     ):
         self.terms = terms
         self.normalizer = normalizer
@@ -126,6 +127,7 @@ class Guide:
         self.mode = check_guidance_mode(mode)
         self.target = target
         self.projection_passes = projection_passes
+        self.anchor = anchor
 
     def log_prob(self, latents: torch.Tensor) -> torch.Tensor:
         """Summed weighted log p(target | latent) over the terms, for latents of shape (..., D)."""
@@ -181,11 +183,25 @@ class Guide:
                 x = x.detach() + (need / grad.square().sum(-1).clamp_min(1e-12))[:, None] * grad
         return x
 
-    def delta(self, x0: torch.Tensor, scale: float, blur: float, generators: list[torch.Generator]) -> torch.Tensor:
+    def anchor_gradient(self, x0: torch.Tensor, prefix_latents: torch.Tensor) -> torch.Tensor:
+        """Gradient of anchor * cos(embedding of x0, the prefix's embedding): a pull back towards what the prefix is
+        about, which the label's pull must outweigh (a trust region around the prefix's meaning)."""
+        prefix = self.normalizer.to_embedding(prefix_latents)
+        with torch.enable_grad():
+            x0 = x0.detach().requires_grad_(True)
+            closeness = (self.normalizer.to_embedding(x0) * prefix).sum(-1)
+            (grad,) = torch.autograd.grad(self.anchor * closeness.sum(), x0)
+        return grad
+
+    def delta(self, x0: torch.Tensor, scale: float, blur: float, generators: list[torch.Generator],
+              prefix_latents: torch.Tensor | None = None) -> torch.Tensor:
         """How far this guide moves each row's clean estimate at one step."""
         if self.mode == "project":
             return self.projection(x0) - x0
-        return scale * self.gradient(x0, blur, generators)
+        gradient = self.gradient(x0, blur, generators)
+        if self.anchor and prefix_latents is not None:
+            gradient = gradient + self.anchor_gradient(x0, prefix_latents)
+        return scale * gradient
 
 
 class BatchGuidance:
@@ -212,10 +228,12 @@ class BatchGuidance:
     def __bool__(self) -> bool:
         return bool(self.groups)
 
-    def delta(self, x0: torch.Tensor, blur: float, generators: list[torch.Generator]) -> torch.Tensor:
+    def delta(self, x0: torch.Tensor, blur: float, generators: list[torch.Generator],
+              prefix_latents: torch.Tensor | None = None) -> torch.Tensor:
         """What each row's clean estimate moves by under its guide and scale (zero when unguided)."""
         delta = torch.zeros_like(x0)
         for (guide_id, scale), rows in self.groups.items():
             index = torch.tensor(rows, device=x0.device)
-            delta[index] = self.guides[guide_id].delta(x0[index], scale, blur, [generators[row] for row in rows])
+            prefixes = None if prefix_latents is None else prefix_latents[index]
+            delta[index] = self.guides[guide_id].delta(x0[index], scale, blur, [generators[row] for row in rows], prefixes)
         return delta

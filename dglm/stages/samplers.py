@@ -120,6 +120,6 @@ def diffuse(
             v = v_free + prefix_guidance * (v - v_free)
         x0 = alpha * z - sigma * v
         if guidance:
-            x0 = x0 + guidance.delta(x0, float(sigma / alpha), generators)
+            x0 = x0 + guidance.delta(x0, float(sigma / alpha), generators, prefix_latents)
         z = sampler.step(x0, index, z)
     return x0
