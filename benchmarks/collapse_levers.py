@@ -7,6 +7,9 @@ perplexity, collapse on mpnet). Writes a JSON report, every sample (gzipped JSON
 
     python benchmarks/collapse_levers.py --samples 10
     python benchmarks/collapse_levers.py --samples 10 --only "gradient 256" "project 0.99"
+
+The report is rewritten after every lever, and a run adds to the report already at --out (its levers are not run
+again), so a long sweep can be stopped and continued.
 """
 
 from __future__ import annotations
@@ -50,7 +53,9 @@ def main() -> None:
 
     bench = SentimentBench.from_args(args)
     methods = get_methods()
-    samples: list[dict] = []
+    samples_path = args.out.with_suffix(".samples.jsonl.gz")
+    earlier = json.loads(args.out.read_text())["results"] if args.out.exists() else {}
+    samples = [json.loads(line) for line in gzip.open(samples_path, "rt")] if earlier and samples_path.exists() else []
 
     def judge(name: str, method_name: str, options: dict, condition: str) -> dict:
         method = methods[method_name](bench.pipeline, **options)
@@ -61,19 +66,22 @@ def main() -> None:
         print(name, condition, json.dumps(kept), flush=True)
         return kept
 
-    plain = judge("plain", "plain", {}, "none")
-    results = {"plain | none": plain, "unguided | none": judge("unguided", "dglm", {}, "none")}
-    for name in args.only or LEVERS:
-        method_name, options = LEVERS[name]
-        for condition in ("sentiment=positive", "sentiment=negative"):
-            results[f"{name} | {condition}"] = judge(name, method_name, options, condition)
-    relative_to_plain(list(results.values()), plain)
-    report = {"prefixes": str(args.prefixes), "samples_per_condition": len(bench.rows), "levers": LEVERS, "results": results}
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    with gzip.open(args.out.with_suffix(".samples.jsonl.gz"), "wt", encoding="utf-8") as file:
-        file.writelines(json.dumps(s) + "\n" for s in samples)
+    results = dict(earlier)
+    runs = [("plain", "plain", {}, "none"), ("unguided", "dglm", {}, "none")]
+    runs += [(name, *LEVERS[name], condition) for name in args.only or LEVERS
+             for condition in ("sentiment=positive", "sentiment=negative")]
+    for name, method_name, options, condition in runs:
+        if f"{name} | {condition}" in results:
+            continue
+        results[f"{name} | {condition}"] = judge(name, method_name, options, condition)
+        relative_to_plain(list(results.values()), results["plain | none"])
+        report = {"prefixes": str(args.prefixes), "samples_per_condition": len(bench.rows), "levers": LEVERS,
+                  "results": results}
+        args.out.write_text(json.dumps(report, indent=2) + "\n")
+        with gzip.open(samples_path, "wt", encoding="utf-8") as file:
+            file.writelines(json.dumps(s) + "\n" for s in samples)
     plot_frontiers(results, args.out.with_suffix(".png"))
-    print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
+    print(f"wrote {args.out}, its samples and {args.out.with_suffix('.png')}")
 
 
 def plot_frontiers(results: dict, path) -> None:

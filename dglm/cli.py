@@ -332,8 +332,12 @@ def cmd_classifier_train(args: argparse.Namespace) -> None:
 def cmd_plugin_new(args: argparse.Namespace) -> None:
     from dglm.attributes.plugin_package import new_plugin
 
+    import shlex
+
     root = new_plugin(args.card, args.out)
-    print(f"created {root}; install it with `pip install {root}` and check `dglm attributes`")
+    # A bare name would make pip look the package up in the index and install whatever is published under it.
+    local = str(root) if root.is_absolute() or str(root).startswith(".") else f"./{root}"
+    print(f"created {root}; install it with `pip install {shlex.quote(local)}` and check `dglm attributes`")
 
 
 def quiet_libraries() -> None:

@@ -28,6 +28,7 @@ _registries: dict[str, tuple[tuple, dict]] = {}  # registry name -> (the plugins
 
 
 _failed: dict[str, str] = {}  # plugin name -> why it failed to load or to register, for error messages
+_conflicts: list[str] = []  # plugin names that two distributions claim, said in full
 
 
 class PluginConflict(DglmError):
@@ -38,13 +39,29 @@ def _manager() -> pluggy.PluginManager:
     global _entry_points_loaded
     if not _entry_points_loaded:
         _entry_points_loaded = True
+        _conflicts.extend(_entry_point_conflicts())
         for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
             if plugin_manager.get_plugin(entry_point.name) is None and not plugin_manager.is_blocked(entry_point.name):
                 try:
                     plugin_manager.register(entry_point.load(), name=entry_point.name)
                 except Exception as error:  # a broken plugin must not take dglm down with it
                     _skip(entry_point.name, error)
+    if _conflicts:
+        raise PluginConflict("; ".join(_conflicts))
     return plugin_manager
+
+
+def _entry_point_conflicts() -> list[str]:
+    """Plugin names claimed by entry points of two distributions (a plugin named like a built-in attribute, say):
+    refused, since which one loads would depend on the order the distributions are found in."""
+    owners: dict[str, list[str]] = {}
+    for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        owner = entry_point.dist.name if entry_point.dist is not None else "an unnamed distribution"
+        if owner not in owners.setdefault(entry_point.name, []):
+            owners[entry_point.name].append(owner)
+    return [f"the plugin name {name!r} is claimed by two installed distributions, {' and '.join(map(repr, dists))}; "
+            f"uninstall one of them, or rename its entry point in the `dglm` group"
+            for name, dists in owners.items() if len(dists) > 1]
 
 
 def _skip(plugin: str, error: Exception) -> None:

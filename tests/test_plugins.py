@@ -38,10 +38,14 @@ def test_a_plugin_package_from_a_csv_is_installed_and_used(tiny_pipeline, tiny_m
         writer.writerows(question_or_statement(80))
     assert main(["classifier", "train", "question", "--data", str(data), "--text-column", "sentence",
                  "--label-column", "kind", "--encoder", str(tiny_models["encoder"]), "--out", str(tmp_path / "probe")]) == 0
-    assert main(["plugin", "new", str(tmp_path / "probe" / "question.json"), "--out", str(tmp_path)]) == 0
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert main(["plugin", "new", "probe/question.json"]) == 0  # written beside the user, as most will
+    install = capsys.readouterr().out.split("`")[1]
+    assert install == "pip install ./dglm-question"  # a path: a bare name would be looked up in the package index
     target = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                    "--target", str(target), str(tmp_path / "dglm-question")], check=True)
+    subprocess.run([sys.executable, "-m", *install.split(), "--quiet", "--no-deps", "--no-build-isolation",
+                    "--target", str(target)], check=True)
     monkeypatch.syspath_prepend(str(target))
     import importlib
 
@@ -133,3 +137,16 @@ def test_a_plugin_that_fails_to_import_or_to_register_is_skipped_and_named(tmp_p
                             str(tiny_checkpoint)], capture_output=True, text=True, env=env, check=False)
     assert asked.returncode == 2 and "unknown attribute 'formality'" in asked.stderr
     assert "plugin 'importer' failed to load (RuntimeError: missing dependency), so what it provides is missing" in asked.stderr
+
+
+def test_an_installed_plugin_named_like_a_built_in_is_refused_naming_both_distributions(tmp_path):
+    (tmp_path / "impostor.py").write_text("")
+    info = tmp_path / "dglm_sentiment_plus-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: dglm-sentiment-plus\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[dglm]\nsentiment = impostor\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    listed = subprocess.run([sys.executable, "-m", "dglm", "attributes"], capture_output=True, text=True, env=env, check=False)
+    assert listed.returncode == 2 and "Traceback" not in listed.stderr
+    assert "the plugin name 'sentiment' is claimed by two installed distributions" in listed.stderr
+    assert "'dglm'" in listed.stderr and "'dglm-sentiment-plus'" in listed.stderr
