@@ -193,25 +193,39 @@ def cell(result: dict, column: str) -> str:
 
 
 def plot_tradeoff(report: dict, path: Path, condition: str) -> None:
+    """Left: success and perplexity over the guidance scale. Right: success against homogeneity, the price of control
+    in variety (when plain sampling ran, so that homogeneity could be measured)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    runs = report["tradeoff"].values()
     scales = [float(s) for s in report["tradeoff"]]
-    success = [r["all_targets_met"] for r in report["tradeoff"].values()]
-    figure, left = plt.subplots(figsize=(6, 4))
+    success = [r["all_targets_met"] for r in runs]
+    with_homogeneity = all("homogeneity" in r for r in runs)
+    figure, axes = plt.subplots(1, 2 if with_homogeneity else 1, figsize=(11 if with_homogeneity else 6, 4), squeeze=False)
+    left = axes[0][0]
     left.plot(scales, success, "o-", color="tab:blue")
     left.set(xlabel="guidance scale (symmetric log axis)",
              ylabel=f"share meeting {condition} (judge)", ylim=(0, 1))
     left.set_xscale("symlog", linthresh=1.0)
-    if all("perplexity_median" in r for r in report["tradeoff"].values()):
+    if all("perplexity_median" in r for r in runs):
         right = left.twinx()
-        perplexities = [r["perplexity_median"] for r in report["tradeoff"].values()]
+        perplexities = [r["perplexity_median"] for r in runs]
         right.plot(scales, perplexities, "s--", color="tab:red")
         right.set_ylabel("median perplexity (Gemma 3 270M)", color="tab:red")
         right.set_ylim(0, 1.2 * max(perplexities))  # from zero, so that noise does not look like a trend
     left.set_title("DGLM: attribute success vs fluency")
+    if with_homogeneity:
+        frontier = axes[0][1]
+        homogeneity = [r["homogeneity"] for r in runs]
+        frontier.plot(homogeneity, success, "o-", color="tab:purple")
+        for scale, x, y in zip(scales, homogeneity, success):
+            frontier.annotate(f"{scale:g}", (x, y), fontsize=8, xytext=(3, 3), textcoords="offset points")
+        frontier.axvline(1.0, color="grey", linestyle=":")
+        frontier.set(xlabel="cross-prefix homogeneity (x plain sampling's)", ylabel=f"share meeting {condition} (judge)",
+                     ylim=(0, 1), title="the price of control in variety (labels: scale)")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
