@@ -87,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-body-kb", type=int, default=64, help="largest request body in KiB (default 64)")
     serve.add_argument("--request-timeout-s", type=float, default=300.0, help="a request still unanswered after this many "
                                                                             "seconds gets a 504 (default 300)")
+    serve.add_argument("--allowed-origins", nargs="+", default=[], metavar="ORIGIN",
+                       help="let pages from these origins call the API from a browser (CORS), e.g. "
+                            "https://app.example.com; '*' for any (default: none)")
     serve.add_argument("--api-key-file", type=Path, help="file holding the API key (or set DGLM_API_KEY); with a key, "
                                                           "the API needs 'Authorization: Bearer KEY' (/health and the page, "
                                                           "which holds no data, do not)")
@@ -282,7 +285,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     name = args.model_name or (Path(args.model).resolve().name if args.model else "dglm-default")
     print(f"dglm: serving {name!r} on http://{args.host}:{args.port} (playground at /, API at /v1/completions"
           f"{', API key required' if api_key else ''})", file=sys.stderr, flush=True)
-    serve(pipeline, name, args.host, args.port, limits, api_key)
+    serve(pipeline, name, args.host, args.port, limits, api_key, args.allowed_origins)
 
 
 def cmd_attributes(args: argparse.Namespace) -> None:

@@ -281,3 +281,22 @@ def test_the_openai_fields_clients_send_at_their_defaults_are_accepted(served, t
     assert answer["choices"][0]["text"] == alone(tiny_pipeline, "x", 5, max_new_tokens=3)
     status, answer = request(served[0], "POST", "/v1/completions", {"prompt": "x", "max_tokens": 3, "seed": 5, "temperature": 0})
     assert status == 200 and answer["choices"][0]["text"] == alone(tiny_pipeline, "x", 5, max_new_tokens=3, temperature=0.0)
+
+
+def test_cors_is_off_by_default_and_on_for_the_origins_named(tiny_pipeline):
+    def headers_for(app, method, path, extra):
+        with serve_in_thread(app) as url:
+            host, port = url.removeprefix("http://").split(":")
+            connection = http.client.HTTPConnection(host, int(port), timeout=10)
+            connection.request(method, path, headers={"Origin": "https://app.example", **extra})
+            response = connection.getresponse()
+            return response.status, dict(response.getheaders())
+
+    preflight = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization,content-type"}
+    status, headers = headers_for(create_app(tiny_pipeline, "tiny"), "GET", "/v1/models", {})
+    assert status == 200 and "access-control-allow-origin" not in {k.lower() for k in headers}
+    app = create_app(tiny_pipeline, "tiny", api_key="s3cret", allowed_origins=["https://app.example"])
+    status, headers = headers_for(app, "OPTIONS", "/v1/completions", preflight)
+    assert status == 200 and headers["access-control-allow-origin"] == "https://app.example"
+    status, headers = headers_for(app, "GET", "/v1/models", {"Authorization": "Bearer s3cret"})
+    assert status == 200 and headers["access-control-allow-origin"] == "https://app.example"

@@ -21,6 +21,7 @@ from importlib.resources import files
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, create_model
 from starlette.exceptions import HTTPException
@@ -195,9 +196,10 @@ class Guard:
 
 
 def create_app(pipeline: Pipeline, model_name: str = "dglm-default", limits: ServerLimits | None = None,
-               api_key: str | None = None) -> FastAPI:
+               api_key: str | None = None, allowed_origins: list[str] = ()) -> FastAPI:
     """The web application; `dglm serve` runs it with uvicorn, tests and applications may run it themselves.
-    `app.state.engine` is the batching engine (its `batch_sizes` show how requests were batched)."""
+    `app.state.engine` is the batching engine (its `batch_sizes` show how requests were batched). Pages from
+    `allowed_origins` may call the API from a browser (CORS; none by default)."""
     limits = limits or ServerLimits()
     engine = BatchingEngine(pipeline, limits.max_batch_size, limits.max_wait_ms)
     state = {"draining": False}
@@ -211,6 +213,9 @@ def create_app(pipeline: Pipeline, model_name: str = "dglm-default", limits: Ser
                   lifespan=lifespan)
     app.state.engine, app.state.drain = engine, state
     app.add_middleware(Guard, api_key=api_key, state=state)
+    if allowed_origins:  # added last, so outermost: a browser's preflight carries no key and must not meet the Guard
+        app.add_middleware(CORSMiddleware, allow_origins=list(allowed_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type"])
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, error: ApiError) -> JSONResponse:
