@@ -47,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Continue PREFIX so that the continuation carries the requested attributes.",
     )
     gen.add_argument("prefix", nargs="?", help="text to continue (or use --prefix-file)")
-    gen.add_argument("--prefix-file", type=Path, help="file with one prefix per line; every line is continued")
+    gen.add_argument("--prefix-file", type=Path, help="file with one prefix per line, every line continued; '-' reads "
+                     "standard input, as does a pipe when no PREFIX is given (echo 'The movie' | dglm generate)")
     gen.add_argument("--attr", action="append", default=[], metavar="NAME=LABEL[:WEIGHT]",
                      help="target attribute, repeatable; WEIGHT defaults to 1, negative steers away. None: unguided")
     gen.add_argument("-n", "--num-samples", type=int, default=1, help="continuations per prefix (default 1)")
@@ -195,13 +196,17 @@ def cmd_generate(args: argparse.Namespace) -> None:
     from tqdm.auto import tqdm
 
     from dglm.config import declared_settings
-    from dglm.data.prefixes import count_prefixes, iter_prefixes
+    from dglm.data.prefixes import count_prefixes, iter_prefixes, spool_stdin, stdin_is_piped
     from dglm.pipeline import Pipeline, attribute_terms, check_counts, check_setting_values, chunks, process_group, shared_seed
     from dglm.sample_file import SampleFile, format_sample
     from dglm.stages.guidance import parse_constraint
 
+    source = str(args.prefix_file) if args.prefix_file else None  # what the run records: "-" for standard input
+    if args.prefix_file == Path("-") or (args.prefix is None and args.prefix_file is None and stdin_is_piped()):
+        args.prefix_file, source = spool_stdin(), "-"
     if args.prefix is None and args.prefix_file is None:
-        raise DglmError("give a PREFIX or --prefix-file with at least one non-empty line")
+        raise DglmError("give a PREFIX, --prefix-file FILE or --prefix-file - (standard input), with at least one "
+                        "non-empty line")
     if args.resume and args.output is None:
         raise DglmError("--resume continues the file given with --output; add --output OUT")
     constraints = [parse_constraint(spec) for spec in args.attr]
@@ -223,7 +228,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
         if seed is None:  # a resumed run keeps the seed its first leg drew
             seed = SampleFile.recorded(args.output).get("seed") if args.resume else shared_seed(None, 1)
         run = {"model": str(Path(args.model).resolve()) if args.model else "bundled default",
-               "prefix": args.prefix, "prefix_file": str(args.prefix_file.resolve()) if args.prefix_file else None,
+               "prefix": args.prefix, "prefix_file": str(Path(source).resolve()) if source not in (None, "-") else source,
                "attributes": [asdict(c) for c in constraints], "num_samples": args.num_samples, "seed": seed,
                **asdict(diffusion), **asdict(decoding)}
         out = SampleFile(args.output, run, form, args.resume)

@@ -103,3 +103,16 @@ def test_generate_stream_is_lazy_and_equals_generate(tiny_pipeline):
         [(s.prefix, s.continuation, s.seed, s.prefix_index, s.sample_index) for s in expected]
     resumed = list(tiny_pipeline.generate_stream(["The movie", "A film", "The movie"], num_samples=2, seed=4, skip=3))
     assert [s.continuation for s in resumed] == [s.continuation for s in expected[3:]]
+
+
+def test_prefixes_from_standard_input_piped_or_named_with_a_dash(tiny_checkpoint):
+    run = lambda *args: subprocess.run([sys.executable, "-m", "dglm", "generate", "--model", str(tiny_checkpoint), "--seed", "0",
+                                        "--max-new-tokens", "3", "--format", "jsonl", *args], input="The movie\n\nA film\n",
+                                       capture_output=True, text=True, timeout=300, check=False)
+    piped, dashed = run(), run("--prefix-file", "-")
+    assert piped.returncode == 0 and dashed.returncode == 0, piped.stderr + dashed.stderr
+    assert [json.loads(line)["prefix"] for line in piped.stdout.splitlines()] == ["The movie", "A film"]
+    assert piped.stdout == dashed.stdout
+    nothing = subprocess.run([sys.executable, "-m", "dglm", "generate", "--model", str(tiny_checkpoint)],
+                             stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300, check=False)
+    assert nothing.returncode == 2 and "give a PREFIX, --prefix-file FILE or --prefix-file -" in nothing.stderr

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import stat
+import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -38,3 +43,24 @@ def read_prefixes(path: Path | str) -> list[str]:
 def count_prefixes(path: Path | str) -> int:
     """How many prefixes `iter_prefixes` will give, counted without keeping them (for a progress bar)."""
     return sum(1 for _ in iter_prefixes(path))
+
+
+def stdin_is_piped() -> bool:
+    """Whether standard input is a pipe or a file (`echo ... | dglm generate`, `< prefixes.txt`), not a terminal,
+    /dev/null or nothing at all."""
+    try:
+        mode = os.fstat(sys.stdin.fileno()).st_mode
+    except (OSError, ValueError, AttributeError):  # no stdin, or one without a file descriptor (a test harness)
+        return False
+    return stat.S_ISFIFO(mode) or stat.S_ISREG(mode)
+
+
+def spool_stdin() -> Path:
+    """Standard input copied to a temporary file (removed at exit), which is read like any prefix file: a pipe can be
+    read only once, and the prefixes are read twice (counted for the progress bar, then continued)."""
+    import atexit
+
+    with tempfile.NamedTemporaryFile("wb", prefix="dglm-stdin-", suffix=".txt", delete=False) as spool:
+        shutil.copyfileobj(sys.stdin.buffer, spool)
+    atexit.register(os.unlink, spool.name)
+    return Path(spool.name)
