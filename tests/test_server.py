@@ -300,3 +300,20 @@ def test_cors_is_off_by_default_and_on_for_the_origins_named(tiny_pipeline):
     assert status == 200 and headers["access-control-allow-origin"] == "https://app.example"
     status, headers = headers_for(app, "GET", "/v1/models", {"Authorization": "Bearer s3cret"})
     assert status == 200 and headers["access-control-allow-origin"] == "https://app.example"
+
+
+def test_metrics_count_requests_tokens_and_batches_in_prometheus_format(served):
+    url = served[0]
+    assert request(url, "POST", "/v1/completions", {"prompt": "The movie", "max_tokens": 4, "n": 2, "seed": 1})[0] == 200
+    assert request(url, "POST", "/v1/completions", {"prompt": "x", "top_p": 3})[0] == 400
+    host, port = url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=10)
+    connection.request("GET", "/metrics")
+    response = connection.getresponse()
+    text = response.read().decode()
+    assert response.status == 200 and response.getheader("Content-Type").startswith("text/plain")
+    values = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if not line.startswith("#")}
+    assert values['dglm_completion_requests_total{status="200"}'] >= 1
+    assert values['dglm_completion_requests_total{status="400"}'] >= 1
+    assert 0 < values["dglm_completion_tokens_total"] and values["dglm_batch_size_count"] >= 1
+    assert values["dglm_queue_wait_seconds_count"] >= 1 and values["dglm_completion_seconds_count"] >= 2

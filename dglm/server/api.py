@@ -32,6 +32,7 @@ from dglm.pipeline import Pipeline, Row, check_generation_inputs
 from dglm.plugins import get_attributes
 from dglm.seeding import seeded_rows
 from dglm.server.engine import BatchingEngine, Delta, EngineClosed, Failed, Finished, Job
+from dglm.server.metrics import Metered, ServerMetrics
 from dglm.stages.guidance import Constraint, parse_constraint
 
 SETTINGS = declared_settings()
@@ -201,7 +202,8 @@ def create_app(pipeline: Pipeline, model_name: str = "dglm-default", limits: Ser
     `app.state.engine` is the batching engine (its `batch_sizes` show how requests were batched). Pages from
     `allowed_origins` may call the API from a browser (CORS; none by default)."""
     limits = limits or ServerLimits()
-    engine = BatchingEngine(pipeline, limits.max_batch_size, limits.max_wait_ms)
+    metrics = ServerMetrics()
+    engine = BatchingEngine(pipeline, limits.max_batch_size, limits.max_wait_ms, metrics)
     state = {"draining": False}
     created = int(time.time())
 
@@ -213,6 +215,7 @@ def create_app(pipeline: Pipeline, model_name: str = "dglm-default", limits: Ser
                   lifespan=lifespan)
     app.state.engine, app.state.drain = engine, state
     app.add_middleware(Guard, api_key=api_key, state=state)
+    app.add_middleware(Metered, metrics=metrics)  # outside the Guard: refused requests are counted too
     if allowed_origins:  # added last, so outermost: a browser's preflight carries no key and must not meet the Guard
         app.add_middleware(CORSMiddleware, allow_origins=list(allowed_origins), allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type"])
@@ -253,6 +256,10 @@ def create_app(pipeline: Pipeline, model_name: str = "dglm-default", limits: Ser
             raise ApiError(404, f"model {model_id!r} is not served; served: {model_name}", param="model",
                            code="model_not_found")
         return model_entry
+
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus() -> Response:
+        return Response(metrics.exposition(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     @app.get("/v1/attributes")
     async def attributes() -> dict[str, Any]:

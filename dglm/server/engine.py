@@ -19,6 +19,7 @@ import torch
 
 from dglm.errors import DglmError
 from dglm.pipeline import Pipeline, Row
+from dglm.server.metrics import ServerMetrics
 
 log = logging.getLogger("dglm.server")
 
@@ -73,8 +74,10 @@ class EngineClosed(Exception):
 
 
 class BatchingEngine:
-    def __init__(self, pipeline: Pipeline, max_batch_size: int = 32, max_wait_ms: float = 20.0):
+    def __init__(self, pipeline: Pipeline, max_batch_size: int = 32, max_wait_ms: float = 20.0,
+                 metrics: ServerMetrics | None = None):
         self.pipeline = pipeline
+        self.metrics = metrics or ServerMetrics()
         self.max_batch_size = max_batch_size
         self.max_wait = max_wait_ms / 1000
         self.waiting: list[tuple[Job, int]] = []  # (job, row index), oldest first
@@ -166,6 +169,8 @@ class BatchingEngine:
             return
         for job in [job for job, index in batch if index == 0]:  # each job once: its first row
             job.prompt_tokens = sum(decoder.count_tokens(prefix) for prefix in dict.fromkeys(r.prefix for r in job.rows))
+            self.metrics.prompt_tokens.inc(job.prompt_tokens)
+            self.metrics.queue_wait.observe(time.monotonic() - job.arrived)
         sent = [""] * len(batch)  # the text streamed so far, per row
 
         def on_step(generated: torch.Tensor, finished: torch.Tensor) -> torch.Tensor:
@@ -179,6 +184,7 @@ class BatchingEngine:
             return torch.tensor([job.cancelled for job, _ in batch])
 
         self.batch_sizes.append(len(batch))
+        self.metrics.batch_size.observe(len(batch))
         token_ids = self.pipeline.generate_rows([job.rows[index] for job, index in batch], on_step=on_step)
         texts = [decoder.decode(ids) for ids in token_ids]
         wanted = [row for row, (job, _) in enumerate(batch) if job.scores and not job.cancelled]
@@ -189,6 +195,7 @@ class BatchingEngine:
                 continue
             ids = token_ids[row]
             stopped = bool(ids) and ids[-1] == eos
+            self.metrics.completion_tokens.inc(len(ids) - stopped)
             job.emit(Finished(index, texts[row], len(ids) - stopped, "stop" if stopped else "length", scores.get(row)))
 
 
