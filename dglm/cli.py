@@ -91,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--allowed-origins", nargs="+", default=[], metavar="ORIGIN",
                        help="let pages from these origins call the API from a browser (CORS), e.g. "
                             "https://app.example.com; '*' for any (default: none)")
+    serve.add_argument("--public-docs", action="store_true", help="with an API key, let /docs and /openapi.json be read "
+                                                                   "without it (they describe the API, and hold no data)")
     serve.add_argument("--api-key-file", type=Path, help="file holding the API key (or set DGLM_API_KEY); with a key, "
                                                           "the API needs 'Authorization: Bearer KEY' (/health and the page, "
                                                           "which holds no data, do not)")
@@ -290,7 +292,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     name = args.model_name or (Path(args.model).resolve().name if args.model else "dglm-default")
     print(f"dglm: serving {name!r} on http://{args.host}:{args.port} (playground at /, API at /v1/completions"
           f"{', API key required' if api_key else ''})", file=sys.stderr, flush=True)
-    serve(pipeline, name, args.host, args.port, limits, api_key, args.allowed_origins)
+    serve(pipeline, name, args.host, args.port, limits, api_key, args.allowed_origins, args.public_docs)
 
 
 def cmd_attributes(args: argparse.Namespace) -> None:

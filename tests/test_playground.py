@@ -154,3 +154,19 @@ def test_the_page_steers_the_bundled_model_with_its_own_defaults(tmp_path):
             assert on_topic >= 6, metas
         finally:
             browser.quit()
+
+
+def test_the_api_description_renders_offline(tiny_pipeline, tmp_path):
+    """/docs draws the API from files served by dglm itself (no CDN: Chromium here has no network)."""
+    from selenium.webdriver.common.by import By
+
+    with serve_in_thread(create_app(tiny_pipeline, "tiny")) as url:
+        browser = open_browser(1000, 900)
+        try:
+            browser.get(url + "/docs")
+            title = wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, ".swagger-ui .info .title"), timeout=30)
+            assert title[0].text.startswith("dglm")
+            assert wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, ".opblock-summary-path[data-path='/v1/completions']"))
+            browser.save_screenshot(str(tmp_path / "docs.png"))
+        finally:
+            browser.quit()

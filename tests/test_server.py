@@ -174,6 +174,7 @@ def test_with_an_api_key_every_endpoint_but_health_needs_it(tiny_pipeline):
             assert status == 401 and answer["error"]["code"] == "invalid_api_key"
             assert request(url, "GET", "/v1/models", headers=headers)[0] == 401
         assert request(url, "GET", "/health")[0] == 200
+        assert request(url, "GET", "/openapi.json")[0] == 401  # the description too, unless --public-docs
         host, port = url.removeprefix("http://").split(":")
         connection = http.client.HTTPConnection(host, int(port), timeout=10)
         connection.request("GET", "/v1/attributes")
@@ -317,3 +318,18 @@ def test_metrics_count_requests_tokens_and_batches_in_prometheus_format(served):
     assert values['dglm_completion_requests_total{status="400"}'] >= 1
     assert 0 < values["dglm_completion_tokens_total"] and values["dglm_batch_size_count"] >= 1
     assert values["dglm_queue_wait_seconds_count"] >= 1 and values["dglm_completion_seconds_count"] >= 2
+
+
+def test_public_docs_open_the_description_and_only_it(tiny_pipeline):
+    with serve_in_thread(create_app(tiny_pipeline, "tiny", api_key="s3cret", public_docs=True)) as url:
+        status, schema = request(url, "GET", "/openapi.json")
+        assert status == 200 and "/v1/completions" in schema["paths"]
+        assert request(url, "GET", "/v1/models")[0] == 401
+        host, port = url.removeprefix("http://").split(":")
+        connection = http.client.HTTPConnection(host, int(port), timeout=10)
+        connection.request("GET", "/docs")
+        page = connection.getresponse().read().decode()
+        assert "/docs/assets/swagger-ui-bundle.js" in page and "cdn" not in page.lower()
+        connection.request("GET", "/docs/assets/swagger-ui-bundle.js")
+        response = connection.getresponse()
+        assert response.status == 200 and len(response.read()) > 100_000

@@ -17,13 +17,14 @@ __all__ = ["ServerLimits", "create_app", "serve", "serve_in_thread"]
 
 
 def serve(pipeline: Pipeline, model_name: str, host: str = "127.0.0.1", port: int = 8000,
-          limits: ServerLimits | None = None, api_key: str | None = None, allowed_origins: list[str] = ()) -> None:
+          limits: ServerLimits | None = None, api_key: str | None = None, allowed_origins: list[str] = (),
+          public_docs: bool = False) -> None:
     """Serve until SIGINT or SIGTERM. On either, the server keeps listening but answers new requests with a 503
     while the requests in flight finish (for up to --request-timeout-s), then stops; a second signal stops it at once."""
     import uvicorn
 
     limits = limits or ServerLimits()
-    app = create_app(pipeline, model_name, limits, api_key, allowed_origins)
+    app = create_app(pipeline, model_name, limits, api_key, allowed_origins, public_docs)
 
     class DrainingServer(uvicorn.Server):
         def handle_exit(self, sig, frame) -> None:

@@ -22,9 +22,12 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, create_model
 from starlette.exceptions import HTTPException
+from starlette.staticfiles import StaticFiles
+import swagger_ui_bundle
 
 from dglm.config import accepted, declared_settings
 from dglm.errors import DglmError
@@ -37,6 +40,7 @@ from dglm.stages.guidance import Constraint, parse_constraint
 
 SETTINGS = declared_settings()
 PUBLIC_PATHS = {"/health", "/"}  # the page is static and holds no data; it sends the key with every API call
+DOCS_PATHS = ("/docs", "/openapi.json")  # public only when the operator says so (--public-docs)
 
 
 @dataclass
@@ -176,15 +180,18 @@ def model_settings(pipeline: Pipeline) -> dict[str, dict[str, Any]]:
 class Guard:
     """ASGI middleware: the API key (every path but the public ones) and refusing new requests while draining."""
 
-    def __init__(self, app, api_key: str | None, state: dict[str, bool]):
-        self.app, self.api_key, self.state = app, api_key, state
+    def __init__(self, app, api_key: str | None, state: dict[str, bool], public_docs: bool = False):
+        self.app, self.api_key, self.state, self.public_docs = app, api_key, state, public_docs
+
+    def is_public(self, path: str) -> bool:
+        return path in PUBLIC_PATHS or self.public_docs and path.startswith(DOCS_PATHS)
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "http" and scope["path"] != "/health":
             problem = None
             if self.state["draining"]:
                 problem = ApiError(503, "the server is shutting down; send the request again later", kind="server_error")
-            elif self.api_key and scope["path"] not in PUBLIC_PATHS:
+            elif self.api_key and not self.is_public(scope["path"]):
                 sent = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
                 if not hmac.compare_digest(sent.encode(), f"Bearer {self.api_key}".encode()):
                     problem = ApiError(401, "missing or wrong API key: send the header 'Authorization: Bearer KEY' with "
@@ -197,10 +204,12 @@ class Guard:
 
 
 def create_app(pipeline: Pipeline, model_name: str = "dglm-default", limits: ServerLimits | None = None,
-               api_key: str | None = None, allowed_origins: list[str] = ()) -> FastAPI:
+               api_key: str | None = None, allowed_origins: list[str] = (), public_docs: bool = False) -> FastAPI:
     """The web application; `dglm serve` runs it with uvicorn, tests and applications may run it themselves.
     `app.state.engine` is the batching engine (its `batch_sizes` show how requests were batched). Pages from
-    `allowed_origins` may call the API from a browser (CORS; none by default)."""
+    `allowed_origins` may call the API from a browser (CORS; none by default). The API description (/docs, served
+    from the swagger-ui-bundle package, nothing fetched from outside, and /openapi.json) needs the key unless
+    `public_docs`."""
     limits = limits or ServerLimits()
     metrics = ServerMetrics()
     engine = BatchingEngine(pipeline, limits.max_batch_size, limits.max_wait_ms, metrics)
@@ -212,9 +221,10 @@ def create_app(pipeline: Pipeline, model_name: str = "dglm-default", limits: Ser
         await asyncio.to_thread(engine.close, limits.request_timeout_s)
 
     app = FastAPI(title="dglm", description="Controllable text generation: OpenAI-compatible completions with attributes.",
-                  lifespan=lifespan)
+                  lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.engine, app.state.drain = engine, state
-    app.add_middleware(Guard, api_key=api_key, state=state)
+    app.add_middleware(Guard, api_key=api_key, state=state, public_docs=public_docs)
+    app.mount("/docs/assets", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="docs-assets")
     app.add_middleware(Metered, metrics=metrics)  # outside the Guard: refused requests are counted too
     if allowed_origins:  # added last, so outermost: a browser's preflight carries no key and must not meet the Guard
         app.add_middleware(CORSMiddleware, allow_origins=list(allowed_origins), allow_methods=["GET", "POST"],
@@ -256,6 +266,13 @@ def create_app(pipeline: Pipeline, model_name: str = "dglm-default", limits: Ser
             raise ApiError(404, f"model {model_id!r} is not served; served: {model_name}", param="model",
                            code="model_not_found")
         return model_entry
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="dglm API",
+                                   swagger_js_url="/docs/assets/swagger-ui-bundle.js",
+                                   swagger_css_url="/docs/assets/swagger-ui.css",
+                                   swagger_favicon_url="/docs/assets/favicon-32x32.png")
 
     @app.get("/metrics", include_in_schema=False)
     async def prometheus() -> Response:
