@@ -91,6 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--allowed-origins", nargs="+", default=[], metavar="ORIGIN",
                        help="let pages from these origins call the API from a browser (CORS), e.g. "
                             "https://app.example.com; '*' for any (default: none)")
+    serve.add_argument("--alias", action="append", default=[], metavar="NAME=ATTR=LABEL[:W][,ATTR=LABEL...]",
+                       help="also serve the model as NAME with these attributes preset (for clients that cannot send "
+                            "extra fields); a request's own attributes are added; repeatable")
+    serve.add_argument("--accept-any-model", action="store_true", help="answer requests for any model name with the "
+                                                                       "served model (for clients with a fixed name)")
     serve.add_argument("--public-docs", action="store_true", help="with an API key, let /docs and /openapi.json be read "
                                                                    "without it (they describe the API, and hold no data)")
     serve.add_argument("--api-key-file", type=Path, help="file holding the API key (or set DGLM_API_KEY); with a key, "
@@ -273,8 +278,9 @@ def share_from_main(values: list, world: int) -> list:
 def cmd_serve(args: argparse.Namespace) -> None:
     import os
 
-    from dglm.pipeline import Pipeline
-    from dglm.server import ServerLimits, serve
+    from dglm.pipeline import Pipeline, attribute_terms
+    from dglm.server import ServedModels, ServerLimits, serve
+    from dglm.server.api import parse_alias
 
     limits = ServerLimits(args.max_batch_size, args.max_wait_ms, args.max_n, args.max_tokens, args.max_body_kb,
                           args.request_timeout_s)
@@ -288,11 +294,14 @@ def cmd_serve(args: argparse.Namespace) -> None:
             raise DglmError(f"cannot read --api-key-file {args.api_key_file} ({error})") from None
         if not api_key:
             raise DglmError(f"--api-key-file {args.api_key_file} is empty; put the key on its first line")
-    pipeline = Pipeline.from_pretrained(args.model, device=_device(args.device))
     name = args.model_name or (Path(args.model).resolve().name if args.model else "dglm-default")
+    served = ServedModels(name, dict(parse_alias(text) for text in args.alias), args.accept_any_model)
+    for constraints in served.aliases.values():
+        attribute_terms(constraints)  # before the model loads
+    pipeline = Pipeline.from_pretrained(args.model, device=_device(args.device))
     print(f"dglm: serving {name!r} on http://{args.host}:{args.port} (playground at /, API at /v1/completions"
           f"{', API key required' if api_key else ''})", file=sys.stderr, flush=True)
-    serve(pipeline, name, args.host, args.port, limits, api_key, args.allowed_origins, args.public_docs)
+    serve(pipeline, served, args.host, args.port, limits, api_key, args.allowed_origins, args.public_docs)
 
 
 def cmd_attributes(args: argparse.Namespace) -> None:

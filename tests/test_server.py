@@ -20,6 +20,7 @@ uvicorn = pytest.importorskip("uvicorn")
 
 from conftest import free_port  # noqa: E402
 
+from dglm.errors import DglmError
 from dglm.server import ServerLimits, create_app, serve_in_thread  # noqa: E402
 
 
@@ -133,7 +134,7 @@ def test_concurrent_requests_share_batches_and_each_gets_its_text_alone(served, 
      "max_tokens and max_new_tokens are one setting under two names; send only one of them", "max_new_tokens"),
     ({"prompt": "x", "colour": "blue"}, 400, "unknown field 'colour'; accepted fields: attributes", "colour"),
     ({"max_tokens": 3}, 400, "field 'prompt' is required", "prompt"),
-    ({"prompt": "x", "model": "gpt-4"}, 404, "the model 'gpt-4' does not exist; this server serves 'tiny'", "model"),
+    ({"prompt": "x", "model": "gpt-4"}, 404, "the model 'gpt-4' does not exist; this server serves tiny", "model"),
 ])
 def test_a_bad_request_gets_a_4xx_in_openai_shape_naming_the_field_and_what_is_accepted(served, body, status, message,
                                                                                         param):
@@ -333,3 +334,30 @@ def test_public_docs_open_the_description_and_only_it(tiny_pipeline):
         connection.request("GET", "/docs/assets/swagger-ui-bundle.js")
         response = connection.getresponse()
         assert response.status == 200 and len(response.read()) > 100_000
+
+
+def test_an_alias_serves_the_model_with_attributes_preset_and_lists_them(tiny_pipeline, toy_plugin):
+    from dglm.server.api import ServedModels, parse_alias
+
+    name, preset = parse_alias("cheerful=toy_sentiment=positive:2")
+    served = ServedModels("tiny", {name: preset})
+    with serve_in_thread(create_app(tiny_pipeline, served)) as url:
+        status, listing = request(url, "GET", "/v1/models")
+        assert [m["id"] for m in listing["data"]] == ["tiny", "cheerful"]
+        assert listing["data"][1]["attributes"] == [{"attribute": "toy_sentiment", "label": "positive", "weight": 2.0}]
+        body = {"prompt": "The movie", "max_tokens": 4, "seed": 3}
+        status, answer = request(url, "POST", "/v1/completions", {**body, "model": "cheerful"})
+        assert status == 200 and answer["model"] == "cheerful"
+        assert answer["choices"][0]["text"] == alone(tiny_pipeline, "The movie", 3, ["toy_sentiment=positive:2"], max_new_tokens=4)
+        status, answer = request(url, "POST", "/v1/completions", {**body, "model": "cheerful",
+                                                                   "attributes": ["toy_sentiment=negative:-1"]})
+        assert answer["choices"][0]["text"] == alone(tiny_pipeline, "The movie", 3,
+                                                     ["toy_sentiment=positive:2", "toy_sentiment=negative:-1"], max_new_tokens=4)
+        assert request(url, "POST", "/v1/completions", {**body, "model": "gpt-3.5-turbo-instruct"})[0] == 404
+    with serve_in_thread(create_app(tiny_pipeline, ServedModels("tiny", accept_any=True))) as url:
+        status, answer = request(url, "POST", "/v1/completions", {**body, "model": "gpt-3.5-turbo-instruct"})
+        assert status == 200 and answer["choices"][0]["text"] == alone(tiny_pipeline, "The movie", 3, max_new_tokens=4)
+    with pytest.raises(DglmError, match="unknown attribute 'mood'"):
+        create_app(tiny_pipeline, ServedModels("tiny", {"x": [parse_alias("x=mood=happy")[1][0]]}))
+    with pytest.raises(DglmError, match="is not of the form NAME=ATTR=LABEL"):
+        parse_alias("cheerful")

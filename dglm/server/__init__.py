@@ -11,12 +11,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from dglm.pipeline import Pipeline
-from dglm.server.api import ServerLimits, create_app
+from dglm.server.api import ServedModels, ServerLimits, create_app
 
-__all__ = ["ServerLimits", "create_app", "serve", "serve_in_thread"]
+__all__ = ["ServedModels", "ServerLimits", "create_app", "serve", "serve_in_thread"]
 
 
-def serve(pipeline: Pipeline, model_name: str, host: str = "127.0.0.1", port: int = 8000,
+def serve(pipeline: Pipeline, model_name: str | ServedModels, host: str = "127.0.0.1", port: int = 8000,
           limits: ServerLimits | None = None, api_key: str | None = None, allowed_origins: list[str] = (),
           public_docs: bool = False) -> None:
     """Serve until SIGINT or SIGTERM. On either, the server keeps listening but answers new requests with a 503

@@ -16,7 +16,7 @@ import random
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib.resources import files
 from typing import Any
 
@@ -31,7 +31,7 @@ import swagger_ui_bundle
 
 from dglm.config import accepted, declared_settings
 from dglm.errors import DglmError
-from dglm.pipeline import Pipeline, Row, check_generation_inputs
+from dglm.pipeline import Pipeline, Row, attribute_terms, check_generation_inputs
 from dglm.plugins import get_attributes
 from dglm.seeding import seeded_rows
 from dglm.server.engine import BatchingEngine, Delta, EngineClosed, Failed, Finished, Job
@@ -58,6 +58,35 @@ class ServerLimits:
         for name, value in vars(self).items():
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or value == float("inf"):
                 raise DglmError(f"--{name.replace('_', '-')} must be a positive number, got {value!r}")
+
+
+@dataclass
+class ServedModels:
+    """The model names a server answers to: its own, aliases that preset attributes (for clients that cannot send
+    extra fields), and, with `accept_any`, any other name (for clients with a hard-coded default)."""
+
+    name: str = "dglm-default"
+    aliases: dict[str, list[Constraint]] = field(default_factory=dict)
+    accept_any: bool = False
+
+    def presets(self, requested: str | None) -> list[Constraint]:
+        """The attributes a request for this model name starts with; an unknown name is a 404."""
+        if requested in self.aliases:
+            return self.aliases[requested]
+        if requested in (None, self.name) or self.accept_any:
+            return []
+        served = ", ".join([self.name, *self.aliases])
+        raise ApiError(404, f"the model {requested!r} does not exist; this server serves {served} (GET /v1/models)",
+                       param="model", code="model_not_found")
+
+
+def parse_alias(text: str) -> tuple[str, list[Constraint]]:
+    """`NAME=ATTR=LABEL[:WEIGHT][,ATTR=LABEL...]`, the form of `dglm serve --alias`."""
+    name, sep, targets = text.partition("=")
+    if not sep or not name.strip() or not targets.strip():
+        raise DglmError(f"--alias {text!r} is not of the form NAME=ATTR=LABEL[:WEIGHT][,ATTR=LABEL...], "
+                        "e.g. cheerful=sentiment=positive,topic=sport:2")
+    return name.strip(), [parse_constraint(part) for part in targets.split(",")]
 
 
 class ApiError(Exception):
@@ -203,7 +232,7 @@ class Guard:
         await self.app(scope, receive, send)
 
 
-def create_app(pipeline: Pipeline, model_name: str = "dglm-default", limits: ServerLimits | None = None,
+def create_app(pipeline: Pipeline, model_name: str | ServedModels = "dglm-default", limits: ServerLimits | None = None,
                api_key: str | None = None, allowed_origins: list[str] = (), public_docs: bool = False) -> FastAPI:
     """The web application; `dglm serve` runs it with uvicorn, tests and applications may run it themselves.
     `app.state.engine` is the batching engine (its `batch_sizes` show how requests were batched). Pages from
@@ -211,6 +240,10 @@ def create_app(pipeline: Pipeline, model_name: str = "dglm-default", limits: Ser
     from the swagger-ui-bundle package, nothing fetched from outside, and /openapi.json) needs the key unless
     `public_docs`."""
     limits = limits or ServerLimits()
+    served = model_name if isinstance(model_name, ServedModels) else ServedModels(model_name)
+    model_name = served.name
+    for constraints in served.aliases.values():
+        attribute_terms(constraints)  # an alias naming an unknown attribute or label fails at start, not per request
     metrics = ServerMetrics()
     engine = BatchingEngine(pipeline, limits.max_batch_size, limits.max_wait_ms, metrics)
     state = {"draining": False}
@@ -253,19 +286,21 @@ def create_app(pipeline: Pipeline, model_name: str = "dglm-default", limits: Ser
     async def playground() -> HTMLResponse:
         return HTMLResponse((files("dglm.server") / "playground.html").read_text(encoding="utf-8"))
 
-    model_entry = {"id": model_name, "object": "model", "created": created, "owned_by": "dglm",
-                   "settings": model_settings(pipeline)}
+    settings = model_settings(pipeline)
+    entries = {name: {"id": name, "object": "model", "created": created, "owned_by": "dglm", "settings": settings,
+                      "attributes": [dataclasses.asdict(c) for c in served.presets(name)]}
+               for name in [model_name, *served.aliases]}
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
-        return {"object": "list", "data": [model_entry]}
+        return {"object": "list", "data": list(entries.values())}
 
     @app.get("/v1/models/{model_id}")
     async def model(model_id: str) -> dict[str, Any]:
-        if model_id != model_name:
-            raise ApiError(404, f"model {model_id!r} is not served; served: {model_name}", param="model",
+        if model_id not in entries:
+            raise ApiError(404, f"model {model_id!r} is not served; served: {', '.join(entries)}", param="model",
                            code="model_not_found")
-        return model_entry
+        return entries[model_id]
 
     @app.get("/docs", include_in_schema=False)
     async def docs() -> HTMLResponse:
@@ -297,7 +332,7 @@ def create_app(pipeline: Pipeline, model_name: str = "dglm-default", limits: Ser
         except ValidationError as error:
             message, field = validation_message(error)
             raise ApiError(400, message, param=field) from None
-        rows = plan_rows(completion, pipeline, model_name, limits)
+        rows = plan_rows(completion, pipeline, served, limits)
         loop, events = asyncio.get_running_loop(), asyncio.Queue()
 
         def emit(event) -> None:
@@ -311,7 +346,7 @@ def create_app(pipeline: Pipeline, model_name: str = "dglm-default", limits: Ser
             engine.submit(job)
         except EngineClosed as error:
             raise ApiError(503, str(error), kind="server_error") from None
-        reply = Reply(job, events, model_name, time.monotonic() + limits.request_timeout_s, limits.request_timeout_s)
+        reply = Reply(job, events, completion.model or model_name, time.monotonic() + limits.request_timeout_s, limits.request_timeout_s)
         if completion.stream:
             include_usage = bool(completion.stream_options and completion.stream_options.include_usage)
             return StreamingResponse(reply.stream(include_usage), media_type="text/event-stream",
@@ -339,13 +374,12 @@ async def read_json(request: Request, limit: int) -> Any:
                             '{"prompt": "The movie", "attributes": ["sentiment=positive"]}') from None
 
 
-def plan_rows(completion: Any, pipeline: Pipeline, model_name: str, limits: ServerLimits) -> list[Row]:
+def plan_rows(completion: Any, pipeline: Pipeline, served: ServedModels, limits: ServerLimits) -> list[Row]:
     """Check a completion request against the model and the server's limits, and turn it into rows: choice
-    i * n + j continues prompt i with seed `seed + i * n + j`, as `dglm generate` and `Pipeline.generate` do."""
+    i * n + j continues prompt i with seed `seed + i * n + j`, as `dglm generate` and `Pipeline.generate` do.
+    A model alias's attributes come first, the request's are added to them."""
     refuse_unsupported(completion)
-    if completion.model not in (None, model_name):
-        raise ApiError(404, f"the model {completion.model!r} does not exist; this server serves {model_name!r} "
-                            "(GET /v1/models)", param="model", code="model_not_found")
+    presets = served.presets(completion.model)
     prompts = [completion.prompt] if isinstance(completion.prompt, str) else completion.prompt
     count = len(prompts) * completion.n
     if completion.n < 1 or count > limits.max_n:
@@ -366,8 +400,8 @@ def plan_rows(completion: Any, pipeline: Pipeline, model_name: str, limits: Serv
         diffusion, decoding = pipeline.settings(**overrides)
         if decoding.max_new_tokens > limits.max_tokens:
             decoding = decoding.updated(max_new_tokens=limits.max_tokens)
-        constraints = [parse_constraint(t) if isinstance(t, str) else Constraint(t.name, t.label, t.weight)
-                       for t in completion.attributes]
+        constraints = presets + [parse_constraint(t) if isinstance(t, str) else Constraint(t.name, t.label, t.weight)
+                                 for t in completion.attributes]
         guide = pipeline.make_guide(constraints, diffusion)
     except DglmError as error:  # an error without a field is about the attributes (resolving them, their probes)
         raise ApiError(400, str(error), param=request_field(error.field) if error.field else "attributes") from None
