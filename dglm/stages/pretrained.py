@@ -13,6 +13,8 @@ import importlib.util
 import os
 import shutil
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -131,13 +133,34 @@ def cache_dir() -> Path:
     return Path(os.environ.get("DGLM_CACHE", Path.home() / ".cache" / "dglm"))
 
 
+@contextmanager
+def quiet_loading() -> Iterator[None]:
+    """Silence transformers' per-file loading bars and advice while dglm loads a model, and restore them after: a
+    library's user sees dglm's own output only. DGLM_LOADING_BARS=1 keeps them."""
+    from transformers.utils import logging as transformers_logging
+
+    if os.environ.get("DGLM_LOADING_BARS") == "1":
+        yield
+        return
+    bars, verbosity = transformers_logging.is_progress_bar_enabled(), transformers_logging.get_verbosity()
+    transformers_logging.disable_progress_bar()
+    transformers_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        transformers_logging.set_verbosity(verbosity)
+        if bars:
+            transformers_logging.enable_progress_bar()
+
+
 def load_sentence_transformer(name_or_path: str, device: str = "cpu"):
     """A SentenceTransformer from a folder, the offline package, or the hub."""
     from sentence_transformers import SentenceTransformer
 
     source = _resolve(name_or_path, OFFLINE_ENCODERS)
     try:
-        return SentenceTransformer(str(source), device=device)
+        with quiet_loading():
+            return SentenceTransformer(str(source), device=device)
     except Exception as error:  # the libraries raise many types; the user needs one message
         raise DglmError(
             f"could not load encoder {name_or_path!r} ({type(error).__name__}: {_first_line(error)}); "
@@ -151,11 +174,13 @@ def load_causal_lm(name_or_path: str, device: str = "cpu"):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     source = _resolve(name_or_path, OFFLINE_DECODERS)
-    if source.suffix == ".gguf":
-        source = _dequantised(source)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(source))
-        model = AutoModelForCausalLM.from_pretrained(str(source)).to(device)
+        with quiet_loading():
+            source = _dequantised(source) if source.suffix == ".gguf" else source
+            tokenizer = AutoTokenizer.from_pretrained(str(source))
+            model = AutoModelForCausalLM.from_pretrained(str(source)).to(device)
+    except DglmError:
+        raise
     except Exception as error:
         raise DglmError(
             f"could not load decoder {name_or_path!r} ({type(error).__name__}: {_first_line(error)}); "
