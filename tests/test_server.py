@@ -125,7 +125,8 @@ def test_concurrent_requests_share_batches_and_each_gets_its_text_alone(served, 
     ({"prompt": "x", "seed": -3}, 400, "seed must be an integer from 0", "seed"),
     ({"prompt": "x", "sampler": "euler"}, 400, "unknown sampler 'euler'", "sampler"),
     ({"prompt": "x", "guidance_mode": "nearest"}, 400, "unknown guidance mode 'nearest'", "guidance_mode"),
-    ({"prompt": "x", "stop": "."}, 400, "stop='.' is not supported by dglm", "stop"),
+    ({"prompt": "x", "stop": ["a", "b", "c", "d", "e"]}, 400, "stop must be a string or a list of at most 4", "stop"),
+    ({"prompt": "x", "stop": [""]}, 400, "at most 4 non-empty strings", "stop"),
     ({"prompt": "x", "logit_bias": {"50256": -100}}, 400, "logit_bias={'50256': -100} is not supported", "logit_bias"),
     ({"prompt": "x", "best_of": 3}, 400, "best_of=3 is not supported by dglm; leave it out, or send null or 1", "best_of"),
     ({"prompt": "x", "echo": True}, 400, "echo=True is not supported", "echo"),
@@ -361,3 +362,24 @@ def test_an_alias_serves_the_model_with_attributes_preset_and_lists_them(tiny_pi
         create_app(tiny_pipeline, ServedModels("tiny", {"x": [parse_alias("x=mood=happy")[1][0]]}))
     with pytest.raises(DglmError, match="is not of the form NAME=ATTR=LABEL"):
         parse_alias("cheerful")
+
+
+def test_stop_strings_cut_the_text_streamed_or_not_and_leave_other_rows_alone(served, tiny_pipeline):
+    url = served[0]
+    body = {"prompt": ["The movie", "A film"], "max_tokens": 12, "seed": 4, "temperature": 0.7}
+    full = [alone(tiny_pipeline, p, 4 + i, max_new_tokens=12, temperature=0.7) for i, p in enumerate(body["prompt"])]
+    stop = next(full[0][k : k + 2] for k in range(3, len(full[0]) - 2) if full[0][k : k + 2].strip() and full[0][k : k + 2] not in full[0][:k])
+    expected = full[0][: full[0].find(stop)]
+    status, answer = request(url, "POST", "/v1/completions", {**body, "stop": [stop]})
+    first, second = answer["choices"]
+    assert status == 200 and first["text"] == expected and first["finish_reason"] == "stop"
+    assert (second["text"] == full[1][: full[1].find(stop)]) if stop in full[1] else (second["text"] == full[1])
+    host, port = url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=60)
+    connection.request("POST", "/v1/completions", json.dumps({**body, "prompt": "The movie", "stop": stop, "stream": True}),
+                       {"Content-Type": "application/json"})
+    events = [json.loads(line[6:]) for line in connection.getresponse().read().decode().splitlines()
+              if line.startswith("data: {")]
+    assert "".join(e["choices"][0]["text"] for e in events) == expected
+    assert events[-1]["choices"][0]["finish_reason"] == "stop"
+    assert all(stop not in e["choices"][0]["text"] for e in events)  # held back, never sent

@@ -130,7 +130,7 @@ def _setting_fields() -> dict[str, Any]:
 # OpenAI completion fields that dglm does not implement: accepted at their defaults (clients such as LangChain's
 # wrapper send them with every request), refused with "not supported" when they ask for something else.
 UNSUPPORTED_AT_DEFAULT: dict[str, tuple[Any, ...]] = {
-    "stop": (None, [], ""), "logprobs": (None, 0), "echo": (None, False), "best_of": (None, 1), "suffix": (None, ""),
+    "logprobs": (None, 0), "echo": (None, False), "best_of": (None, 1), "suffix": (None, ""),
     "presence_penalty": (None, 0), "frequency_penalty": (None, 0), "logit_bias": (None, {}),
 }
 
@@ -165,6 +165,8 @@ CompletionRequest = create_model(
     attributes=(list[AttributeTarget | str], Field([], description='targets: {"name", "label", "weight"} objects or '
                                                                       '"NAME=LABEL[:WEIGHT]" strings')),
     return_scores=(bool, Field(False, description="add each installed probe's label probabilities for each choice")),
+    stop=(str | list[str] | None, Field(None, description="up to 4 strings: a choice ends before the first it writes "
+                                                          "(finish_reason 'stop'), streamed or not")),
     user=(str | None, Field(None, description="accepted for OpenAI compatibility, not used")),
     **{name: (Any, Field(None, description="not supported: accepted only at its default"))
        for name in UNSUPPORTED_AT_DEFAULT},
@@ -341,7 +343,7 @@ def create_app(pipeline: Pipeline, model_name: str | ServedModels = "dglm-defaul
             except RuntimeError:  # the event loop has stopped (shutdown)
                 pass
 
-        job = Job(rows, emit, stream=completion.stream, scores=completion.return_scores)
+        job = Job(rows, emit, stream=completion.stream, scores=completion.return_scores, stop=stop_strings(completion.stop))
         try:
             engine.submit(job)
         except EngineClosed as error:
@@ -406,6 +408,14 @@ def plan_rows(completion: Any, pipeline: Pipeline, served: ServedModels, limits:
     except DglmError as error:  # an error without a field is about the attributes (resolving them, their probes)
         raise ApiError(400, str(error), param=request_field(error.field) if error.field else "attributes") from None
     return [Row(prompt, row_seed, guide, diffusion, decoding) for prompt, row_seed in seeded_rows(prompts, completion.n, seed)]
+
+
+def stop_strings(stop: str | list[str] | None) -> list[str]:
+    """The request's stop strings as a list (OpenAI's rule: at most 4, none empty)."""
+    stops = [stop] if isinstance(stop, str) else list(stop or [])
+    if len(stops) > 4 or not all(stops):
+        raise ApiError(400, f"stop must be a string or a list of at most 4 non-empty strings, got {stop!r}", param="stop")
+    return stops
 
 
 def request_field(name: str) -> str:

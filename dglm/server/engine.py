@@ -64,6 +64,7 @@ class Job:
     emit: Callable[[Event], None]
     stream: bool = False
     scores: bool = False
+    stop: list[str] = field(default_factory=list)  # a choice ends before the first of these it writes
     cancelled: bool = False  # set by the web layer when the client goes away or time runs out
     prompt_tokens: int = 0  # filled in by the worker (the tokenizer lives on its thread)
     arrived: float = field(default_factory=time.monotonic)
@@ -172,21 +173,29 @@ class BatchingEngine:
             self.metrics.prompt_tokens.inc(job.prompt_tokens)
             self.metrics.queue_wait.observe(time.monotonic() - job.arrived)
         sent = [""] * len(batch)  # the text streamed so far, per row
+        cut: list[str | None] = [None] * len(batch)  # a row's text up to its stop string, once it wrote one
 
         def on_step(generated: torch.Tensor, finished: torch.Tensor) -> torch.Tensor:
             self.decode_steps += 1
             for row, (job, index) in enumerate(batch):
-                if job.stream and not job.cancelled:
-                    text = decoder.decode(generated[row].tolist()).rstrip("\ufffd")  # wait for a character's last byte
-                    if len(text) > len(sent[row]) and text.startswith(sent[row]):
-                        job.emit(Delta(index, text[len(sent[row]):]))
-                        sent[row] = text
-            return torch.tensor([job.cancelled for job, _ in batch])
+                if job.cancelled or cut[row] is not None or not (job.stream or job.stop):
+                    continue
+                text = decoder.decode(generated[row].tolist()).rstrip("\ufffd")  # wait for a character's last byte
+                if job.stop:
+                    at = first_stop(text, job.stop)
+                    if at is not None:
+                        text = cut[row] = text[:at]
+                    else:  # hold back what could be the start of a stop string
+                        text = text[: len(text) - held_back(text, job.stop)]
+                if job.stream and len(text) > len(sent[row]) and text.startswith(sent[row]):
+                    job.emit(Delta(index, text[len(sent[row]):]))
+                    sent[row] = text
+            return torch.tensor([job.cancelled or cut[row] is not None for row, (job, _) in enumerate(batch)])
 
         self.batch_sizes.append(len(batch))
         self.metrics.batch_size.observe(len(batch))
         token_ids = self.pipeline.generate_rows([job.rows[index] for job, index in batch], on_step=on_step)
-        texts = [decoder.decode(ids) for ids in token_ids]
+        texts = [decoder.decode(ids) if cut[row] is None else cut[row] for row, ids in enumerate(token_ids)]
         wanted = [row for row, (job, _) in enumerate(batch) if job.scores and not job.cancelled]
         scores = dict(zip(wanted, self.pipeline.attribute_scores([texts[row] for row in wanted]))) if wanted else {}
         eos = decoder.tokenizer.eos_token_id
@@ -196,7 +205,19 @@ class BatchingEngine:
             ids = token_ids[row]
             stopped = bool(ids) and ids[-1] == eos
             self.metrics.completion_tokens.inc(len(ids) - stopped)
-            job.emit(Finished(index, texts[row], len(ids) - stopped, "stop" if stopped else "length", scores.get(row)))
+            reason = "stop" if stopped or cut[row] is not None else "length"
+            job.emit(Finished(index, texts[row], len(ids) - stopped, reason, scores.get(row)))
+
+
+def first_stop(text: str, stops: list[str]) -> int | None:
+    """Where the earliest stop string starts in `text`, or None."""
+    found = [at for at in (text.find(stop) for stop in stops) if at >= 0]
+    return min(found) if found else None
+
+
+def held_back(text: str, stops: list[str]) -> int:
+    """How many characters at the end of `text` could be the beginning of a stop string (not streamed yet)."""
+    return max((n for stop in stops for n in range(1, len(stop)) if text.endswith(stop[:n])), default=0)
 
 
 def distinct_jobs(rows) -> list[Job]:
