@@ -133,8 +133,12 @@ class Pipeline:
         encoder: SentenceEncoder | None = None,
         decoder: SoftPromptDecoder | None = None,
         adapter_scale: float = 1.0,
+        threads: int | None = None,
     ) -> "Pipeline":
         """Load a checkpoint folder (the bundled default when `path` is None).
+
+        `threads` sets how many CPU threads torch uses, for the whole process (None: torch's default, one per core;
+        on a CPU that other busy processes share, fewer can be much faster: README, "Threads").
 
         `adapter_scale` weakens the decoder adapter as it is merged (1: as trained, 0: the decoder as published);
         benchmarks/RESULTS.md measures what it trades.
@@ -145,6 +149,11 @@ class Pipeline:
         """
         if not (isinstance(adapter_scale, (int, float)) and 0 <= adapter_scale <= 1):
             raise DglmError(f"adapter scale must be a number in [0, 1], got {adapter_scale!r}")
+        if threads is not None:
+            if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+                raise DglmError(f"threads must be a positive integer (or None for torch's default), got {threads!r}",
+                                field="threads")
+            torch.set_num_threads(threads)
         folder = Path(path) if path is not None else default_checkpoint_path()
         config, state, card = read_checkpoint(folder)
         if encoder is None:

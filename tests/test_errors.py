@@ -6,6 +6,7 @@ import shutil
 import pytest
 
 from dglm.cli import main
+from dglm.errors import DglmError
 
 
 def run_cli(capsys, *args):
@@ -165,3 +166,18 @@ def test_a_closed_pipe_ends_quietly():
     reader = subprocess.run(f"{sys.executable} -m dglm attributes | head -c 5", shell=True, capture_output=True, text=True,
                             timeout=120)
     assert len(reader.stdout) == 5 and "Traceback" not in reader.stderr and "BrokenPipe" not in reader.stderr
+
+
+def test_threads_sets_torchs_threads_and_refuses_nonsense(tiny_checkpoint):
+    import torch
+
+    from dglm.pipeline import Pipeline
+
+    before = torch.get_num_threads()
+    try:
+        Pipeline.from_pretrained(str(tiny_checkpoint), threads=1)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(DglmError, match="threads must be a positive integer"):
+        Pipeline.from_pretrained(str(tiny_checkpoint), threads=0)
