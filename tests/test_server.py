@@ -383,3 +383,87 @@ def test_stop_strings_cut_the_text_streamed_or_not_and_leave_other_rows_alone(se
     assert "".join(e["choices"][0]["text"] for e in events) == expected
     assert events[-1]["choices"][0]["finish_reason"] == "stop"
     assert all(stop not in e["choices"][0]["text"] for e in events)  # held back, never sent
+
+
+def random_json(rng, depth: int = 0):
+    """A JSON value of any shape: nested containers, extreme numbers, odd unicode, long strings and lists."""
+    kind = rng.choice(["num", "num", "str", "bool", "null", "list", "dict"] if depth < 4 else ["num", "str", "null"])
+    if kind == "num":
+        return rng.choice([0, -1, 1, 2**31, -(2**63), 10**30, 1e308, -1e308, 5e-324, 0.5, 1e-30, 3.0, 256.0, 1e6])
+    if kind == "str":
+        return rng.choice(["", " ", "x", "\u0000", "\ud7ff\uffff", "💥" * 50, "a" * 3000, "sentiment=positive",
+                           "toy_sentiment=positive:1e308", "toy_sentiment=negative:-1e308", "=", ":::", "ddim", "project"])
+    if kind == "bool":
+        return rng.random() < 0.5
+    if kind == "null":
+        return None
+    if kind == "list":
+        return [random_json(rng, depth + 1) for _ in range(rng.choice([0, 1, 3, 200]))]
+    return {rng.choice(["a", "prompt", "n", "weight", "name", "label"]): random_json(rng, depth + 1) for _ in range(3)}
+
+
+EXTREME_BUT_VALID = {"guidance_scale": [1e30, 1e308], "prefix_guidance": [1e30, 0.0], "repetition_penalty": [1e-300, 1e300],
+                     "temperature": [1e-300, 1e300, 0.0], "top_p": [5e-324], "min_p": [0.999999], "guidance_target": [1e-300],
+                     "guidance_anchor": [1e308], "mc_draws": [1], "steps": [1]}
+
+
+def fuzz_body(rng) -> object:
+    """A third each: anything at all; random values in the real fields; valid values so extreme that float
+    arithmetic overflows (weights, scales, penalties)."""
+    draw = rng.random()
+    if draw < 0.33:
+        return random_json(rng)
+    if draw < 0.66:
+        body = {"prompt": "The movie", "max_tokens": 3, "seed": rng.randrange(1000)}
+        for name in rng.sample(sorted(EXTREME_BUT_VALID), 2):
+            body[name] = rng.choice(EXTREME_BUT_VALID[name])
+        body["attributes"] = [{"name": "toy_sentiment", "label": "positive", "weight": rng.choice([1e308, -1e308, 1e-300, 7.0])}]
+        return body
+    fields = ["model", "prompt", "n", "seed", "stream", "attributes", "return_scores", "stop", "max_tokens", "temperature",
+              "top_p", "top_k", "min_p", "repetition_penalty", "guidance_scale", "guidance_mode", "guidance_target",
+              "guidance_anchor", "steps", "mc_draws", "prefix_guidance", "renoise_alpha2", "sampler", "logit_bias",
+              "presence_penalty", "echo", "stream_options", "user", "unknown_field"]
+    body = {"prompt": "The movie", "max_tokens": 3}
+    for name in rng.sample(fields, rng.choice([1, 2, 4])):
+        body[name] = random_json(rng)
+    if rng.random() < 0.5:  # attributes that parse, with extreme weights
+        body["attributes"] = [{"name": "toy_sentiment", "label": "positive", "weight": rng.choice([1e308, -1e308, 1e-300, 7.0])}]
+    return body
+
+
+def test_no_request_body_gets_a_5xx_and_the_server_stays_healthy(served, tiny_pipeline):
+    import random as random_module
+
+    url = served[0]
+    rng = random_module.Random(1234)
+    answers = {}
+    for _ in range(150):
+        body = fuzz_body(rng)
+        status, answer = request(url, "POST", "/v1/completions", raw=json.dumps(body, allow_nan=False).encode())
+        answers[status] = answers.get(status, 0) + 1
+        assert status == 200 or 400 <= status < 500, (status, body, answer)
+        if status != 200:
+            assert set(answer["error"]) == {"message", "type", "param", "code"}, answer
+    assert answers.get(200, 0) > 10 and sum(n for s, n in answers.items() if s != 200) > 10, answers
+    assert request(url, "GET", "/health")[0] == 200
+    status, answer = request(url, "POST", "/v1/completions", {"prompt": "The movie", "max_tokens": 3, "seed": 1})
+    assert status == 200 and answer["choices"][0]["text"] == alone(tiny_pipeline, "The movie", 1, max_new_tokens=3)
+
+
+def test_idle_connections_held_open_do_not_stop_real_requests(served, tiny_pipeline):
+    url = served[0]
+    host, port = url.removeprefix("http://").split(":")
+    idle = [socket.create_connection((host, int(port))) for _ in range(20)]
+    try:
+        for index, connection in enumerate(idle[:10]):  # half of them send half a request, and stop
+            connection.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 500\r\n\r\n{\"prompt\"" if index % 2
+                               else b"GET /v1/mod")
+        started = time.monotonic()
+        for seed in range(3):
+            status, answer = request(url, "POST", "/v1/completions", {"prompt": "A film", "max_tokens": 3, "seed": seed})
+            assert status == 200 and answer["choices"][0]["text"] == alone(tiny_pipeline, "A film", seed, max_new_tokens=3)
+        assert time.monotonic() - started < 30
+    finally:
+        for connection in idle:
+            connection.close()
+    assert request(url, "GET", "/health")[0] == 200

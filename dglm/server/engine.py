@@ -120,16 +120,28 @@ class BatchingEngine:
     # ---- the worker thread ----------------------------------------------------------------
     def _work(self) -> None:
         while (batch := self._next_batch()) is not None:
-            if not batch:
-                continue
             try:
-                self._run(batch)
-            except Exception as error:  # a bug must fail its requests, never the worker
-                log.exception("a batch failed")
-                for job in distinct_jobs(batch):
-                    job.emit(Failed(f"generation failed: {type(error).__name__}: {error}"))
+                self._run_isolating_failures(batch)
             finally:
                 self.running = False
+
+    def _run_isolating_failures(self, batch: list[tuple[Job, int]]) -> None:
+        """Run a batch; if it fails and holds several requests, run each alone, so that one request whose settings
+        break generation (a weight that overflows, say) fails by itself and the others are served as usual."""
+        try:
+            self._run(batch)
+            return
+        except Exception as error:  # a request or a bug must fail its requests, never the worker
+            jobs = distinct_jobs(batch)
+            if len(jobs) > 1:
+                for job in jobs:
+                    self._run_isolating_failures([(j, index) for j, index in batch if j is job])
+                return
+            if isinstance(error, DglmError):  # what the request asked for cannot be generated: the client's to fix
+                jobs[0].emit(Failed(str(error), 400))
+                return
+            log.exception("a batch failed")
+            jobs[0].emit(Failed(f"generation failed: {type(error).__name__}: {error}"))
 
     def _next_batch(self) -> list[tuple[Job, int]] | None:
         """The next rows to run: those sharing the oldest row's schedule, once the batch is full or the oldest
