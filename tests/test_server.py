@@ -326,6 +326,10 @@ def test_public_docs_open_the_description_and_only_it(tiny_pipeline):
     with serve_in_thread(create_app(tiny_pipeline, "tiny", api_key="s3cret", public_docs=True)) as url:
         status, schema = request(url, "GET", "/openapi.json")
         assert status == 200 and "/v1/completions" in schema["paths"]
+        body = schema["paths"]["/v1/completions"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+        fields = body["properties"]
+        assert fields["top_p"]["exclusiveMinimum"] == 0 and fields["top_p"]["maximum"] == 1
+        assert fields["temperature"]["minimum"] == 0 and fields["steps"]["maximum"] == 1000
         assert request(url, "GET", "/v1/models")[0] == 401
         host, port = url.removeprefix("http://").split(":")
         connection = http.client.HTTPConnection(host, int(port), timeout=10)

@@ -116,14 +116,20 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+SCHEMA_BOUNDS = {"at_least": "minimum", "above": "exclusiveMinimum", "at_most": "maximum", "below": "exclusiveMaximum"}
+
+
 def _setting_fields() -> dict[str, Any]:
-    """One optional request field per declared generation setting; OpenAI's name (`alias`) is accepted too."""
+    """One optional request field per declared generation setting; OpenAI's name (`alias`) is accepted too. The
+    ranges go into the OpenAPI schema; the values are checked by the declarations themselves, whose messages say
+    what is accepted."""
     fields = {}
     for name, (_, spec, kind) in SETTINGS.items():
         alias = spec.metadata["alias"]
         choices = AliasChoices(alias, name) if alias else None
-        fields[name] = (kind | None, Field(None, validation_alias=choices, description=f"{spec.metadata['help']} "
-                                                                                          f"({accepted(spec, kind)})"))
+        bounds = {key: spec.metadata[ours] for ours, key in SCHEMA_BOUNDS.items() if spec.metadata[ours] is not None}
+        fields[name] = (kind | None, Field(None, validation_alias=choices, json_schema_extra=bounds or None,
+                                           description=f"{spec.metadata['help']} ({accepted(spec, kind)})"))
     return fields
 
 
