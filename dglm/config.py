@@ -137,6 +137,10 @@ class DecodingSettings(Settings):
     min_p: float = setting(0.0, "drop tokens less than MIN_P times as likely as the likeliest one; keeps text on its "
                                 "attribute, 0 turns it off", at_least=0, below=1)
     repetition_penalty: float = setting(1.2, "penalty for tokens already in the text; 1 turns it off", above=0)
+    presence_penalty: float = setting(0.0, "OpenAI's: subtracted from the logit of every token the continuation already "
+                                           "holds; 0 turns it off", at_least=-2, at_most=2)
+    frequency_penalty: float = setting(0.0, "OpenAI's: subtracted from a token's logit once for each time the "
+                                            "continuation already holds it; 0 turns it off", at_least=-2, at_most=2)
 
 
 SETTINGS_SECTIONS: dict[str, type[Settings]] = {"diffusion": DiffusionSettings, "decoding": DecodingSettings}

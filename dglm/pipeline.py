@@ -241,6 +241,8 @@ class Pipeline:
         guidance_mode: str | None = None,
         guidance_target: float | None = None,
         guidance_anchor: float | None = None,
+        presence_penalty: float | None = None,
+        frequency_penalty: float | None = None,
     ) -> list[Sample]:
         """Continue each prefix `num_samples` times so that the continuations carry `attributes`.
 

@@ -110,6 +110,21 @@ def test_temperature_zero_decodes_greedily(tiny_pipeline):
     assert text(temperature=0.0) == text(top_k=1, temperature=1.0) != text(temperature=1.0)
 
 
+def test_presence_and_frequency_penalties_follow_openais_definition(tiny_pipeline):
+    from dglm.config import DecodingSettings
+    from dglm.stages.decoder import RowSettings
+
+    rows = RowSettings([DecodingSettings(repetition_penalty=1.0, presence_penalty=0.5, frequency_penalty=0.25),
+                        DecodingSettings(repetition_penalty=1.0)], torch.device("cpu"))
+    counts = torch.tensor([[0.0, 1.0, 3.0], [0.0, 1.0, 3.0]])
+    penalised = rows.penalise(torch.zeros(2, 3), counts > 0, counts)
+    assert penalised.tolist() == [[0.0, -0.75, -1.25], [0.0, 0.0, 0.0]]
+    text = lambda **settings: [s.continuation for s in tiny_pipeline.generate(
+        "The movie", num_samples=2, seed=3, repetition_penalty=1.0, temperature=0.0, max_new_tokens=12, **settings)]
+    assert text(presence_penalty=0.0, frequency_penalty=0.0) == text()
+    assert text(frequency_penalty=2.0) != text()
+
+
 def test_a_sample_keeps_every_constraint_even_one_attribute_given_twice(tiny_checkpoint, toy_plugin, capsys):
     import json
 

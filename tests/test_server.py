@@ -89,7 +89,8 @@ def test_concurrent_requests_share_batches_and_each_gets_its_text_alone(served, 
     url, app = served
     jobs = [("The movie", 1, ["toy_sentiment=positive"], {"temperature": 0.7}),
             ("The movie", 2, ["toy_sentiment=negative:2"], {"top_k": 5, "max_tokens": 3}),
-            ("A long and boring film", 3, [], {"min_p": 0.1}),
+            ("A long and boring film", 3, [], {"min_p": 0.1, "presence_penalty": 1.5, "frequency_penalty": -0.5}),
+            ("A film", 5, [], {"temperature": 0, "frequency_penalty": 2.0}),
             ("The match", 4, ["toy_sentiment=positive", "toy_sentiment=negative:-1"], {"guidance_scale": 8.0}),
             ("The film", 5, ["toy_sentiment=positive"], {"repetition_penalty": 1.0, "top_p": 0.5})] * 2
 

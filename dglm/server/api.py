@@ -137,7 +137,7 @@ def _setting_fields() -> dict[str, Any]:
 # wrapper send them with every request), refused with "not supported" when they ask for something else.
 UNSUPPORTED_AT_DEFAULT: dict[str, tuple[Any, ...]] = {
     "logprobs": (None, 0), "echo": (None, False), "best_of": (None, 1), "suffix": (None, ""),
-    "presence_penalty": (None, 0), "frequency_penalty": (None, 0), "logit_bias": (None, {}),
+    "logit_bias": (None, {}),
 }
 
 

@@ -121,6 +121,7 @@ class SoftPromptDecoder:
             self.check_fits(row_ids, 0 if soft_prompts is None else soft_prompts.shape[1], limit)
         vocab = self.model.get_output_embeddings().weight.shape[0]
         seen = torch.zeros(rows, vocab, dtype=torch.bool, device=self.device)
+        counts = torch.zeros(rows, vocab, device=self.device)  # each token's count in the continuation so far
         for row, row_ids in enumerate(ids):
             seen[row, row_ids] = True
         positions = (mask.cumsum(-1) - 1).clamp_min(0)
@@ -134,7 +135,7 @@ class SoftPromptDecoder:
             logits = row_settings.filter(out.logits[:, -1].float())
             if adjust_logits is not None:
                 logits = adjust_logits(logits, generated[:, :step])
-            logits = row_settings.penalise(logits, seen)
+            logits = row_settings.penalise(logits, seen, counts)
             probs = row_settings.top_p_filter(F.softmax(logits / row_settings.divisor, dim=-1)).cpu()
             if not bool(probs.isfinite().all()):
                 raise DglmError("the next-token probabilities are not finite numbers: the settings are too extreme "
@@ -153,6 +154,7 @@ class SoftPromptDecoder:
             if bool(finished.all()):
                 break
             seen[torch.arange(rows), tokens.to(self.device)] = True
+            counts[torch.arange(rows), tokens.to(self.device)] += 1
             mask = torch.cat([mask, mask.new_ones(rows, 1)], dim=1)
             positions = positions[:, -1:] + 1
             out = self.model(
@@ -227,6 +229,8 @@ class RowSettings:
         self.divisor = column([s.temperature or 1.0 for s in settings])  # the temperature, 1 for greedy rows
         self.top_p = column([s.top_p for s in settings])
         self.penalty = column([s.repetition_penalty for s in settings])
+        self.presence = column([s.presence_penalty for s in settings])
+        self.frequency = column([s.frequency_penalty for s in settings])
         self.min_p = [s.min_p for s in settings]
         self.top_k = [s.top_k for s in settings]
 
@@ -240,10 +244,12 @@ class RowSettings:
             logits = min_p_filter(logits, self.min_p)
         return logits
 
-    def penalise(self, logits: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
-        """Repetition penalty on the tokens each row has already seen."""
+    def penalise(self, logits: torch.Tensor, seen: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        """Repetition penalty on the tokens each row has already seen (prefix included), then OpenAI's presence and
+        frequency penalties on the tokens of the continuation."""
         penalised = torch.where(logits > 0, logits / self.penalty, logits * self.penalty)
-        return torch.where(seen & (self.penalty != 1.0), penalised, logits)
+        logits = torch.where(seen & (self.penalty != 1.0), penalised, logits)
+        return logits - self.presence * (counts > 0) - self.frequency * counts
 
     def top_p_filter(self, probs: torch.Tensor) -> torch.Tensor:
         keep_all = self.top_p >= 1.0
