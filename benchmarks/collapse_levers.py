@@ -34,6 +34,7 @@ LEVERS = {
     "project 0.99": ("dglm", {"guidance_mode": "project", "guidance_target": 0.99}),
     "project 0.999": ("dglm", {"guidance_mode": "project", "guidance_target": 0.999}),
     "project 0.9999": ("dglm", {"guidance_mode": "project", "guidance_target": 0.9999}),
+    "anchor 0.25": ("dglm", {"guidance_scale": 256.0, "guidance_anchor": 0.25}),
     "anchor 0.5": ("dglm", {"guidance_scale": 256.0, "guidance_anchor": 0.5}),
     "anchor 1": ("dglm", {"guidance_scale": 256.0, "guidance_anchor": 1.0}),
     "anchor 2": ("dglm", {"guidance_scale": 256.0, "guidance_anchor": 2.0}),
