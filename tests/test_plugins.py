@@ -113,6 +113,16 @@ def test_corrupt_probe_card(tmp_path):
         load_probe(tmp_path / "bad.json")
 
 
+def installed_distribution(folder, name: str, entry_points: dict[str, str]) -> dict[str, str]:
+    """A distribution `name` with these `dglm` entry points, as pip would leave its metadata in `folder`; returns the
+    environment under which a new Python process finds it installed."""
+    info = folder / f"{name.replace('-', '_')}-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[dglm]\n" + "".join(f"{k} = {v}\n" for k, v in entry_points.items()))
+    return {**os.environ, "PYTHONPATH": str(folder)}
+
+
 def test_a_plugin_that_fails_to_import_or_to_register_is_skipped_and_named(tmp_path, tiny_checkpoint):
     """Installed plugins that raise (one on import, one while registering) cost one warning line each; the
     built-in attributes keep working, and asking for a missing attribute names the failed plugins."""
@@ -122,11 +132,7 @@ def test_a_plugin_that_fails_to_import_or_to_register_is_skipped_and_named(tmp_p
     (tmp_path / "broken_on_import.py").write_text("raise RuntimeError('missing dependency')\n")
     (tmp_path / "broken_on_register.py").write_text(
         "import dglm\n\n@dglm.hookimpl\ndef register_attributes(register):\n    register('/nowhere/probe.json')\n")
-    info = tmp_path / "broken_plugins-0.1.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-plugins\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text("[dglm]\nimporter = broken_on_import\nregisterer = broken_on_register\n")
-    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    env = installed_distribution(tmp_path, "broken-plugins", {"importer": "broken_on_import", "registerer": "broken_on_register"})
     listed = subprocess.run([sys.executable, "-m", "dglm", "attributes"], capture_output=True, text=True, env=env, check=False)
     assert listed.returncode == 0 and "sentiment: negative, positive" in listed.stdout
     warnings = [line for line in listed.stderr.splitlines() if line.startswith("dglm: warning:")]
@@ -141,11 +147,7 @@ def test_a_plugin_that_fails_to_import_or_to_register_is_skipped_and_named(tmp_p
 
 def test_an_installed_plugin_named_like_a_built_in_is_refused_naming_both_distributions(tmp_path):
     (tmp_path / "impostor.py").write_text("")
-    info = tmp_path / "dglm_sentiment_plus-0.1.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: dglm-sentiment-plus\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text("[dglm]\nsentiment = impostor\n")
-    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    env = installed_distribution(tmp_path, "dglm-sentiment-plus", {"sentiment": "impostor"})
     listed = subprocess.run([sys.executable, "-m", "dglm", "attributes"], capture_output=True, text=True, env=env, check=False)
     assert listed.returncode == 2 and "Traceback" not in listed.stderr
     assert "the plugin name 'sentiment' is claimed by two installed distributions" in listed.stderr
