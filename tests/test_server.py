@@ -130,7 +130,7 @@ def test_concurrent_requests_share_batches_and_each_gets_its_text_alone(served, 
     ({"prompt": "x", "stop": [""]}, 400, "at most 4 non-empty strings", "stop"),
     ({"prompt": "x", "logit_bias": {"50256": -100}}, 400, "logit_bias={'50256': -100} is not supported", "logit_bias"),
     ({"prompt": "x", "best_of": 3}, 400, "best_of=3 is not supported by dglm; leave it out, or send null or 1", "best_of"),
-    ({"prompt": "x", "echo": True}, 400, "echo=True is not supported", "echo"),
+    ({"prompt": "x", "echo": "yes"}, 400, "field 'echo'", "echo"),
     ({"prompt": "x", "logprobs": False}, 400, "logprobs=False is not supported", "logprobs"),
     ({"prompt": "x", "max_tokens": 3, "max_new_tokens": 3}, 400,
      "max_tokens and max_new_tokens are one setting under two names; send only one of them", "max_new_tokens"),
@@ -472,3 +472,17 @@ def test_idle_connections_held_open_do_not_stop_real_requests(served, tiny_pipel
         for connection in idle:
             connection.close()
     assert request(url, "GET", "/health")[0] == 200
+
+
+def test_echo_puts_the_prompt_before_the_text_streamed_or_not(served, tiny_pipeline):
+    url = served[0]
+    body = {"prompt": ["The movie", "A film"], "max_tokens": 4, "seed": 2, "echo": True}
+    status, answer = request(url, "POST", "/v1/completions", body)
+    want = [p + alone(tiny_pipeline, p, 2 + i, max_new_tokens=4) for i, p in enumerate(body["prompt"])]
+    assert status == 200 and [c["text"] for c in answer["choices"]] == want
+    host, port = url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=60)
+    connection.request("POST", "/v1/completions", json.dumps({**body, "stream": True}), {"Content-Type": "application/json"})
+    events = [json.loads(line[6:]) for line in connection.getresponse().read().decode().splitlines() if line.startswith("data: {")]
+    streamed = ["".join(e["choices"][0]["text"] for e in events if e["choices"][0]["index"] == i) for i in range(2)]
+    assert streamed == want

@@ -136,7 +136,7 @@ def _setting_fields() -> dict[str, Any]:
 # OpenAI completion fields that dglm does not implement: accepted at their defaults (clients such as LangChain's
 # wrapper send them with every request), refused with "not supported" when they ask for something else.
 UNSUPPORTED_AT_DEFAULT: dict[str, tuple[Any, ...]] = {
-    "logprobs": (None, 0), "echo": (None, False), "best_of": (None, 1), "suffix": (None, ""),
+    "logprobs": (None, 0), "best_of": (None, 1), "suffix": (None, ""),
     "logit_bias": (None, {}),
 }
 
@@ -171,6 +171,7 @@ CompletionRequest = create_model(
     attributes=(list[AttributeTarget | str], Field([], description='targets: {"name", "label", "weight"} objects or '
                                                                       '"NAME=LABEL[:WEIGHT]" strings')),
     return_scores=(bool, Field(False, description="add each installed probe's label probabilities for each choice")),
+    echo=(bool | None, Field(None, description="put each choice's prompt before its text")),
     stop=(str | list[str] | None, Field(None, description="up to 4 strings: a choice ends before the first it writes "
                                                           "(finish_reason 'stop'), streamed or not")),
     user=(str | None, Field(None, description="accepted for OpenAI compatibility, not used")),
@@ -354,7 +355,8 @@ def create_app(pipeline: Pipeline, model_name: str | ServedModels = "dglm-defaul
             engine.submit(job)
         except EngineClosed as error:
             raise ApiError(503, str(error), kind="server_error") from None
-        reply = Reply(job, events, completion.model or model_name, time.monotonic() + limits.request_timeout_s, limits.request_timeout_s)
+        reply = Reply(job, events, completion.model or model_name, time.monotonic() + limits.request_timeout_s,
+                      limits.request_timeout_s, echo=bool(completion.echo))
         if completion.stream:
             include_usage = bool(completion.stream_options and completion.stream_options.include_usage)
             return StreamingResponse(reply.stream(include_usage), media_type="text/event-stream",
@@ -434,11 +436,20 @@ def request_field(name: str) -> str:
 class Reply:
     """Turns a job's events into an OpenAI completion object, or into its stream of chunks."""
 
-    def __init__(self, job: Job, events: asyncio.Queue, model: str, deadline: float, timeout_s: float):
+    def __init__(self, job: Job, events: asyncio.Queue, model: str, deadline: float, timeout_s: float,
+                 echo: bool = False):
         self.job, self.events, self.model, self.deadline, self.timeout_s = job, events, model, deadline, timeout_s
         self.id, self.created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
         self.sent = [""] * len(job.rows)
         self.finished: dict[int, Finished] = {}
+        self.unechoed = set(range(len(job.rows))) if echo else set()  # choices whose prompt is still to be sent
+
+    def echoed(self, index: int, text: str) -> str:
+        """`text`, after the choice's prompt the first time (OpenAI's `echo`)."""
+        if index not in self.unechoed:
+            return text
+        self.unechoed.discard(index)
+        return self.job.rows[index].prefix + text
 
     def chunk(self, choices: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
         return {"id": self.id, "object": "text_completion", "created": self.created, "model": self.model,
@@ -484,7 +495,7 @@ class Reply:
         except asyncio.CancelledError:
             self.job.cancelled = True
             raise
-        choices = [self.choice(i, self.finished[i].text, self.finished[i]) for i in range(len(self.job.rows))]
+        choices = [self.choice(i, self.echoed(i, self.finished[i].text), self.finished[i]) for i in range(len(self.job.rows))]
         return self.chunk(choices, usage=self.usage())
 
     async def stream(self, include_usage: bool) -> AsyncIterator[str]:
@@ -497,11 +508,11 @@ class Reply:
                     return
                 if isinstance(event, Delta):
                     self.sent[event.index] += event.text
-                    yield sse(self.chunk([self.choice(event.index, event.text, None)]))
+                    yield sse(self.chunk([self.choice(event.index, self.echoed(event.index, event.text), None)]))
                 elif isinstance(event, Finished):
                     self.finished[event.index] = event
                     rest = event.text[len(self.sent[event.index]):]
-                    yield sse(self.chunk([self.choice(event.index, rest, event)]))
+                    yield sse(self.chunk([self.choice(event.index, self.echoed(event.index, rest), event)]))
             if include_usage:
                 yield sse(self.chunk([], usage=self.usage()))
             yield "data: [DONE]\n\n"
