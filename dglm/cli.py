@@ -51,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "standard input, as does a pipe when no PREFIX is given (echo 'The movie' | dglm generate)")
     gen.add_argument("--attr", action="append", default=[], metavar="NAME=LABEL[:WEIGHT]",
                      help="target attribute, repeatable; WEIGHT defaults to 1, negative steers away. None: unguided")
+    gen.add_argument("--stop", action="append", default=[], metavar="TEXT",
+                     help="end each continuation before the first TEXT it writes; repeatable")
     gen.add_argument("-n", "--num-samples", type=int, default=1, help="continuations per prefix (default 1)")
     gen.add_argument("--seed", type=int, help="base seed; sample j of prefix i uses SEED + i*NUM_SAMPLES + j, so the same seed gives the same text "
                      "(default random; each sample's seed is printed)")
@@ -210,7 +212,8 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
     from dglm.config import declared_settings
     from dglm.data.prefixes import count_prefixes, iter_prefixes, spool_stdin, stdin_is_piped
-    from dglm.pipeline import Pipeline, attribute_terms, check_counts, check_setting_values, chunks, process_group, shared_seed
+    from dglm.pipeline import (Pipeline, attribute_terms, check_counts, check_setting_values, chunks, process_group,
+                               shared_seed, stop_strings)
     from dglm.sample_file import SampleFile, format_sample
     from dglm.stages.guidance import parse_constraint
 
@@ -228,6 +231,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
     attribute_terms(constraints)
     check_setting_values(overrides)
     check_counts(args.num_samples, args.batch_size, args.seed)
+    stop_strings(args.stop)
     total = (args.prefix is not None) + (count_prefixes(args.prefix_file) if args.prefix_file is not None else 0)
     device = launch_processes(args.device)
     world, rank = process_group()
@@ -243,12 +247,14 @@ def cmd_generate(args: argparse.Namespace) -> None:
         run = {"model": str(Path(args.model).resolve()) if args.model else "bundled default",
                "prefix": args.prefix, "prefix_file": str(Path(source).resolve()) if source not in (None, "-") else source,
                "attributes": [asdict(c) for c in constraints], "num_samples": args.num_samples, "seed": seed,
+               **({"stop": args.stop} if args.stop else {}),  # absent when unused: earlier runs' files still resume
                **asdict(diffusion), **asdict(decoding)}
         out = SampleFile(args.output, run, form, args.resume)
     skip, seed = share_from_main([out.held if out else 0, seed], world)
     if world > 1 and rank == 0:
         print(f"dglm: sharded over {world} processes", file=sys.stderr, flush=True)
-    samples = pipeline.generate_stream(prefixes, constraints, args.num_samples, seed, args.batch_size, skip=skip, **overrides)
+    samples = pipeline.generate_stream(prefixes, constraints, args.num_samples, seed, args.batch_size, skip=skip,
+                                       stop=args.stop, **overrides)
     show_progress = rank == 0 and (out is not None or sys.stderr.isatty())
     progress = tqdm(total=total * args.num_samples, initial=skip, desc="generating", unit="sample", file=sys.stderr,
                     disable=not show_progress, dynamic_ncols=True)

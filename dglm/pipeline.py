@@ -243,6 +243,7 @@ class Pipeline:
         guidance_anchor: float | None = None,
         presence_penalty: float | None = None,
         frequency_penalty: float | None = None,
+        stop: str | list[str] | None = None,
     ) -> list[Sample]:
         """Continue each prefix `num_samples` times so that the continuations carry `attributes`.
 
@@ -250,20 +251,22 @@ class Pipeline:
         "NAME=LABEL[:WEIGHT]" strings; a negative weight steers away from the label. Sample j of prefix
         i uses seed `seed + i * num_samples + j` (`seeded_rows`), stored in the result, which reproduces
         that sample alone. The generation settings (`dglm.config.DiffusionSettings` and `DecodingSettings`
-        declare them, with their ranges) default to the checkpoint's.
+        declare them, with their ranges) default to the checkpoint's. `stop`: a string or strings; each
+        continuation ends before the first of them it writes.
         """
         settings = {name: value for name, value in locals().items() if name in SETTINGS}
         if not isinstance(prefix, (str, list, tuple)):
             raise DglmError(f"prefix must be a string or a list of strings, got {prefix!r}")
         prefixes = [prefix] if isinstance(prefix, str) else list(prefix)
         check_generation_inputs(prefixes, num_samples, batch_size, seed)
-        samples = self.generate_stream(prefixes, attributes, num_samples, seed, batch_size, **settings)
+        samples = self.generate_stream(prefixes, attributes, num_samples, seed, batch_size, stop=stop, **settings)
         from tqdm.auto import tqdm
 
         return list(tqdm(samples, total=len(prefixes) * num_samples, desc="generating", unit="sample", disable=not progress))
 
     def generate_stream(self, prefixes: Iterable[str], attributes: AttributeSpec = None, num_samples: int = 1,
-                        seed: int | None = None, batch_size: int = 32, skip: int = 0, **settings: Any) -> Iterator[Sample]:
+                        seed: int | None = None, batch_size: int = 32, skip: int = 0, stop: str | list[str] | None = None,
+                        **settings: Any) -> Iterator[Sample]:
         """`generate` for inputs of any length: prefixes are read lazily and samples yielded in order, a batch at a
         time, so memory stays flat however many prefixes there are. `skip` leaves out the first samples (a
         resumed run); the others are exactly those `generate` gives for the same arguments.
@@ -276,6 +279,7 @@ class Pipeline:
         check_counts(num_samples, batch_size, seed)
         if isinstance(skip, bool) or not isinstance(skip, int) or skip < 0:
             raise DglmError(f"skip must be a non-negative integer, got {skip!r}")
+        stops = stop_strings(stop)
         constraints = as_constraints(attributes)
         guide = self.make_guide(constraints, diffusion)
         world, rank = process_group()
@@ -296,7 +300,8 @@ class Pipeline:
         def samples() -> Iterator[Sample]:  # a generator of its own, so that the checks above run at the call
             for round_of_batches in chunks(chunks(rows(), batch_size), world):  # one batch per process a round
                 mine = round_of_batches[rank] if rank < len(round_of_batches) else []
-                texts = map(self.decoder.decode, self.generate_rows([row for _, _, row in mine])) if mine else []
+                texts = [cut_at_stop(self.decoder.decode(ids), stops) for ids in self.generate_rows([row for _, _, row in mine])] \
+                    if mine else []
                 ours = [Sample(row.prefix, text, targets, row.seed, constraints, i, j) for (i, j, row), text in zip(mine, texts)]
                 for part in gather_to_main(ours, world, rank):
                     yield from part
@@ -406,6 +411,26 @@ def check_compatible(config: PipelineConfig, encoder: SentenceEncoder, decoder: 
             f"the checkpoint expects a decoder of width {config.decoder_dim} ({config.decoder}), but "
             f"decoder {decoder.name!r} has width {decoder.hidden_size}; use the decoder it was trained with"
         )
+
+
+def stop_strings(stop: str | list[str] | None) -> list[str]:
+    """Stop strings as a list: None, one string or several, none of them empty."""
+    stops = [stop] if isinstance(stop, str) else list(stop or [])
+    if not all(isinstance(text, str) and text for text in stops):
+        raise DglmError(f"stop must be a non-empty string or a list of them, got {stop!r}", field="stop")
+    return stops
+
+
+def first_stop(text: str, stops: list[str]) -> int | None:
+    """Where the earliest stop string starts in `text`, or None."""
+    found = [at for at in (text.find(stop) for stop in stops) if at >= 0]
+    return min(found) if found else None
+
+
+def cut_at_stop(text: str, stops: list[str]) -> str:
+    """`text` up to the first stop string it holds."""
+    at = first_stop(text, stops)
+    return text if at is None else text[:at]
 
 
 def attribute_terms(constraints: list[Constraint]) -> list[tuple[Probe, int, float]]:

@@ -1,8 +1,12 @@
 """Generation end to end on tiny models: reproducibility, batching, saving and loading."""
 
+import json
+
+import pytest
 import torch
 
 from dglm.config import DecodingSettings
+from dglm.errors import DglmError
 from dglm.pipeline import Pipeline
 from dglm.seeding import sample_generators
 from dglm.stages.decoder import min_p_filter
@@ -123,6 +127,21 @@ def test_presence_and_frequency_penalties_follow_openais_definition(tiny_pipelin
         "The movie", num_samples=2, seed=3, repetition_penalty=1.0, temperature=0.0, max_new_tokens=12, **settings)]
     assert text(presence_penalty=0.0, frequency_penalty=0.0) == text()
     assert text(frequency_penalty=2.0) != text()
+
+
+def test_stop_strings_cut_each_continuation_before_the_first_it_writes(tiny_pipeline, tiny_checkpoint, capsys):
+    from dglm.cli import main
+
+    full = [s.continuation for s in tiny_pipeline.generate("The movie", num_samples=3, seed=3, max_new_tokens=12)]
+    stop = full[0][4:6]
+    cut = [s.continuation for s in tiny_pipeline.generate("The movie", num_samples=3, seed=3, max_new_tokens=12,
+                                                          stop=[stop, "never written"])]
+    assert cut == [text[: text.find(stop)] if stop in text else text for text in full] and cut[0] == full[0][:4]
+    assert main(["generate", "The movie", "--model", str(tiny_checkpoint), "-n", "3", "--seed", "3", "--max-new-tokens",
+                 "12", "--stop", stop, "--format", "jsonl"]) == 0
+    assert [json.loads(line)["continuation"] for line in capsys.readouterr().out.splitlines()] == cut
+    with pytest.raises(DglmError, match="stop must be a non-empty string"):
+        tiny_pipeline.generate("The movie", stop="")
 
 
 def test_a_sample_keeps_every_constraint_even_one_attribute_given_twice(tiny_checkpoint, toy_plugin, capsys):

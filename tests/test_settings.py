@@ -21,7 +21,7 @@ def test_pipeline_generate_takes_every_declared_setting_as_a_typed_keyword():
         assert name in parameters, f"Pipeline.generate lacks the setting {name}"
         assert parameters[name].default is None  # None: the checkpoint's value
         assert hints[name] == kind | None, f"{name}: {hints[name]} is not {kind} | None"
-    others = {"self", "prefix", "attributes", "num_samples", "seed", "batch_size", "progress"}
+    others = {"self", "prefix", "attributes", "num_samples", "seed", "batch_size", "progress", "stop"}
     assert set(parameters) - others == set(SETTINGS), "a generate argument that is not a declared setting"
 
 

@@ -350,7 +350,7 @@ def create_app(pipeline: Pipeline, model_name: str | ServedModels = "dglm-defaul
             except RuntimeError:  # the event loop has stopped (shutdown)
                 pass
 
-        job = Job(rows, emit, stream=completion.stream, scores=completion.return_scores, stop=stop_strings(completion.stop))
+        job = Job(rows, emit, stream=completion.stream, scores=completion.return_scores, stop=request_stops(completion.stop))
         try:
             engine.submit(job)
         except EngineClosed as error:
@@ -418,7 +418,7 @@ def plan_rows(completion: Any, pipeline: Pipeline, served: ServedModels, limits:
     return [Row(prompt, row_seed, guide, diffusion, decoding) for prompt, row_seed in seeded_rows(prompts, completion.n, seed)]
 
 
-def stop_strings(stop: str | list[str] | None) -> list[str]:
+def request_stops(stop: str | list[str] | None) -> list[str]:
     """The request's stop strings as a list (OpenAI's rule: at most 4, none empty)."""
     stops = [stop] if isinstance(stop, str) else list(stop or [])
     if len(stops) > 4 or not all(stops):

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 
 from dglm.errors import DglmError
-from dglm.pipeline import Pipeline, Row
+from dglm.pipeline import Pipeline, Row, first_stop
 from dglm.server.metrics import ServerMetrics
 
 log = logging.getLogger("dglm.server")
@@ -219,12 +219,6 @@ class BatchingEngine:
             self.metrics.completion_tokens.inc(len(ids) - stopped)
             reason = "stop" if stopped or cut[row] is not None else "length"
             job.emit(Finished(index, texts[row], len(ids) - stopped, reason, scores.get(row)))
-
-
-def first_stop(text: str, stops: list[str]) -> int | None:
-    """Where the earliest stop string starts in `text`, or None."""
-    found = [at for at in (text.find(stop) for stop in stops) if at >= 0]
-    return min(found) if found else None
 
 
 def held_back(text: str, stops: list[str]) -> int:
