@@ -67,9 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--batch-size", type=int, default=32, help="samples generated together (default 32)")
     gen.add_argument("--model", help="checkpoint folder (default: the bundled model)")
     gen.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
-    gen.add_argument("--threads", type=int, metavar="N", default=default_threads(),
-                          help="CPU threads for torch (default: half the cores, here %(default)s; on 2 cores, 1 thread was "
-                               "as fast as 2 on an idle CPU and 1.7x as fast beside another busy process)")
+    add_threads_argument(gen)
     gen.set_defaults(handler=cmd_generate)
 
     serve = commands.add_parser(
@@ -85,9 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--model", help="checkpoint folder (default: the bundled model)")
     serve.add_argument("--model-name", help="the name clients pass as `model` (default: dglm-default, or the folder's name)")
     serve.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
-    serve.add_argument("--threads", type=int, metavar="N", default=default_threads(),
-                          help="CPU threads for torch (default: half the cores, here %(default)s; on 2 cores, 1 thread was "
-                               "as fast as 2 on an idle CPU and 1.7x as fast beside another busy process)")
+    add_threads_argument(serve)
     serve.add_argument("--max-batch-size", type=int, default=32, help="most samples decoded together (default 32)")
     serve.add_argument("--max-wait-ms", type=float, default=20.0, help="how long a request waits for others to share its "
                                                                      "batch (default 20)")
@@ -361,9 +357,9 @@ def cmd_classifier_train(args: argparse.Namespace) -> None:
 
 
 def cmd_plugin_new(args: argparse.Namespace) -> None:
-    from dglm.attributes.plugin_package import new_plugin
-
     import shlex
+
+    from dglm.attributes.plugin_package import new_plugin
 
     root = new_plugin(args.card, args.out)
     # A bare name would make pip look the package up in the index and install whatever is published under it.
@@ -454,6 +450,12 @@ def torch_threads() -> int | None:
 def restore_torch_threads(threads: int | None) -> None:
     if threads is not None and torch_threads() != threads:
         sys.modules["torch"].set_num_threads(threads)
+
+
+def add_threads_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--threads", type=int, metavar="N", default=default_threads(),
+                        help="CPU threads for torch (default: half the cores, here %(default)s; on 2 cores, 1 thread was "
+                             "as fast as 2 on an idle CPU and 1.7x as fast beside another busy process)")
 
 
 def default_threads() -> int:

@@ -300,8 +300,8 @@ class Pipeline:
         def samples() -> Iterator[Sample]:  # a generator of its own, so that the checks above run at the call
             for round_of_batches in chunks(chunks(rows(), batch_size), world):  # one batch per process a round
                 mine = round_of_batches[rank] if rank < len(round_of_batches) else []
-                texts = [cut_at_stop(self.decoder.decode(ids), stops) for ids in self.generate_rows([row for _, _, row in mine])] \
-                    if mine else []
+                token_ids = self.generate_rows([row for _, _, row in mine]) if mine else []
+                texts = [cut_at_stop(self.decoder.decode(ids), stops) for ids in token_ids]
                 ours = [Sample(row.prefix, text, targets, row.seed, constraints, i, j) for (i, j, row), text in zip(mine, texts)]
                 for part in gather_to_main(ours, world, rank):
                     yield from part
@@ -413,11 +413,12 @@ def check_compatible(config: PipelineConfig, encoder: SentenceEncoder, decoder: 
         )
 
 
-def stop_strings(stop: str | list[str] | None) -> list[str]:
-    """Stop strings as a list: None, one string or several, none of them empty."""
+def stop_strings(stop: str | list[str] | None, most: int | None = None) -> list[str]:
+    """Stop strings as a list: None, one string or several (at most `most`), none of them empty."""
     stops = [stop] if isinstance(stop, str) else list(stop or [])
-    if not all(isinstance(text, str) and text for text in stops):
-        raise DglmError(f"stop must be a non-empty string or a list of them, got {stop!r}", field="stop")
+    if not all(isinstance(text, str) and text for text in stops) or (most is not None and len(stops) > most):
+        limit = f"at most {most} " if most is not None else ""
+        raise DglmError(f"stop must be a string or a list of {limit}non-empty strings, got {stop!r}", field="stop")
     return stops
 
 

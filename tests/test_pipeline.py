@@ -140,7 +140,7 @@ def test_stop_strings_cut_each_continuation_before_the_first_it_writes(tiny_pipe
     assert main(["generate", "The movie", "--model", str(tiny_checkpoint), "-n", "3", "--seed", "3", "--max-new-tokens",
                  "12", "--stop", stop, "--format", "jsonl"]) == 0
     assert [json.loads(line)["continuation"] for line in capsys.readouterr().out.splitlines()] == cut
-    with pytest.raises(DglmError, match="stop must be a non-empty string"):
+    with pytest.raises(DglmError, match="stop must be a string or a list of non-empty strings, got ''"):
         tiny_pipeline.generate("The movie", stop="")
 
 

@@ -7,10 +7,10 @@ DGLM's guidance scale (the trade-off curve), and every sample as JSONL (to read,
 
 from __future__ import annotations
 
+import gzip
 import json
 import resource
 import time
-import gzip
 from dataclasses import asdict
 from pathlib import Path
 

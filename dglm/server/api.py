@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from importlib.resources import files
 from typing import Any
 
+import swagger_ui_bundle
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.docs import get_swagger_ui_html
@@ -27,11 +28,10 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingRes
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, create_model
 from starlette.exceptions import HTTPException
 from starlette.staticfiles import StaticFiles
-import swagger_ui_bundle
 
 from dglm.config import accepted, declared_settings
 from dglm.errors import DglmError
-from dglm.pipeline import Pipeline, Row, attribute_terms, check_generation_inputs
+from dglm.pipeline import Pipeline, Row, attribute_terms, check_generation_inputs, stop_strings
 from dglm.plugins import get_attributes
 from dglm.seeding import seeded_rows
 from dglm.server.engine import BatchingEngine, Delta, EngineClosed, Failed, Finished, Job
@@ -208,7 +208,7 @@ def model_settings(pipeline: Pipeline) -> dict[str, dict[str, Any]]:
     defaults = {**dataclasses.asdict(diffusion), **dataclasses.asdict(decoding)}
     described = {}
     for name, (_, spec, kind) in SETTINGS.items():
-        bounds = {key: spec.metadata[key] for key in ("at_least", "above", "at_most", "below") if spec.metadata[key] is not None}
+        bounds = {key: spec.metadata[key] for key in SCHEMA_BOUNDS if spec.metadata[key] is not None}
         described[spec.metadata["alias"] or name] = {"default": defaults[name], "type": kind.__name__,
                                                      "accepts": accepted(spec, kind), "help": spec.metadata["help"], **bounds}
     return described
@@ -419,11 +419,11 @@ def plan_rows(completion: Any, pipeline: Pipeline, served: ServedModels, limits:
 
 
 def request_stops(stop: str | list[str] | None) -> list[str]:
-    """The request's stop strings as a list (OpenAI's rule: at most 4, none empty)."""
-    stops = [stop] if isinstance(stop, str) else list(stop or [])
-    if len(stops) > 4 or not all(stops):
-        raise ApiError(400, f"stop must be a string or a list of at most 4 non-empty strings, got {stop!r}", param="stop")
-    return stops
+    """The request's stop strings as a list, checked as `Pipeline.generate` checks them, with OpenAI's limit of 4."""
+    try:
+        return stop_strings(stop, most=4)
+    except DglmError as error:
+        raise ApiError(400, str(error), param="stop") from None
 
 
 def request_field(name: str) -> str:
