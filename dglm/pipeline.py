@@ -76,6 +76,7 @@ class Row:
     guide: Guide | None
     diffusion: DiffusionSettings
     decoding: DecodingSettings
+    logit_bias: dict[int, float] = field(default_factory=dict)  # {token id: bias}, added to the decoder's logits
 
     @property
     def schedule_key(self) -> tuple:
@@ -336,7 +337,8 @@ class Pipeline:
         guidance = BatchGuidance([row.guide for row in rows], [row.diffusion.guidance_scale for row in rows])
         latents = self.propose_latents(prefixes, generators, guidance, diffusion)
         soft_prompts = self.soft_prompts(latents, generators, diffusion.renoise_alpha2)
-        return self.decoder.generate_tokens(prefixes, soft_prompts, generators, [row.decoding for row in rows], on_step=on_step)
+        return self.decoder.generate_tokens(prefixes, soft_prompts, generators, [row.decoding for row in rows], on_step=on_step,
+                                            logit_bias=[row.logit_bias for row in rows])
 
     def check_fits(self, rows: list[Row]) -> None:
         """Refuse rows whose prefix, soft prompts and new tokens would overrun the decoder's context, before any

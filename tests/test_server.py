@@ -20,7 +20,11 @@ uvicorn = pytest.importorskip("uvicorn")
 
 from conftest import free_port  # noqa: E402
 
+import torch
+
 from dglm.errors import DglmError
+from dglm.seeding import sample_generators
+from dglm.stages.guidance import BatchGuidance
 from dglm.server import ServerLimits, create_app, serve_in_thread  # noqa: E402
 
 
@@ -43,6 +47,15 @@ def request(url: str, method: str, path: str, body=None, headers=None, raw: byte
 
 def alone(pipeline, prompt, seed, attributes=None, **settings) -> str:
     return pipeline.generate(prompt, attributes, seed=seed, **settings)[0].continuation
+
+
+def stream_events(url: str, body: dict) -> list[dict]:
+    """The parsed chunks of a streamed completion, read with raw HTTP."""
+    host, port = url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=60)
+    connection.request("POST", "/v1/completions", json.dumps({**body, "stream": True}), {"Content-Type": "application/json"})
+    return [json.loads(line[6:]) for line in connection.getresponse().read().decode().splitlines()
+            if line.startswith("data: {")]
 
 
 def test_the_openai_client_gets_guided_completions_equal_to_the_python_api(served, tiny_pipeline):
@@ -128,10 +141,15 @@ def test_concurrent_requests_share_batches_and_each_gets_its_text_alone(served, 
     ({"prompt": "x", "guidance_mode": "nearest"}, 400, "unknown guidance mode 'nearest'", "guidance_mode"),
     ({"prompt": "x", "stop": ["a", "b", "c", "d", "e"]}, 400, "stop must be a string or a list of at most 4", "stop"),
     ({"prompt": "x", "stop": [""]}, 400, "at most 4 non-empty strings", "stop"),
-    ({"prompt": "x", "logit_bias": {"50256": -100}}, 400, "logit_bias={'50256': -100} is not supported", "logit_bias"),
+    ({"prompt": "x", "logit_bias": {"99999999": -100}}, 400, "logit_bias keys must be token ids from 0 to", "logit_bias"),
+    ({"prompt": "x", "logit_bias": {"5": 101}}, 400, "logit_bias values must be numbers in [-100, 100], got 101", "logit_bias"),
+    ({"prompt": "x", "logit_bias": {"5": "ban"}}, 400, "field 'logit_bias.5'", "logit_bias"),
     ({"prompt": "x", "best_of": 3}, 400, "best_of=3 is not supported by dglm; leave it out, or send null or 1", "best_of"),
     ({"prompt": "x", "echo": "yes"}, 400, "field 'echo'", "echo"),
-    ({"prompt": "x", "logprobs": False}, 400, "logprobs=False is not supported", "logprobs"),
+    ({"prompt": "x", "logprobs": False}, 400, "field 'logprobs'", "logprobs"),
+    ({"prompt": "x", "logprobs": 21}, 400, "field 'logprobs': Input should be less than or equal to 20", "logprobs"),
+    ({"prompt": "x", "logprobs": 2, "echo": True}, 400, "logprobs with echo (the prompt's log-probabilities) is not "
+                                                        "supported", "logprobs"),
     ({"prompt": "x", "max_tokens": 3, "max_new_tokens": 3}, 400,
      "max_tokens and max_new_tokens are one setting under two names; send only one of them", "max_new_tokens"),
     ({"prompt": "x", "colour": "blue"}, 400, "unknown field 'colour'; accepted fields: attributes", "colour"),
@@ -379,12 +397,7 @@ def test_stop_strings_cut_the_text_streamed_or_not_and_leave_other_rows_alone(se
     first, second = answer["choices"]
     assert status == 200 and first["text"] == expected and first["finish_reason"] == "stop"
     assert (second["text"] == full[1][: full[1].find(stop)]) if stop in full[1] else (second["text"] == full[1])
-    host, port = url.removeprefix("http://").split(":")
-    connection = http.client.HTTPConnection(host, int(port), timeout=60)
-    connection.request("POST", "/v1/completions", json.dumps({**body, "prompt": "The movie", "stop": stop, "stream": True}),
-                       {"Content-Type": "application/json"})
-    events = [json.loads(line[6:]) for line in connection.getresponse().read().decode().splitlines()
-              if line.startswith("data: {")]
+    events = stream_events(url, {**body, "prompt": "The movie", "stop": stop})
     assert "".join(e["choices"][0]["text"] for e in events) == expected
     assert events[-1]["choices"][0]["finish_reason"] == "stop"
     assert all(stop not in e["choices"][0]["text"] for e in events)  # held back, never sent
@@ -480,9 +493,55 @@ def test_echo_puts_the_prompt_before_the_text_streamed_or_not(served, tiny_pipel
     status, answer = request(url, "POST", "/v1/completions", body)
     want = [p + alone(tiny_pipeline, p, 2 + i, max_new_tokens=4) for i, p in enumerate(body["prompt"])]
     assert status == 200 and [c["text"] for c in answer["choices"]] == want
-    host, port = url.removeprefix("http://").split(":")
-    connection = http.client.HTTPConnection(host, int(port), timeout=60)
-    connection.request("POST", "/v1/completions", json.dumps({**body, "stream": True}), {"Content-Type": "application/json"})
-    events = [json.loads(line[6:]) for line in connection.getresponse().read().decode().splitlines() if line.startswith("data: {")]
+    events = stream_events(url, body)
     streamed = ["".join(e["choices"][0]["text"] for e in events if e["choices"][0]["index"] == i) for i in range(2)]
     assert streamed == want
+
+
+def first_token_log_probs(pipeline, prefix: str, seed: int) -> torch.Tensor:
+    """The decoder's distribution for a sample's first token, with its soft prompts and nothing else, computed
+    here step by step as `Pipeline.generate_rows` draws them (no guidance)."""
+    generators = sample_generators([seed])
+    latents = pipeline.propose_latents([prefix], generators, BatchGuidance([None], [0.0]))
+    soft = pipeline.soft_prompts(latents, generators)
+    decoder = pipeline.decoder
+    embeds = torch.cat([decoder.model.get_input_embeddings()(torch.tensor([decoder.token_ids([prefix])[0]])), soft], dim=1)
+    with torch.no_grad():
+        return torch.log_softmax(decoder.model(inputs_embeds=embeds).logits[0, -1].float(), dim=-1)
+
+
+def test_logprobs_report_the_decoders_own_distribution_in_openai_shape_streamed_or_not(served, tiny_pipeline):
+    url = served[0]
+    greedy = {"prompt": "The movie", "max_tokens": 6, "seed": 3, "temperature": 0, "repetition_penalty": 1.0,
+              "top_p": 1.0, "logprobs": 3}
+    status, answer = request(url, "POST", "/v1/completions", greedy)
+    choice = answer["choices"][0]
+    logprobs = choice["logprobs"]
+    assert status == 200 and "".join(logprobs["tokens"]) == choice["text"]
+    assert logprobs["text_offset"] == [len("".join(logprobs["tokens"][:i])) for i in range(len(logprobs["tokens"]))]
+    for chosen, top in zip(logprobs["token_logprobs"], logprobs["top_logprobs"]):
+        assert 1 <= len(top) <= 4 and chosen <= 0  # tokens whose text reads alike share one entry
+        assert chosen == max(top.values()), "greedy without penalties takes the likeliest token of the raw distribution"
+    first_step = first_token_log_probs(tiny_pipeline, "The movie", seed=3)
+    assert logprobs["token_logprobs"][0] == round(float(first_step.max()), 4)
+    assert sorted(logprobs["top_logprobs"][0].values(), reverse=True)[0] == round(float(first_step.max()), 4)
+    sampled = {**greedy, "temperature": 0.7, "repetition_penalty": 1.2, "stop": "e", "n": 2, "max_tokens": 12}
+    status, answer = request(url, "POST", "/v1/completions", sampled)
+    events = stream_events(url, sampled)
+    for choice in answer["choices"]:
+        assert "".join(choice["logprobs"]["tokens"]) == choice["text"], "tokens after the stop string are left out"
+        parts = [e["choices"][0]["logprobs"] for e in events if e["choices"][0]["index"] == choice["index"]]
+        assert {key: sum((part[key] for part in parts), []) for key in parts[0]} == choice["logprobs"]
+    plain = request(url, "POST", "/v1/completions", {"prompt": "The movie", "max_tokens": 3})[1]
+    assert plain["choices"][0]["logprobs"] is None
+
+
+def test_logit_bias_bans_or_forces_tokens(served, tiny_pipeline):
+    url = served[0]
+    body = {"prompt": "The movie", "max_tokens": 5, "seed": 1, "temperature": 0}
+    first = tiny_pipeline.decoder.token_ids([request(url, "POST", "/v1/completions", body)[1]["choices"][0]["text"]])[0][0]
+    banned = request(url, "POST", "/v1/completions", {**body, "logit_bias": {str(first): -100}})[1]["choices"][0]["text"]
+    assert tiny_pipeline.decoder.token_ids([banned])[0][0] != first
+    forced = tiny_pipeline.decoder.token_ids([" good"])[0][0]
+    text = request(url, "POST", "/v1/completions", {**body, "temperature": 1.0, "logit_bias": {str(forced): 100}})[1]
+    assert tiny_pipeline.decoder.token_ids([text["choices"][0]["text"]])[0] == [forced] * 5

@@ -12,6 +12,7 @@ import asyncio
 import dataclasses
 import hmac
 import json
+import math
 import random
 import time
 import uuid
@@ -35,6 +36,7 @@ from dglm.pipeline import Pipeline, Row, attribute_terms, check_generation_input
 from dglm.plugins import get_attributes
 from dglm.seeding import seeded_rows
 from dglm.server.engine import BatchingEngine, Delta, EngineClosed, Failed, Finished, Job
+from dglm.server.logprobs import MAX_LOGPROBS, TokenLogprob, openai_logprobs
 from dglm.server.metrics import Metered, ServerMetrics
 from dglm.stages.guidance import Constraint, parse_constraint
 
@@ -136,8 +138,7 @@ def _setting_fields() -> dict[str, Any]:
 # OpenAI completion fields that dglm does not implement: accepted at their defaults (clients such as LangChain's
 # wrapper send them with every request), refused with "not supported" when they ask for something else.
 UNSUPPORTED_AT_DEFAULT: dict[str, tuple[Any, ...]] = {
-    "logprobs": (None, 0), "best_of": (None, 1), "suffix": (None, ""),
-    "logit_bias": (None, {}),
+    "best_of": (None, 1), "suffix": (None, ""),
 }
 
 
@@ -174,6 +175,11 @@ CompletionRequest = create_model(
     echo=(bool | None, Field(None, description="put each choice's prompt before its text")),
     stop=(str | list[str] | None, Field(None, description="up to 4 strings: a choice ends before the first it writes "
                                                           "(finish_reason 'stop'), streamed or not")),
+    logprobs=(int | None, Field(None, ge=0, le=MAX_LOGPROBS, description="report each token's log-probability and this "
+                                "many likeliest alternatives, from the decoder's distribution before truncation, "
+                                "penalties and bias")),
+    logit_bias=(dict[str, float] | None, Field(None, description="{token id: bias in [-100, 100]} added to the "
+                                                                 "decoder's logits (-100 bans a token, 100 forces it)")),
     user=(str | None, Field(None, description="accepted for OpenAI compatibility, not used")),
     **{name: (Any, Field(None, description="not supported: accepted only at its default"))
        for name in UNSUPPORTED_AT_DEFAULT},
@@ -350,7 +356,8 @@ def create_app(pipeline: Pipeline, model_name: str | ServedModels = "dglm-defaul
             except RuntimeError:  # the event loop has stopped (shutdown)
                 pass
 
-        job = Job(rows, emit, stream=completion.stream, scores=completion.return_scores, stop=request_stops(completion.stop))
+        job = Job(rows, emit, stream=completion.stream, scores=completion.return_scores, stop=request_stops(completion.stop),
+                  logprobs=completion.logprobs)
         try:
             engine.submit(job)
         except EngineClosed as error:
@@ -389,6 +396,10 @@ def plan_rows(completion: Any, pipeline: Pipeline, served: ServedModels, limits:
     i * n + j continues prompt i with seed `seed + i * n + j`, as `dglm generate` and `Pipeline.generate` do.
     A model alias's attributes come first, the request's are added to them."""
     refuse_unsupported(completion)
+    if completion.echo and completion.logprobs is not None:
+        raise ApiError(400, "logprobs with echo (the prompt's log-probabilities) is not supported by dglm; send one of them",
+                       param="logprobs", code="unsupported_parameter")
+    logit_bias = token_biases(completion.logit_bias or {}, pipeline.decoder.vocab_size)
     presets = served.presets(completion.model)
     prompts = [completion.prompt] if isinstance(completion.prompt, str) else completion.prompt
     count = len(prompts) * completion.n
@@ -415,7 +426,21 @@ def plan_rows(completion: Any, pipeline: Pipeline, served: ServedModels, limits:
         guide = pipeline.make_guide(constraints, diffusion)
     except DglmError as error:  # an error without a field is about the attributes (resolving them, their probes)
         raise ApiError(400, str(error), param=request_field(error.field) if error.field else "attributes") from None
-    return [Row(prompt, row_seed, guide, diffusion, decoding) for prompt, row_seed in seeded_rows(prompts, completion.n, seed)]
+    return [Row(prompt, row_seed, guide, diffusion, decoding, logit_bias)
+            for prompt, row_seed in seeded_rows(prompts, completion.n, seed)]
+
+
+def token_biases(logit_bias: dict[str, float], vocab_size: int) -> dict[int, float]:
+    """OpenAI's `logit_bias` ({token id as a string: bias}) checked and keyed by token id."""
+    biases = {}
+    for key, value in logit_bias.items():
+        if not (key.strip().isdigit() and int(key) < vocab_size):
+            raise ApiError(400, f"logit_bias keys must be token ids from 0 to {vocab_size - 1}, got {key!r}", param="logit_bias")
+        if not (math.isfinite(value) and -100 <= value <= 100):
+            raise ApiError(400, f"logit_bias values must be numbers in [-100, 100], got {value!r} for token {key}",
+                           param="logit_bias")
+        biases[int(key)] = value
+    return biases
 
 
 def request_stops(stop: str | list[str] | None) -> list[str]:
@@ -455,8 +480,9 @@ class Reply:
         return {"id": self.id, "object": "text_completion", "created": self.created, "model": self.model,
                 "choices": choices, **extra}
 
-    def choice(self, index: int, text: str, done: Finished | None) -> dict[str, Any]:
-        choice = {"index": index, "text": text, "logprobs": None, "finish_reason": done.finish_reason if done else None}
+    def choice(self, index: int, text: str, done: Finished | None, tokens: list[TokenLogprob] | None) -> dict[str, Any]:
+        choice = {"index": index, "text": text, "logprobs": None if tokens is None else openai_logprobs(tokens),
+                  "finish_reason": done.finish_reason if done else None}
         if done is not None:
             choice["seed"] = self.job.rows[index].seed
             if done.scores is not None:
@@ -495,7 +521,8 @@ class Reply:
         except asyncio.CancelledError:
             self.job.cancelled = True
             raise
-        choices = [self.choice(i, self.echoed(i, self.finished[i].text), self.finished[i]) for i in range(len(self.job.rows))]
+        choices = [self.choice(i, self.echoed(i, done.text), done, done.logprobs)
+                   for i, done in sorted(self.finished.items())]
         return self.chunk(choices, usage=self.usage())
 
     async def stream(self, include_usage: bool) -> AsyncIterator[str]:
@@ -508,11 +535,12 @@ class Reply:
                     return
                 if isinstance(event, Delta):
                     self.sent[event.index] += event.text
-                    yield sse(self.chunk([self.choice(event.index, self.echoed(event.index, event.text), None)]))
+                    yield sse(self.chunk([self.choice(event.index, self.echoed(event.index, event.text), None, event.logprobs)]))
                 elif isinstance(event, Finished):
                     self.finished[event.index] = event
-                    rest = event.text[len(self.sent[event.index]):]
-                    yield sse(self.chunk([self.choice(event.index, self.echoed(event.index, rest), event)]))
+                    start = len(self.sent[event.index])
+                    tokens = None if event.logprobs is None else [t for t in event.logprobs if t.offset >= start]
+                    yield sse(self.chunk([self.choice(event.index, self.echoed(event.index, event.text[start:]), event, tokens)]))
             if include_usage:
                 yield sse(self.chunk([], usage=self.usage()))
             yield "data: [DONE]\n\n"

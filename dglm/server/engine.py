@@ -19,6 +19,7 @@ import torch
 
 from dglm.errors import DglmError
 from dglm.pipeline import Pipeline, Row, first_stop
+from dglm.server.logprobs import LogprobRecorder, TokenLogprob
 from dglm.server.metrics import ServerMetrics
 
 log = logging.getLogger("dglm.server")
@@ -30,6 +31,7 @@ class Delta:
 
     index: int
     text: str
+    logprobs: list[TokenLogprob] | None = None  # the tokens of `text`, when the request asked for logprobs
 
 
 @dataclass
@@ -41,6 +43,7 @@ class Finished:
     completion_tokens: int
     finish_reason: str  # "stop" (end of text) or "length"
     scores: dict[str, dict[str, float]] | None = None
+    logprobs: list[TokenLogprob] | None = None  # every token of `text`, when the request asked for logprobs
 
 
 @dataclass
@@ -65,6 +68,7 @@ class Job:
     stream: bool = False
     scores: bool = False
     stop: list[str] = field(default_factory=list)  # a choice ends before the first of these it writes
+    logprobs: int | None = None  # report each token's log-probability and this many alternatives (None: don't)
     cancelled: bool = False  # set by the web layer when the client goes away or time runs out
     prompt_tokens: int = 0  # filled in by the worker (the tokenizer lives on its thread)
     arrived: float = field(default_factory=time.monotonic)
@@ -186,9 +190,16 @@ class BatchingEngine:
             self.metrics.queue_wait.observe(time.monotonic() - job.arrived)
         sent = [""] * len(batch)  # the text streamed so far, per row
         cut: list[str | None] = [None] * len(batch)  # a row's text up to its stop string, once it wrote one
+        recorders = [LogprobRecorder(decoder.decode, job.logprobs) if job.logprobs is not None else None
+                     for job, _ in batch]
+        eos = decoder.tokenizer.eos_token_id
 
-        def on_step(generated: torch.Tensor, finished: torch.Tensor) -> torch.Tensor:
+        def on_step(generated: torch.Tensor, finished: torch.Tensor, log_probs: torch.Tensor) -> torch.Tensor:
             self.decode_steps += 1
+            for row, recorder in enumerate(recorders):
+                token = int(generated[row, -1])
+                if recorder is not None and cut[row] is None and token != eos:  # eos: the row has ended
+                    recorder.add(token, log_probs[row])
             for row, (job, index) in enumerate(batch):
                 if job.cancelled or cut[row] is not None or not (job.stream or job.stop):
                     continue
@@ -200,7 +211,8 @@ class BatchingEngine:
                     else:  # hold back what could be the start of a stop string
                         text = text[: len(text) - held_back(text, job.stop)]
                 if job.stream and len(text) > len(sent[row]) and text.startswith(sent[row]):
-                    job.emit(Delta(index, text[len(sent[row]):]))
+                    recorder = recorders[row]
+                    job.emit(Delta(index, text[len(sent[row]):], recorder and recorder.tokens(text, len(sent[row]))))
                     sent[row] = text
             return torch.tensor([job.cancelled or cut[row] is not None for row, (job, _) in enumerate(batch)])
 
@@ -210,7 +222,6 @@ class BatchingEngine:
         texts = [decoder.decode(ids) if cut[row] is None else cut[row] for row, ids in enumerate(token_ids)]
         wanted = [row for row, (job, _) in enumerate(batch) if job.scores and not job.cancelled]
         scores = dict(zip(wanted, self.pipeline.attribute_scores([texts[row] for row in wanted]))) if wanted else {}
-        eos = decoder.tokenizer.eos_token_id
         for row, (job, index) in enumerate(batch):
             if job.cancelled:
                 continue
@@ -218,7 +229,9 @@ class BatchingEngine:
             stopped = bool(ids) and ids[-1] == eos
             self.metrics.completion_tokens.inc(len(ids) - stopped)
             reason = "stop" if stopped or cut[row] is not None else "length"
-            job.emit(Finished(index, texts[row], len(ids) - stopped, reason, scores.get(row)))
+            recorder = recorders[row]
+            job.emit(Finished(index, texts[row], len(ids) - stopped, reason, scores.get(row),
+                              recorder and recorder.tokens(texts[row])))
 
 
 def held_back(text: str, stops: list[str]) -> int:

@@ -43,6 +43,11 @@ class SoftPromptDecoder:
         return int(self.model.get_input_embeddings().embedding_dim)
 
     @property
+    def vocab_size(self) -> int:
+        """Token ids run from 0 to this, less one (the LM head's rows, which may exceed the tokenizer's)."""
+        return int(self.model.get_output_embeddings().weight.shape[0])
+
+    @property
     def device(self) -> torch.device:
         return self.model.get_input_embeddings().weight.device
 
@@ -103,7 +108,8 @@ class SoftPromptDecoder:
         generators: list[torch.Generator],
         settings: DecodingSettings | list[DecodingSettings],
         adjust_logits: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-        on_step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor | None] | None = None,
+        on_step: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor | None] | None = None,
+        logit_bias: list[dict[int, float]] | None = None,
     ) -> list[list[int]]:
         """Sample one continuation per row; soft_prompts is (rows, k, hidden) or None for plain sampling.
 
@@ -111,15 +117,19 @@ class SoftPromptDecoder:
         `settings` is one DecodingSettings for all rows or one per row (a server batches requests that
         differ in temperature, top-p, length...). `adjust_logits(logits, generated)` may rewrite each step's
         logits given the tokens generated so far (rows x step); token-level steering baselines plug in here.
-        `on_step(generated, finished)` sees the tokens after each step, for streaming, and may return a
-        boolean mask of rows to stop (a client that went away).
+        `logit_bias`: one {token id: bias} per row, added to the logits before any filter (OpenAI's field).
+        `on_step(generated, finished, log_probs)` sees the tokens after each step, for streaming, with the step's
+        log-probabilities (rows x vocabulary) as the decoder gave them with the soft prompts, before filters,
+        penalties, bias and temperature (what OpenAI's `logprobs` report), and may return a boolean mask of rows to
+        stop (a client that went away).
         """
         rows = len(prefixes)
         row_settings = RowSettings(settings if isinstance(settings, list) else [settings] * rows, self.device)
         embeds, mask, ids = self._left_padded(prefixes, soft_prompts)
         for row_ids, limit in zip(ids, row_settings.max_new_tokens.tolist()):
             self.check_fits(row_ids, 0 if soft_prompts is None else soft_prompts.shape[1], limit)
-        vocab = self.model.get_output_embeddings().weight.shape[0]
+        vocab = self.vocab_size
+        bias = bias_table(logit_bias, rows, vocab, self.device)
         seen = torch.zeros(rows, vocab, dtype=torch.bool, device=self.device)
         counts = torch.zeros(rows, vocab, device=self.device)  # each token's count in the continuation so far
         for row, row_ids in enumerate(ids):
@@ -132,7 +142,8 @@ class SoftPromptDecoder:
         finished = torch.zeros(rows, dtype=torch.bool)
         lengths = torch.zeros(rows, dtype=torch.long)
         for step in range(longest):
-            logits = row_settings.filter(out.logits[:, -1].float())
+            raw = out.logits[:, -1].float()
+            logits = row_settings.filter(raw if bias is None else raw + bias)
             if adjust_logits is not None:
                 logits = adjust_logits(logits, generated[:, :step])
             logits = row_settings.penalise(logits, seen, counts)
@@ -148,7 +159,7 @@ class SoftPromptDecoder:
             lengths += ~finished
             finished |= (tokens == eos) | (row_settings.max_new_tokens <= step + 1)
             if on_step is not None:
-                stop = on_step(generated[:, : step + 1], finished)
+                stop = on_step(generated[:, : step + 1], finished, F.log_softmax(raw, dim=-1).cpu())
                 if stop is not None:
                     finished |= stop
             if bool(finished.all()):
@@ -216,6 +227,20 @@ class SoftPromptDecoder:
         mixture = log_probs.logsumexp(dim=1) - math.log(k)
         targets = [sorted(set(ids[:max_target_tokens])) for ids in self.token_ids(continuations)]
         return torch.stack([-mixture[row, ids].mean() for row, ids in enumerate(targets)]).mean()
+
+
+def bias_table(logit_bias: list[dict[int, float]] | None, rows: int, vocab: int, device: torch.device) -> torch.Tensor | None:
+    """The rows' logit biases as one (rows x vocabulary) table; None when no row has any."""
+    if not logit_bias or not any(logit_bias):
+        return None
+    table = torch.zeros(rows, vocab, device=device)
+    for row, biases in enumerate(logit_bias):
+        for token, value in biases.items():
+            if not 0 <= token < vocab:
+                raise DglmError(f"logit_bias names token {token}, but the decoder's vocabulary has ids 0 to {vocab - 1}",
+                                field="logit_bias")
+            table[row, token] = value
+    return table
 
 
 class RowSettings:
