@@ -369,13 +369,10 @@ def cmd_plugin_new(args: argparse.Namespace) -> None:
 
 def quiet_libraries() -> None:
     """Keep the terminal for dglm's own output: no per-file loading bars or advice from the libraries."""
-    import warnings
-
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.set_verbosity_error()
     transformers_logging.disable_progress_bar()
-    warnings.filterwarnings("ignore", category=FutureWarning)
 
 
 def cmd_data_build(args: argparse.Namespace) -> None:

@@ -19,10 +19,10 @@ def register_attributes(register: Callable) -> None:
 @hookspec
 def register_samplers(register: Callable) -> None:
     """Register samplers by calling ``register(SamplerClass)`` once per sampler: a subclass of
-    ``dglm.stages.samplers.Sampler`` whose ``name`` (what ``--sampler`` takes) no other sampler uses."""
+    ``dglm.interfaces.Sampler`` whose ``name`` (what ``--sampler`` takes) no other sampler uses."""
 
 
 @hookspec
 def register_methods(register: Callable) -> None:
     """Register evaluation methods for `dglm eval` by calling ``register(MethodClass)`` once per method: a
-    subclass of ``dglm.evaluation.baselines.Method`` with a unique ``name``, its options declared in ``Options``."""
+    subclass of ``dglm.interfaces.Method`` with a unique ``name``, its options declared in ``Options``."""

@@ -17,7 +17,7 @@ import pluggy
 from dglm import hookspecs
 from dglm.attributes.probes import Probe, load_probe
 from dglm.errors import DglmError
-from dglm.stages.samplers import BUILTIN_SAMPLERS, Sampler
+from dglm.interfaces import Method, Sampler
 
 ENTRY_POINT_GROUP = "dglm"
 
@@ -176,29 +176,26 @@ def _build_attributes() -> dict[str, Attribute]:
 
 
 def get_samplers() -> dict[str, type[Sampler]]:
-    """The built-in samplers and those plugins register, by name."""
+    """Every registered sampler (the built-in ones are registered by the `dglm-samplers` plugin), by name."""
     return {name: sampler for name, (sampler, _) in _cached("samplers", _build_samplers).items()}
 
 
 def _build_samplers() -> dict[str, tuple[type, str]]:
-    return _named_classes("register_samplers", BUILTIN_SAMPLERS, Sampler, "sampler")
+    return _named_classes("register_samplers", Sampler, "sampler")
 
 
-def get_methods() -> dict[str, type]:
-    """The evaluation methods (DGLM and the baselines) and those plugins register, by name."""
+def get_methods() -> dict[str, type[Method]]:
+    """Every registered evaluation method (DGLM and the baselines come from the `dglm-methods` plugin), by name."""
     return {name: method for name, (method, _) in _cached("methods", _build_methods).items()}
 
 
 def _build_methods() -> dict[str, tuple[type, str]]:
-    # Imported here: the baselines import the pipeline, which imports this module.
-    from dglm.evaluation.baselines import BUILTIN_METHODS, Method
-
-    return _named_classes("register_methods", BUILTIN_METHODS, Method, "method")
+    return _named_classes("register_methods", Method, "method")
 
 
-def _named_classes(hook: str, builtin: dict[str, type], base: type, kind: str) -> dict[str, tuple[type, str]]:
-    """Classes by their `name`, each with the plugin that registered it ("dglm" for the built-in ones)."""
-    found = {name: (cls, "dglm") for name, cls in builtin.items()}
+def _named_classes(hook: str, base: type, kind: str) -> dict[str, tuple[type, str]]:
+    """Classes by their `name`, each with the plugin that registered it."""
+    found: dict[str, tuple[type, str]] = {}
 
     def make_register(into: dict[str, tuple[type, str]], plugin: str):
         def register(cls: type) -> None:

@@ -10,6 +10,7 @@ import yaml
 
 from dglm.config import EvalConfig, TrainConfig, read_yaml_mapping
 from dglm.errors import DglmError
+from dglm.evaluation.harness import check_methods
 from dglm.pipeline import TrainableParts, read_checkpoint, render_model_card
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -26,7 +27,9 @@ def test_training_configs_parse(path):
 
 @pytest.mark.parametrize("path", sorted((ROOT / "configs" / "eval").glob("*.yaml")), ids=lambda p: p.name)
 def test_eval_configs_parse(path):
-    assert EvalConfig.from_yaml(path).num_samples > 0
+    config = EvalConfig.from_yaml(path)
+    check_methods(config, str(path))
+    assert config.num_samples > 0
 
 
 def test_cpu_training_config_matches_the_bundled_checkpoint():

@@ -11,7 +11,7 @@ from conftest import toy_sentiment
 from dglm.cli import main
 from dglm.config import EvalConfig
 from dglm.errors import DglmError
-from dglm.evaluation.harness import run_eval
+from dglm.evaluation.harness import check_methods, run_eval
 from dglm.pipeline import Pipeline
 
 
@@ -106,8 +106,8 @@ def test_eval_refuses_a_target_without_a_judge(eval_config, tmp_path):
 def test_eval_refuses_unknown_methods(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("methods: {pplm: {}}\n")
-    with pytest.raises(DglmError, match="unknown method"):
-        EvalConfig.from_yaml(path)
+    with pytest.raises(DglmError, match=r"unknown method\(s\) \['pplm'\] in bad.yaml; known: "):
+        check_methods(EvalConfig.from_yaml(path), "bad.yaml")
 
 
 def test_steering_prompt_phrases_targets_and_avoidance(tiny_pipeline):
@@ -127,14 +127,14 @@ def test_a_misspelt_or_mistyped_method_option_is_refused(tmp_path, options, mess
     path = tmp_path / "eval.yaml"
     path.write_text(f"methods: {{fudge: {options}}}\n")
     with pytest.raises(DglmError, match=message):
-        EvalConfig.from_yaml(path)
+        check_methods(EvalConfig.from_yaml(path), str(path))
 
 
 def test_a_plugin_registers_an_evaluation_method_with_declared_options(eval_config, tiny_pipeline):
     from dataclasses import dataclass
 
     import dglm
-    from dglm.evaluation.baselines import Method
+    from dglm.interfaces import Method
     from dglm.plugins import get_plugins
 
     class Echo(Method):
@@ -169,4 +169,4 @@ def test_a_plugin_registers_an_evaluation_method_with_declared_options(eval_conf
         dglm.unregister_plugin("method-plugin")
     eval_config.write_text(yaml.safe_dump(data))
     with pytest.raises(DglmError, match=r"unknown method\(s\) \['echo'\]"):
-        EvalConfig.from_yaml(eval_config)
+        run_eval(EvalConfig.from_yaml(eval_config))

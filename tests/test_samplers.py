@@ -142,7 +142,7 @@ def test_a_plugin_sampler_that_is_not_a_sampler_is_skipped_with_a_warning(capsys
     try:
         assert set(get_samplers()) == {"ddim", "dpmsolver++"}
         assert "plugin 'bad-sampler-plugin' failed to load and is skipped" in capsys.readouterr().err
-        with pytest.raises(DglmError, match="not a named dglm.stages.samplers.Sampler subclass"):
+        with pytest.raises(DglmError, match="not a named dglm.interfaces.Sampler subclass"):
             get_sampler("plugin-ddim")
     finally:
         dglm.unregister_plugin("bad-sampler-plugin")

@@ -10,54 +10,24 @@ as published: when a checkpoint adapts the decoder for its soft prompts, the bas
   of the target on the text so far plus that token.
 
 Every method returns one continuation per (prefix, seed) row (`dglm.seeding.seeded_rows`). Plugins add
-methods through the `register_methods` hook (`dglm.plugins.get_methods` lists them all).
+methods through the `register_methods` hook, as these do (`dglm.plugins.get_methods` lists them all); the
+interface is `dglm.interfaces.Method`.
 """
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 
-from dglm.config import build_dataclass
 from dglm.errors import DglmError
+from dglm.hookspecs import hookimpl
+from dglm.interfaces import Method
 from dglm.pipeline import Pipeline, Row
-from dglm.seeding import sample_generators
 from dglm.stages.guidance import Constraint
 
 DEFAULT_STEERING = "The following text is {label}."
-
-
-class Method(ABC):
-    """An evaluation method: continues (prefix, seed) rows under constraints.
-
-    A subclass names itself (`name`), declares its options as a typed dataclass (`Options`: each field with
-    its type and default), and implements `continue_rows`. Options from an evaluation config are checked
-    against the declaration, so a misspelt or mistyped option is refused instead of ignored. Plugins add
-    methods through the `register_methods` hook.
-    """
-
-    name: str = ""
-
-    @dataclass
-    class Options:
-        pass
-
-    def __init__(self, pipeline: Pipeline, **options: Any):
-        self.pipeline = pipeline
-        self.options = build_dataclass(self.Options, options, f"options of method {self.name!r}")
-
-    @abstractmethod
-    def continue_rows(self, rows: list[tuple[str, int]], constraints: list[Constraint], max_new_tokens: int) -> list[str]:
-        """One continuation of at most `max_new_tokens` tokens per (prefix, seed) row."""
-
-    def sample(self, prefixes: list[str], rows: list[tuple[str, int]], max_new_tokens: int, adjust_logits=None) -> list[str]:
-        """Sample the decoder without soft prompts, each row from its own seed."""
-        generators = sample_generators([seed for _, seed in rows])
-        decoding = self.pipeline.config.decoding.updated(max_new_tokens=max_new_tokens)
-        return self.pipeline.plain_decoder().generate(prefixes, None, generators, decoding, adjust_logits=adjust_logits)
 
 
 class DGLM(Method):
@@ -184,6 +154,8 @@ class ActivationSteering(Method):
             return self.sample(prefixes, rows, max_new_tokens)
 
 
-BUILTIN_METHODS: dict[str, type[Method]] = {
-    cls.name: cls for cls in (DGLM, PlainSampling, SteeringPrompt, Fudge, ActivationSteering)
-}
+@hookimpl
+def register_methods(register) -> None:
+    """The built-in methods, registered through the `dglm` entry-point group like any plugin's."""
+    for method in (DGLM, PlainSampling, SteeringPrompt, Fudge, ActivationSteering):
+        register(method)

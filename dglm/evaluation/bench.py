@@ -8,11 +8,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from dglm import Pipeline
 from dglm.config import EvalConfig
 from dglm.data.prefixes import read_prefixes
-from dglm.evaluation.baselines import Method
 from dglm.evaluation.harness import Scorer, continue_all, parse_condition
+from dglm.interfaces import Method
+from dglm.pipeline import Pipeline
 from dglm.seeding import seeded_rows
 
 

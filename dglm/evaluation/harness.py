@@ -16,7 +16,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from dglm.config import EvalConfig
+from dglm.config import EvalConfig, build_dataclass
 from dglm.data.prefixes import read_prefixes
 from dglm.errors import DglmError
 from dglm.evaluation.baselines import PlainSampling
@@ -99,7 +99,18 @@ def continue_all(method, rows: list[tuple[str, int]], constraints: list[Constrai
     return continuations
 
 
+def check_methods(config: EvalConfig, config_path: str = "") -> None:
+    """Refuse an unknown method, or a misspelt or mistyped option, before any model loads."""
+    methods, where = get_methods(), f" in {config_path}" if config_path else ""
+    unknown = sorted(set(config.methods) - set(methods))
+    if unknown:
+        raise DglmError(f"unknown method(s) {unknown}{where}; known: {', '.join(methods)}")
+    for name, options in config.methods.items():
+        build_dataclass(methods[name].Options, options or {}, f"{config_path or 'the config'}: methods.{name}")
+
+
 def run_eval(config: EvalConfig, config_path: str = "") -> dict:
+    check_methods(config, config_path)
     prefixes = read_prefixes(config.prefixes)
     rows = seeded_rows(prefixes, config.num_samples, config.seed)
     check_judged(config)

@@ -35,8 +35,9 @@ class SoftPromptDecoder:
     @property
     def _cache_name(self) -> str:
         """The key-value cache's argument and output name: `cache` since transformers 5.2x renamed
-        `past_key_values` (the old name is deprecated there); older 5.x releases know only the old one."""
-        return "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
+        `past_key_values` (the old name is deprecated there); older 5.x releases know only the old one. The model
+        class's signature is read, not the instance's `forward`, which a wrapper (a profiler, a test) may replace."""
+        return "cache" if "cache" in inspect.signature(type(self.model).forward).parameters else "past_key_values"
 
     @property
     def hidden_size(self) -> int:

@@ -14,32 +14,14 @@ little, so DDIM could no longer reproduce earlier samples exactly; the two updat
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
-
 import torch
 
+from dglm.hookspecs import hookimpl
+from dglm.interfaces import Sampler
 from dglm.seeding import per_sample_randn
 from dglm.stages.denoiser import Denoiser
 from dglm.stages.guidance import BatchGuidance
 from dglm.stages.schedule import CosineSchedule
-
-
-class Sampler(ABC):
-    """One noise-level update at a time, over times from 1 (pure noise) to 0 (clean)."""
-
-    name: str = ""
-
-    def __init__(self, schedule: CosineSchedule):
-        self.schedule = schedule
-        self.timesteps = torch.empty(0)
-
-    def set_timesteps(self, steps: int) -> None:
-        """Lay out `steps` updates: `timesteps` holds steps + 1 times, from 1 down to 0."""
-        self.timesteps = torch.linspace(1.0, 0.0, steps + 1)
-
-    @abstractmethod
-    def step(self, x0: torch.Tensor, index: int, z: torch.Tensor) -> torch.Tensor:
-        """The latent at time `timesteps[index + 1]`, from `z` at `timesteps[index]` and its clean estimate `x0`."""
 
 
 class DDIMSampler(Sampler):
@@ -85,7 +67,11 @@ class DPMSolverPlusPlus2M(Sampler):
         return (sigma_next / sigma) * z - alpha_next * torch.expm1(-h) * estimate
 
 
-BUILTIN_SAMPLERS: dict[str, type[Sampler]] = {cls.name: cls for cls in (DDIMSampler, DPMSolverPlusPlus2M)}
+@hookimpl
+def register_samplers(register) -> None:
+    """The built-in samplers, registered through the `dglm` entry-point group like any plugin's."""
+    for sampler in (DDIMSampler, DPMSolverPlusPlus2M):
+        register(sampler)
 
 
 @torch.no_grad()
