@@ -60,7 +60,7 @@ train)
     "$PYTHON" -m dglm train all --config "$config" --max-minutes "${MINUTES:-8}" 2>&1 \
         | tr '\r' '\n' | grep -v '^$' >> "$out/train.log"
     read -r checkpoint run_dir < <("$PYTHON" -m dglm train all --config "$config" --print-config \
-        | "$PYTHON" -c "import json, sys; c = json.load(sys.stdin); print(c['output'], c['run_dir'])")
+        | "$PYTHON" -c "import json, os, sys; c = json.load(sys.stdin); print(*(os.path.expanduser(c[k]) for k in ('output', 'run_dir')))")
     "$PYTHON" -c "import json, sys; print(json.dumps({name: json.load(open(f'$checkpoint/{name}.json')) for name in ('config', 'card')}))" \
         > "$out/checkpoint.json"  # config and card in one file: 8 files in all
     split -b 15m -d "$checkpoint/model.safetensors" "$out/model.safetensors.part-"

@@ -51,7 +51,7 @@ def starting_parts(config: TrainConfig):
     else fresh parts, an empty card and no adapter."""
     from dglm.pipeline import TrainableParts, build_parts, read_checkpoint
 
-    output = Path(config.output)
+    output = config.output_path
     if (output / "config.json").is_file():
         saved_config, state, card = read_checkpoint(output)
         if saved_config == config.pipeline:
@@ -88,7 +88,7 @@ def finish_stage(config, config_path, accelerator, stage, parts, card, run, pair
     from (0: none); a leg that stopped early writes its checkpoint too, so it can be kept between legs.
     """
     if not accelerator.is_main_process:
-        return Path(config.output)
+        return config.output_path
     losses, seconds, done, restarted_at = run
     key = stage.replace("-", "_")
     plot_losses(losses, config.run_path / f"{stage}-loss.png", f"{stage} loss")
@@ -141,7 +141,7 @@ def train_denoiser(config: TrainConfig, config_path: str, leg: LegTimer | None =
     state_path = config.run_path / "denoiser-state"
     restart = resume_point(config, card, "denoiser", state_path)
     if restart[0] >= t.steps:  # the checkpoint holds the whole stage; only its resume state is gone
-        return Path(config.output)
+        return config.output_path
     run = run_loop(accelerator, parts.denoiser, optimizer, "denoiser", t.steps, t.warmup, t.checkpoint_every, state_path,
                    batch_loss, config.seed, t.precision, leg or LegTimer(None), ema, restart)
     ema.copy_to(parts.denoiser)
@@ -195,7 +195,7 @@ def train_prompt_generator(config: TrainConfig, config_path: str, leg: LegTimer 
     state_path = config.run_path / "prompt-generator-state"
     restart = resume_point(config, card, "prompt-generator", state_path)
     if restart[0] >= t.steps:  # the checkpoint holds the whole stage; only its resume state is gone
-        return Path(config.output)
+        return config.output_path
     decoder = SoftPromptDecoder.load(config.pipeline.decoder, str(accelerator.device))
     model_lm = decoder.model
     model_lm.requires_grad_(False)
@@ -302,4 +302,4 @@ def stage_card(config, config_path, stage, losses, seconds, steps, pairs, accele
 def save_checkpoint(config: TrainConfig, parts, card: dict, adapter: dict | None = None) -> Path:
     from dglm.pipeline import write_checkpoint
 
-    return write_checkpoint(Path(config.output), config.pipeline, parts, card, torch.float16, adapter)
+    return write_checkpoint(config.output_path, config.pipeline, parts, card, torch.float16, adapter)
