@@ -21,7 +21,6 @@ from collections import Counter
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from dglm import Pipeline
 from dglm.data.pairs import read_pairs

@@ -142,7 +142,7 @@ class Pipeline:
         on a CPU that other busy processes share, fewer can be much faster: README, "Threads").
 
         `adapter_scale` weakens the decoder adapter as it is merged (1: as trained, 0: the decoder as published);
-        benchmarks/RESULTS.md measures what it trades.
+        benchmarks/NOTEBOOK.md ("Where fluency is lost") measures what it trades.
 
         Already-loaded `encoder` / `decoder` objects may be passed to share them between pipelines; a
         checkpoint with a decoder adapter merges it into the decoder's weights, so do not share that

@@ -37,6 +37,7 @@ def test_langchain_openai_completion_wrapper_with_its_defaults(server, tiny_pipe
     assert streamed == text
 
 
+@pytest.mark.slow
 def test_llm_with_an_openai_compatible_completion_model_steered_through_an_alias(server, tiny_pipeline, tmp_path):
     pytest.importorskip("llm")
     (tmp_path / "extra-openai-models.yaml").write_text(

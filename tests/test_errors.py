@@ -159,6 +159,7 @@ def test_version_and_plugins_as_json(capsys):
     assert any("sentiment" in p["attributes"] for p in plugins) and {"name", "version", "hooks"} <= plugins[0].keys()
 
 
+@pytest.mark.slow
 def test_a_closed_pipe_ends_quietly():
     import subprocess
     import sys

@@ -42,6 +42,7 @@ def command(checkpoint: Path, prefix_file: Path, out: Path, *extra: str) -> list
     return ["--model", str(checkpoint), "--prefix-file", str(prefix_file), "--output", str(out), *RUN, *extra]
 
 
+@pytest.mark.slow
 def test_a_run_killed_midway_and_resumed_equals_an_uninterrupted_run(tiny_checkpoint, prefix_file, whole, tmp_path):
     killed = tmp_path / "killed.jsonl"
     process = subprocess.Popen([sys.executable, "-m", "dglm", "generate", *command(tiny_checkpoint, prefix_file, killed)],
@@ -88,6 +89,7 @@ def test_resuming_with_other_settings_or_a_foreign_file_is_refused(tiny_checkpoi
         in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_two_processes_write_the_same_file_as_one(tiny_checkpoint, prefix_file, whole, tmp_path):
     two = tmp_path / "two.jsonl"
     done = run_two_processes("-m", "dglm", "generate", *command(tiny_checkpoint, prefix_file, two))
@@ -105,6 +107,7 @@ def test_generate_stream_is_lazy_and_equals_generate(tiny_pipeline):
     assert [s.continuation for s in resumed] == [s.continuation for s in expected[3:]]
 
 
+@pytest.mark.slow
 def test_prefixes_from_standard_input_piped_or_named_with_a_dash(tiny_checkpoint):
     run = lambda *args: subprocess.run([sys.executable, "-m", "dglm", "generate", "--model", str(tiny_checkpoint), "--seed", "0",
                                         "--max-new-tokens", "3", "--format", "jsonl", *args], input="The movie\n\nA film\n",

@@ -34,8 +34,8 @@ def chunked_zip(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(site))
     monkeypatch.setenv("DGLM_CACHE", str(tmp_path / "cache"))
     digest = hashlib.sha256(data).hexdigest()
-    return lambda prefix=digest[:12]: OfflinePackage(
-        "", "pip install toy-model-part-1 toy-model-part-2", "toy.zip", "", prefix,
+    return lambda sha256=digest: OfflinePackage(
+        "", "pip install toy-model-part-1 toy-model-part-2", "toy.zip", "", sha256=sha256, licence="MIT",
         chunk_distributions=("toy-model-part-1", "toy-model-part-2"), unzipped_folder="model",
     )
 
@@ -47,14 +47,15 @@ def test_chunks_are_joined_in_order_and_unzipped(chunked_zip, tmp_path):
     assert chunked_zip().locate() == folder  # the second call reuses the unpacked folder
 
 
-def test_a_wrong_hash_is_refused(chunked_zip):
+def test_a_wrong_hash_is_refused_even_when_it_starts_like_the_pinned_one(chunked_zip):
+    right = chunked_zip().sha256
     with pytest.raises(DglmError, match="sha256"):
-        chunked_zip(prefix="0000").locate()
+        chunked_zip(sha256=right[:16] + "0" * 48).locate()
 
 
 def test_a_missing_chunk_package_names_the_install_command(chunked_zip):
     package = chunked_zip()
-    missing = OfflinePackage(package.module, package.install, package.model_path, "", package.sha256_prefix,
+    missing = OfflinePackage(package.module, package.install, package.model_path, "", package.sha256, package.licence,
                              chunk_distributions=("toy-model-part-1", "toy-model-part-3"), unzipped_folder="model")
     with pytest.raises(DglmError, match="toy-model-part-3 is not installed: run `pip install toy-model-part-1"):
         missing.locate()

@@ -7,9 +7,12 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
+import pytest
 import yaml
 from conftest import run_two_processes, toy_sentences
 from safetensors.torch import load_file
+
+pytestmark = pytest.mark.slow  # starts processes or builds a wheel: `-m "not slow"` skips it
 
 # Run by each process: records, per step, a hash of the weights after the optimizer step and of the batch the
 # denoiser was given, and every state or checkpoint write, then runs `dglm train` as the command line would.

@@ -7,7 +7,11 @@ import sys
 import sysconfig
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
+
+pytestmark = pytest.mark.slow  # starts processes or builds a wheel: `-m "not slow"` skips it
 
 
 def test_a_wheel_installed_in_a_fresh_environment_generates(tmp_path, tiny_checkpoint):

@@ -12,10 +12,10 @@ from dglm.server import ServerLimits, create_app, serve_in_thread
 
 webdriver = pytest.importorskip("selenium.webdriver")
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(
     not (CHROMIUM and CHROMEDRIVER),
     reason="needs Chromium and ChromeDriver: `apt-get install chromium chromium-driver` on Debian (.ci/run does)",
-)
+)]
 MARKUP = "<script>window.pwned = 1</script><b>bold</b>"
 
 

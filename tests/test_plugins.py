@@ -29,6 +29,7 @@ def test_builtin_attributes_are_discovered_through_entry_points():
     assert attributes["topic"].probe.card["held_out_accuracy"] >= 0.85
 
 
+@pytest.mark.slow
 def test_a_plugin_package_from_a_csv_is_installed_and_used(tiny_pipeline, tiny_models, tmp_path, capsys, monkeypatch):
     """Train a probe from a CSV, scaffold a package, pip-install it, and generate with it: no dglm change."""
     data = tmp_path / "questions.csv"
@@ -123,6 +124,7 @@ def installed_distribution(folder, name: str, entry_points: dict[str, str]) -> d
     return {**os.environ, "PYTHONPATH": str(folder)}
 
 
+@pytest.mark.slow
 def test_a_plugin_that_fails_to_import_or_to_register_is_skipped_and_named(tmp_path, tiny_checkpoint):
     """Installed plugins that raise (one on import, one while registering) cost one warning line each; the
     built-in attributes keep working, and asking for a missing attribute names the failed plugins."""
@@ -145,6 +147,7 @@ def test_a_plugin_that_fails_to_import_or_to_register_is_skipped_and_named(tmp_p
     assert "plugin 'importer' failed to load (RuntimeError: missing dependency), so what it provides is missing" in asked.stderr
 
 
+@pytest.mark.slow
 def test_an_installed_plugin_named_like_a_built_in_is_refused_naming_both_distributions(tmp_path):
     (tmp_path / "impostor.py").write_text("")
     env = installed_distribution(tmp_path, "dglm-sentiment-plus", {"sentiment": "impostor"})

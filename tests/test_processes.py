@@ -3,7 +3,10 @@ interpreter's exit, where it could abort the process (SIGABRT) after all the wor
 
 from __future__ import annotations
 
+import pytest
 from conftest import run_two_processes
+
+pytestmark = pytest.mark.slow  # starts processes or builds a wheel: `-m "not slow"` skips it
 
 # Run by each process: join, import a model stack (which brings torch._dynamo), do a collective, leave, and
 # write the names of the threads still running to its own file (the processes' stdout lines can interleave).

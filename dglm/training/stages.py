@@ -10,20 +10,22 @@ from __future__ import annotations
 
 import platform
 import sys
-from dataclasses import asdict
+from collections import Counter
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from dglm.config import TrainConfig
-from dglm.data.pairs import pair_weights, select_pairs
+from dglm.data.pairs import pair_weights, select_pairs, source_of
 from dglm.errors import DglmError
 from dglm.processes import join_process_group
 from dglm.stages.schedule import CosineSchedule, noise_to_level
 from dglm.tensor_cache import cached_tensors, texts_digest
-from dglm.training.loop import LegTimer, run_loop
+from dglm.training.loop import LegTimer, LoopResult, StartPoint, run_loop
 from dglm.training.plots import plot_losses
 from dglm.training.state import EMA, has_training_state
 
@@ -60,7 +62,33 @@ def starting_parts(config: TrainConfig):
     return TrainableParts(config.pipeline), {}, {}
 
 
-def prepare_stage(config: TrainConfig):
+@dataclass
+class Stage:
+    """One stage of a training run, as prepared on this process: its name, the run's config and the pairs it reads."""
+
+    name: str  # "denoiser" or "prompt-generator"
+    config: TrainConfig
+    config_path: str
+    accelerator: Any
+    pairs: list[dict]
+
+    @property
+    def key(self) -> str:
+        """The stage's name in the config and the model card."""
+        return self.name.replace("-", "_")
+
+    @property
+    def settings(self):
+        return getattr(self.config, self.key)
+
+    @property
+    def state_path(self) -> Path:
+        return self.config.run_path / f"{self.name}-state"
+
+
+def prepare_stage(name: str, config: TrainConfig, config_path: str) -> tuple[Stage, torch.Tensor, torch.Tensor]:
+    """Join the process group, seed, select the pairs and encode them: the stage, and the prefix and continuation
+    embeddings."""
     from accelerate.utils import set_seed
 
     accelerator = join_process_group()
@@ -69,56 +97,55 @@ def prepare_stage(config: TrainConfig):
     pairs = select_pairs(config.data)
     with accelerator.main_process_first():
         prefix, continuation = encoded_pairs(config, pairs)  # the others read the main process's cache
-    return accelerator, pairs, prefix, continuation
+    return Stage(name, config, config_path, accelerator, pairs), prefix, continuation
 
 
-def steps_in_checkpoint(card: dict, stage: str, stage_config) -> tuple[int, float]:
+def steps_in_checkpoint(card: dict, stage: Stage) -> StartPoint:
     """How many steps of this stage, trained with this stage config, the output checkpoint already holds, and
     the seconds they took. A run whose resume state is lost continues from there (with a fresh optimizer)."""
-    facts = card.get(stage.replace("-", "_"), {})
-    if facts.get("config") != asdict(stage_config):
-        return 0, 0.0
-    return int(facts.get("steps", 0)), float(facts.get("wall_time_s", 0))
+    facts = card.get(stage.key, {})
+    if facts.get("config") != asdict(stage.settings):
+        return StartPoint()
+    return StartPoint(int(facts.get("steps", 0)), float(facts.get("wall_time_s", 0)))
 
 
-def finish_stage(config, config_path, accelerator, stage, parts, card, run, pairs, adapter=None) -> Path:
+def finish_stage(stage: Stage, parts, card: dict, result: LoopResult, start: StartPoint,
+                 adapter: dict | None = None) -> Path:
     """Plot the losses, record the stage in the model card and write the checkpoint (main process only).
 
-    `run` is run_loop's (losses, seconds, steps done) plus the step a lost resume state made the run restart
-    from (0: none); a leg that stopped early writes its checkpoint too, so it can be kept between legs.
+    `start` is where a lost resume state made the run restart (step 0: it did not); a leg that stopped early
+    writes its checkpoint too, so it can be kept between legs.
     """
-    if not accelerator.is_main_process:
+    config = stage.config
+    if not stage.accelerator.is_main_process:
         return config.output_path
-    losses, seconds, done, restarted_at = run
-    key = stage.replace("-", "_")
-    plot_losses(losses, config.run_path / f"{stage}-loss.png", f"{stage} loss")
-    restarts = card.get(key, {}).get("restarted_without_optimizer_state_at", [])
-    card[key] = stage_card(config, config_path, stage, losses, seconds, done, pairs, accelerator)
-    if restarted_at or restarts:
-        card[key]["restarted_without_optimizer_state_at"] = restarts + ([restarted_at] if restarted_at else [])
-    total = getattr(config, key).steps
-    if done < total:
-        print(f"{stage}: leg ended at step {done} of {total}; run the same command again to continue", file=sys.stderr)
+    plot_losses(result.losses, config.run_path / f"{stage.name}-loss.png", f"{stage.name} loss")
+    restarts = card.get(stage.key, {}).get("restarted_without_optimizer_state_at", [])
+    card[stage.key] = stage_card(stage, result)
+    if start.step or restarts:
+        card[stage.key]["restarted_without_optimizer_state_at"] = restarts + ([start.step] if start.step else [])
+    if result.steps < stage.settings.steps:
+        print(f"{stage.name}: leg ended at step {result.steps} of {stage.settings.steps}; run the same command again "
+              "to continue", file=sys.stderr)
     return save_checkpoint(config, parts, card, adapter)
 
 
-def resume_point(config: TrainConfig, card: dict, stage: str, state_path: Path) -> tuple[int, float]:
-    """Where to restart, (step, seconds so far), when the stage has no resume state but its checkpoint holds some
-    steps; (0, 0.0) otherwise."""
-    if has_training_state(state_path):
-        return 0, 0.0
-    return steps_in_checkpoint(card, stage, getattr(config, stage.replace("-", "_")))
+def resume_point(card: dict, stage: Stage) -> StartPoint:
+    """Where to restart when the stage has no resume state but its checkpoint holds some steps; step 0 otherwise."""
+    if has_training_state(stage.state_path):
+        return StartPoint()
+    return steps_in_checkpoint(card, stage)
 
 
 def train_denoiser(config: TrainConfig, config_path: str, leg: LegTimer | None = None) -> Path:
     """v-prediction MSE on continuation latents, conditioned on prefix latents (dropped 10% for CFG)."""
     t = config.denoiser
-    accelerator, pairs, prefix, continuation = prepare_stage(config)
+    stage, prefix, continuation = prepare_stage("denoiser", config, config_path)
     parts, card, adapter = starting_parts(config)
     parts.normalizer.fit(continuation)
     x_all, c_all = parts.normalizer.to_latent(continuation), parts.normalizer.to_latent(prefix)
     schedule = CosineSchedule(config.pipeline.schedule_shift)
-    device = accelerator.device
+    device = stage.accelerator.device
 
     def batch_loss(model, generator):
         index = torch.randint(0, len(x_all), (t.batch_size,), generator=generator)
@@ -138,14 +165,13 @@ def train_denoiser(config: TrainConfig, config_path: str, leg: LegTimer | None =
 
     optimizer = torch.optim.AdamW(parts.denoiser.parameters(), lr=t.learning_rate, weight_decay=0.01)
     ema = EMA(parts.denoiser, t.ema_decay)
-    state_path = config.run_path / "denoiser-state"
-    restart = resume_point(config, card, "denoiser", state_path)
-    if restart[0] >= t.steps:  # the checkpoint holds the whole stage; only its resume state is gone
+    start = resume_point(card, stage)
+    if start.step >= t.steps:  # the checkpoint holds the whole stage; only its resume state is gone
         return config.output_path
-    run = run_loop(accelerator, parts.denoiser, optimizer, "denoiser", t.steps, t.warmup, t.checkpoint_every, state_path,
-                   batch_loss, config.seed, t.precision, leg or LegTimer(None), ema, restart)
+    result = run_loop(stage.accelerator, parts.denoiser, optimizer, "denoiser", t.steps, t.warmup, t.checkpoint_every,
+                      stage.state_path, batch_loss, config.seed, t.precision, leg or LegTimer(None), ema, start)
     ema.copy_to(parts.denoiser)
-    return finish_stage(config, config_path, accelerator, "denoiser", parts, card, (*run, restart[0]), len(pairs), adapter)
+    return finish_stage(stage, parts, card, result, start, adapter)
 
 
 class PromptGeneratorStage(nn.Module):
@@ -188,13 +214,13 @@ def train_prompt_generator(config: TrainConfig, config_path: str, leg: LegTimer 
 
     t = config.prompt_generator
     leg = leg or LegTimer(None)
-    accelerator, pairs, _, continuation = prepare_stage(config)
+    stage, _, continuation = prepare_stage("prompt-generator", config, config_path)
+    accelerator, pairs = stage.accelerator, stage.pairs
     parts, card, saved_adapter = starting_parts(config)
     if "denoiser" not in card:
         raise DglmError(f"train the denoiser first: {config.output} has no denoiser trained with this config")
-    state_path = config.run_path / "prompt-generator-state"
-    restart = resume_point(config, card, "prompt-generator", state_path)
-    if restart[0] >= t.steps:  # the checkpoint holds the whole stage; only its resume state is gone
+    start = resume_point(card, stage)
+    if start.step >= t.steps:  # the checkpoint holds the whole stage; only its resume state is gone
         return config.output_path
     decoder = SoftPromptDecoder.load(config.pipeline.decoder, str(accelerator.device))
     model_lm = decoder.model
@@ -204,7 +230,7 @@ def train_prompt_generator(config: TrainConfig, config_path: str, leg: LegTimer 
     adapter = add_adapter(model_lm, config.pipeline.decoder_adapter) if config.pipeline.decoder_adapter.rank else []
     for parameter in adapter:
         parameter.data = parameter.data.float()  # trained weights stay fp32
-    if restart[0] and adapter:
+    if start.step and adapter:
         set_adapter_weights(model_lm, saved_adapter)
     latents = parts.normalizer.to_latent(continuation)
     run_dir = config.run_path
@@ -224,28 +250,28 @@ def train_prompt_generator(config: TrainConfig, config_path: str, leg: LegTimer 
         return batch_loss
 
     words_seconds = 0.0
-    if not restart[0] and not has_training_state(state_path):  # a fresh start, not a resumed run
+    if not start.step and not has_training_state(stage.state_path):  # a fresh start, not a resumed run
         match_token_scale(parts.prompt_generator, decoder)
         if t.bag_of_words_steps:
             words = PromptGeneratorStage(parts.prompt_generator, decoder, t.max_target_tokens, 0.0, 1.0)
             optimizer = torch.optim.AdamW(parts.prompt_generator.parameters(), lr=t.learning_rate, weight_decay=0.01)
-            words_losses, words_seconds, _ = run_loop(
+            words_run = run_loop(
                 accelerator, words, optimizer, "prompt-generator (bag of words)", t.bag_of_words_steps, t.warmup,
                 t.checkpoint_every, run_dir / "prompt-generator-words-state", batches_of(t.bag_of_words_batch_size),
                 config.seed, t.precision, leg)
+            words_seconds = words_run.seconds
             if accelerator.is_main_process:
-                plot_losses(words_losses, run_dir / "prompt-generator-words-loss.png", "prompt generator: bag-of-words loss")
-    stage = PromptGeneratorStage(parts.prompt_generator, decoder, t.max_target_tokens, 1.0, t.bag_of_words_weight)
+                plot_losses(words_run.losses, run_dir / "prompt-generator-words-loss.png",
+                            "prompt generator: bag-of-words loss")
+    joint = PromptGeneratorStage(parts.prompt_generator, decoder, t.max_target_tokens, 1.0, t.bag_of_words_weight)
     groups = [{"params": list(parts.prompt_generator.parameters()), "lr": t.learning_rate}]
     if adapter:
         groups.append({"params": adapter, "lr": t.adapter_learning_rate})
     optimizer = torch.optim.AdamW(groups, weight_decay=0.01)
-    losses, seconds, done = run_loop(accelerator, stage, optimizer, "prompt-generator", t.steps, t.warmup,
-                                     t.checkpoint_every, state_path, batches_of(t.batch_size), config.seed, t.precision,
-                                     leg, fallback=restart)
-    return finish_stage(config, config_path, accelerator, "prompt-generator", parts, card,
-                        (losses, words_seconds + seconds, done, restart[0]), len(pairs),
-                        adapter_state(model_lm) if adapter else None)
+    result = run_loop(accelerator, joint, optimizer, "prompt-generator", t.steps, t.warmup, t.checkpoint_every,
+                      stage.state_path, batches_of(t.batch_size), config.seed, t.precision, leg, fallback=start)
+    result.seconds += words_seconds
+    return finish_stage(stage, parts, card, result, start, adapter_state(model_lm) if adapter else None)
 
 
 def train_all(config: TrainConfig, config_path: str, leg: LegTimer | None = None) -> Path:
@@ -282,18 +308,19 @@ LOSS_DESCRIPTIONS = {
 }
 
 
-def stage_card(config, config_path, stage, losses, seconds, steps, pairs, accelerator) -> dict:
-    tail = losses[-100:]
+def stage_card(stage: Stage, result: LoopResult) -> dict:
+    config, accelerator, tail = stage.config, stage.accelerator, result.losses[-100:]
     device = torch.cuda.get_device_name() if accelerator.device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()})"
     return {
-        "command": f"dglm train {stage} --config {config_path}",
-        "config": asdict(getattr(config, stage.replace("-", "_"))),
-        "data": f"{config.data.train} ({pairs} pairs)",
+        "command": f"dglm train {stage.name} --config {stage.config_path}",
+        "config": asdict(stage.settings),
+        "data": f"{config.data.train} ({len(stage.pairs)} pairs)",
+        "sources": dict(sorted(Counter(source_of(pair) for pair in stage.pairs).items())),
         "device": f"{device} x{accelerator.num_processes}",
-        "steps": steps,
-        "wall_time_s": round(seconds),
+        "steps": result.steps,
+        "wall_time_s": round(result.seconds),
         "final_loss": round(sum(tail) / len(tail), 4) if tail else None,
-        "loss": LOSS_DESCRIPTIONS[stage](config),
+        "loss": LOSS_DESCRIPTIONS[stage.name](config),
         "python": sys.version.split()[0],
         "torch": torch.__version__,
     }
