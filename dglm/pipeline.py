@@ -579,4 +579,20 @@ def render_model_card(config: PipelineConfig, card: dict[str, Any]) -> str:
         if facts.get("steps", planned) < planned:  # a leg of a longer run: say so before the figures
             lines += [f"In progress: {facts['steps']} of {planned} steps; the same command continues the run.", ""]
         lines += [f"- {key.replace('_', ' ')}: {value}" for key, value in facts.items()] + [""]
+    if card:
+        lines += licence_lines(config, card)
     return "\n".join(lines).rstrip() + "\n"
+
+
+def licence_lines(config: PipelineConfig, card: dict[str, Any]) -> list[str]:
+    """The model card's licences: of the frozen models, and of every corpus the training pairs came from."""
+    from dglm.data.corpus import SOURCES
+    from dglm.stages.pretrained import model_licence
+
+    lines = ["## Licences", "", f"- encoder `{config.encoder}`: {model_licence(config.encoder)}",
+             f"- decoder `{config.decoder}`: {model_licence(config.decoder)}"]
+    for name in sorted({source for facts in card.values() for source in facts.get("sources", {})}):
+        known = SOURCES.get(name)
+        lines.append(f"- training pairs from {name} (`{known.spec}`): {known.licence}" if known else
+                     f"- training pairs from {name}: not a corpus of `dglm data build`; see where it came from")
+    return lines + ["", "The weights are learnt from these texts: their terms apply to what you do with them.", ""]

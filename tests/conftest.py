@@ -6,8 +6,10 @@ without a hub. Everything is built once per test session in a temporary folder.
 
 from __future__ import annotations
 
+import json
 import os
 import random
+import shutil
 import socket
 import subprocess
 import sys
@@ -42,6 +44,18 @@ def run_two_processes(*args: str, timeout: int = 600) -> subprocess.CompletedPro
 
 POSITIVE = ["great", "good", "wonderful", "brilliant", "happy"]
 NEGATIVE = ["terrible", "awful", "boring", "bad", "dull"]
+
+
+def copy_in_format_1(checkpoint: Path, folder: Path) -> dict:
+    """A copy of `checkpoint` whose config.json is what dglm wrote before named samplers (format 1: one
+    "sampling" section, always DDIM); returns that config."""
+    shutil.copytree(checkpoint, folder)
+    data = json.loads((folder / "config.json").read_text())
+    assert data.pop("format_version") == 2
+    data["sampling"] = {**data.pop("diffusion"), **data.pop("decoding")}
+    del data["sampling"]["sampler"]
+    (folder / "config.json").write_text(json.dumps(data))
+    return data
 
 
 def toy_sentences(count: int, seed: int = 0) -> list[str]:

@@ -3,11 +3,11 @@
 import json
 
 import pytest
-from conftest import free_port
+from conftest import copy_in_format_1, free_port
 
 from dglm import Pipeline
 from dglm.cli import main
-from dglm.pipeline import default_checkpoint_path
+from dglm.pipeline import CHECKPOINT_FORMAT, default_checkpoint_path
 
 pytestmark = pytest.mark.integration
 
@@ -25,6 +25,15 @@ def test_bundled_default_is_small_fp16_and_documented():
     for stage in ("denoiser", "prompt_generator"):
         assert {"command", "data", "device", "steps", "wall_time_s", "final_loss"} <= card[stage].keys()
     assert "## Training: prompt generator" in (folder / "README.md").read_text()
+    assert json.loads((folder / "config.json").read_text())["format_version"] == CHECKPOINT_FORMAT  # read as written
+
+
+def test_the_bundled_default_samples_exactly_as_it_did_in_the_format_it_was_trained_in(default_pipeline, tmp_path):
+    """Re-saving config.json in the current format changed nothing a user sees."""
+    copy_in_format_1(default_checkpoint_path(), tmp_path / "format-1")
+    as_trained = Pipeline.from_pretrained(tmp_path / "format-1", encoder=default_pipeline.encoder)
+    ask = dict(prefix=["The movie", "My friend"], attributes={"sentiment": "negative"}, num_samples=2, seed=5)
+    assert [s.text for s in as_trained.generate(**ask)] == [s.text for s in default_pipeline.generate(**ask)]
 
 
 def test_cli_generates_guided_jsonl_reproducibly(capsys):

