@@ -8,7 +8,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict
 
 from dglm.errors import DglmError
 
@@ -144,6 +144,30 @@ class DecodingSettings(Settings):
 
 
 SETTINGS_SECTIONS: dict[str, type[Settings]] = {"diffusion": DiffusionSettings, "decoding": DecodingSettings}
+
+
+class GenerationSettings(TypedDict, total=False):
+    """The settings `Pipeline.generate` takes by name, for editors and type checkers: each is declared, with its
+    range and help, in DiffusionSettings or DecodingSettings above (a test keeps the two in step); None or left out
+    keeps the checkpoint's value."""
+
+    sampler: str | None
+    steps: int | None
+    guidance_scale: float | None
+    guidance_mode: str | None
+    guidance_target: float | None
+    guidance_anchor: float | None
+    prefix_guidance: float | None
+    mc_draws: int | None
+    renoise_alpha2: float | None
+    max_new_tokens: int | None
+    temperature: float | None
+    top_p: float | None
+    top_k: int | None
+    min_p: float | None
+    repetition_penalty: float | None
+    presence_penalty: float | None
+    frequency_penalty: float | None
 
 
 def declared_settings() -> dict[str, tuple[str, dataclasses.Field, type]]:

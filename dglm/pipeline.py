@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from importlib.resources import files
 from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 
 import torch
 from safetensors import SafetensorError
@@ -23,7 +23,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from dglm.attributes.probes import Probe
-from dglm.config import SETTINGS_SECTIONS, DecodingSettings, DiffusionSettings, PipelineConfig, check_setting, declared_settings
+from dglm.config import (SETTINGS_SECTIONS, DecodingSettings, DiffusionSettings, GenerationSettings, PipelineConfig,
+                         check_setting, declared_settings)
 from dglm.errors import DglmError
 from dglm.plugins import failure_note, get_attributes, get_sampler
 from dglm.seeding import per_sample_randn, sample_generators
@@ -218,48 +219,23 @@ class Pipeline:
 
     # ---- generation ---------------------------------------------------------------------
     @torch.no_grad()
-    def generate(
-        self,
-        prefix: str | list[str],
-        attributes: AttributeSpec = None,
-        num_samples: int = 1,
-        max_new_tokens: int | None = None,
-        seed: int | None = None,
-        guidance_scale: float | None = None,
-        steps: int | None = None,
-        top_p: float | None = None,
-        repetition_penalty: float | None = None,
-        temperature: float | None = None,
-        min_p: float | None = None,
-        batch_size: int = 32,
-        progress: bool = False,
-        *,
-        sampler: str | None = None,
-        prefix_guidance: float | None = None,
-        mc_draws: int | None = None,
-        renoise_alpha2: float | None = None,
-        top_k: int | None = None,
-        guidance_mode: str | None = None,
-        guidance_target: float | None = None,
-        guidance_anchor: float | None = None,
-        presence_penalty: float | None = None,
-        frequency_penalty: float | None = None,
-        stop: str | list[str] | None = None,
-    ) -> list[Sample]:
+    def generate(self, prefix: str | list[str], attributes: AttributeSpec = None, num_samples: int = 1, *,
+                 seed: int | None = None, batch_size: int = 32, progress: bool = False,
+                 stop: str | list[str] | None = None, **settings: Unpack[GenerationSettings]) -> list[Sample]:
         """Continue each prefix `num_samples` times so that the continuations carry `attributes`.
 
         `attributes` is a dict {name: label | (label, weight)} or a list of Constraint or
         "NAME=LABEL[:WEIGHT]" strings; a negative weight steers away from the label. Sample j of prefix
         i uses seed `seed + i * num_samples + j` (`seeded_rows`), stored in the result, which reproduces
-        that sample alone. The generation settings (`dglm.config.DiffusionSettings` and `DecodingSettings`
-        declare them, with their ranges) default to the checkpoint's. `stop`: a string or strings; each
-        continuation ends before the first of them it writes.
+        that sample alone. `settings` are the generation settings by name (`guidance_scale=64`, `min_p=0.1`, ...;
+        `dglm.config.DiffusionSettings` and `DecodingSettings` declare them, with their ranges), each defaulting to
+        the checkpoint's. `stop`: a string or strings; each continuation ends before the first of them it writes.
         """
-        settings = {name: value for name, value in locals().items() if name in SETTINGS}
         if not isinstance(prefix, (str, list, tuple)):
-            raise DglmError(f"prefix must be a string or a list of strings, got {prefix!r}")
+            raise DglmError(f"prefix must be a string or a list of strings, got {prefix!r}", field="prefix")
         prefixes = [prefix] if isinstance(prefix, str) else list(prefix)
-        check_generation_inputs(prefixes, num_samples, batch_size, seed)
+        if not prefixes:
+            raise DglmError("no prefix given; pass a prefix string or a non-empty list of prefixes", field="prefix")
         samples = self.generate_stream(prefixes, attributes, num_samples, seed, batch_size, stop=stop, **settings)
         from tqdm.auto import tqdm
 
@@ -267,10 +243,11 @@ class Pipeline:
 
     def generate_stream(self, prefixes: Iterable[str], attributes: AttributeSpec = None, num_samples: int = 1,
                         seed: int | None = None, batch_size: int = 32, skip: int = 0, stop: str | list[str] | None = None,
-                        **settings: Any) -> Iterator[Sample]:
+                        **settings: Unpack[GenerationSettings]) -> Iterator[Sample]:
         """`generate` for inputs of any length: prefixes are read lazily and samples yielded in order, a batch at a
         time, so memory stays flat however many prefixes there are. `skip` leaves out the first samples (a
-        resumed run); the others are exactly those `generate` gives for the same arguments.
+        resumed run); the others are exactly those `generate` gives for the same arguments. Every argument is
+        checked at the call, each prefix (and the seed it needs) as it is read, before any model runs on it.
 
         Under a multi-process launch (torchrun; see the README), the batches are shared out over the processes
         and the main process yields every sample, in the same order and with the same text as one process; the
@@ -289,13 +266,11 @@ class Pipeline:
 
         def rows() -> Iterator[tuple[int, int, Row]]:
             for i, text in enumerate(prefixes):
-                if not isinstance(text, str) or not text.strip():
-                    raise DglmError(f"prefix {i + 1} is empty; every prefix needs some text to continue")
+                check_prefix(i, text)
                 for j in range(num_samples):
                     k = i * num_samples + j
                     if k >= skip:
-                        if seed + k > MAX_SEED:
-                            raise DglmError(f"seed {seed} is too large for {k + 1} samples (at most {MAX_SEED} in all)")
+                        check_seed(seed, k + 1)
                         yield i, j, Row(text, seed + k, guide, diffusion, decoding)
 
         def samples() -> Iterator[Sample]:  # a generator of its own, so that the checks above run at the call
@@ -462,23 +437,34 @@ def check_setting_values(overrides: dict[str, Any]) -> None:
 
 
 def check_generation_inputs(prefixes: list[str], num_samples: int, batch_size: int, seed: int | None) -> None:
-    """Reject bad prefixes and counts before any model runs (the settings check themselves)."""
+    """Reject bad prefixes and counts before any model loads (the CLI and the server; the settings check themselves)."""
     if not prefixes:
         raise DglmError("no prefix given; pass a prefix string or a non-empty list of prefixes", field="prefix")
     for index, text in enumerate(prefixes):
-        if not isinstance(text, str) or not text.strip():
-            raise DglmError(f"prefix {index + 1} is empty; every prefix needs some text to continue", field="prefix")
-    check_counts(num_samples, batch_size, seed, len(prefixes) * num_samples)
+        check_prefix(index, text)
+    check_counts(num_samples, batch_size, seed)
+    check_seed(seed, len(prefixes) * num_samples)
 
 
-def check_counts(num_samples: int, batch_size: int, seed: int | None, rows: int = 1) -> None:
+def check_prefix(index: int, text: Any) -> None:
+    if not isinstance(text, str) or not text.strip():
+        raise DglmError(f"prefix {index + 1} is empty; every prefix needs some text to continue", field="prefix")
+
+
+def check_counts(num_samples: int, batch_size: int, seed: int | None) -> None:
     for name, value in (("num_samples", num_samples), ("batch_size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise DglmError(f"{name} must be a positive integer, got {value!r}", field=name)
-    last = rows - 1  # the last row's seed is seed + last
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED - last):
-        raise DglmError(f"seed must be an integer from 0 to {MAX_SEED - last} (or None for a random one), got {seed!r}",
-                         field="seed")
+    check_seed(seed, 1)
+
+
+def check_seed(seed: int | None, samples: int) -> None:
+    """A seed must leave room for `samples` consecutive seeds (sample k uses seed + k) below torch's limit."""
+    most = MAX_SEED - (samples - 1)
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= most):
+        needs = f" for {samples} samples" if samples > 1 else ""
+        raise DglmError(f"seed must be an integer from 0 to {most}{needs} (or None for a random one), got {seed!r}",
+                        field="seed")
 
 
 def write_checkpoint(folder: Path, config: PipelineConfig, parts: TrainableParts, card: dict[str, Any],

@@ -117,3 +117,11 @@ def test_fuzzed_python_calls_raise_dglm_errors_only(tiny_pipeline):
         except DglmError:
             outcomes["refused"] += 1
     assert outcomes["ran"] > 0 and outcomes["refused"] > 0, outcomes
+
+
+def test_a_seed_without_room_for_every_sample_is_refused_before_any_sample_is_made(tiny_pipeline):
+    from dglm.pipeline import MAX_SEED
+
+    assert len(tiny_pipeline.generate("The movie", num_samples=2, seed=MAX_SEED - 1, max_new_tokens=1)) == 2
+    with pytest.raises(DglmError, match=f"seed must be an integer from 0 to {MAX_SEED - 2} for 3 samples"):
+        tiny_pipeline.generate("The movie", num_samples=3, seed=MAX_SEED - 1, max_new_tokens=1)

@@ -7,22 +7,28 @@ import typing
 import pytest
 
 from dglm.cli import build_parser
-from dglm.config import DecodingSettings, DiffusionSettings, PipelineConfig, TrainConfig, declared_settings
+from dglm.config import DecodingSettings, DiffusionSettings, GenerationSettings, PipelineConfig, TrainConfig, declared_settings
 from dglm.errors import DglmError
 from dglm.pipeline import Pipeline, render_model_card
 
 SETTINGS = declared_settings()
 
 
-def test_pipeline_generate_takes_every_declared_setting_as_a_typed_keyword():
+def test_pipeline_generate_takes_every_declared_setting_as_a_typed_keyword_only():
     parameters = inspect.signature(Pipeline.generate).parameters
-    hints = typing.get_type_hints(Pipeline.generate)
+    keyword_only = {name for name, p in parameters.items() if p.kind is p.KEYWORD_ONLY}
+    assert keyword_only == {"seed", "batch_size", "progress", "stop"} and "settings" in parameters
+    hints = typing.get_type_hints(GenerationSettings)
+    assert set(hints) == set(SETTINGS), "GenerationSettings and the declarations differ"
     for name, (_, _, kind) in SETTINGS.items():
-        assert name in parameters, f"Pipeline.generate lacks the setting {name}"
-        assert parameters[name].default is None  # None: the checkpoint's value
         assert hints[name] == kind | None, f"{name}: {hints[name]} is not {kind} | None"
-    others = {"self", "prefix", "attributes", "num_samples", "seed", "batch_size", "progress", "stop"}
-    assert set(parameters) - others == set(SETTINGS), "a generate argument that is not a declared setting"
+
+
+def test_an_unknown_setting_or_a_positional_one_is_refused(tiny_pipeline):
+    with pytest.raises(DglmError, match="unknown generation setting"):
+        tiny_pipeline.generate("The movie", guidance_sacle=4.0)
+    with pytest.raises(TypeError):
+        tiny_pipeline.generate("The movie", None, 1, 5)  # max_new_tokens was once the fourth argument
 
 
 def test_dglm_generate_has_a_flag_for_every_declared_setting():
