@@ -144,6 +144,21 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--cache", type=Path, default=Path("data/sources"), help="where the downloaded archives are kept (default data/sources)")
     build.add_argument("--seed", type=int, default=0, help="seed for the split points (default 0)")
     build.set_defaults(handler=cmd_data_build)
+    distill = data.add_parser(
+        "distill", help="continue the training pairs' prefixes with the published decoder (decoder-written targets)",
+        description="For the pairs a training config selects, sample a continuation of each prefix from the decoder as "
+                    "published, with the checkpoint's decoding and the real continuation's length, and write them as a "
+                    "pairs file (resumable like `dglm generate --output`); then report how the sentiment probe reads "
+                    "real and decoder-written continuations (OUT.balance.json). Train on them by pointing a config's "
+                    "data.train at OUT.")
+    distill.add_argument("--config", type=Path, required=True, help="training config whose pairs, decoder and decoding are used")
+    distill.add_argument("--out", type=Path, required=True, help="the pairs file to write (JSONL)")
+    distill.add_argument("--seed", type=int, default=0, help="pair k is sampled with seed SEED + k (default 0)")
+    distill.add_argument("--batch-size", type=int, default=25, help="prefixes decoded together (default 25)")
+    distill.add_argument("--limit", type=int, default=0, help="only the first N pairs (default 0: all)")
+    distill.add_argument("--resume", action="store_true", help="continue an interrupted run's file")
+    distill.add_argument("--no-balance", action="store_true", help="skip the sentiment balance report")
+    distill.set_defaults(handler=cmd_data_distill)
 
     train = commands.add_parser(
         "train", help="train the denoiser, the prompt generator, or both, from a YAML config",
@@ -381,6 +396,23 @@ def cmd_data_build(args: argparse.Namespace) -> None:
     counts = build(args.out, args.cache, seed=args.seed)
     for name, count in counts.items():
         print(f"wrote {args.out / name}: {count} rows")
+
+
+def cmd_data_distill(args: argparse.Namespace) -> None:
+    import json
+
+    from dglm.config import TrainConfig
+    from dglm.training.distill import distill, sentiment_balance
+
+    config = TrainConfig.from_yaml(args.config)
+    count = distill(config, args.out, args.seed, args.batch_size, args.limit, args.resume)
+    print(f"wrote {args.out}: {count} decoder-written pairs")
+    if not args.no_balance:
+        report = sentiment_balance(config, args.out)
+        balance = args.out.with_name(args.out.name + ".balance.json")
+        balance.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"sentiment as the probe reads it, real: {report['real']['all']}; decoder-written: "
+              f"{report['decoder_written']['all']} (by source: {balance})")
 
 
 def cmd_train(args: argparse.Namespace) -> None:

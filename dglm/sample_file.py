@@ -78,9 +78,13 @@ class SampleFile:
                                 f"{expected[2]}); the file was not written by this run")
         return len(lines)
 
-    def append(self, samples: list[Sample]) -> None:
-        """Add a batch of samples in one write of whole lines."""
-        text = "".join(format_sample(sample, self.form) for sample in samples)
+    def append(self, samples: list[Sample], extra: list[dict[str, Any]] | None = None) -> None:
+        """Add a batch of samples in one write of whole lines; `extra` adds fields to each sample's JSONL line."""
+        if extra is None:
+            text = "".join(format_sample(sample, self.form) for sample in samples)
+        else:
+            text = "".join(json.dumps({**sample.to_dict(), **fields}, ensure_ascii=False) + "\n"
+                           for sample, fields in zip(samples, extra))
         with open(self.path, "ab", buffering=0) as file:
             file.write(text.encode("utf-8"))
 

@@ -1,0 +1,95 @@
+"""Decoder-written targets (self-distillation): the training pairs' prefixes continued by the published decoder.
+
+Trained on the corpus's own continuations, the prompt generator and its adapter learn to write like the corpus,
+whose text is about four times as perplexing as the decoder's own samples (NOTEBOOK, "Where fluency is lost").
+Trained on continuations the decoder wrote itself, with the shipped decoding and each real continuation's length,
+they learn to carry a continuation's meaning while the style stays the decoder's.
+
+The targets are written as `dglm generate --output` writes samples (one line a pair, in the pairs' order, pair k
+with seed `seed + k`), so a killed run continues with `resume`; each line keeps its pair's source. Within a chunk
+of pairs, those of alike length are decoded together (a batch runs as long as its longest row), which a sample's
+text does not depend on. The file is a
+pairs file: point a training config's `data.train` at it.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from dglm.config import TrainConfig
+from dglm.data.pairs import iter_pairs, select_pairs, source_of
+from dglm.errors import DglmError
+from dglm.pipeline import Sample, chunks
+from dglm.sample_file import SampleFile
+from dglm.seeding import sample_generators
+
+CHUNK_BATCHES = 40  # batches per write: pairs are decoded sorted by length within a chunk, written in order
+
+
+def distill(config: TrainConfig, out: Path, seed: int = 0, batch_size: int = 25, limit: int = 0,
+            resume: bool = False) -> int:
+    """Write decoder-written targets for the pairs `config` trains on (the first `limit`, 0: all) to `out`; return
+    how many lines the file holds."""
+    from tqdm.auto import tqdm
+
+    from dglm.stages.decoder import SoftPromptDecoder
+
+    if batch_size < 1 or limit < 0:
+        raise DglmError(f"batch size must be at least 1 and limit at least 0, got {batch_size} and {limit}")
+    pairs = select_pairs(config.data)[: limit or None]
+    decoding = config.pipeline.decoding
+    run = {"decoder": config.pipeline.decoder, "pairs": asdict(config.data), "limit": limit, "num_samples": 1,
+           "seed": seed, **asdict(decoding)}
+    written = SampleFile(out, run, "jsonl", resume)
+    decoder = SoftPromptDecoder.load(config.pipeline.decoder)
+    lengths = [max(1, len(ids)) for ids in decoder.token_ids([pair["continuation"] for pair in pairs])]
+    bar = tqdm(total=len(pairs), initial=written.held, desc="decoder-written targets", unit="pair")
+    for start in range(written.held, len(pairs), batch_size * CHUNK_BATCHES):
+        chunk = range(start, min(start + batch_size * CHUNK_BATCHES, len(pairs)))
+        texts = {}
+        for batch in chunks(sorted(chunk, key=lengths.__getitem__), batch_size):  # alike lengths decode together
+            settings = [decoding.updated(max_new_tokens=lengths[k]) for k in batch]  # the corpus's length distribution
+            generated = decoder.generate([pairs[k]["prefix"] for k in batch], None,
+                                         sample_generators([seed + k for k in batch]), settings)
+            texts.update(zip(batch, generated))
+            bar.update(len(batch))
+        written.append([Sample(pairs[k]["prefix"], texts[k], {}, seed + k, [], k, 0) for k in chunk],
+                       extra=[{"source": source_of(pairs[k])} for k in chunk])
+    bar.close()
+    return len(pairs)
+
+
+def sentiment_balance(config: TrainConfig, targets: Path, attribute: str = "sentiment") -> dict[str, Any]:
+    """The share of continuations the attribute's probe reads as each label, real against decoder-written, overall
+    and by source: the decoder leans positive, and negative tone must stay learnable."""
+    import torch
+
+    from dglm.plugins import get_attributes
+    from dglm.stages.encoder import SentenceEncoder
+
+    written = list(iter_pairs(targets))
+    real = select_pairs(config.data)[: len(written)]
+    probe = get_attributes()[attribute].probe
+    encoder = SentenceEncoder(config.pipeline.encoder)
+
+    def labels(texts: list[str]) -> list[str]:
+        with torch.no_grad():
+            scores = probe(encoder.encode(texts, batch_size=128, progress=True))
+        return [probe.labels[i] for i in scores.argmax(dim=-1).tolist()]
+
+    report: dict[str, Any] = {"pairs": len(written), "attribute": attribute}
+    for name, texts in (("real", [p["continuation"] for p in real]), ("decoder_written", [p["continuation"] for p in written])):
+        read = labels(texts)
+        by_source: dict[str, Counter] = {}
+        for pair, label in zip(written, read):
+            by_source.setdefault(source_of(pair), Counter())[label] += 1
+        report[name] = {"all": shares(Counter(read)), **{source: shares(c) for source, c in sorted(by_source.items())}}
+    return report
+
+
+def shares(counts: Counter) -> dict[str, float]:
+    total = sum(counts.values())
+    return {label: round(count / total, 4) for label, count in sorted(counts.items())}

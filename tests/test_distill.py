@@ -1,0 +1,74 @@
+"""Decoder-written targets (`dglm data distill`): one per training pair, from the published decoder with the
+checkpoint's decoding and the real continuation's length, resumable, and trainable as a pairs file."""
+
+import dataclasses
+import json
+
+import pytest
+import yaml
+from conftest import toy_sentences
+
+from dglm.cli import main
+from dglm.config import DataConfig, TrainConfig
+from dglm.data.pairs import iter_pairs, select_pairs
+from dglm.errors import DglmError
+from dglm.seeding import sample_generators
+from dglm.stages.decoder import SoftPromptDecoder
+from dglm.training.distill import distill, sentiment_balance
+from dglm.training.stages import train_denoiser
+
+
+@pytest.fixture
+def config_path(tiny_config, tmp_path):
+    sentences = toy_sentences(12, seed=5)
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"prefix": s[:12], "continuation": " " + s[12:],
+                                         "source": "reviews" if i % 3 == 0 else "news"}) + "\n"
+                             for i, s in enumerate(sentences)))
+    data = {"run_dir": str(tmp_path / "run"), "output": str(tmp_path / "checkpoint"), "pipeline": tiny_config.to_dict(),
+            "data": {"train": str(pairs), "max_pairs": 8, "all_pairs_from": ["reviews"]},
+            "denoiser": {"steps": 2, "batch_size": 4, "warmup": 1, "checkpoint_every": 1}}
+    path = tmp_path / "train.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_each_selected_pair_gets_the_decoders_own_continuation_of_its_length_and_keeps_its_source(config_path, tmp_path):
+    config = TrainConfig.from_yaml(config_path)
+    out = tmp_path / "distilled.jsonl"
+    assert distill(config, out, seed=7, batch_size=4) == 9  # the first 8 pairs and the one later review
+    written, real = list(iter_pairs(out)), select_pairs(config.data)
+    assert [(w["prefix"], w["source"], w["seed"]) for w in written] == [(p["prefix"], p["source"], 7 + k)
+                                                                         for k, p in enumerate(real)]
+    decoder = SoftPromptDecoder.load(config.pipeline.decoder)
+    for k in (5, 8):  # a news pair in the second batch, the review kept past max_pairs in the third
+        length = len(decoder.token_ids([real[k]["continuation"]])[0])
+        alone = decoder.generate([real[k]["prefix"]], None, sample_generators([7 + k]),
+                                 config.pipeline.decoding.updated(max_new_tokens=length))
+        assert written[k]["continuation"] == alone[0], "a target is what the published decoder writes alone, as long as the real one"
+
+
+def test_a_killed_run_resumes_to_the_same_file_and_trains(config_path, tmp_path):
+    config = TrainConfig.from_yaml(config_path)
+    whole, killed = tmp_path / "whole.jsonl", tmp_path / "killed.jsonl"
+    distill(config, whole, batch_size=3)
+    distill(config, killed, batch_size=3)
+    lines = killed.read_bytes().splitlines(keepends=True)
+    killed.write_bytes(b"".join(lines[:4]) + lines[4][:10])  # killed while writing its fifth line
+    with pytest.raises(DglmError, match="already holds samples; pass --resume"):
+        distill(config, killed, batch_size=3)
+    distill(config, killed, batch_size=3, resume=True)
+    assert killed.read_bytes() == whole.read_bytes()
+    trained = dataclasses.replace(config, data=DataConfig(train=str(whole)))
+    card = json.loads((train_denoiser(trained, "distilled") / "card.json").read_text())
+    assert card["denoiser"]["sources"] == {"news": 5, "reviews": 4}
+
+
+def test_the_balance_report_reads_real_and_decoder_written_continuations_alike(config_path, tmp_path, toy_plugin, capsys):
+    out = tmp_path / "distilled.jsonl"
+    assert main(["data", "distill", "--config", str(config_path), "--out", str(out), "--no-balance"]) == 0
+    report = sentiment_balance(TrainConfig.from_yaml(config_path), out, attribute="toy_sentiment")
+    assert report["pairs"] == 9 and set(report) == {"pairs", "attribute", "real", "decoder_written"}
+    for side in ("real", "decoder_written"):
+        assert set(report[side]) == {"all", "news", "reviews"}
+        assert abs(sum(report[side]["all"].values()) - 1) < 1e-3
