@@ -12,6 +12,7 @@ from dglm.config import EvalConfig, TrainConfig, read_yaml_mapping
 from dglm.errors import DglmError
 from dglm.evaluation.harness import check_methods
 from dglm.pipeline import TrainableParts, read_checkpoint, render_model_card
+from dglm.training.stages import same_stage_config
 
 ROOT = Path(__file__).resolve().parent.parent
 BUNDLED = ROOT / "dglm" / "default"
@@ -37,8 +38,9 @@ def test_cpu_training_config_matches_the_bundled_checkpoint():
     config = TrainConfig.from_yaml(ROOT / "configs" / "train-cpu.yaml")
     card = json.loads((BUNDLED / "card.json").read_text())
     assert read_checkpoint(BUNDLED)[0] == config.pipeline
-    assert card["denoiser"]["config"] == dataclasses.asdict(config.denoiser)
-    assert card["prompt_generator"]["config"] == dataclasses.asdict(config.prompt_generator)
+    assert same_stage_config(card["denoiser"]["config"], config.denoiser)
+    assert same_stage_config(card["prompt_generator"]["config"], config.prompt_generator)
+    assert not same_stage_config({**card["prompt_generator"]["config"], "anchor_share": 0.5}, config.prompt_generator)
 
 
 def test_bundled_model_card_describes_its_config():

@@ -259,3 +259,64 @@ def test_bf16_training_keeps_fp32_weights_and_writes_a_loadable_checkpoint(train
     state = json.loads((config.run_path / "prompt-generator-state.json").read_text())
     assert all(math.isfinite(loss) for loss in state["losses"])
     assert len(Pipeline.from_pretrained(output).generate("The movie", num_samples=2, seed=0)) == 2
+
+
+def test_the_kl_anchor_is_zero_for_the_published_decoder_and_pulls_an_adapter_back_to_it(tiny_config):
+    from dglm.config import AdapterConfig
+    from dglm.stages.decoder import SoftPromptDecoder
+    from dglm.stages.decoder_adapter import adapter_disabled, add_adapter
+
+    decoder = SoftPromptDecoder.load(tiny_config.decoder)
+    decoder.model.requires_grad_(False)
+    adapter = add_adapter(decoder.model, AdapterConfig(rank=2, targets=["c_attn"]))
+    texts = toy_sentences(4, seed=8)
+    prefixes, continuations = [t[:10] for t in texts], [" " + t[10:] for t in texts]
+    assert decoder.anchor_loss(prefixes, continuations).item() < 1e-6  # LoRA starts as a no-op
+    with torch.no_grad():
+        for parameter in adapter:
+            parameter.add_(0.3 * torch.randn_like(parameter))
+    tokens = torch.tensor([[5, 17, 42, 9]])
+    with torch.no_grad(), adapter_disabled(decoder.model):
+        published = decoder.model(input_ids=tokens).logits
+    assert not torch.allclose(decoder.model(input_ids=tokens).logits, published)  # the adapter is back on after
+    anchor = decoder.anchor_loss(prefixes, continuations)
+    assert anchor.item() > 1e-4
+    anchor.backward()
+    assert all(parameter.grad is not None for parameter in adapter)
+
+
+def test_an_anchored_run_draws_the_same_batches_and_says_so_in_its_card(train_config, tmp_path, monkeypatch):
+    from dglm.config import AdapterConfig
+    from dglm.training.stages import PromptGeneratorStage
+
+    seen: dict[str, list] = {"plain": [], "anchored": []}
+    forward = PromptGeneratorStage.forward
+
+    def recording(self, noisy_latents, prefixes, continuations, anchored=False):
+        seen[run_name].append((prefixes, continuations, anchored))
+        return forward(self, noisy_latents, prefixes, continuations, anchored)
+
+    monkeypatch.setattr(PromptGeneratorStage, "forward", recording)
+
+    def trained(name: str, share: float):
+        nonlocal run_name
+        run_name = name
+        config = TrainConfig.from_yaml(train_config)
+        config.run_dir, config.output = str(tmp_path / name / "run"), str(tmp_path / name / "out")
+        config.pipeline.decoder_adapter = AdapterConfig(rank=2, targets=["c_attn"])
+        config.prompt_generator.adapter_learning_rate = 0.05
+        config.prompt_generator.anchor_share, config.prompt_generator.anchor_weight = share, 10.0
+        train_denoiser(config, str(train_config))
+        return json.loads((train_prompt_generator(config, str(train_config)) / "card.json").read_text())
+
+    run_name = ""
+    plain, anchored = trained("plain", 0.0), trained("anchored", 1.0)
+    assert "KL to the published decoder on 100% of steps" in anchored["prompt_generator"]["loss"]
+    assert "KL" not in plain["prompt_generator"]["loss"]
+    assert [batch[:2] for batch in seen["anchored"]] == [batch[:2] for batch in seen["plain"]]
+    assert all(batch[2] for batch in seen["anchored"]) and not any(batch[2] for batch in seen["plain"])
+    config = TrainConfig.from_yaml(train_config)
+    config.prompt_generator.anchor_share, config.prompt_generator.anchor_weight = 0.5, 1.0
+    train_denoiser(config, str(train_config))
+    with pytest.raises(DglmError, match="decoder_adapter.rank is 0"):
+        train_prompt_generator(config, str(train_config))

@@ -187,23 +187,44 @@ class SoftPromptDecoder:
 
     def loss(self, prefixes: list[str], continuations: list[str], soft_prompts: torch.Tensor,
              max_target_tokens: int | None = None) -> torch.Tensor:
-        """Mean cross-entropy of the continuation tokens given [prefix ; soft prompts] (for training).
+        """Mean cross-entropy of the continuation tokens given [prefix ; soft prompts] (for training)."""
+        logits, labels = self._continuation_logits(prefixes, continuations, soft_prompts, max_target_tokens)
+        return F.cross_entropy(logits.float(), torch.tensor(labels, device=self.device))
+
+    def anchor_loss(self, prefixes: list[str], continuations: list[str], max_target_tokens: int | None = None) -> torch.Tensor:
+        """KL divergence from the published decoder to this one, both reading [prefix ; continuation] without soft
+        prompts, over the continuation's tokens (for training with a LoRA adapter): it holds the adapter to changing
+        the decoder only where soft prompts ask it to."""
+        from dglm.stages.decoder_adapter import adapter_disabled
+
+        adapted, _ = self._continuation_logits(prefixes, continuations, None, max_target_tokens)
+        with torch.no_grad(), adapter_disabled(self.model):
+            published, _ = self._continuation_logits(prefixes, continuations, None, max_target_tokens)
+        return F.kl_div(F.log_softmax(adapted.float(), -1), F.log_softmax(published.float(), -1), log_target=True,
+                        reduction="batchmean")
+
+    def _continuation_logits(self, prefixes: list[str], continuations: list[str], soft_prompts: torch.Tensor | None,
+                             max_target_tokens: int | None) -> tuple[torch.Tensor, list[int]]:
+        """The logits that predict each continuation token from [prefix ; soft prompts (if any) ; continuation so
+        far], with the tokens they predict.
 
         The rows are packed into one sequence, each attending only to itself (its positions restart at 0,
         which the model reads as a new sequence), so no compute goes to padding; logits are computed only
         where a continuation token is predicted, not over the whole vocabulary at every position.
         """
         rows = [(p, c[:max_target_tokens]) for p, c in zip(self.token_ids(prefixes), self.token_ids(continuations))]
-        k = soft_prompts.shape[1]
+        k = 0 if soft_prompts is None else soft_prompts.shape[1]
         table = self.model.get_input_embeddings()
         embeds, positions, predict_at, labels = [], [], [], []
         offset = 0
-        for (prefix_ids, target_ids), soft in zip(rows, soft_prompts):
+        for row, (prefix_ids, target_ids) in enumerate(rows):
             token_embeds = table(torch.tensor(prefix_ids + target_ids, device=self.device))
-            embeds += [token_embeds[: len(prefix_ids)], soft.to(token_embeds.dtype), token_embeds[len(prefix_ids):]]
+            soft = [] if soft_prompts is None else [soft_prompts[row].to(token_embeds.dtype)]
+            embeds += [token_embeds[: len(prefix_ids)], *soft, token_embeds[len(prefix_ids):]]
             length = len(prefix_ids) + k + len(target_ids)
             positions.append(torch.arange(length))
-            # The token at position p is predicted from position p - 1: the last soft prompt predicts the first target.
+            # The token at position p is predicted from position p - 1: the last soft prompt (or prefix token)
+            # predicts the first target.
             first = offset + len(prefix_ids) + k - 1
             predict_at.append(torch.arange(first, first + len(target_ids)))
             labels += target_ids
@@ -212,7 +233,7 @@ class SoftPromptDecoder:
         keep = torch.cat(predict_at).to(self.device)
         logits = self.model(inputs_embeds=torch.cat(embeds)[None], position_ids=position_ids, use_cache=False,
                             logits_to_keep=keep).logits[0]
-        return F.cross_entropy(logits.float(), torch.tensor(labels, device=self.device))
+        return logits, labels
 
     def bag_of_words_loss(self, continuations: list[str], soft_prompts: torch.Tensor,
                           max_target_tokens: int | None = None) -> torch.Tensor:

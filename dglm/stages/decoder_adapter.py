@@ -8,6 +8,9 @@ into the decoder's weights when a pipeline is loaded, so generation costs exactl
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from torch import nn
 
@@ -73,3 +76,18 @@ def load_adapter(model: nn.Module, config: AdapterConfig, state: dict[str, torch
                 module.merge()
                 parent, attribute = name.rsplit(".", 1)
                 setattr(model.get_submodule(parent), attribute, module.get_base_layer())
+
+
+@contextmanager
+def adapter_disabled(model: nn.Module) -> Iterator[None]:
+    """Run `model` as published: its injected (unmerged) LoRA layers switched off, and on again after."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    layers = [module for module in model.modules() if isinstance(module, BaseTunerLayer)]
+    for layer in layers:
+        layer.enable_adapters(False)
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.enable_adapters(True)

@@ -104,9 +104,15 @@ def steps_in_checkpoint(card: dict, stage: Stage) -> StartPoint:
     """How many steps of this stage, trained with this stage config, the output checkpoint already holds, and
     the seconds they took. A run whose resume state is lost continues from there (with a fresh optimizer)."""
     facts = card.get(stage.key, {})
-    if facts.get("config") != asdict(stage.settings):
+    if "config" not in facts or not same_stage_config(facts["config"], stage.settings):
         return StartPoint()
     return StartPoint(int(facts.get("steps", 0)), float(facts.get("wall_time_s", 0)))
+
+
+def same_stage_config(saved: dict, settings) -> bool:
+    """Whether a model card's record of a stage's config is `settings` (options added since it was written count as
+    at their defaults)."""
+    return {**asdict(type(settings)()), **saved} == asdict(settings)
 
 
 def finish_stage(stage: Stage, parts, card: dict, result: LoopResult, start: StartPoint,
@@ -182,16 +188,18 @@ class PromptGeneratorStage(nn.Module):
     """
 
     def __init__(self, prompt_generator: nn.Module, decoder, max_target_tokens: int, decoder_weight: float,
-                 bag_of_words_weight: float):
+                 bag_of_words_weight: float, anchor_weight: float = 0.0):
         super().__init__()
         self.prompt_generator = prompt_generator
         self.decoder = decoder
         self.adapter = nn.ParameterList([p for p in decoder.model.parameters() if p.requires_grad])
         self.max_target_tokens = max_target_tokens
-        self.decoder_weight, self.bag_of_words_weight = decoder_weight, bag_of_words_weight
+        self.decoder_weight, self.bag_of_words_weight, self.anchor_weight = decoder_weight, bag_of_words_weight, anchor_weight
 
-    def forward(self, noisy_latents: torch.Tensor, prefixes: list[str], continuations: list[str]) -> torch.Tensor:
-        """Weighted sum of the decoder's cross-entropy of the continuations and the bag-of-words loss."""
+    def forward(self, noisy_latents: torch.Tensor, prefixes: list[str], continuations: list[str],
+                anchored: bool = False) -> torch.Tensor:
+        """Weighted sum of the decoder's cross-entropy of the continuations and the bag-of-words loss, plus, on an
+        `anchored` step, the KL anchor to the published decoder."""
         soft_prompts = self.prompt_generator(noisy_latents)
         loss = torch.zeros((), device=soft_prompts.device)
         if self.decoder_weight:
@@ -199,6 +207,8 @@ class PromptGeneratorStage(nn.Module):
         if self.bag_of_words_weight:
             loss = loss + self.bag_of_words_weight * self.decoder.bag_of_words_loss(continuations, soft_prompts,
                                                                                     self.max_target_tokens)
+        if anchored and self.anchor_weight:
+            loss = loss + self.anchor_weight * self.decoder.anchor_loss(prefixes, continuations, self.max_target_tokens)
         return loss
 
 
@@ -219,6 +229,12 @@ def train_prompt_generator(config: TrainConfig, config_path: str, leg: LegTimer 
     parts, card, saved_adapter = starting_parts(config)
     if "denoiser" not in card:
         raise DglmError(f"train the denoiser first: {config.output} has no denoiser trained with this config")
+    if t.anchor_share and t.anchor_weight and not config.pipeline.decoder_adapter.rank:
+        raise DglmError("prompt_generator.anchor_share and anchor_weight hold a decoder adapter to the published "
+                        "decoder, but pipeline.decoder_adapter.rank is 0 (no adapter); set a rank or drop the anchor")
+    if not (0 <= t.anchor_share <= 1 and t.anchor_weight >= 0):
+        raise DglmError(f"prompt_generator.anchor_share must be in [0, 1] and anchor_weight at least 0, got "
+                        f"{t.anchor_share} and {t.anchor_weight}")
     start = resume_point(card, stage)
     if start.step >= t.steps:  # the checkpoint holds the whole stage; only its resume state is gone
         return config.output_path
@@ -245,8 +261,10 @@ def train_prompt_generator(config: TrainConfig, config_path: str, leg: LegTimer 
             alpha2 = t.alpha2_min + (1 - t.alpha2_min) * torch.rand(size, generator=generator)
             noise = torch.randn(size, latents.shape[1], generator=generator)
             batch = [pairs[i] for i in index.tolist()]
+            # Drawn after the batch, so that a run with the anchor sees the same batches as one without.
+            anchored = bool(t.anchor_share) and torch.rand(1, generator=generator).item() < t.anchor_share
             return model(noise_to_level(latents[index], alpha2, noise).to(accelerator.device),
-                         [p["prefix"] for p in batch], [p["continuation"] for p in batch])
+                         [p["prefix"] for p in batch], [p["continuation"] for p in batch], anchored)
         return batch_loss
 
     words_seconds = 0.0
@@ -263,7 +281,8 @@ def train_prompt_generator(config: TrainConfig, config_path: str, leg: LegTimer 
             if accelerator.is_main_process:
                 plot_losses(words_run.losses, run_dir / "prompt-generator-words-loss.png",
                             "prompt generator: bag-of-words loss")
-    joint = PromptGeneratorStage(parts.prompt_generator, decoder, t.max_target_tokens, 1.0, t.bag_of_words_weight)
+    joint = PromptGeneratorStage(parts.prompt_generator, decoder, t.max_target_tokens, 1.0, t.bag_of_words_weight,
+                                 t.anchor_weight)
     groups = [{"params": list(parts.prompt_generator.parameters()), "lr": t.learning_rate}]
     if adapter:
         groups.append({"params": adapter, "lr": t.adapter_learning_rate})
@@ -299,12 +318,18 @@ def match_token_scale(prompt_generator, decoder) -> None:
     prompt_generator.to_decoder.bias.zero_()
 
 
+def prompt_generator_loss(config: TrainConfig) -> str:
+    t = config.prompt_generator
+    anchor = (f" + {t.anchor_weight} x KL to the published decoder on {t.anchor_share:.0%} of steps"
+              if t.anchor_share and t.anchor_weight else "")
+    return (f"decoder cross-entropy per continuation token + {t.bag_of_words_weight} x bag-of-words cross-entropy{anchor} "
+            f"(mean of the last 100 steps); the wall time also covers the {t.bag_of_words_steps} bag-of-words-only "
+            "steps run first")
+
+
 LOSS_DESCRIPTIONS = {
     "denoiser": lambda config: "v-prediction mean squared error (mean of the last 100 steps)",
-    "prompt-generator": lambda config: (
-        f"decoder cross-entropy per continuation token + {config.prompt_generator.bag_of_words_weight} x bag-of-words "
-        f"cross-entropy (mean of the last 100 steps); the wall time also covers the "
-        f"{config.prompt_generator.bag_of_words_steps} bag-of-words-only steps run first"),
+    "prompt-generator": prompt_generator_loss,
 }
 
 
