@@ -252,6 +252,9 @@ class TrainConfig:
     # Resume states, the embedding cache and the checkpoint live outside the repository; "~" is expanded.
     run_dir: str = "~/.cache/dglm/runs/default"
     output: str = "~/.cache/dglm/runs/default/checkpoint"
+    # A checkpoint to start from while `output` holds none (a trial that fine-tunes the default, say): its denoiser,
+    # prompt generator and adapter are the starting weights, and the prompt generator is fine-tuned, not restarted.
+    init_from: str = ""
     seed: int = 0
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     data: DataConfig = field(default_factory=DataConfig)

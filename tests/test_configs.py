@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from dglm.config import EvalConfig, TrainConfig, read_yaml_mapping
+from dglm.config import DataConfig, EvalConfig, TrainConfig, read_yaml_mapping
 from dglm.errors import DglmError
 from dglm.evaluation.harness import check_methods
 from dglm.pipeline import TrainableParts, read_checkpoint, render_model_card
@@ -19,9 +19,11 @@ BUNDLED = ROOT / "dglm" / "default"
 
 
 TRIALS = sorted((ROOT / "configs" / "trials").glob("*.yaml"))
+FLUENCY_TRIALS = {path.stem: path for path in (ROOT / "configs" / "trials" / "fluency").glob("*.yaml")}
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")) + TRIALS, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")) + TRIALS + sorted(FLUENCY_TRIALS.values()),
+                         ids=lambda p: p.name)
 def test_training_configs_parse(path):
     assert TrainConfig.from_yaml(path).prompt_generator.steps > 0
 
@@ -161,3 +163,19 @@ def test_a_lever_trial_draws_the_long_runs_batches(path):
         assert trial.denoiser == long_run.denoiser
     assert trial.pipeline != TrainConfig.from_yaml(path.parent / yaml.safe_load(path.read_text())["extends"]).pipeline
     assert trial.run_dir != long_run.run_dir and trial.output != long_run.output
+
+
+def test_the_fluency_trials_differ_in_their_targets_and_the_anchor_alone():
+    """Read side by side, the three trials must start from the same weights and draw the same batches: the
+    decoder-written file holds the default's pairs in their order, so only the targets (then the anchor) differ."""
+    real, decoder, anchored = (TrainConfig.from_yaml(FLUENCY_TRIALS[name])
+                               for name in ("real-targets", "decoder-targets", "decoder-targets-anchor"))
+    default = TrainConfig.from_yaml(ROOT / "configs" / "train-cpu.yaml")
+    assert real.init_from == "dglm/default" and real.pipeline == default.pipeline and real.data == default.data
+    for trial in (decoder, anchored):
+        assert (trial.seed, trial.pipeline, trial.init_from) == (real.seed, real.pipeline, real.init_from)
+        assert trial.data == DataConfig(train="data/pairs-distilled.jsonl")
+    assert decoder.prompt_generator == real.prompt_generator and real.prompt_generator.anchor_share == 0
+    assert dataclasses.replace(anchored.prompt_generator, anchor_share=0.0, anchor_weight=0.0) == real.prompt_generator
+    assert anchored.prompt_generator.anchor_share > 0 and anchored.prompt_generator.anchor_weight > 0
+    assert len({trial.run_dir for trial in (real, decoder, anchored)} | {default.run_dir}) == 4

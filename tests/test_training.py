@@ -320,3 +320,32 @@ def test_an_anchored_run_draws_the_same_batches_and_says_so_in_its_card(train_co
     train_denoiser(config, str(train_config))
     with pytest.raises(DglmError, match="decoder_adapter.rank is 0"):
         train_prompt_generator(config, str(train_config))
+
+
+def test_a_run_from_init_from_fine_tunes_that_checkpoint_instead_of_starting_afresh(train_config, tmp_path):
+    from dglm.config import AdapterConfig
+    from dglm.stages.decoder_adapter import ADAPTER_PREFIX
+
+    config = TrainConfig.from_yaml(train_config)
+    config.pipeline.decoder_adapter = AdapterConfig(rank=2, targets=["c_attn"])
+    config.prompt_generator.adapter_learning_rate = 0.05
+    train_denoiser(config, str(train_config))
+    first = Pipeline.from_pretrained(train_prompt_generator(config, str(train_config)))
+
+    trial = TrainConfig.from_yaml(train_config)
+    trial.pipeline.decoder_adapter = config.pipeline.decoder_adapter
+    trial.run_dir, trial.output, trial.init_from = str(tmp_path / "trial-run"), str(tmp_path / "trial"), config.output
+    trial.prompt_generator.steps, trial.prompt_generator.learning_rate = 1, 1e-12  # one step that barely moves
+    trial.prompt_generator.adapter_learning_rate = 1e-12
+    tuned = Pipeline.from_pretrained(train_prompt_generator(trial, "trial.yaml"))
+    card = json.loads((tmp_path / "trial" / "card.json").read_text())
+    assert card["prompt_generator"]["steps"] == 1 and card["prompt_generator"]["init_from"] == config.output
+    assert card["denoiser"] == json.loads((Path(config.output) / "card.json").read_text())["denoiser"]
+    for key, value in first.adapter.items():  # started from the first run's adapter, not a fresh one
+        assert key.startswith(ADAPTER_PREFIX) and torch.allclose(tuned.adapter[key].float(), value.float(), atol=1e-3)
+    for (name, value), other in zip(first.parts.prompt_generator.state_dict().items(),
+                                    tuned.parts.prompt_generator.state_dict().values()):
+        assert torch.allclose(value, other, atol=1e-3), f"{name} was re-initialised"
+    trial.output, trial.init_from = str(tmp_path / "other"), str(tmp_path / "nowhere")
+    with pytest.raises(DglmError, match="is not a checkpoint folder"):
+        train_prompt_generator(trial, "trial.yaml")

@@ -49,16 +49,22 @@ def encoded_pairs(config: TrainConfig, pairs: list[dict]) -> tuple[torch.Tensor,
 
 
 def starting_parts(config: TrainConfig):
-    """The output checkpoint's parts, card and decoder adapter when it was trained with this pipeline config,
-    else fresh parts, an empty card and no adapter."""
+    """The output checkpoint's parts, card and decoder adapter when it was trained with this pipeline config (or,
+    while there is none, those of `init_from`), else fresh parts, an empty card and no adapter."""
     from dglm.pipeline import TrainableParts, build_parts, read_checkpoint
 
     output = config.output_path
-    if (output / "config.json").is_file():
-        saved_config, state, card = read_checkpoint(output)
+    start = output if (output / "config.json").is_file() or not config.init_from else Path(config.init_from).expanduser()
+    if (start / "config.json").is_file():
+        saved_config, state, card = read_checkpoint(start)
         if saved_config == config.pipeline:
-            parts, adapter = build_parts(saved_config, state, output)
+            parts, adapter = build_parts(saved_config, state, start)
             return parts, card, adapter
+        if start != output:
+            raise DglmError(f"init_from {start} was trained with another pipeline config than this run's; start from a "
+                            "checkpoint of the same pipeline, or drop init_from")
+    elif start != output:
+        raise DglmError(f"init_from {start} is not a checkpoint folder (no config.json)")
     return TrainableParts(config.pipeline), {}, {}
 
 
@@ -137,8 +143,9 @@ def finish_stage(stage: Stage, parts, card: dict, result: LoopResult, start: Sta
 
 
 def resume_point(card: dict, stage: Stage) -> StartPoint:
-    """Where to restart when the stage has no resume state but its checkpoint holds some steps; step 0 otherwise."""
-    if has_training_state(stage.state_path):
+    """Where to restart when the stage has no resume state but its checkpoint holds some steps; step 0 otherwise
+    (also while the run starts from `init_from`: those steps are another run's)."""
+    if has_training_state(stage.state_path) or not (stage.config.output_path / "config.json").is_file():
         return StartPoint()
     return steps_in_checkpoint(card, stage)
 
@@ -246,7 +253,9 @@ def train_prompt_generator(config: TrainConfig, config_path: str, leg: LegTimer 
     adapter = add_adapter(model_lm, config.pipeline.decoder_adapter) if config.pipeline.decoder_adapter.rank else []
     for parameter in adapter:
         parameter.data = parameter.data.float()  # trained weights stay fp32
-    if start.step and adapter:
+    fresh = not start.step and not has_training_state(stage.state_path)
+    fine_tune = fresh and bool(config.init_from) and "prompt_generator" in card  # init_from's prompt generator
+    if (start.step or fine_tune) and adapter and saved_adapter:
         set_adapter_weights(model_lm, saved_adapter)
     latents = parts.normalizer.to_latent(continuation)
     run_dir = config.run_path
@@ -268,7 +277,7 @@ def train_prompt_generator(config: TrainConfig, config_path: str, leg: LegTimer 
         return batch_loss
 
     words_seconds = 0.0
-    if not start.step and not has_training_state(stage.state_path):  # a fresh start, not a resumed run
+    if fresh and not fine_tune:  # a fresh prompt generator, not a resumed or fine-tuned one
         match_token_scale(parts.prompt_generator, decoder)
         if t.bag_of_words_steps:
             words = PromptGeneratorStage(parts.prompt_generator, decoder, t.max_target_tokens, 0.0, 1.0)
@@ -341,6 +350,7 @@ def stage_card(stage: Stage, result: LoopResult) -> dict:
         "config": asdict(stage.settings),
         "data": f"{config.data.train} ({len(stage.pairs)} pairs)",
         "sources": dict(sorted(Counter(source_of(pair) for pair in stage.pairs).items())),
+        **({"init_from": config.init_from} if config.init_from else {}),
         "device": f"{device} x{accelerator.num_processes}",
         "steps": result.steps,
         "wall_time_s": round(result.seconds),
