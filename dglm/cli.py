@@ -51,6 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
                      "standard input, as does a pipe when no PREFIX is given (echo 'The movie' | dglm generate)")
     gen.add_argument("--attr", action="append", default=[], metavar="NAME=LABEL[:WEIGHT]",
                      help="target attribute, repeatable; WEIGHT defaults to 1, negative steers away. None: unguided")
+    gen.add_argument("--toward", action="append", default=[], metavar="PHRASE[:WEIGHT]",
+                     help="steer towards the meaning of a phrase (\"a storm at sea\"), no labelled data needed; repeatable, "
+                          "composes with --attr")
+    gen.add_argument("--away", action="append", default=[], metavar="PHRASE[:WEIGHT]",
+                     help="steer away from the meaning of a phrase; repeatable")
     gen.add_argument("--stop", action="append", default=[], metavar="TEXT",
                      help="end each continuation before the first TEXT it writes; repeatable")
     gen.add_argument("-n", "--num-samples", type=int, default=1, help="continuations per prefix (default 1)")
@@ -226,7 +231,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
     from dglm.pipeline import (Pipeline, attribute_terms, check_counts, check_setting_values, chunks, process_group,
                                shared_seed, stop_strings)
     from dglm.sample_file import SampleFile, format_sample
-    from dglm.stages.guidance import parse_constraint
+    from dglm.stages.guidance import parse_constraint, parse_phrase
 
     source = str(args.prefix_file) if args.prefix_file else None  # what the run records: "-" for standard input
     if args.prefix_file == Path("-") or (args.prefix is None and args.prefix_file is None and stdin_is_piped()):
@@ -236,7 +241,8 @@ def cmd_generate(args: argparse.Namespace) -> None:
                         "non-empty line")
     if args.resume and args.output is None:
         raise DglmError("--resume continues the file given with --output; add --output OUT")
-    constraints = [parse_constraint(spec) for spec in args.attr]
+    constraints = ([parse_constraint(spec) for spec in args.attr] + [parse_phrase(spec) for spec in args.toward]
+                   + [parse_phrase(spec, -1.0) for spec in args.away])
     overrides = {name: getattr(args, name) for name in declared_settings()}
     # Everything that needs no model is checked before the model's seconds of loading.
     attribute_terms(constraints)

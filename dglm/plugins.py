@@ -163,6 +163,9 @@ def _build_attributes() -> dict[str, Attribute]:
     def make_register(into: dict[str, Attribute], plugin: str):
         def register(card_path: Path | str) -> None:
             probe = load_probe(card_path)
+            if probe.name == "phrase":
+                raise DglmError("the attribute name 'phrase' is reserved for phrase constraints (--toward / --away); "
+                                "rename the probe")
             if probe.name in into:
                 raise PluginConflict(f"attribute {probe.name!r} is registered by two plugins, "
                                      f"{into[probe.name].plugin!r} and {plugin!r}; uninstall or rename one")

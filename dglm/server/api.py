@@ -113,6 +113,12 @@ class AttributeTarget(BaseModel):
     weight: float = Field(1.0, description="strength; a negative weight steers away from the label")
 
 
+class PhraseTarget(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    text: str = Field(description="a phrase whose meaning to steer toward (no labelled data needed)")
+    weight: float = Field(1.0, description="strength; a negative weight steers away from the phrase")
+
+
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     include_usage: bool = False
@@ -169,8 +175,9 @@ CompletionRequest = create_model(
     seed=(int | None, Field(None, description="base seed: choice i uses seed + i, and reports it")),
     stream=(bool, Field(False, description="send text as it is decoded, as server-sent events")),
     stream_options=(StreamOptions | None, None),
-    attributes=(list[AttributeTarget | str], Field([], description='targets: {"name", "label", "weight"} objects or '
-                                                                      '"NAME=LABEL[:WEIGHT]" strings')),
+    attributes=(list[AttributeTarget | PhraseTarget | str],
+                Field([], description='targets: {"name", "label", "weight"} objects, {"text", "weight"} phrases or '
+                                      '"NAME=LABEL[:WEIGHT]" strings')),
     return_scores=(bool, Field(False, description="add each installed probe's label probabilities for each choice")),
     echo=(bool | None, Field(None, description="put each choice's prompt before its text")),
     stop=(str | list[str] | None, Field(None, description="up to 4 strings: a choice ends before the first it writes "
@@ -190,7 +197,7 @@ CompletionRequest = create_model(
 def validation_message(error: ValidationError) -> tuple[str, str | None]:
     """One readable sentence (and the field it is about) from pydantic's first error."""
     first = error.errors()[0]
-    where = ".".join(str(part) for part in first["loc"] if not str(part).startswith(("str", "list[", "AttributeTarget")))
+    where = ".".join(str(part) for part in first["loc"] if not str(part).startswith(("str", "list[", "AttributeTarget", "PhraseTarget")))
     field = where.split(".")[0] or None
     if first["type"] == "extra_forbidden":
         twin = next((name if where == alias else alias for name, (_, spec, _) in SETTINGS.items()
@@ -421,13 +428,20 @@ def plan_rows(completion: Any, pipeline: Pipeline, served: ServedModels, limits:
         diffusion, decoding = pipeline.settings(**overrides)
         if decoding.max_new_tokens > limits.max_tokens:
             decoding = decoding.updated(max_new_tokens=limits.max_tokens)
-        constraints = presets + [parse_constraint(t) if isinstance(t, str) else Constraint(t.name, t.label, t.weight)
-                                 for t in completion.attributes]
+        constraints = presets + [request_constraint(target) for target in completion.attributes]
         guide = pipeline.make_guide(constraints, diffusion)
     except DglmError as error:  # an error without a field is about the attributes (resolving them, their probes)
         raise ApiError(400, str(error), param=request_field(error.field) if error.field else "attributes") from None
     return [Row(prompt, row_seed, guide, diffusion, decoding, logit_bias)
             for prompt, row_seed in seeded_rows(prompts, completion.n, seed)]
+
+
+def request_constraint(target: AttributeTarget | PhraseTarget | str) -> Constraint:
+    if isinstance(target, str):
+        return parse_constraint(target)
+    if isinstance(target, PhraseTarget):
+        return Constraint.toward(target.text, target.weight)
+    return Constraint(target.name, target.label, target.weight)
 
 
 def token_biases(logit_bias: dict[str, float], vocab_size: int) -> dict[int, float]:

@@ -18,14 +18,28 @@ from dglm.seeding import per_sample_randn
 from dglm.stages.encoder import LatentNormalizer
 
 
+PHRASE = "phrase"  # the attribute of a constraint given as a phrase: its label is the phrase's text
+
+
 @dataclass(frozen=True)
 class Constraint:
     """A target: steer toward `label` of `attribute` with `weight` (a negative weight steers away from it).
-    Checked when built, so that a bad constraint fails here, not deep inside the guidance."""
+    Checked when built, so that a bad constraint fails here, not deep inside the guidance.
+
+    A phrase needs no labelled data: `Constraint.toward("a storm at sea")` steers towards the encoder's embedding
+    of the phrase (attribute "phrase", the text as its label), `Constraint.away(...)` from it."""
 
     attribute: str
     label: str
     weight: float = 1.0
+
+    @classmethod
+    def toward(cls, text: str, weight: float = 1.0) -> "Constraint":
+        return cls(PHRASE, text, weight)
+
+    @classmethod
+    def away(cls, text: str, weight: float = 1.0) -> "Constraint":
+        return cls(PHRASE, text, -weight)
 
     def __post_init__(self) -> None:
         for name in ("attribute", "label"):
@@ -36,6 +50,18 @@ class Constraint:
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight):
             raise DglmError(f"weight for attribute {self.attribute!r} must be a finite number, got {weight!r}")
         object.__setattr__(self, "weight", float(weight))
+
+
+def parse_phrase(spec: str, sign: float = 1.0) -> Constraint:
+    """Parse ``TEXT`` or ``TEXT:WEIGHT`` (the CLI's --toward / --away form; `sign` -1 for --away). A colon whose
+    tail is not a number is part of the text."""
+    text, sep, weight = spec.rpartition(":")
+    if sep and text.strip():
+        try:
+            return Constraint(PHRASE, text.strip(), sign * float(weight))
+        except ValueError:
+            pass
+    return Constraint(PHRASE, spec.strip(), sign)
 
 
 AttributeSpec = Union[None, str, Constraint, Mapping[str, Union[str, tuple]], Iterable[Union[str, Constraint]]]

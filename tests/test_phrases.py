@@ -1,0 +1,69 @@
+"""Attributes from a phrase: `Constraint.toward` / `--toward` steer towards a phrase's embedding, with no data."""
+
+import http.client
+import json
+
+import pytest
+
+from dglm.cli import main
+from dglm.errors import DglmError
+from dglm.seeding import sample_generators
+from dglm.stages.guidance import PHRASE, BatchGuidance, Constraint, parse_phrase
+
+
+@pytest.mark.parametrize("spec, sign, expected", [
+    ("a storm at sea", 1.0, ("a storm at sea", 1.0)),
+    ("a storm at sea:2.5", 1.0, ("a storm at sea", 2.5)),
+    ("violence:0.5", -1.0, ("violence", -0.5)),
+    ("note: bring snacks", 1.0, ("note: bring snacks", 1.0)),  # a colon whose tail is no number belongs to the text
+])
+def test_a_phrase_parses_with_an_optional_weight(spec, sign, expected):
+    constraint = parse_phrase(spec, sign)
+    assert (constraint.attribute, constraint.label, constraint.weight) == (PHRASE, *expected)
+
+
+def test_toward_and_away_are_phrase_constraints_of_opposite_sign():
+    assert Constraint.toward("a wedding", 2.0) == Constraint(PHRASE, "a wedding", 2.0)
+    assert Constraint.away("a wedding") == Constraint(PHRASE, "a wedding", -1.0)
+    with pytest.raises(DglmError, match="must be a non-empty string"):
+        Constraint.toward("  ")
+
+
+def test_guidance_towards_a_phrase_moves_the_proposal_towards_its_embedding(tiny_pipeline):
+    prefixes = ["The movie"] * 16
+    phrase = "a football match in the rain"
+    target = tiny_pipeline.encoder.encode([phrase])[0]
+
+    def closeness(constraints):
+        diffusion = tiny_pipeline.config.diffusion.updated(guidance_scale=8.0)
+        guide = tiny_pipeline.make_guide(constraints, diffusion)
+        latents = tiny_pipeline.propose_latents(prefixes, sample_generators(range(16)),
+                                                BatchGuidance.same(guide, 8.0, 16), diffusion)
+        return float((tiny_pipeline.parts.normalizer.to_embedding(latents) @ target).mean())
+
+    unguided = closeness([])
+    assert closeness([Constraint.toward(phrase, 4.0)]) > unguided + 0.05
+    assert closeness([Constraint.away(phrase, 4.0)]) < unguided - 0.05
+
+
+def test_phrases_compose_with_probes_from_python_the_cli_and_the_server(tiny_pipeline, tiny_checkpoint, toy_plugin, capsys):
+    from dglm.server import ServerLimits, create_app, serve_in_thread
+
+    asked = [Constraint.toward("a quiet evening", 2.0), Constraint("toy_sentiment", "positive")]
+    python = [s.continuation for s in tiny_pipeline.generate("The movie", asked, num_samples=2, seed=4, max_new_tokens=5)]
+    assert main(["generate", "The movie", "--model", str(tiny_checkpoint), "--toward", "a quiet evening:2",
+                 "--attr", "toy_sentiment=positive", "-n", "2", "--seed", "4", "--max-new-tokens", "5",
+                 "--format", "jsonl"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line["continuation"] for line in lines] == python
+    assert {"attribute": "phrase", "label": "a quiet evening", "weight": 2.0} in lines[0]["constraints"]
+    with serve_in_thread(create_app(tiny_pipeline, "tiny", ServerLimits())) as url:
+        host, port = url.removeprefix("http://").split(":")
+        connection = http.client.HTTPConnection(host, int(port), timeout=60)
+        body = {"prompt": "The movie", "n": 2, "seed": 4, "max_tokens": 5,
+                "attributes": [{"text": "a quiet evening", "weight": 2.0}, "toy_sentiment=positive"]}
+        connection.request("POST", "/v1/completions", json.dumps(body), {"Content-Type": "application/json"})
+        answer = json.loads(connection.getresponse().read())
+    assert [c["text"] for c in answer["choices"]] == python
+    unguided = [s.continuation for s in tiny_pipeline.generate("The movie", num_samples=2, seed=4, max_new_tokens=5)]
+    assert python != unguided
