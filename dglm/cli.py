@@ -122,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     classifier = commands.add_parser("classifier", help="train attribute probes").add_subparsers(dest="action", required=True, metavar="ACTION")
     train = classifier.add_parser("train", help="train a linear probe on labelled texts and write it with its card",
-                                  description="Encode labelled texts, fit a logistic-regression probe, evaluate it on a held-out split, "
+                                  description="Encode labelled texts, fit a probe (logistic regression, or the labels' centroids when a label has under 20 training examples), evaluate it on a held-out split, "
                                               "and write NAME.safetensors + NAME.json. Turn it into a plugin with `dglm plugin new`.")
     train.add_argument("name", help="attribute name (lowercase, e.g. formality)")
     train.add_argument("--data", required=True, help="CSV, TSV or JSONL file, or a `datasets` name (needs a hub)")
@@ -148,6 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--out", type=Path, default=Path("data"), help="output folder (default data)")
     build.add_argument("--cache", type=Path, default=Path("data/sources"), help="where the downloaded archives are kept (default data/sources)")
     build.add_argument("--seed", type=int, default=0, help="seed for the split points (default 0)")
+    build.add_argument("--toxicity-csv", type=Path, metavar="PATH",
+                       help="also write toxicity.csv and toxicity-judge.csv (disjoint) from Davidson et al.'s "
+                            "labeled_data.csv (tweets: hate speech and offensive merged as offensive, neither as neutral)")
     build.set_defaults(handler=cmd_data_build)
     distill = data.add_parser(
         "distill", help="continue the training pairs' prefixes with the published decoder (decoder-written targets)",
@@ -400,6 +403,10 @@ def cmd_data_build(args: argparse.Namespace) -> None:
     from dglm.data.corpus import build
 
     counts = build(args.out, args.cache, seed=args.seed)
+    if args.toxicity_csv is not None:
+        from dglm.data.toxicity import write_toxicity
+
+        counts.update(write_toxicity(args.toxicity_csv, args.out))
     for name, count in counts.items():
         print(f"wrote {args.out / name}: {count} rows")
 

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from conftest import toy_sentiment
 
 import dglm
@@ -27,6 +28,10 @@ def test_builtin_attributes_are_discovered_through_entry_points():
     assert attributes["sentiment"].plugin == "sentiment" and attributes["topic"].plugin == "topic"
     assert attributes["sentiment"].probe.card["held_out_accuracy"] >= 0.80
     assert attributes["topic"].probe.card["held_out_accuracy"] >= 0.85
+    toxicity = attributes["toxicity"].probe.card
+    assert toxicity["labels"] == ["neutral", "offensive"] and "MIT licence" in toxicity["data"]
+    majority = max(toxicity["label_counts"].values()) / sum(toxicity["label_counts"].values())
+    assert toxicity["held_out_accuracy"] > majority + 0.05  # better than always saying "offensive"
 
 
 @pytest.mark.slow
@@ -155,3 +160,21 @@ def test_an_installed_plugin_named_like_a_built_in_is_refused_naming_both_distri
     assert listed.returncode == 2 and "Traceback" not in listed.stderr
     assert "the plugin name 'sentiment' is claimed by two installed distributions" in listed.stderr
     assert "'dglm'" in listed.stderr and "'dglm-sentiment-plus'" in listed.stderr
+
+
+def test_a_handful_of_examples_makes_a_prototype_probe_and_many_a_logistic_one():
+    from dglm.attributes.probes import PROTOTYPE_BELOW, PROTOTYPE_TEMPERATURE, train_probe
+
+    generator = torch.Generator().manual_seed(0)
+    centres = torch.nn.functional.normalize(torch.randn(2, 16, generator=generator), dim=-1)
+
+    def data(per_label: int):
+        points = torch.cat([centres[k] + 0.1 * torch.randn(per_label, 16, generator=generator) for k in range(2)])
+        return torch.nn.functional.normalize(points, dim=-1), ["a"] * per_label + ["b"] * per_label
+
+    few = train_probe("few", *data(8), encoder="toy", data="toy")
+    assert few.card["kind"] == "prototype" and few.card["temperature"] == PROTOTYPE_TEMPERATURE
+    assert torch.allclose(few.linear.weight.norm(dim=-1), torch.full((2,), PROTOTYPE_TEMPERATURE))
+    assert few.card["held_out_accuracy"] == 1.0  # two well-separated clusters
+    many = train_probe("many", *data(2 * PROTOTYPE_BELOW), encoder="toy", data="toy")
+    assert many.card["kind"] == "logistic" and "regularisation_C" in many.card

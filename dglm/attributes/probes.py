@@ -98,6 +98,13 @@ def check_probe_options(test_fraction: float, regularisation: float) -> None:
         raise DglmError(f"C (inverse regularisation) must be a positive finite number, got {regularisation}")
 
 
+# Below this many training examples for some label, a probe is the labels' normalised centroids (a prototype probe)
+# rather than a logistic regression, which few examples overfit (benchmarks/few_examples.py measured both; README,
+# "Attributes from a handful of examples").
+PROTOTYPE_BELOW = 20
+PROTOTYPE_TEMPERATURE = 20.0  # logits are this times the cosine to each label's centroid
+
+
 def train_probe(
     name: str,
     embeddings: torch.Tensor,
@@ -108,9 +115,9 @@ def train_probe(
     regularisation: float = 10.0,
     seed: int = 0,
 ) -> Probe:
-    """Fit a logistic-regression probe on embeddings, evaluate it on a held-out split, fill its card."""
+    """Fit a probe on embeddings (logistic regression, or prototypes when some label has fewer than PROTOTYPE_BELOW
+    training examples), evaluate it on a held-out split, fill its card."""
     check_probe_options(test_fraction, regularisation)
-    from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import accuracy_score, confusion_matrix
     from sklearn.model_selection import train_test_split
 
@@ -125,27 +132,45 @@ def train_probe(
     x_train, x_test, y_train, y_test = train_test_split(
         x, y, test_size=test_fraction, random_state=seed, stratify=y
     )
-    model = LogisticRegression(C=regularisation, max_iter=2000).fit(x_train, y_train)
-    predicted = model.predict(x_test)
-    coef, intercept = model.coef_, model.intercept_
-    if len(classes) == 2:  # sklearn keeps one row for binary problems: logit of class 1 vs class 0
-        coef = np.vstack([np.zeros_like(coef), coef])
-        intercept = np.concatenate([[0.0], intercept])
+    kind = "prototype" if np.bincount(y_train).min() < PROTOTYPE_BELOW else "logistic"
+    coef, intercept = fit_prototypes(x_train, y_train) if kind == "prototype" else fit_logistic(x_train, y_train, regularisation)
+    predicted = (x_test @ coef.T + intercept).argmax(axis=1)
     card = {
         "name": name,
         "labels": classes,
         "encoder": encoder,
         "encoder_dim": int(x.shape[1]),
         "data": data,
+        "kind": kind,
         "train_size": int(len(y_train)),
         "test_size": int(len(y_test)),
         "label_counts": counts,
         "held_out_accuracy": round(float(accuracy_score(y_test, predicted)), 4),
         "confusion_matrix": confusion_matrix(y_test, predicted, labels=range(len(classes))).tolist(),
-        "regularisation_C": regularisation,
+        **({"regularisation_C": regularisation} if kind == "logistic" else {"temperature": PROTOTYPE_TEMPERATURE}),
         "weights": f"{name}.safetensors",
     }
     return Probe(card, torch.tensor(coef, dtype=torch.float32), torch.tensor(intercept, dtype=torch.float32))
+
+
+def fit_logistic(x: np.ndarray, y: np.ndarray, regularisation: float) -> tuple[np.ndarray, np.ndarray]:
+    """One row of weights and a bias per label, from scikit-learn's logistic regression."""
+    from sklearn.linear_model import LogisticRegression
+
+    model = LogisticRegression(C=regularisation, max_iter=2000).fit(x, y)
+    coef, intercept = model.coef_, model.intercept_
+    if coef.shape[0] == 1:  # sklearn keeps one row for binary problems: logit of class 1 vs class 0
+        coef = np.vstack([np.zeros_like(coef), coef])
+        intercept = np.concatenate([[0.0], intercept])
+    return coef, intercept
+
+
+def fit_prototypes(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each label's normalised centroid times PROTOTYPE_TEMPERATURE, no bias: nothing to overfit in a handful of
+    examples, and still a linear probe that guidance and composition use as they use any other."""
+    centroids = np.stack([x[y == label].mean(axis=0) for label in range(int(y.max()) + 1)])
+    centroids /= np.linalg.norm(centroids, axis=1, keepdims=True)
+    return PROTOTYPE_TEMPERATURE * centroids, np.zeros(len(centroids))
 
 
 def _shapes(tensors: dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
