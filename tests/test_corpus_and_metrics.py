@@ -154,3 +154,11 @@ def test_homogeneity_and_relevance_are_relative_to_plain_sampling():
     guided = {"cross_prefix_cosine": 0.8, "prefix_cosine": 0.25}
     relative_to_plain([guided], plain)
     assert guided["homogeneity"] == pytest.approx(4.0) and guided["prefix_relevance"] == pytest.approx(0.5)
+
+
+def test_toxicity_measures_take_each_prefixs_worst_sample():
+    from dglm.evaluation.harness import toxicity_measures
+
+    probabilities = [0.1, 0.7, 0.2,  0.3, 0.4, 0.2]  # two prefixes, three samples each
+    measures = toxicity_measures("toxicity", probabilities, 3)
+    assert measures == {"toxicity_expected_max": pytest.approx((0.7 + 0.4) / 2), "toxicity_toxic_prefix_share": 0.5}

@@ -25,18 +25,23 @@ def test_tweets_lose_retweet_marks_user_names_links_and_entities():
     assert clean_tweet("@a @b   what a lovely day") == "what a lovely day"
 
 
-def test_classes_map_to_offensive_and_neutral_and_the_splits_are_disjoint(tmp_path):
-    rows = [(str(k % 3), f"tweet number {k} says words") for k in range(200)]
+def test_classes_map_to_offensive_and_neutral_and_the_three_splits_are_disjoint(tmp_path):
+    rows = [(str(k % 3), f"tweet number {k} says some rather long words here") for k in range(300)]
     source = davidson_file(tmp_path / "labeled_data.csv", rows + [("2", "RT @x: hi")])  # too short once cleaned
     assert {label for _, _, label in read_davidson(source)} == {"offensive", "neutral"}
     counts = write_toxicity(source, tmp_path / "data")
-    assert counts["toxicity.csv"] + counts["toxicity-judge.csv"] == 200 and 20 < counts["toxicity-judge.csv"] < 60
     probe, judge = ([row["text"] for row in csv.DictReader(open(tmp_path / "data" / name))]
                     for name in ("toxicity.csv", "toxicity-judge.csv"))
+    prefixes = (tmp_path / "data" / "toxicity-prefixes.txt").read_text().splitlines()
+    assert 30 < counts["toxicity-judge.csv"] < 90 and 5 <= len(prefixes) == counts["toxicity-prefixes.txt"] <= 40
+    assert counts["toxicity.csv"] + counts["toxicity-judge.csv"] < 300  # the prompt rows are in neither
     assert not set(probe) & set(judge)
+    for prefix in prefixes:  # the first half of an offensive row that neither the probe nor the judges see
+        number = int(prefix.split()[2])
+        assert number % 3 in (0, 1) and not any(text.startswith(prefix) for text in probe + judge)
     labels = {row["text"]: row["label"] for name in ("toxicity.csv", "toxicity-judge.csv")
               for row in csv.DictReader(open(tmp_path / "data" / name))}
-    assert [labels[f"tweet number {k} says words"] for k in (3, 4, 5)] == ["offensive", "offensive", "neutral"]
+    assert {labels[text] for text in labels if int(text.split()[2]) % 3 == 2} == {"neutral"}
 
 
 @pytest.mark.parametrize("header, rows, message", [

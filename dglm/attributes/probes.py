@@ -187,7 +187,7 @@ def train_probe_on_texts(name: str, texts: list[str], labels: list[str], encoder
 # sentences about it near 0.5, hence AT; SHARPNESS sets how hard weight 1 pushes at the checkpoint's guidance scale
 # (chosen by benchmarks/phrases.py, README "Attributes from a phrase").
 PHRASE_AT = 0.3
-PHRASE_SHARPNESS = 1.0
+PHRASE_SHARPNESS = 0.3
 
 
 def phrase_probe(text: str, embedding: torch.Tensor, encoder: str) -> Probe:

@@ -178,7 +178,12 @@ def split_passage(passage: str, rng: random.Random, prefix_words: tuple[int, int
 
 
 def held_out(document: str, fraction: float) -> bool:
-    return int(hashlib.sha256(document.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < fraction
+    return hash_fraction(document) < fraction
+
+
+def hash_fraction(document: str) -> float:
+    """A number in [0, 1] fixed by the document's id: splits that never depend on order or on a random seed."""
+    return int(hashlib.sha256(document.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
 
 
 def build(out_dir: Path, cache: Path, seed: int = 0, heldout_fraction: float = 0.02, progress=print) -> dict[str, int]:

@@ -1,5 +1,6 @@
 """Toxicity data from Davidson et al.'s labelled tweets (MIT licence; the file is the user's, never copied into the
-project): a probe split and a disjoint judge split, `text,label` CSVs with labels offensive and neutral.
+project): a probe split, a judge split and the detoxification benchmark's prefixes, disjoint; `text,label` CSVs
+with labels offensive and neutral.
 
 Hate speech and offensive language are merged into one label, offensive: the tweets coded hate speech are few
 (about 6%) and the line the annotators drew between the two is the paper's subject, not a steering target. The
@@ -10,15 +11,18 @@ from __future__ import annotations
 
 import csv
 import html
+import random
 import re
 from pathlib import Path
 
-from dglm.data.corpus import held_out
+from dglm.data.corpus import hash_fraction
 from dglm.errors import DglmError
 
 COLUMNS = ("class", "tweet")
 LABELS = {"0": "offensive", "1": "offensive", "2": "neutral"}  # Davidson's classes: hate speech, offensive, neither
-JUDGE_FRACTION = 0.2
+JUDGE_FRACTION = 0.2  # rows the judges train and are scored on
+PROMPT_FRACTION = 0.08  # rows whose first words become the detoxification benchmark's prefixes
+PREFIXES = 100
 
 
 def clean_tweet(text: str) -> str:
@@ -49,16 +53,31 @@ def read_davidson(path: Path) -> list[tuple[str, str, str]]:
 
 
 def write_toxicity(source: Path, out_dir: Path) -> dict[str, int]:
-    """Write toxicity.csv (the probe's) and toxicity-judge.csv (a fifth of the rows, by a hash of their id, for the
-    judges), and return their row counts."""
+    """Write toxicity.csv (the probe's), toxicity-judge.csv (a fifth of the rows, for the judges) and
+    toxicity-prefixes.txt (challenging prefixes: the first words of offensive rows that neither the probe nor the
+    judges see), splitting by a hash of each row's id; return their row counts."""
     rows = read_davidson(source)
-    splits = {"toxicity.csv": [], "toxicity-judge.csv": []}
+    splits: dict[str, list] = {"toxicity.csv": [], "toxicity-judge.csv": [], "prompt rows": []}
     for row_id, text, label in rows:
-        splits["toxicity-judge.csv" if held_out(f"davidson-{row_id}", JUDGE_FRACTION) else "toxicity.csv"].append((text, label))
+        position = hash_fraction(f"davidson-{row_id}")
+        name = ("toxicity-judge.csv" if position < JUDGE_FRACTION else
+                "prompt rows" if position < JUDGE_FRACTION + PROMPT_FRACTION else "toxicity.csv")
+        splits[name].append((text, label))
     out_dir.mkdir(parents=True, exist_ok=True)
-    for name, split in splits.items():
+    for name in ("toxicity.csv", "toxicity-judge.csv"):
         with open(out_dir / name, "w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle)
             writer.writerow(["text", "label"])
-            writer.writerows(split)
-    return {name: len(split) for name, split in splits.items()}
+            writer.writerows(splits[name])
+    prefixes = challenging_prefixes(splits["prompt rows"])
+    (out_dir / "toxicity-prefixes.txt").write_text("".join(prefix + "\n" for prefix in prefixes), encoding="utf-8")
+    return {"toxicity.csv": len(splits["toxicity.csv"]), "toxicity-judge.csv": len(splits["toxicity-judge.csv"]),
+            "toxicity-prefixes.txt": len(prefixes)}
+
+
+def challenging_prefixes(rows: list[tuple[str, str]], count: int = PREFIXES, seed: int = 0) -> list[str]:
+    """The first half (at least four words) of `count` offensive rows of eight words or more, drawn at random:
+    RealToxicityPrompts' way of asking a model to continue text that is heading somewhere ugly."""
+    candidates = sorted({text for text, label in rows if label == "offensive" and len(text.split()) >= 8})
+    chosen = random.Random(seed).sample(candidates, min(count, len(candidates)))
+    return [" ".join(text.split()[: max(4, len(text.split()) // 2)]) for text in chosen]

@@ -56,6 +56,11 @@ class TextJudge:
     def predict(self, texts: list[str]) -> list[str]:
         return list(self.model.predict(texts))
 
+    def probability(self, texts: list[str], label: str) -> list[float]:
+        """Each text's probability of `label`."""
+        column = list(self.model.classes_).index(label)
+        return [float(row[column]) for row in self.model.predict_proba(texts)]
+
 
 def cached_embeddings(sentence_encoder, encoder: str, texts: list[str]):
     """A judge's training or held-out texts embedded by `encoder`, kept under DGLM_CACHE (~/.cache/dglm).
