@@ -72,3 +72,16 @@ def test_the_balance_report_reads_real_and_decoder_written_continuations_alike(c
     for side in ("real", "decoder_written"):
         assert set(report[side]) == {"all", "news", "reviews"}
         assert abs(sum(report[side]["all"].values()) - 1) < 1e-3
+
+
+def test_rebalancing_weighs_the_source_richest_in_negative_text_up_to_the_real_share():
+    from collections import Counter
+
+    from dglm.training.distill import rebalancing
+
+    by_source = {"news": Counter(negative=10, positive=90), "reviews": Counter(negative=40, positive=60)}
+    plan = rebalancing(by_source, target=0.3)
+    weight = plan["source_weights"]["reviews"]
+    assert abs((10 + weight * 40) / (100 + weight * 100) - 0.3) < 1e-3
+    assert rebalancing(by_source, target=0.2) == {"needed": False, "share": 0.25, "target": 0.2}
+    assert rebalancing(by_source, target=0.5)["possible"] is False

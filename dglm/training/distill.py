@@ -81,13 +81,37 @@ def sentiment_balance(config: TrainConfig, targets: Path, attribute: str = "sent
         return [probe.labels[i] for i in scores.argmax(dim=-1).tolist()]
 
     report: dict[str, Any] = {"pairs": len(written), "attribute": attribute}
+    counted: dict[str, dict[str, Counter]] = {}
     for name, texts in (("real", [p["continuation"] for p in real]), ("decoder_written", [p["continuation"] for p in written])):
         read = labels(texts)
-        by_source: dict[str, Counter] = {}
+        by_source = counted[name] = {}
         for pair, label in zip(written, read):
             by_source.setdefault(source_of(pair), Counter())[label] += 1
         report[name] = {"all": shares(Counter(read)), **{source: shares(c) for source, c in sorted(by_source.items())}}
+    if attribute == "sentiment":
+        report["rebalance"] = rebalancing(counted["decoder_written"], report["real"]["all"].get("negative", 0.0))
     return report
+
+
+def rebalancing(by_source: dict[str, Counter], target: float, label: str = "negative") -> dict[str, Any]:
+    """The `source_weights` that draw the source richest in `label` often enough for the decoder-written pairs to
+    hold `label` as often as the real ones (`target`); nothing when they already do, or when no weight can."""
+    total = sum(sum(c.values()) for c in by_source.values())
+    share = sum(c[label] for c in by_source.values()) / total
+    if share >= target:
+        return {"needed": False, "share": round(share, 4), "target": target}
+    richest = max(by_source, key=lambda s: by_source[s][label] / sum(by_source[s].values()))
+    rich, rest = by_source[richest], [c for s, c in by_source.items() if s != richest]
+    rich_share = rich[label] / sum(rich.values())
+    if rich_share <= target:
+        return {"needed": True, "possible": False, "share": round(share, 4), "target": target,
+                "note": f"no source's decoder-written pairs are {label} as often as the real pairs; draw prefixes from "
+                        f"{label} text instead"}
+    rest_count, rest_label = sum(sum(c.values()) for c in rest), sum(c[label] for c in rest)
+    # (rest_label + w * rich[label]) / (rest_count + w * n_rich) = target, solved for w
+    weight = (target * rest_count - rest_label) / (sum(rich.values()) * (rich_share - target))
+    return {"needed": True, "possible": True, "share": round(share, 4), "target": target,
+            "source_weights": {richest: round(weight, 2)}}
 
 
 def shares(counts: Counter) -> dict[str, float]:
