@@ -238,8 +238,11 @@ class Pipeline:
         if not isinstance(prefix, (str, list, tuple)):
             raise DglmError(f"prefix must be a string or a list of strings, got {prefix!r}", field="prefix")
         prefixes = [prefix] if isinstance(prefix, str) else list(prefix)
+        for index, text in enumerate(prefixes):  # all of them before any batch runs (the stream checks as it reads)
+            check_prefix(index, text)
         if not prefixes:
             raise DglmError("no prefix given; pass a prefix string or a non-empty list of prefixes", field="prefix")
+        check_seed(seed, len(prefixes) * num_samples if isinstance(num_samples, int) else 1)
         samples = self.generate_stream(prefixes, attributes, num_samples, seed, batch_size, stop=stop, **settings)
         from tqdm.auto import tqdm
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pluggy
 
 from dglm import hookspecs
-from dglm.attributes.probes import Probe, load_probe
+from dglm.attributes.probes import PHRASE, Probe, load_probe
 from dglm.errors import DglmError
 from dglm.interfaces import Method, Sampler
 
@@ -163,7 +163,7 @@ def _build_attributes() -> dict[str, Attribute]:
     def make_register(into: dict[str, Attribute], plugin: str):
         def register(card_path: Path | str) -> None:
             probe = load_probe(card_path)
-            if probe.name == "phrase":
+            if probe.name == PHRASE:
                 raise DglmError("the attribute name 'phrase' is reserved for phrase constraints (--toward / --away); "
                                 "rename the probe")
             if probe.name in into:
@@ -218,6 +218,10 @@ def _named_classes(hook: str, base: type, kind: str) -> dict[str, tuple[type, st
 
 def get_sampler(name: str) -> type[Sampler]:
     samplers = get_samplers()
+    if not samplers:
+        raise DglmError("no sampler is registered, not even the built-in ones (the `dglm-samplers` entry point): "
+                        "reinstall dglm (`pip install -e .` in a checkout) so that its entry points are current",
+                        field="sampler")
     if name not in samplers:
         raise DglmError(f"unknown sampler {name!r}; known samplers: {', '.join(samplers)}{failure_note()}", field="sampler")
     return samplers[name]

@@ -119,9 +119,14 @@ def test_fuzzed_python_calls_raise_dglm_errors_only(tiny_pipeline):
     assert outcomes["ran"] > 0 and outcomes["refused"] > 0, outcomes
 
 
-def test_a_seed_without_room_for_every_sample_is_refused_before_any_sample_is_made(tiny_pipeline):
+def test_a_seed_without_room_for_every_sample_is_refused_before_any_sample_is_made(tiny_pipeline, monkeypatch):
     from dglm.pipeline import MAX_SEED
 
     assert len(tiny_pipeline.generate("The movie", num_samples=2, seed=MAX_SEED - 1, max_new_tokens=1)) == 2
-    with pytest.raises(DglmError, match=f"seed must be an integer from 0 to {MAX_SEED - 2} for 3 samples"):
-        tiny_pipeline.generate("The movie", num_samples=3, seed=MAX_SEED - 1, max_new_tokens=1)
+    batches = []
+    monkeypatch.setattr(tiny_pipeline, "generate_rows", lambda rows, on_step=None: batches.append(rows) or [[]] * len(rows))
+    with pytest.raises(DglmError, match=f"seed must be an integer from 0 to {MAX_SEED - 5} for 6 samples"):
+        tiny_pipeline.generate(["The movie", "A film", "The end"], num_samples=2, seed=MAX_SEED - 3, batch_size=1)
+    with pytest.raises(DglmError, match="prefix 3 is empty"):
+        tiny_pipeline.generate(["The movie", "A film", " "], batch_size=1)
+    assert batches == [], "no batch may run before the last prefix and seed are checked"

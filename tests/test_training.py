@@ -340,7 +340,10 @@ def test_a_run_from_init_from_fine_tunes_that_checkpoint_instead_of_starting_afr
     tuned = Pipeline.from_pretrained(train_prompt_generator(trial, "trial.yaml"))
     card = json.loads((tmp_path / "trial" / "card.json").read_text())
     assert card["prompt_generator"]["steps"] == 1 and card["prompt_generator"]["init_from"] == config.output
-    assert card["denoiser"] == json.loads((Path(config.output) / "card.json").read_text())["denoiser"]
+    inherited = card["denoiser"].pop("inherited_from")
+    assert inherited == config.output and card["denoiser"] == json.loads((Path(config.output) / "card.json").read_text())["denoiser"]
+    with pytest.raises(DglmError, match="run `dglm train prompt-generator`"):
+        train_denoiser(trial, "trial.yaml")
     for key, value in first.adapter.items():  # started from the first run's adapter, not a fresh one
         assert key.startswith(ADAPTER_PREFIX) and torch.allclose(tuned.adapter[key].float(), value.float(), atol=1e-3)
     for (name, value), other in zip(first.parts.prompt_generator.state_dict().items(),

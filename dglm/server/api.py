@@ -448,12 +448,13 @@ def token_biases(logit_bias: dict[str, float], vocab_size: int) -> dict[int, flo
     """OpenAI's `logit_bias` ({token id as a string: bias}) checked and keyed by token id."""
     biases = {}
     for key, value in logit_bias.items():
-        if not (key.strip().isdigit() and int(key) < vocab_size):
+        digits = key.strip()
+        if not (digits.isascii() and digits.isdigit() and len(digits) <= 12 and int(digits) < vocab_size):
             raise ApiError(400, f"logit_bias keys must be token ids from 0 to {vocab_size - 1}, got {key!r}", param="logit_bias")
         if not (math.isfinite(value) and -100 <= value <= 100):
             raise ApiError(400, f"logit_bias values must be numbers in [-100, 100], got {value!r} for token {key}",
                            param="logit_bias")
-        biases[int(key)] = value
+        biases[int(digits)] = value
     return biases
 
 
@@ -480,6 +481,7 @@ class Reply:
         self.job, self.events, self.model, self.deadline, self.timeout_s = job, events, model, deadline, timeout_s
         self.id, self.created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
         self.sent = [""] * len(job.rows)
+        self.tokens_sent = [0] * len(job.rows)  # logprobs entries streamed, per choice
         self.finished: dict[int, Finished] = {}
         self.unechoed = set(range(len(job.rows))) if echo else set()  # choices whose prompt is still to be sent
 
@@ -549,11 +551,12 @@ class Reply:
                     return
                 if isinstance(event, Delta):
                     self.sent[event.index] += event.text
+                    self.tokens_sent[event.index] += len(event.logprobs or [])
                     yield sse(self.chunk([self.choice(event.index, self.echoed(event.index, event.text), None, event.logprobs)]))
                 elif isinstance(event, Finished):
                     self.finished[event.index] = event
                     start = len(self.sent[event.index])
-                    tokens = None if event.logprobs is None else [t for t in event.logprobs if t.offset >= start]
+                    tokens = None if event.logprobs is None else event.logprobs[self.tokens_sent[event.index]:]
                     yield sse(self.chunk([self.choice(event.index, self.echoed(event.index, event.text[start:]), event, tokens)]))
             if include_usage:
                 yield sse(self.chunk([], usage=self.usage()))

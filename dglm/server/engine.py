@@ -194,12 +194,14 @@ class BatchingEngine:
                      for job, _ in batch]
         eos = decoder.tokenizer.eos_token_id
 
-        def on_step(generated: torch.Tensor, finished: torch.Tensor, log_probs: torch.Tensor) -> torch.Tensor:
+        tokens_sent = [0] * len(batch)  # per row, the logprobs entries streamed so far
+
+        def on_step(generated: torch.Tensor, finished: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
             self.decode_steps += 1
             for row, recorder in enumerate(recorders):
                 token = int(generated[row, -1])
                 if recorder is not None and cut[row] is None and token != eos:  # eos: the row has ended
-                    recorder.add(token, log_probs[row])
+                    recorder.add(token, torch.log_softmax(logits[row].float(), dim=-1).cpu())
             for row, (job, index) in enumerate(batch):
                 if job.cancelled or cut[row] is not None or not (job.stream or job.stop):
                     continue
@@ -211,8 +213,9 @@ class BatchingEngine:
                     else:  # hold back what could be the start of a stop string
                         text = text[: len(text) - held_back(text, job.stop)]
                 if job.stream and len(text) > len(sent[row]) and text.startswith(sent[row]):
-                    recorder = recorders[row]
-                    job.emit(Delta(index, text[len(sent[row]):], recorder and recorder.tokens(text, len(sent[row]))))
+                    whole = recorders[row].tokens(text, complete=True)[tokens_sent[row]:] if recorders[row] else None
+                    tokens_sent[row] += len(whole or [])
+                    job.emit(Delta(index, text[len(sent[row]):], whole))
                     sent[row] = text
             return torch.tensor([job.cancelled or cut[row] is not None for row, (job, _) in enumerate(batch)])
 

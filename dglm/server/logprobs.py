@@ -1,8 +1,8 @@
 """OpenAI's `logprobs` for completions: each written token's log-probability and its likeliest alternatives.
 
 The log-probabilities are the decoder's own, with the soft prompts, before truncation, penalties, bias and
-temperature, as vLLM reports them by default. Tokens are recorded as they are chosen, so a streamed choice can send
-each token's entry with the text that holds it.
+temperature, as vLLM reports them by default. Tokens are recorded as they are chosen, so a streamed choice sends
+each token's entry with the first chunk that holds its text whole; the entries of all chunks join up to the text.
 """
 
 from __future__ import annotations
@@ -43,24 +43,24 @@ class LogprobRecorder:
         self.decode, self.top = decode, top
         self.ids: list[int] = []
         self.recorded: list[Recorded] = []
+        self.length = 0  # of the text so far, without a trailing incomplete character: where the next token starts
 
     def add(self, token: int, log_probs: torch.Tensor) -> None:
         """Record the chosen `token` under the step's log-probabilities (one row of the vocabulary)."""
-        offset = len(self.decode(self.ids).rstrip("\ufffd"))
         self.ids.append(token)
         top: dict[str, float] = {}
         values, ids = log_probs.topk(self.top) if self.top else (torch.empty(0), torch.empty(0, dtype=torch.long))
         for value, candidate in [*zip(values.tolist(), ids.tolist()), (float(log_probs[token]), token)]:
             top.setdefault(self.decode([candidate]), round(value, 4))  # tokens that read alike keep the likeliest
-        chosen = round(float(log_probs[token]), 4)
-        self.recorded.append(Recorded(token, offset, chosen, top))
+        self.recorded.append(Recorded(token, self.length, round(float(log_probs[token]), 4), top))
+        self.length = len(self.decode(self.ids).rstrip("\ufffd"))
 
-    def tokens(self, text: str, start: int = 0) -> list[TokenLogprob]:
-        """The tokens of `text` (the choice's text so far, or in full, cut at a stop string) that start at or after
-        `start`: a streamed delta's, or those not streamed yet."""
-        ends = [r.offset for r in self.recorded[1:]] + [len(text)]
+    def tokens(self, text: str, complete: bool = False) -> list[TokenLogprob]:
+        """The tokens of `text`: the choice's text in full (cut at a stop string, if any), or, with `complete`, the
+        text streamed so far, of which only the tokens it holds whole (a token cut by text held back waits)."""
+        ends = [r.offset for r in self.recorded[1:]] + [self.length if complete else len(text)]
         return [TokenLogprob(text[r.offset : min(end, len(text))], r.offset, r.logprob, r.top)
-                for r, end in zip(self.recorded, ends) if start <= r.offset < len(text)]
+                for r, end in zip(self.recorded, ends) if r.offset < len(text) and (not complete or end <= len(text))]
 
 
 def openai_logprobs(tokens: list[TokenLogprob]) -> dict[str, Any]:

@@ -119,10 +119,10 @@ class SoftPromptDecoder:
         differ in temperature, top-p, length...). `adjust_logits(logits, generated)` may rewrite each step's
         logits given the tokens generated so far (rows x step); token-level steering baselines plug in here.
         `logit_bias`: one {token id: bias} per row, added to the logits before any filter (OpenAI's field).
-        `on_step(generated, finished, log_probs)` sees the tokens after each step, for streaming, with the step's
-        log-probabilities (rows x vocabulary) as the decoder gave them with the soft prompts, before filters,
-        penalties, bias and temperature (what OpenAI's `logprobs` report), and may return a boolean mask of rows to
-        stop (a client that went away).
+        `on_step(generated, finished, logits)` sees the tokens after each step, for streaming, with the step's
+        logits (rows x vocabulary) as the decoder gave them with the soft prompts, before filters, penalties, bias and
+        temperature (what OpenAI's `logprobs` report), and may return a boolean mask of rows to stop (a client that
+        went away).
         """
         rows = len(prefixes)
         row_settings = RowSettings(settings if isinstance(settings, list) else [settings] * rows, self.device)
@@ -160,7 +160,7 @@ class SoftPromptDecoder:
             lengths += ~finished
             finished |= (tokens == eos) | (row_settings.max_new_tokens <= step + 1)
             if on_step is not None:
-                stop = on_step(generated[:, : step + 1], finished, F.log_softmax(raw, dim=-1).cpu())
+                stop = on_step(generated[:, : step + 1], finished, raw)
                 if stop is not None:
                     finished |= stop
             if bool(finished.all()):

@@ -7,6 +7,7 @@ standardised latents: per-dimension corpus mean and std removed, so every dimens
 from __future__ import annotations
 
 import sys
+import threading
 
 import torch
 import torch.nn.functional as F
@@ -25,12 +26,14 @@ class SentenceEncoder:
         dimension = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
         self.dim = int(dimension())
         self.warned_about_window = False
+        self.lock = threading.Lock()  # a server encodes phrases on its event loop while the batching thread encodes
 
     @torch.no_grad()
     def encode(self, texts: list[str], batch_size: int = 64, progress: bool = False) -> torch.Tensor:
-        embeddings = self.model.encode(
-            list(texts), batch_size=batch_size, convert_to_tensor=True, show_progress_bar=progress
-        )
+        with self.lock:  # a fast tokenizer refuses to be used by two threads at once
+            embeddings = self.model.encode(
+                list(texts), batch_size=batch_size, convert_to_tensor=True, show_progress_bar=progress
+            )
         return F.normalize(embeddings.float().cpu(), dim=-1)
 
     def warn_if_cut(self, texts: list[str]) -> None:

@@ -12,13 +12,10 @@ from typing import Iterable, Mapping, Union
 
 import torch
 
-from dglm.attributes.probes import Probe
+from dglm.attributes.probes import PHRASE, Probe
 from dglm.errors import DglmError
 from dglm.seeding import per_sample_randn
 from dglm.stages.encoder import LatentNormalizer
-
-
-PHRASE = "phrase"  # the attribute of a constraint given as a phrase: its label is the phrase's text
 
 
 @dataclass(frozen=True)

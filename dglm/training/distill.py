@@ -22,7 +22,7 @@ from typing import Any
 from dglm.config import TrainConfig
 from dglm.data.pairs import iter_pairs, select_pairs, source_of
 from dglm.errors import DglmError
-from dglm.pipeline import Sample, chunks
+from dglm.pipeline import Sample, check_seed, chunks
 from dglm.sample_file import SampleFile
 from dglm.seeding import sample_generators
 
@@ -40,6 +40,7 @@ def distill(config: TrainConfig, out: Path, seed: int = 0, batch_size: int = 25,
     if batch_size < 1 or limit < 0:
         raise DglmError(f"batch size must be at least 1 and limit at least 0, got {batch_size} and {limit}")
     pairs = select_pairs(config.data)[: limit or None]
+    check_seed(seed, len(pairs))
     decoding = config.pipeline.decoding
     run = {"decoder": config.pipeline.decoder, "pairs": asdict(config.data), "limit": limit, "num_samples": 1,
            "seed": seed, **asdict(decoding)}
@@ -71,8 +72,17 @@ def sentiment_balance(config: TrainConfig, targets: Path, attribute: str = "sent
     from dglm.stages.encoder import SentenceEncoder
 
     written = list(iter_pairs(targets))
+    if not written:
+        raise DglmError(f"{targets} holds no pairs yet; nothing to report")
     real = select_pairs(config.data)[: len(written)]
-    probe = get_attributes()[attribute].probe
+    attributes = get_attributes()
+    if attribute not in attributes:
+        raise DglmError(f"the balance report reads continuations with the {attribute!r} probe, which is not installed; "
+                        f"installed: {', '.join(attributes) or 'none'} (or pass --no-balance)")
+    probe = attributes[attribute].probe
+    if probe.card["encoder"] != config.pipeline.encoder:
+        raise DglmError(f"the {attribute!r} probe reads {probe.card['encoder']!r} embeddings, but this config's encoder "
+                        f"is {config.pipeline.encoder!r}; pass --no-balance, or train a probe on that encoder")
     encoder = SentenceEncoder(config.pipeline.encoder)
 
     def labels(texts: list[str]) -> list[str]:

@@ -59,6 +59,8 @@ def starting_parts(config: TrainConfig):
         saved_config, state, card = read_checkpoint(start)
         if saved_config == config.pipeline:
             parts, adapter = build_parts(saved_config, state, start)
+            if start != output:  # another run's stages: the starting weights, not steps of this run
+                card = {stage: {**facts, "inherited_from": config.init_from} for stage, facts in card.items()}
             return parts, card, adapter
         if start != output:
             raise DglmError(f"init_from {start} was trained with another pipeline config than this run's; start from a "
@@ -110,7 +112,7 @@ def steps_in_checkpoint(card: dict, stage: Stage) -> StartPoint:
     """How many steps of this stage, trained with this stage config, the output checkpoint already holds, and
     the seconds they took. A run whose resume state is lost continues from there (with a fresh optimizer)."""
     facts = card.get(stage.key, {})
-    if "config" not in facts or not same_stage_config(facts["config"], stage.settings):
+    if "config" not in facts or "inherited_from" in facts or not same_stage_config(facts["config"], stage.settings):
         return StartPoint()
     return StartPoint(int(facts.get("steps", 0)), float(facts.get("wall_time_s", 0)))
 
@@ -153,6 +155,9 @@ def resume_point(card: dict, stage: Stage) -> StartPoint:
 def train_denoiser(config: TrainConfig, config_path: str, leg: LegTimer | None = None) -> Path:
     """v-prediction MSE on continuation latents, conditioned on prefix latents (dropped 10% for CFG)."""
     t = config.denoiser
+    if config.init_from:
+        raise DglmError(f"init_from ({config.init_from}) fine-tunes that checkpoint's prompt generator on its denoiser; "
+                        "run `dglm train prompt-generator`, or drop init_from to train a denoiser")
     stage, prefix, continuation = prepare_stage("denoiser", config, config_path)
     parts, card, adapter = starting_parts(config)
     parts.normalizer.fit(continuation)
@@ -254,7 +259,7 @@ def train_prompt_generator(config: TrainConfig, config_path: str, leg: LegTimer 
     for parameter in adapter:
         parameter.data = parameter.data.float()  # trained weights stay fp32
     fresh = not start.step and not has_training_state(stage.state_path)
-    fine_tune = fresh and bool(config.init_from) and "prompt_generator" in card  # init_from's prompt generator
+    fine_tune = fresh and "inherited_from" in card.get("prompt_generator", {})  # init_from's prompt generator
     if (start.step or fine_tune) and adapter and saved_adapter:
         set_adapter_weights(model_lm, saved_adapter)
     latents = parts.normalizer.to_latent(continuation)
