@@ -238,11 +238,7 @@ class Pipeline:
         if not isinstance(prefix, (str, list, tuple)):
             raise DglmError(f"prefix must be a string or a list of strings, got {prefix!r}", field="prefix")
         prefixes = [prefix] if isinstance(prefix, str) else list(prefix)
-        for index, text in enumerate(prefixes):  # all of them before any batch runs (the stream checks as it reads)
-            check_prefix(index, text)
-        if not prefixes:
-            raise DglmError("no prefix given; pass a prefix string or a non-empty list of prefixes", field="prefix")
-        check_seed(seed, len(prefixes) * num_samples if isinstance(num_samples, int) else 1)
+        check_generation_inputs(prefixes, num_samples, batch_size, seed)  # all prefixes and seeds before any batch
         samples = self.generate_stream(prefixes, attributes, num_samples, seed, batch_size, stop=stop, **settings)
         from tqdm.auto import tqdm
 
@@ -450,7 +446,8 @@ def check_setting_values(overrides: dict[str, Any]) -> None:
 
 
 def check_generation_inputs(prefixes: list[str], num_samples: int, batch_size: int, seed: int | None) -> None:
-    """Reject bad prefixes and counts before any model loads (the CLI and the server; the settings check themselves)."""
+    """Reject bad prefixes and counts before any model runs (`generate`, the CLI and the server; the settings check
+    themselves; `generate_stream` checks a prefix, and the seed it needs, as it reads it)."""
     if not prefixes:
         raise DglmError("no prefix given; pass a prefix string or a non-empty list of prefixes", field="prefix")
     for index, text in enumerate(prefixes):

@@ -235,10 +235,14 @@ def write_labelled(out_dir: Path, documents: dict, rng: random.Random) -> dict[s
         (topic_probe if index % 2 == 0 else topic_judge).extend((chunk, label) for chunk in chunks if len(chunk.split()) >= 12)
     counts = {}
     for name, rows in {"sentiment": snippets, "sentiment-judge": rt, "topic": topic_probe, "topic-judge": topic_judge}.items():
-        path = out_dir / f"{name}.csv"
-        with open(path, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["text", "label"])
-            writer.writerows(rows)
-        counts[path.name] = len(rows)
+        write_labelled_csv(out_dir / f"{name}.csv", rows)
+        counts[f"{name}.csv"] = len(rows)
     return counts
+
+
+def write_labelled_csv(path: Path, rows: list[tuple[str, str]]) -> None:
+    """A `text,label` CSV, the form `dglm classifier train` and the judges read."""
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["text", "label"])
+        writer.writerows(rows)

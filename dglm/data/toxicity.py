@@ -15,7 +15,7 @@ import random
 import re
 from pathlib import Path
 
-from dglm.data.corpus import hash_fraction
+from dglm.data.corpus import hash_fraction, write_labelled_csv
 from dglm.errors import DglmError
 
 COLUMNS = ("class", "tweet")
@@ -65,10 +65,7 @@ def write_toxicity(source: Path, out_dir: Path) -> dict[str, int]:
         splits[name].append((text, label))
     out_dir.mkdir(parents=True, exist_ok=True)
     for name in ("toxicity.csv", "toxicity-judge.csv"):
-        with open(out_dir / name, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["text", "label"])
-            writer.writerows(splits[name])
+        write_labelled_csv(out_dir / name, splits[name])
     prefixes = challenging_prefixes(splits["prompt rows"])
     (out_dir / "toxicity-prefixes.txt").write_text("".join(prefix + "\n" for prefix in prefixes), encoding="utf-8")
     return {"toxicity.csv": len(splits["toxicity.csv"]), "toxicity-judge.csv": len(splits["toxicity-judge.csv"]),

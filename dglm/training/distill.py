@@ -8,8 +8,7 @@ they learn to carry a continuation's meaning while the style stays the decoder's
 The targets are written as `dglm generate --output` writes samples (one line a pair, in the pairs' order, pair k
 with seed `seed + k`), so a killed run continues with `resume`; each line keeps its pair's source. Within a chunk
 of pairs, those of alike length are decoded together (a batch runs as long as its longest row), which a sample's
-text does not depend on. The file is a
-pairs file: point a training config's `data.train` at it.
+text does not depend on. The file is a pairs file: point a training config's `data.train` at it.
 """
 
 from __future__ import annotations
