@@ -33,7 +33,7 @@ def test_classes_map_to_offensive_and_neutral_and_the_three_splits_are_disjoint(
     probe, judge = ([row["text"] for row in csv.DictReader(open(tmp_path / "data" / name))]
                     for name in ("toxicity.csv", "toxicity-judge.csv"))
     prefixes = (tmp_path / "data" / "toxicity-prefixes.txt").read_text().splitlines()
-    assert 30 < counts["toxicity-judge.csv"] < 90 and 5 <= len(prefixes) == counts["toxicity-prefixes.txt"] <= 40
+    assert 20 < counts["toxicity-judge.csv"] < 60 and 5 <= len(prefixes) == counts["toxicity-prefixes.txt"] <= 40
     assert counts["toxicity.csv"] + counts["toxicity-judge.csv"] < 300  # the prompt rows are in neither
     assert not set(probe) & set(judge)
     for prefix in prefixes:  # the first half of an offensive row that neither the probe nor the judges see
@@ -42,6 +42,8 @@ def test_classes_map_to_offensive_and_neutral_and_the_three_splits_are_disjoint(
     labels = {row["text"]: row["label"] for name in ("toxicity.csv", "toxicity-judge.csv")
               for row in csv.DictReader(open(tmp_path / "data" / name))}
     assert {labels[text] for text in labels if int(text.split()[2]) % 3 == 2} == {"neutral"}
+    judged = [row["label"] for row in csv.DictReader(open(tmp_path / "data" / "toxicity-judge.csv"))]
+    assert judged.count("offensive") == judged.count("neutral")  # the tweets' 2:1 mix here, balanced for the judges
 
 
 @pytest.mark.parametrize("header, rows, message", [

@@ -53,7 +53,7 @@ def read_davidson(path: Path) -> list[tuple[str, str, str]]:
 
 
 def write_toxicity(source: Path, out_dir: Path) -> dict[str, int]:
-    """Write toxicity.csv (the probe's), toxicity-judge.csv (a fifth of the rows, for the judges) and
+    """Write toxicity.csv (the probe's), toxicity-judge.csv (from a fifth of the rows, for the judges) and
     toxicity-prefixes.txt (challenging prefixes: the first words of offensive rows that neither the probe nor the
     judges see), splitting by a hash of each row's id; return their row counts."""
     rows = read_davidson(source)
@@ -63,6 +63,7 @@ def write_toxicity(source: Path, out_dir: Path) -> dict[str, int]:
         name = ("toxicity-judge.csv" if position < JUDGE_FRACTION else
                 "prompt rows" if position < JUDGE_FRACTION + PROMPT_FRACTION else "toxicity.csv")
         splits[name].append((text, label))
+    splits["toxicity-judge.csv"] = balanced_labels(splits["toxicity-judge.csv"])
     out_dir.mkdir(parents=True, exist_ok=True)
     for name in ("toxicity.csv", "toxicity-judge.csv"):
         write_labelled_csv(out_dir / name, splits[name])
@@ -70,6 +71,20 @@ def write_toxicity(source: Path, out_dir: Path) -> dict[str, int]:
     (out_dir / "toxicity-prefixes.txt").write_text("".join(prefix + "\n" for prefix in prefixes), encoding="utf-8")
     return {"toxicity.csv": len(splits["toxicity.csv"]), "toxicity-judge.csv": len(splits["toxicity-judge.csv"]),
             "toxicity-prefixes.txt": len(prefixes)}
+
+
+def balanced_labels(rows: list[tuple[str, str]], seed: int = 0) -> list[tuple[str, str]]:
+    """As many rows of each label as the rarest label has (a seeded random choice, in the rows' order).
+
+    The judges score model text, which is mostly not offensive; trained on the tweets' own mix (five offensive to one
+    neutral) they start from a prior of 83% offensive and call ordinary chat offensive."""
+    by_label: dict[str, list[int]] = {}
+    for index, (_, label) in enumerate(rows):
+        by_label.setdefault(label, []).append(index)
+    size = min(len(indices) for indices in by_label.values())
+    rng = random.Random(seed)
+    kept = {index for indices in by_label.values() for index in rng.sample(indices, size)}
+    return [row for index, row in enumerate(rows) if index in kept]
 
 
 def challenging_prefixes(rows: list[tuple[str, str]], count: int = PREFIXES, seed: int = 0) -> list[str]:
