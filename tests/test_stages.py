@@ -86,3 +86,20 @@ def test_bag_of_words_loss_rewards_soft_prompts_on_the_continuations_words(tiny_
     on_words = table[ids][None] * 20  # one soft prompt per token of the text, scaled up to be peaked
     elsewhere = table[others][None] * 20
     assert decoder.bag_of_words_loss([text], on_words) < decoder.bag_of_words_loss([text], elsewhere)
+
+
+def test_an_empty_continuation_adds_nothing_to_the_training_losses(tiny_pipeline):
+    """The decoder sometimes ends at once when it writes its own targets: such a pair must not turn a batch's loss
+    into NaN (a mean over no tokens), and must not change what the other rows are taught."""
+    decoder = tiny_pipeline.decoder
+    torch.manual_seed(0)
+    soft = torch.randn(2, 3, decoder.model.get_input_embeddings().weight.shape[1], requires_grad=True)
+    alone = decoder.bag_of_words_loss([" a fine day"], soft[:1])
+    assert torch.allclose(decoder.bag_of_words_loss([" a fine day", ""], soft), alone)
+    with_empty = decoder.loss(["It was", "Then"], [" a fine day", ""], soft)
+    assert torch.allclose(with_empty, decoder.loss(["It was"], [" a fine day"], soft[:1]))
+    nothing = (decoder.bag_of_words_loss([""], soft[:1]) + decoder.loss(["Then"], [""], soft[:1])
+               + decoder.anchor_loss(["Then"], [""]))
+    assert float(nothing) == 0.0
+    nothing.backward()  # a training step on such a batch goes through, and moves nothing
+    assert not soft.grad.any()

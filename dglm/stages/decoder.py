@@ -189,6 +189,8 @@ class SoftPromptDecoder:
              max_target_tokens: int | None = None) -> torch.Tensor:
         """Mean cross-entropy of the continuation tokens given [prefix ; soft prompts] (for training)."""
         logits, labels = self._continuation_logits(prefixes, continuations, soft_prompts, max_target_tokens)
+        if not labels:  # every continuation empty: nothing to predict
+            return logits.sum() * 0.0
         return F.cross_entropy(logits.float(), torch.tensor(labels, device=self.device))
 
     def anchor_loss(self, prefixes: list[str], continuations: list[str], max_target_tokens: int | None = None) -> torch.Tensor:
@@ -200,6 +202,8 @@ class SoftPromptDecoder:
         adapted, _ = self._continuation_logits(prefixes, continuations, None, max_target_tokens)
         with torch.no_grad(), adapter_disabled(self.model):
             published, _ = self._continuation_logits(prefixes, continuations, None, max_target_tokens)
+        if not len(adapted):  # every continuation empty
+            return adapted.sum() * 0.0
         return F.kl_div(F.log_softmax(adapted.float(), -1), F.log_softmax(published.float(), -1), log_target=True,
                         reduction="batchmean")
 
@@ -248,7 +252,9 @@ class SoftPromptDecoder:
         log_probs = F.log_softmax(self.model.get_output_embeddings()(soft_prompts).float(), dim=-1)
         mixture = log_probs.logsumexp(dim=1) - math.log(k)
         targets = [sorted(set(ids[:max_target_tokens])) for ids in self.token_ids(continuations)]
-        return torch.stack([-mixture[row, ids].mean() for row, ids in enumerate(targets)]).mean()
+        # A continuation with no tokens (the decoder may end at once when it writes targets) has nothing to teach.
+        losses = [-mixture[row, ids].mean() for row, ids in enumerate(targets) if ids]
+        return torch.stack(losses).mean() if losses else mixture.sum() * 0.0
 
 
 def bias_table(logit_bias: list[dict[int, float]] | None, rows: int, vocab: int, device: torch.device) -> torch.Tensor | None:
