@@ -7,6 +7,11 @@
    prefixes (mean cosine between latents of different prefixes, in the guidance's own encoder space, against the
    unguided latents'), how far guidance moved them (cosine to the unguided latent of the same seed), and which held-
    out continuations lie nearest (how many distinct ones, and their commonest content word).
+3. A lever that keeps latents on real text: instead of pushing along the probe, replace each unguided latent by the
+   nearest held-out continuation the probe puts on the asked side with probability >= p ("exemplar" guidance, the
+   limit of a pull towards it). Reported: how alike these targets are across prefixes, how near they are to the
+   unguided latent, and how often the TF-IDF sentiment judge reads the target continuation itself as asked: an
+   upper bound on the control such guidance could carry into text.
 
 No text is decoded, so it takes a few minutes on 2 CPU cores.
 
@@ -64,9 +69,9 @@ def guided_latents(pipeline: Pipeline, rows: list[tuple[str, int]], label: str |
     return pipeline.parts.normalizer.to_embedding(torch.cat(latents))
 
 
-def latent_spread(pipeline: Pipeline, rows: list[tuple[str, int]], pairs: list[dict], pool: torch.Tensor) -> dict:
+def latent_spread(pipeline: Pipeline, rows: list[tuple[str, int]], pairs: list[dict], pool: torch.Tensor,
+                  unguided: torch.Tensor) -> dict:
     prefixes = [p for p, _ in rows]
-    unguided = guided_latents(pipeline, rows, None, {})
     baseline = cross_prefix_cosine(unguided, prefixes)
 
     def describe(embeddings: torch.Tensor) -> dict:
@@ -89,6 +94,33 @@ def latent_spread(pipeline: Pipeline, rows: list[tuple[str, int]], pairs: list[d
     return report
 
 
+def nearest_labelled(pipeline: Pipeline, rows: list[tuple[str, int]], pairs: list[dict], pool: torch.Tensor,
+                     unguided: torch.Tensor, judge_data: str, thresholds: tuple[float, ...] = (0.9, 0.99, 0.999)) -> dict:
+    from dglm.evaluation.judges import TextJudge
+
+    prefixes = [p for p, _ in rows]
+    baseline = cross_prefix_cosine(unguided, prefixes)
+    probe = pipeline.make_guide([Constraint("sentiment", "positive")]).terms[0][0]
+    with torch.no_grad():
+        positive = torch.softmax(probe(pool), dim=-1)[:, probe.labels.index("positive")]
+    judge = TextJudge.train("sentiment", judge_data)
+    report = {}
+    for label in ("positive", "negative"):
+        for threshold in thresholds:
+            allowed = torch.where(positive >= threshold if label == "positive" else positive <= 1 - threshold)[0]
+            chosen = allowed[(unguided @ pool[allowed].T).argmax(dim=-1)]
+            texts = [pairs[i]["continuation"] for i in chosen.tolist()]
+            word, share = top_word_share(prefixes, texts)
+            report[f"{label}, p >= {threshold}"] = {
+                "candidates": len(allowed),
+                "cross_prefix_cosine_vs_unguided": round(cross_prefix_cosine(pool[chosen], prefixes) / baseline, 3),
+                "cosine_to_unguided_latent": round(float((pool[chosen] * unguided).sum(-1).mean()), 3),
+                "distinct_targets": len(set(chosen.tolist())), "top_word": [word, round(share, 3)],
+                "judged_positive": round(sum(v == "positive" for v in judge.predict(texts)) / len(texts), 3)}
+            print(label, threshold, json.dumps(report[f"{label}, p >= {threshold}"]), flush=True)
+    return report
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model")
@@ -96,6 +128,7 @@ def main() -> None:
     parser.add_argument("--pool", type=Path, default=Path("data/pairs-heldout.jsonl"), help="held-out pairs (dglm data build)")
     parser.add_argument("--samples", type=int, default=10)
     parser.add_argument("--extremes", type=int, default=200, help="how many of the most negative and positive to read")
+    parser.add_argument("--judge", default="data/sentiment-judge.csv", help="the TF-IDF sentiment judge's training data")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/collapse-sources.json"))
     args = parser.parse_args()
 
@@ -104,9 +137,11 @@ def main() -> None:
     pool = pipeline.encoder.encode([pair["continuation"] for pair in pairs], progress=True)
     rows = [(prefix, seed) for i, prefix in enumerate(read_prefixes(args.prefixes))
             for seed in range(i * args.samples, (i + 1) * args.samples)]
+    unguided = guided_latents(pipeline, rows, None, {})
     report = {"pool": str(args.pool), "pool_size": len(pairs), "samples_per_condition": len(rows),
               "probe": probe_extremes(pipeline, pairs, pool, args.extremes),
-              "latents": latent_spread(pipeline, rows, pairs, pool)}
+              "latents": latent_spread(pipeline, rows, pairs, pool, unguided),
+              "nearest_labelled": nearest_labelled(pipeline, rows, pairs, pool, unguided, args.judge)}
     args.out.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     print(json.dumps(report["probe"], indent=1, ensure_ascii=False)[:3000])
     print(f"wrote {args.out}")
