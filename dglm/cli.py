@@ -425,7 +425,7 @@ def cmd_data_distill(args: argparse.Namespace) -> None:
         balance = args.out.with_name(args.out.name + ".balance.json")
         balance.write_text(json.dumps(report, indent=2) + "\n")
         print(f"sentiment as the probe reads it, real: {report['real']['all']}; decoder-written: "
-              f"{report['decoder_written']['all']} (by source, and the source_weights that rebalance: {balance})")
+              f"{report['decoder_written']['all']} (by source, and the source_weights or label_weights that rebalance: {balance})")
 
 
 def cmd_train(args: argparse.Namespace) -> None:

@@ -239,6 +239,10 @@ class PromptGeneratorTraining:
     bag_of_words_batch_size: int = 64
     bag_of_words_weight: float = 0.0  # weight of the bag-of-words loss during the joint training
     source_weights: dict[str, float] = field(default_factory=dict)  # how often a pair is drawn, by its source (default 1)
+    # How often a pair is drawn, by the label an attribute's probe reads from its continuation ({sentiment: {negative:
+    # 1.5}}; default 1; multiplied with source_weights): rebalances targets no source weight can, such as
+    # decoder-written ones that lean positive everywhere (`dglm data distill` reports the weight).
+    label_weights: dict[str, dict[str, float]] = field(default_factory=dict)
     # The KL anchor: on this share of steps, the adapted decoder without soft prompts is held to the published one
     # by this weight times their KL divergence, so that the adapter changes the decoder only where soft prompts ask.
     anchor_share: float = 0.0

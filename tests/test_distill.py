@@ -84,4 +84,6 @@ def test_rebalancing_weighs_the_source_richest_in_negative_text_up_to_the_real_s
     weight = plan["source_weights"]["reviews"]
     assert abs((10 + weight * 40) / (100 + weight * 100) - 0.3) < 1e-3
     assert rebalancing(by_source, target=0.2) == {"needed": False, "share": 0.25, "target": 0.2}
-    assert rebalancing(by_source, target=0.5)["possible"] is False
+    by_label = rebalancing(by_source, target=0.5)  # no source is negative half the time: weigh by label instead
+    weight = by_label["label_weights"]["sentiment"]["negative"]
+    assert "source_weights" not in by_label and abs(weight * 50 / (weight * 50 + 150) - 0.5) < 1e-3

@@ -157,6 +157,35 @@ def test_source_weights_set_how_often_each_pair_is_drawn(tmp_path):
         pair_weights(pairs, {"news": 0})
 
 
+def test_label_weights_draw_pairs_by_the_label_a_probe_reads_in_their_continuation(tmp_path):
+    from dglm.plugins import get_attributes
+    from dglm.training.distill import label_pair_weights
+
+    path = tmp_path / "weighted.yaml"
+    path.write_text("prompt_generator: {label_weights: {sentiment: {negative: 1.5}}}\n")
+    label_weights = TrainConfig.from_yaml(path).prompt_generator.label_weights
+    probe = get_attributes()["sentiment"].probe
+    direction = probe.linear.weight[probe.labels.index("positive")] - probe.linear.weight[probe.labels.index("negative")]
+    direction = direction / direction.norm()
+    embeddings = torch.stack([direction, -direction, direction])  # read positive, negative, positive
+    encoder = probe.card["encoder"]
+    assert label_pair_weights(embeddings, label_weights, encoder).tolist() == [1.0, 1.5, 1.0]
+    with pytest.raises(DglmError, match="labels of"):
+        label_pair_weights(embeddings, {"sentiment": {"gloomy": 2.0}}, encoder)
+    with pytest.raises(DglmError, match="not installed; installed: .*sentiment"):
+        label_pair_weights(embeddings, {"mood": {"sad": 2.0}}, encoder)
+    with pytest.raises(DglmError, match="train a probe on that encoder"):
+        label_pair_weights(embeddings, label_weights, "another-encoder")
+
+
+def test_the_prompt_generator_stage_reads_its_pairs_with_the_label_weights_probe(train_config):
+    config = config_in(train_config, "labels")
+    train_denoiser(config, "labels.yaml")
+    config.prompt_generator.label_weights = {"sentiment": {"negative": 2.0}}
+    with pytest.raises(DglmError, match="encoder .* for prompt_generator.label_weights"):  # the tiny encoder is not MiniLM
+        train_prompt_generator(config, "labels.yaml")
+
+
 def test_all_pairs_from_keeps_a_whole_source_past_max_pairs(tmp_path):
     path = tmp_path / "pairs.jsonl"
     sources = ["news", "reviews", "news", "news", "reviews", "news"]

@@ -67,21 +67,13 @@ def sentiment_balance(config: TrainConfig, targets: Path, attribute: str = "sent
     and by source: the decoder leans positive, and negative tone must stay learnable."""
     import torch
 
-    from dglm.plugins import get_attributes
     from dglm.stages.encoder import SentenceEncoder
 
     written = list(iter_pairs(targets))
     if not written:
         raise DglmError(f"{targets} holds no pairs yet; nothing to report")
     real = select_pairs(config.data)[: len(written)]
-    attributes = get_attributes()
-    if attribute not in attributes:
-        raise DglmError(f"the balance report reads continuations with the {attribute!r} probe, which is not installed; "
-                        f"installed: {', '.join(attributes) or 'none'} (or pass --no-balance)")
-    probe = attributes[attribute].probe
-    if probe.card["encoder"] != config.pipeline.encoder:
-        raise DglmError(f"the {attribute!r} probe reads {probe.card['encoder']!r} embeddings, but this config's encoder "
-                        f"is {config.pipeline.encoder!r}; pass --no-balance, or train a probe on that encoder")
+    probe = attribute_probe(attribute, config.pipeline.encoder, "the balance report (or pass --no-balance)")
     encoder = SentenceEncoder(config.pipeline.encoder)
 
     def labels(texts: list[str]) -> list[str]:
@@ -102,9 +94,45 @@ def sentiment_balance(config: TrainConfig, targets: Path, attribute: str = "sent
     return report
 
 
-def rebalancing(by_source: dict[str, Counter], target: float, label: str = "negative") -> dict[str, Any]:
+def attribute_probe(attribute: str, encoder: str, purpose: str):
+    """The installed probe of `attribute`, checked to read `encoder`'s embeddings."""
+    from dglm.plugins import get_attributes
+
+    attributes = get_attributes()
+    if attribute not in attributes:
+        raise DglmError(f"{purpose} reads continuations with the {attribute!r} probe, which is not installed; "
+                        f"installed: {', '.join(attributes) or 'none'}")
+    probe = attributes[attribute].probe
+    if probe.card["encoder"] != encoder:
+        raise DglmError(f"the {attribute!r} probe reads {probe.card['encoder']!r} embeddings, but this config's encoder "
+                        f"is {encoder!r}; train a probe on that encoder for {purpose}")
+    return probe
+
+
+def label_pair_weights(embeddings, label_weights: dict[str, dict[str, float]], encoder: str):
+    """Per-pair sampling weights (a tensor) from the labels each attribute's probe reads in the pairs' continuation
+    embeddings: the product over attributes of the weight of the label read (1 for a label not named)."""
+    import torch
+
+    weights = torch.ones(len(embeddings))
+    for attribute, by_label in label_weights.items():
+        probe = attribute_probe(attribute, encoder, "prompt_generator.label_weights")
+        unknown = sorted(set(by_label) - set(probe.labels))
+        if unknown or any(w <= 0 for w in by_label.values()):
+            raise DglmError(f"prompt_generator.label_weights.{attribute} must give positive weights to labels of "
+                            f"{probe.labels}, got {by_label}")
+        with torch.no_grad():
+            read = probe(embeddings.float()).argmax(dim=-1)
+        table = torch.tensor([float(by_label.get(label, 1.0)) for label in probe.labels])
+        weights = weights * table[read]
+    return weights
+
+
+def rebalancing(by_source: dict[str, Counter], target: float, label: str = "negative",
+                attribute: str = "sentiment") -> dict[str, Any]:
     """The `source_weights` that draw the source richest in `label` often enough for the decoder-written pairs to
-    hold `label` as often as the real ones (`target`); nothing when they already do, or when no weight can."""
+    hold `label` as often as the real ones (`target`), or, when no source weight can, the `label_weights` that do;
+    nothing when they already do."""
     total = sum(sum(c.values()) for c in by_source.values())
     share = sum(c[label] for c in by_source.values()) / total
     if share >= target:
@@ -113,13 +141,15 @@ def rebalancing(by_source: dict[str, Counter], target: float, label: str = "nega
     rich, rest = by_source[richest], [c for s, c in by_source.items() if s != richest]
     rich_share = rich[label] / sum(rich.values())
     if rich_share <= target:
-        return {"needed": True, "possible": False, "share": round(share, 4), "target": target,
-                "note": f"no source's decoder-written pairs are {label} as often as the real pairs; draw prefixes from "
-                        f"{label} text instead"}
+        # w * share / (w * share + 1 - share) = target, solved for w: the odds ratio
+        weight = target * (1 - share) / (share * (1 - target))
+        return {"needed": True, "share": round(share, 4), "target": target,
+                "note": f"no source's decoder-written pairs are {label} as often as the real pairs: weigh by label",
+                "label_weights": {attribute: {label: round(weight, 2)}}}
     rest_count, rest_label = sum(sum(c.values()) for c in rest), sum(c[label] for c in rest)
     # (rest_label + w * rich[label]) / (rest_count + w * n_rich) = target, solved for w
     weight = (target * rest_count - rest_label) / (sum(rich.values()) * (rich_share - target))
-    return {"needed": True, "possible": True, "share": round(share, 4), "target": target,
+    return {"needed": True, "share": round(share, 4), "target": target,
             "source_weights": {richest: round(weight, 2)}}
 
 

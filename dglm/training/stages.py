@@ -25,6 +25,7 @@ from dglm.errors import DglmError
 from dglm.processes import join_process_group
 from dglm.stages.schedule import CosineSchedule, noise_to_level
 from dglm.tensor_cache import cached_tensors, texts_digest
+from dglm.training.distill import label_pair_weights
 from dglm.training.loop import LegTimer, LoopResult, StartPoint, run_loop
 from dglm.training.plots import plot_losses
 from dglm.training.state import EMA, has_training_state
@@ -265,6 +266,9 @@ def train_prompt_generator(config: TrainConfig, config_path: str, leg: LegTimer 
     latents = parts.normalizer.to_latent(continuation)
     run_dir = config.run_path
     weights = pair_weights(pairs, t.source_weights)
+    if t.label_weights:
+        by_label = label_pair_weights(continuation, t.label_weights, config.pipeline.encoder)
+        weights = by_label if weights is None else weights * by_label
 
     def batches_of(size: int):
         def batch_loss(model, generator):
