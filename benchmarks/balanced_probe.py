@@ -4,7 +4,7 @@ The shipped sentiment probe is trained on human-rated snippets from four domains
 mostly positive, NYT editorials mostly negative. A probe can then score "editorial" as negative and "tweet" as
 positive, and guidance along it writes news for negative. This script trains the same kind of probe on the same
 snippets with each domain cut to equal positives and negatives (the "balanced" probe), and, on top of that, with the
-directions that tell the pair corpus's sources apart (news, speeches, fiction, reviews) projected out of its
+directions that tell the pair corpus's five sources apart (news, BBC articles, speeches, the Brown corpus, reviews) projected out of its
 embeddings (the "balanced, source-blind" probe). For each probe it reports:
 
 1. its held-out accuracy and its cosine to the shipped probe;
@@ -78,6 +78,12 @@ def poles(probe: Probe, pool: torch.Tensor, pool_sources: list[str], count: int)
     return {"most negative": share(order[:count]), "most positive": share(order[-count:])}
 
 
+def direction(probe: Probe) -> torch.Tensor:
+    """The probe's positive-minus-negative weight: the way guidance towards positive moves a latent."""
+    weight = probe.linear.weight
+    return weight[probe.labels.index("positive")] - weight[probe.labels.index("negative")]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_arguments(parser, prefixes="benchmarks/prefixes-dev.txt", out="benchmarks/results/balanced-probe.json")
@@ -110,7 +116,6 @@ def main() -> None:
     heldout = read_pairs("data/pairs-heldout.jsonl")
     pool = encoder.encode([p["continuation"] for p in heldout], progress=True)
     pool_sources = [p["source"] for p in heldout]
-    direction = lambda probe: (probe.linear.weight[1] - probe.linear.weight[0])
     report: dict = {"pool_sources": {s: round(n / len(heldout), 2) for s, n in Counter(pool_sources).most_common()},
                     "probes": {"shipped": {"held_out_accuracy": shipped.card["held_out_accuracy"],
                                            **poles(shipped, pool, pool_sources, 200)}}}

@@ -108,6 +108,9 @@ def nearest_labelled(pipeline: Pipeline, rows: list[tuple[str, int]], pairs: lis
     for label in ("positive", "negative"):
         for threshold in thresholds:
             allowed = torch.where(positive >= threshold if label == "positive" else positive <= 1 - threshold)[0]
+            if len(allowed) == 0:  # no pool continuation is that sure of the label
+                report[f"{label}, p >= {threshold}"] = {"candidates": 0}
+                continue
             chosen = allowed[(unguided @ pool[allowed].T).argmax(dim=-1)]
             texts = [pairs[i]["continuation"] for i in chosen.tolist()]
             word, share = top_word_share(prefixes, texts)

@@ -87,3 +87,5 @@ def test_rebalancing_weighs_the_source_richest_in_negative_text_up_to_the_real_s
     by_label = rebalancing(by_source, target=0.5)  # no source is negative half the time: weigh by label instead
     weight = by_label["label_weights"]["sentiment"]["negative"]
     assert "source_weights" not in by_label and abs(weight * 50 / (weight * 50 + 150) - 0.5) < 1e-3
+    no_negative = rebalancing({"news": Counter(positive=100)}, target=0.5)  # no weight can make what is not there
+    assert "no weight can rebalance" in no_negative["note"] and "label_weights" not in no_negative

@@ -63,3 +63,9 @@ def test_a_file_of_another_layout_is_refused(tmp_path, header, rows, message):
 def test_a_missing_file_is_named(tmp_path):
     with pytest.raises(DglmError, match="does not exist; pass Davidson"):
         read_davidson(tmp_path / "nowhere.csv")
+
+
+def test_a_file_with_one_label_only_is_refused_for_the_judges(tmp_path):
+    source = davidson_file(tmp_path / "labeled_data.csv", [("1", f"tweet number {k} has long words") for k in range(60)])
+    with pytest.raises(DglmError, match=r"needs rows of both labels .*\{'offensive': \d+\}"):
+        write_toxicity(source, tmp_path / "data")

@@ -197,6 +197,8 @@ def test_all_pairs_from_keeps_a_whole_source_past_max_pairs(tmp_path):
     assert len(select_pairs(DataConfig(str(path), all_pairs_from=["reviews"]))) == 6  # no limit: every pair
     with pytest.raises(DglmError, match=r"unknown source\(s\) \['tweets'\].*has: \['news', 'reviews'\]"):
         select_pairs(DataConfig(str(path), max_pairs=2, all_pairs_from=["tweets"]))
+    with pytest.warns(UserWarning, match="holds 6 pairs, fewer than max_pairs \\(8\\)"):  # e.g. a file still being written
+        assert len(select_pairs(DataConfig(str(path), max_pairs=8))) == 6
 
 
 def test_embedding_cache_is_never_shared_between_selections_of_the_same_size(train_config):

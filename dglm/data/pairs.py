@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -41,6 +42,9 @@ def select_pairs(data: DataConfig) -> list[dict]:
         if not data.max_pairs or index < data.max_pairs or source in data.all_pairs_from:
             pairs.append(pair)
     refuse_unknown_sources("all_pairs_from", data.all_pairs_from, sources, f"{data.train} has")
+    if data.max_pairs and len(pairs) < data.max_pairs:  # e.g. a decoder-written file not yet complete
+        warnings.warn(f"{data.train} holds {len(pairs)} pairs, fewer than max_pairs ({data.max_pairs}): a run on it "
+                      "draws other batches than one on a complete file", stacklevel=2)
     return pairs
 
 

@@ -81,6 +81,10 @@ def balanced_labels(rows: list[tuple[str, str]], seed: int = 0) -> list[tuple[st
     by_label: dict[str, list[int]] = {}
     for index, (_, label) in enumerate(rows):
         by_label.setdefault(label, []).append(index)
+    if len(by_label) < 2:
+        counts = {label: len(indices) for label, indices in by_label.items()}
+        raise DglmError(f"the judges' split needs rows of both labels to train on, got {counts or 'no rows'}; "
+                        "is the file Davidson et al.'s labeled_data.csv, whole?")
     size = min(len(indices) for indices in by_label.values())
     rng = random.Random(seed)
     kept = {index for indices in by_label.values() for index in rng.sample(indices, size)}

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dglm.config import TrainConfig
 from dglm.data.pairs import iter_pairs, select_pairs, source_of
@@ -24,6 +24,11 @@ from dglm.errors import DglmError
 from dglm.pipeline import Sample, check_seed, chunks
 from dglm.sample_file import SampleFile
 from dglm.seeding import sample_generators
+
+if TYPE_CHECKING:
+    import torch
+
+    from dglm.attributes.probes import Probe
 
 CHUNK_BATCHES = 40  # batches per write: pairs are decoded sorted by length within a chunk, written in order
 
@@ -94,7 +99,7 @@ def sentiment_balance(config: TrainConfig, targets: Path, attribute: str = "sent
     return report
 
 
-def attribute_probe(attribute: str, encoder: str, purpose: str):
+def attribute_probe(attribute: str, encoder: str, purpose: str) -> Probe:
     """The installed probe of `attribute`, checked to read `encoder`'s embeddings."""
     from dglm.plugins import get_attributes
 
@@ -109,7 +114,7 @@ def attribute_probe(attribute: str, encoder: str, purpose: str):
     return probe
 
 
-def label_pair_weights(embeddings, label_weights: dict[str, dict[str, float]], encoder: str):
+def label_pair_weights(embeddings: torch.Tensor, label_weights: dict[str, dict[str, float]], encoder: str) -> torch.Tensor:
     """Per-pair sampling weights (a tensor) from the labels each attribute's probe reads in the pairs' continuation
     embeddings: the product over attributes of the weight of the label read (1 for a label not named)."""
     import torch
@@ -140,6 +145,10 @@ def rebalancing(by_source: dict[str, Counter], target: float, label: str = "nega
     richest = max(by_source, key=lambda s: by_source[s][label] / sum(by_source[s].values()))
     rich, rest = by_source[richest], [c for s, c in by_source.items() if s != richest]
     rich_share = rich[label] / sum(rich.values())
+    if share == 0 or target >= 1:
+        return {"needed": True, "share": round(share, 4), "target": target,
+                "note": f"no weight can rebalance: the decoder-written pairs hold no {label} continuation, or the real "
+                        f"ones hold nothing else"}
     if rich_share <= target:
         # w * share / (w * share + 1 - share) = target, solved for w: the odds ratio
         weight = target * (1 - share) / (share * (1 - target))
