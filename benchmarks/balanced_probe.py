@@ -4,8 +4,8 @@ The shipped sentiment probe is trained on human-rated snippets from four domains
 mostly positive, NYT editorials mostly negative. A probe can then score "editorial" as negative and "tweet" as
 positive, and guidance along it writes news for negative. This script trains the same kind of probe on the same
 snippets with each domain cut to equal positives and negatives (the "balanced" probe), and, on top of that, with the
-directions that tell the pair corpus's five sources apart (news, BBC articles, speeches, the Brown corpus, reviews) projected out of its
-embeddings (the "balanced, source-blind" probe). For each probe it reports:
+directions that tell the pair corpus's five sources apart (news, BBC articles, speeches, the Brown corpus, reviews)
+projected out of its embeddings (the "balanced, source-blind" probe). For each probe it reports:
 
 1. its held-out accuracy and its cosine to the shipped probe;
 2. which corpus sources its 200 most negative and most positive held-out continuations come from (the poles that

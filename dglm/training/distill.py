@@ -142,13 +142,13 @@ def rebalancing(by_source: dict[str, Counter], target: float, label: str = "nega
     share = sum(c[label] for c in by_source.values()) / total
     if share >= target:
         return {"needed": False, "share": round(share, 4), "target": target}
-    richest = max(by_source, key=lambda s: by_source[s][label] / sum(by_source[s].values()))
-    rich, rest = by_source[richest], [c for s, c in by_source.items() if s != richest]
-    rich_share = rich[label] / sum(rich.values())
     if share == 0 or target >= 1:
         return {"needed": True, "share": round(share, 4), "target": target,
                 "note": f"no weight can rebalance: the decoder-written pairs hold no {label} continuation, or the real "
-                        f"ones hold nothing else"}
+                        "ones hold nothing else"}
+    richest = max(by_source, key=lambda s: by_source[s][label] / sum(by_source[s].values()))
+    rich, rest = by_source[richest], [c for s, c in by_source.items() if s != richest]
+    rich_share = rich[label] / sum(rich.values())
     if rich_share <= target:
         # w * share / (w * share + 1 - share) = target, solved for w: the odds ratio
         weight = target * (1 - share) / (share * (1 - target))
