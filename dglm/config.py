@@ -211,6 +211,10 @@ class DataConfig:
     train: str = "data/pairs-train.jsonl"
     max_pairs: int = 0  # 0: every pair
     all_pairs_from: list[str] = field(default_factory=list)  # sources kept whole, past max_pairs
+    # A share of the pairs (the same ones every run) take their continuation from the pair on the same line of
+    # `mix_targets_from`, which must hold the same prefixes: e.g. real targets mixed into decoder-written ones.
+    mix_targets_from: str = ""
+    mix_share: float = 0.0
 
 
 @dataclass

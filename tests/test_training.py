@@ -1,5 +1,6 @@
 """Both training stages run, resume, and produce a loadable checkpoint (tiny models, few steps)."""
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -199,6 +200,28 @@ def test_all_pairs_from_keeps_a_whole_source_past_max_pairs(tmp_path):
         select_pairs(DataConfig(str(path), max_pairs=2, all_pairs_from=["tweets"]))
     with pytest.warns(UserWarning, match="holds 6 pairs, fewer than max_pairs \\(8\\)"):  # e.g. a file still being written
         assert len(select_pairs(DataConfig(str(path), max_pairs=8))) == 6
+
+
+def test_mixed_targets_take_a_share_of_continuations_from_the_other_file_line_by_line(tmp_path):
+    written, real = tmp_path / "written.jsonl", tmp_path / "real.jsonl"
+    sources = ["news"] * 150 + ["reviews"] * 50
+    for path, kind in ((written, "written"), (real, "real")):
+        path.write_text("".join(json.dumps({"prefix": f"p{i}", "continuation": f"{kind} {i}", "source": s}) + "\n"
+                                for i, s in enumerate(sources)))
+    data = DataConfig(str(written), max_pairs=100, all_pairs_from=["reviews"], mix_targets_from=str(real), mix_share=0.3)
+    mixed = select_pairs(data)
+    assert len(mixed) == 150
+    # every pair keeps its own prefix's continuation, from one file or the other, past max_pairs too
+    assert all(p["continuation"].split()[1] == p["prefix"][1:] for p in mixed)
+    taken = [p for p in mixed if p["continuation"].startswith("real")]
+    assert all(p["target_from"] == str(real) for p in taken) and 0.2 < len(taken) / len(mixed) < 0.4
+    assert select_pairs(data) == mixed  # the same pairs every run
+    assert all(p["continuation"].startswith("real") for p in select_pairs(dataclasses.replace(data, mix_share=1.0)))
+    real.write_text(real.read_text().replace('"p7"', '"another prefix"'))
+    with pytest.raises(DglmError, match="line 8 does not continue the prefix"):
+        select_pairs(dataclasses.replace(data, mix_share=1.0))
+    with pytest.raises(DglmError, match=r"mix_share must be in \(0, 1\]"):
+        select_pairs(dataclasses.replace(data, mix_share=1.5))
 
 
 def test_embedding_cache_is_never_shared_between_selections_of_the_same_size(train_config):

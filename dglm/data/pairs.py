@@ -35,17 +35,38 @@ def select_pairs(data: DataConfig) -> list[dict]:
     Lets a CPU-sized run keep all of a small, valuable source (the movie reviews) without encoding the
     whole corpus.
     """
-    pairs, sources = [], set()
+    pairs, lines, sources = [], [], set()
     for index, pair in enumerate(iter_pairs(data.train)):
         source = source_of(pair)
         sources.add(source)
         if not data.max_pairs or index < data.max_pairs or source in data.all_pairs_from:
             pairs.append(pair)
+            lines.append(index)
     refuse_unknown_sources("all_pairs_from", data.all_pairs_from, sources, f"{data.train} has")
     if data.max_pairs and len(pairs) < data.max_pairs:  # e.g. a decoder-written file not yet complete
         warnings.warn(f"{data.train} holds {len(pairs)} pairs, fewer than max_pairs ({data.max_pairs}): a run on it "
                       "draws other batches than one on a complete file", stacklevel=2)
-    return pairs
+    return mixed_targets(pairs, lines, data) if data.mix_share else pairs
+
+
+def mixed_targets(pairs: list[dict], lines: list[int], data: DataConfig) -> list[dict]:
+    """`pairs` (read from `lines` of `data.train`) with a `data.mix_share` share of them, the same ones every run,
+    continued as the pair on the same line of `data.mix_targets_from`: one file of targets mixed into another,
+    prefix by prefix."""
+    if not 0 < data.mix_share <= 1 or not data.mix_targets_from:
+        raise DglmError(f"data.mix_share must be in (0, 1] and data.mix_targets_from name a pairs file, got "
+                        f"{data.mix_share} and {data.mix_targets_from!r}")
+    others = read_pairs(data.mix_targets_from, lines[-1] + 1 if lines else 0)
+    taken = torch.rand(len(pairs), generator=torch.Generator().manual_seed(0)) < data.mix_share
+    mixed = []
+    for line, pair, take in zip(lines, pairs, taken.tolist()):
+        if take:
+            if line >= len(others) or others[line]["prefix"] != pair["prefix"]:
+                raise DglmError(f"{data.mix_targets_from} line {line + 1} does not continue the prefix of "
+                                f"{data.train} line {line + 1}; mixed targets need the same pairs in the same order")
+            pair = {**pair, "continuation": others[line]["continuation"], "target_from": data.mix_targets_from}
+        mixed.append(pair)
+    return mixed
 
 
 def source_of(pair: dict) -> str:
