@@ -290,6 +290,7 @@ class EvalConfig:
     """What `dglm eval` runs: methods x conditions x prefixes x samples, and how it judges them."""
 
     prefixes: str = "benchmarks/prefixes.txt"
+    max_prefixes: int = 0  # the first N prefixes only (0: all), for a quicker run of a long benchmark
     num_samples: int = 20
     max_new_tokens: int = 20
     seed: int = 0

@@ -170,3 +170,16 @@ def test_a_plugin_registers_an_evaluation_method_with_declared_options(eval_conf
     eval_config.write_text(yaml.safe_dump(data))
     with pytest.raises(DglmError, match=r"unknown method\(s\) \['echo'\]"):
         run_eval(EvalConfig.from_yaml(eval_config))
+
+
+def test_max_prefixes_runs_the_first_prefixes_only(eval_config, toy_plugin):
+    data = yaml.safe_load(eval_config.read_text())
+    data.update(methods={"plain": {}}, conditions=["none"], tradeoff_condition=None, max_prefixes=1)
+    eval_config.write_text(yaml.safe_dump(data))
+    report = run_eval(EvalConfig.from_yaml(eval_config))
+    assert [example.startswith("The movie") for example in report["results"]["plain | none"]["examples"]] == [True]
+    samples = [json.loads(line) for line in gzip.open(eval_config.parent / "report.samples.jsonl.gz", "rt")]
+    assert {s["prefix"] for s in samples} == {"The movie"} and len(samples) == 2
+    eval_config.write_text(yaml.safe_dump({**data, "max_prefixes": -1}))
+    with pytest.raises(DglmError, match="max_prefixes must be 0"):
+        run_eval(EvalConfig.from_yaml(eval_config))

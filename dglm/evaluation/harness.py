@@ -126,7 +126,9 @@ def check_methods(config: EvalConfig, config_path: str = "") -> None:
 
 def run_eval(config: EvalConfig, config_path: str = "") -> dict:
     check_methods(config, config_path)
-    prefixes = read_prefixes(config.prefixes)
+    if config.max_prefixes < 0:
+        raise DglmError(f"max_prefixes must be 0 (every prefix) or a count, got {config.max_prefixes}")
+    prefixes = read_prefixes(config.prefixes)[: config.max_prefixes or None]
     rows = seeded_rows(prefixes, config.num_samples, config.seed)
     check_judged(config)
     pipeline = Pipeline.from_pretrained(config.model)
