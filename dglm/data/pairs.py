@@ -46,7 +46,7 @@ def select_pairs(data: DataConfig) -> list[dict]:
     if data.max_pairs and len(pairs) < data.max_pairs:  # e.g. a decoder-written file not yet complete
         warnings.warn(f"{data.train} holds {len(pairs)} pairs, fewer than max_pairs ({data.max_pairs}): a run on it "
                       "draws other batches than one on a complete file", stacklevel=2)
-    return mixed_targets(pairs, lines, data) if data.mix_share else pairs
+    return mixed_targets(pairs, lines, data) if data.mix_share or data.mix_targets_from else pairs
 
 
 def mixed_targets(pairs: list[dict], lines: list[int], data: DataConfig) -> list[dict]:
@@ -64,7 +64,7 @@ def mixed_targets(pairs: list[dict], lines: list[int], data: DataConfig) -> list
             if line >= len(others) or others[line]["prefix"] != pair["prefix"]:
                 raise DglmError(f"{data.mix_targets_from} line {line + 1} does not continue the prefix of "
                                 f"{data.train} line {line + 1}; mixed targets need the same pairs in the same order")
-            pair = {**pair, "continuation": others[line]["continuation"], "target_from": data.mix_targets_from}
+            pair = {**pair, "continuation": others[line]["continuation"]}
         mixed.append(pair)
     return mixed
 
