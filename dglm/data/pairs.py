@@ -30,7 +30,8 @@ def read_pairs(path: Path | str, limit: int = 0) -> list[dict]:
 
 
 def select_pairs(data: DataConfig) -> list[dict]:
-    """The first `max_pairs` training pairs, plus every later pair from the sources in `all_pairs_from`.
+    """The first `max_pairs` training pairs, plus every later pair from the sources in `all_pairs_from`, with a
+    share of their targets taken from `mix_targets_from` when it is set.
 
     Lets a CPU-sized run keep all of a small, valuable source (the movie reviews) without encoding the
     whole corpus.
