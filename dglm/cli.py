@@ -8,9 +8,13 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dglm.errors import DglmError
 from dglm.processes import join_process_group, leave_process_group
+
+if TYPE_CHECKING:
+    from dglm.config import TrainConfig
 
 EPILOG_GENERATE = """\
 examples:
@@ -161,12 +165,33 @@ def build_parser() -> argparse.ArgumentParser:
                     "data.train at OUT.")
     distill.add_argument("--config", type=Path, required=True, help="training config whose pairs, decoder and decoding are used")
     distill.add_argument("--out", type=Path, required=True, help="the pairs file to write (JSONL)")
-    distill.add_argument("--seed", type=int, default=0, help="pair k is sampled with seed SEED + k (default 0)")
-    distill.add_argument("--batch-size", type=int, default=25, help="prefixes decoded together (default 25)")
+    distill.add_argument("--seed", type=int, default=0,
+                         help="candidate j of pair k is sampled with seed SEED + k * CANDIDATES + j (default 0)")
+    distill.add_argument("--candidates", type=int, default=1,
+                         help="continuations a prefix (default 1); with more, choose among them with `dglm data nearest`")
+    distill.add_argument("--batch-size", type=int, default=25, help="continuations decoded together (default 25)")
+    distill.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    distill.add_argument("--workers", type=int, default=1,
+                         help="processes decoding at once, each with its own decoder (default 1); sampling runs on one "
+                              "CPU thread a process, so with a GPU, use about as many as there are CPU cores")
     distill.add_argument("--limit", type=int, default=0, help="only the first N pairs (default 0: all)")
     distill.add_argument("--resume", action="store_true", help="continue an interrupted run's file")
     distill.add_argument("--no-balance", action="store_true", help="skip the sentiment balance report")
     distill.set_defaults(handler=cmd_data_distill)
+    nearest = data.add_parser(
+        "nearest", help="of several decoder-written candidates a pair, keep the one nearest the real continuation",
+        description="Read a `dglm data distill --candidates K` file and write a pairs file that keeps, for each pair, "
+                    "the candidate whose embedding is nearest (cosine, the config's encoder) the real continuation's: "
+                    "the decoder's own style, the corpus's meaning as near as K draws come; then the sentiment balance "
+                    "report, as distill writes it (OUT.balance.json).",
+        epilog="example: dglm data distill --config configs/train-cpu.yaml --candidates 8 --limit 8000 --out "
+               "data/candidates.jsonl && dglm data nearest --config configs/train-cpu.yaml --candidates "
+               "data/candidates.jsonl --out data/pairs-nearest.jsonl")
+    nearest.add_argument("--config", type=Path, required=True, help="the training config the candidates were written for")
+    nearest.add_argument("--candidates", type=Path, required=True, help="the file `dglm data distill --candidates K` wrote")
+    nearest.add_argument("--out", type=Path, required=True, help="the pairs file to write (JSONL)")
+    nearest.add_argument("--no-balance", action="store_true", help="skip the sentiment balance report")
+    nearest.set_defaults(handler=cmd_data_nearest)
 
     train = commands.add_parser(
         "train", help="train the denoiser, the prompt generator, or both, from a YAML config",
@@ -412,20 +437,42 @@ def cmd_data_build(args: argparse.Namespace) -> None:
 
 
 def cmd_data_distill(args: argparse.Namespace) -> None:
-    import json
-
     from dglm.config import TrainConfig
-    from dglm.training.distill import distill, sentiment_balance
+    from dglm.training.distill import distill
 
     config = TrainConfig.from_yaml(args.config)
-    count = distill(config, args.out, args.seed, args.batch_size, args.limit, args.resume)
+    count = distill(config, args.out, args.seed, args.batch_size, args.limit, args.resume, args.candidates,
+                    _device(args.device), args.workers)
+    if args.candidates > 1:
+        print(f"wrote {args.out}: {count} decoder-written candidates, {args.candidates} a pair; choose with "
+              f"`dglm data nearest --config {args.config} --candidates {args.out} --out PAIRS`")
+        return
     print(f"wrote {args.out}: {count} decoder-written pairs")
     if not args.no_balance:
-        report = sentiment_balance(config, args.out)
-        balance = args.out.with_name(args.out.name + ".balance.json")
-        balance.write_text(json.dumps(report, indent=2) + "\n")
-        print(f"sentiment as the probe reads it, real: {report['real']['all']}; decoder-written: "
-              f"{report['decoder_written']['all']} (by source, and the source_weights or label_weights that rebalance: {balance})")
+        report_balance(config, args.out)
+
+
+def cmd_data_nearest(args: argparse.Namespace) -> None:
+    from dglm.config import TrainConfig
+    from dglm.training.distill import nearest_targets
+
+    config = TrainConfig.from_yaml(args.config)
+    chosen = nearest_targets(config, args.candidates, args.out)
+    print(f"wrote {args.out}: {chosen['pairs']} pairs; mean cosine to the real continuation {chosen['chosen_cosine']} "
+          f"for the nearest candidate, {chosen['candidate_cosine']} for any one")
+    if not args.no_balance:
+        report_balance(config, args.out)
+
+
+def report_balance(config: TrainConfig, targets: Path) -> None:
+    """Write and summarise the sentiment balance of decoder-written targets against the real ones."""
+    from dglm.training.distill import sentiment_balance
+
+    report = sentiment_balance(config, targets)
+    balance = targets.with_name(targets.name + ".balance.json")
+    balance.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"sentiment as the probe reads it, real: {report['real']['all']}; decoder-written: "
+          f"{report['decoder_written']['all']} (by source, and the source_weights or label_weights that rebalance: {balance})")
 
 
 def cmd_train(args: argparse.Namespace) -> None:

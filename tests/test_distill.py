@@ -14,7 +14,8 @@ from dglm.data.pairs import iter_pairs, select_pairs
 from dglm.errors import DglmError
 from dglm.seeding import sample_generators
 from dglm.stages.decoder import SoftPromptDecoder
-from dglm.training.distill import distill, sentiment_balance
+from dglm.stages.encoder import SentenceEncoder
+from dglm.training.distill import distill, nearest_targets, sentiment_balance
 from dglm.training.stages import train_denoiser
 
 
@@ -89,3 +90,64 @@ def test_rebalancing_weighs_the_source_richest_in_negative_text_up_to_the_real_s
     assert "source_weights" not in by_label and abs(weight * 50 / (weight * 50 + 150) - 0.5) < 1e-3
     no_negative = rebalancing({"news": Counter(positive=100)}, target=0.5)  # no weight can make what is not there
     assert "no weight can rebalance" in no_negative["note"] and "label_weights" not in no_negative
+
+
+def test_several_candidates_a_pair_are_seeded_like_samples_and_the_nearest_to_the_real_continuation_is_kept(config_path, tmp_path):
+    config = TrainConfig.from_yaml(config_path)
+    drawn, chosen = tmp_path / "candidates.jsonl", tmp_path / "nearest.jsonl"
+    assert distill(config, drawn, seed=3, batch_size=5, limit=4, candidates=3) == 12
+    lines, real = list(iter_pairs(drawn)), select_pairs(config.data)[:4]
+    assert [(line["prefix_index"], line["sample_index"], line["seed"]) for line in lines] == [
+        (k, j, 3 + k * 3 + j) for k in range(4) for j in range(3)]
+    assert [line["prefix"] for line in lines] == [pair["prefix"] for pair in real for _ in range(3)]
+    single = tmp_path / "single.jsonl"
+    distill(config, single, seed=3, batch_size=5, limit=4)
+    assert list(iter_pairs(single))[0]["continuation"] == lines[0]["continuation"], "candidate 0 of pair 0 has the same seed"
+
+    summary = nearest_targets(config, drawn, chosen)
+    kept = list(iter_pairs(chosen))
+    encoder = SentenceEncoder(config.pipeline.encoder)
+    for k, pair in enumerate(kept):
+        own = lines[k * 3: k * 3 + 3]
+        cosines = (encoder.encode([c["continuation"] for c in own]) @ encoder.encode([real[k]["continuation"]])[0]).tolist()
+        best = max(range(3), key=cosines.__getitem__)
+        assert (pair["prefix"], pair["continuation"], pair["sample_index"]) == (
+            real[k]["prefix"], own[best]["continuation"], best)
+        assert abs(pair["cosine"] - cosines[best]) < 1e-3 and pair["candidates"] == 3
+    assert summary["pairs"] == 4 and summary["chosen_cosine"] >= summary["candidate_cosine"]
+
+
+def test_choosing_refuses_an_unfinished_candidates_file_and_another_configs_pairs(config_path, tmp_path):
+    config = TrainConfig.from_yaml(config_path)
+    drawn = tmp_path / "candidates.jsonl"
+    distill(config, drawn, limit=2, candidates=2)
+    lines = drawn.read_bytes().splitlines(keepends=True)
+    drawn.write_bytes(b"".join(lines[:3]))
+    with pytest.raises(DglmError, match="not a whole number of pairs of 2 candidates"):
+        nearest_targets(config, drawn, tmp_path / "nearest.jsonl")
+    drawn.write_bytes(b"".join(lines[2:]))  # pair 2's candidates where pair 1's belong
+    with pytest.raises(DglmError, match="continues another prefix than this config's pair 1"):
+        nearest_targets(config, drawn, tmp_path / "nearest.jsonl")
+    with pytest.raises(DglmError, match="candidates and workers must be at least 1.*got 25, 0, 1"):
+        distill(config, tmp_path / "none.jsonl", candidates=0)
+
+
+def test_the_cli_writes_candidates_then_chooses_and_trains_on_the_choice(config_path, tmp_path, capsys):
+    drawn, chosen = tmp_path / "candidates.jsonl", tmp_path / "nearest.jsonl"
+    assert main(["data", "distill", "--config", str(config_path), "--out", str(drawn), "--candidates", "2",
+                 "--device", "cpu"]) == 0
+    assert "choose with `dglm data nearest" in capsys.readouterr().out
+    assert main(["data", "nearest", "--config", str(config_path), "--candidates", str(drawn), "--out", str(chosen),
+                 "--no-balance"]) == 0
+    assert "wrote" in capsys.readouterr().out and len(list(iter_pairs(chosen))) == 9
+    config = TrainConfig.from_yaml(config_path)
+    trained = dataclasses.replace(config, data=DataConfig(train=str(chosen)))
+    assert (train_denoiser(trained, "nearest") / "card.json").is_file()
+
+
+def test_worker_processes_write_the_same_file_as_one(config_path, tmp_path):
+    config = TrainConfig.from_yaml(config_path)
+    alone, shared = tmp_path / "alone.jsonl", tmp_path / "shared.jsonl"
+    distill(config, alone, batch_size=2, candidates=2)
+    distill(config, shared, batch_size=2, candidates=2, workers=2)
+    assert shared.read_bytes() == alone.read_bytes()

@@ -9,16 +9,24 @@ The targets are written as `dglm generate --output` writes samples (one line a p
 with seed `seed + k`), so a killed run continues with `resume`; each line keeps its pair's source. Within a chunk
 of pairs, those of alike length are decoded together (a batch runs as long as its longest row), which a sample's
 text does not depend on. The file is a pairs file: point a training config's `data.train` at it.
+
+Decoder-written targets keep the decoder's style but lose much of the real continuation's meaning (fidelity cosine
+0.375 against 0.512). With `candidates` K > 1 each prefix is continued K times (K lines a pair, candidate j of pair
+k seeded `seed + k * K + j`, as `dglm generate` seeds its samples) and `nearest_targets` keeps, for each pair, the
+candidate nearest the real continuation in the encoder's space: the decoder's own words, the corpus's meaning as
+near as K draws come. The two steps are apart because only the first is slow, and it needs no encoder.
 """
 
 from __future__ import annotations
 
+import json
+import multiprocessing
 from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dglm.config import TrainConfig
+from dglm.config import DecodingSettings, TrainConfig
 from dglm.data.pairs import iter_pairs, select_pairs, source_of
 from dglm.errors import DglmError
 from dglm.pipeline import Sample, check_seed, chunks
@@ -34,37 +42,103 @@ CHUNK_BATCHES = 40  # batches per write: pairs are decoded sorted by length with
 
 
 def distill(config: TrainConfig, out: Path, seed: int = 0, batch_size: int = 25, limit: int = 0,
-            resume: bool = False) -> int:
-    """Write decoder-written targets for the pairs `config` trains on (the first `limit`, 0: all) to `out`; return
-    how many lines the file holds."""
+            resume: bool = False, candidates: int = 1, device: str = "cpu", workers: int = 1) -> int:
+    """Write decoder-written targets for the pairs `config` trains on (the first `limit`, 0: all) to `out`,
+    `candidates` lines a pair, decoded by `workers` processes; return how many lines the file holds.
+
+    Sampling draws one random number per vocabulary entry and token from each row's own generator, on one CPU
+    thread: with a GPU decoding, that is the bottleneck, and more processes (each with its decoder) share it out."""
+    import torch
     from tqdm.auto import tqdm
+
+    if batch_size < 1 or limit < 0 or candidates < 1 or workers < 1:
+        raise DglmError(f"batch size, candidates and workers must be at least 1 and limit at least 0, got "
+                        f"{batch_size}, {candidates}, {workers} and {limit}")
+    pairs = select_pairs(config.data)[: limit or None]
+    rows = [(k, j) for k in range(len(pairs)) for j in range(candidates)]  # line n of the file is rows[n]
+    check_seed(seed, len(rows))
+    decoding = config.pipeline.decoding
+    run = {"decoder": config.pipeline.decoder, "pairs": asdict(config.data), "limit": limit, "num_samples": candidates,
+           "seed": seed, **asdict(decoding)}
+    written = SampleFile(out, run, "jsonl", resume)
+    start_decoder(config.pipeline.decoder, device, decoding, 0)  # here too: lengths need its tokenizer
+    lengths = [max(1, len(ids)) for ids in DECODER["decoder"].token_ids([pair["continuation"] for pair in pairs])]
+    pool = None
+    if workers > 1:
+        threads = max(1, torch.get_num_threads() // workers)
+        pool = multiprocessing.get_context("spawn").Pool(  # spawn: a forked child cannot use CUDA
+            workers, initializer=start_decoder, initargs=(config.pipeline.decoder, device, decoding, threads))
+    bar = tqdm(total=len(rows), initial=written.held, desc="decoder-written targets", unit="line")
+    try:
+        for start in range(written.held, len(rows), batch_size * CHUNK_BATCHES):
+            chunk = range(start, min(start + batch_size * CHUNK_BATCHES, len(rows)))
+            batches = list(chunks(sorted(chunk, key=lambda n: lengths[rows[n][0]]), batch_size))  # alike lengths together
+            # each row as long as its pair's real continuation: the corpus's length distribution
+            tasks = [[(pairs[rows[n][0]]["prefix"], seed + n, lengths[rows[n][0]]) for n in batch] for batch in batches]
+            texts = {}
+            for batch, generated in zip(batches, (pool.imap if pool else map)(continue_rows, tasks)):
+                texts.update(zip(batch, generated))
+                bar.update(len(batch))
+            written.append([Sample(pairs[rows[n][0]]["prefix"], texts[n], {}, seed + n, [], *rows[n]) for n in chunk],
+                           extra=[{"source": source_of(pairs[rows[n][0]])} for n in chunk])
+    finally:
+        if pool is not None:
+            pool.terminate()
+        bar.close()
+    return len(rows)
+
+
+DECODER: dict[str, Any] = {}  # the published decoder and decoding of this process, set by `start_decoder`
+
+
+def start_decoder(name: str, device: str, decoding: DecodingSettings, threads: int) -> None:
+    """Load the decoder once per process (threads 0: leave torch's count as it is)."""
+    import torch
 
     from dglm.stages.decoder import SoftPromptDecoder
 
-    if batch_size < 1 or limit < 0:
-        raise DglmError(f"batch size must be at least 1 and limit at least 0, got {batch_size} and {limit}")
-    pairs = select_pairs(config.data)[: limit or None]
-    check_seed(seed, len(pairs))
-    decoding = config.pipeline.decoding
-    run = {"decoder": config.pipeline.decoder, "pairs": asdict(config.data), "limit": limit, "num_samples": 1,
-           "seed": seed, **asdict(decoding)}
-    written = SampleFile(out, run, "jsonl", resume)
-    decoder = SoftPromptDecoder.load(config.pipeline.decoder)
-    lengths = [max(1, len(ids)) for ids in decoder.token_ids([pair["continuation"] for pair in pairs])]
-    bar = tqdm(total=len(pairs), initial=written.held, desc="decoder-written targets", unit="pair")
-    for start in range(written.held, len(pairs), batch_size * CHUNK_BATCHES):
-        chunk = range(start, min(start + batch_size * CHUNK_BATCHES, len(pairs)))
-        texts = {}
-        for batch in chunks(sorted(chunk, key=lengths.__getitem__), batch_size):  # alike lengths decode together
-            settings = [decoding.updated(max_new_tokens=lengths[k]) for k in batch]  # the corpus's length distribution
-            generated = decoder.generate([pairs[k]["prefix"] for k in batch], None,
-                                         sample_generators([seed + k for k in batch]), settings)
-            texts.update(zip(batch, generated))
-            bar.update(len(batch))
-        written.append([Sample(pairs[k]["prefix"], texts[k], {}, seed + k, [], k, 0) for k in chunk],
-                       extra=[{"source": source_of(pairs[k])} for k in chunk])
-    bar.close()
-    return len(pairs)
+    if threads:
+        torch.set_num_threads(threads)
+    DECODER.update(decoder=SoftPromptDecoder.load(name, device), decoding=decoding)
+
+
+def continue_rows(rows: list[tuple[str, int, int]]) -> list[str]:
+    """Continue each (prefix, seed, length) row with this process's decoder."""
+    prefixes, seeds, lengths = zip(*rows)
+    return DECODER["decoder"].generate(list(prefixes), None, sample_generators(list(seeds)),
+                                       [DECODER["decoding"].updated(max_new_tokens=n) for n in lengths])
+
+
+def nearest_targets(config: TrainConfig, candidates_path: Path, out: Path) -> dict[str, float]:
+    """Write to `out`, for each pair of a `distill` run with several candidates a pair, the candidate whose
+    embedding is nearest (cosine) the real continuation's; return the mean cosine of the chosen and of all
+    candidates. The pairs file keeps each chosen line as written, with its `cosine` and the `candidates` drawn."""
+    import torch
+
+    from dglm.stages.encoder import SentenceEncoder
+
+    per_pair = int(SampleFile.recorded(candidates_path)["num_samples"])
+    lines = list(iter_pairs(candidates_path))
+    if not lines or len(lines) % per_pair:
+        raise DglmError(f"{candidates_path} holds {len(lines)} lines, not a whole number of pairs of {per_pair} "
+                        "candidates: finish the run with `dglm data distill --resume`")
+    real = select_pairs(config.data)[: len(lines) // per_pair]
+    for k, pair in enumerate(real):
+        if lines[k * per_pair]["prefix"] != pair["prefix"]:
+            raise DglmError(f"{candidates_path} pair {k + 1} continues another prefix than this config's pair {k + 1}; "
+                            "choose with the config the candidates were written for")
+    encoder = SentenceEncoder(config.pipeline.encoder)
+    with torch.no_grad():  # unit vectors: products are cosines
+        truth = encoder.encode([pair["continuation"] for pair in real], batch_size=128, progress=True)
+        drawn = encoder.encode([line["continuation"] for line in lines], batch_size=128, progress=True)
+    cosines = (drawn.view(len(real), per_pair, -1) @ truth[:, :, None]).squeeze(-1)  # pairs x candidates
+    best = cosines.max(dim=-1)
+    with open(out, "w", encoding="utf-8") as file:
+        for k, (j, cosine) in enumerate(zip(best.indices.tolist(), best.values.tolist())):
+            chosen = {**lines[k * per_pair + j], "cosine": round(cosine, 4), "candidates": per_pair}
+            file.write(json.dumps(chosen, ensure_ascii=False) + "\n")
+    return {"pairs": len(real), "chosen_cosine": round(float(best.values.mean()), 4),
+            "candidate_cosine": round(float(cosines.mean()), 4)}
 
 
 def sentiment_balance(config: TrainConfig, targets: Path, attribute: str = "sentiment") -> dict[str, Any]:
