@@ -215,6 +215,10 @@ class DataConfig:
     # `mix_targets_from`, which must hold the same prefixes: e.g. real targets mixed into decoder-written ones.
     mix_targets_from: str = ""
     mix_share: float = 0.0
+    # The text whose embedding is a pair's latent: its "continuation" (the target text), or the "real_continuation"
+    # that `dglm data nearest` keeps on each decoder-written pair, so that the latents are the corpus's, as the
+    # denoiser proposes them, while the text to write is the decoder's.
+    latent_from: str = "continuation"
 
 
 @dataclass

@@ -186,15 +186,16 @@ def test_the_fluency_trials_differ_in_their_targets_and_the_anchor_alone():
 
 def test_the_later_fluency_trials_change_one_thing_of_the_decoder_written_trial():
     """Rebalanced by label (the weight the balance report proposes), half real targets, or the nearest of several
-    decoder-written candidates, and nothing else."""
-    decoder, balanced, mixed, nearest = (TrainConfig.from_yaml(FLUENCY_TRIALS[name]) for name in (
-        "decoder-targets", "decoder-targets-balanced", "mixed-targets", "nearest-targets"))
+    decoder-written candidates (then with the real continuation's latent), and nothing else."""
+    decoder, balanced, mixed, nearest, real_latents = (TrainConfig.from_yaml(FLUENCY_TRIALS[name]) for name in (
+        "decoder-targets", "decoder-targets-balanced", "mixed-targets", "nearest-targets", "nearest-targets-real-latents"))
     assert balanced.prompt_generator.label_weights == {"sentiment": {"negative": 1.46}}
     assert dataclasses.replace(balanced.prompt_generator, label_weights={}) == decoder.prompt_generator
     assert balanced.data == decoder.data
     assert mixed.data == dataclasses.replace(decoder.data, mix_targets_from=TrainConfig().data.train, mix_share=0.5)
     assert nearest.data == dataclasses.replace(decoder.data, train="data/pairs-nearest.jsonl")
-    assert mixed.prompt_generator == decoder.prompt_generator == nearest.prompt_generator
-    for trial in (balanced, mixed, nearest):
+    assert real_latents.data == dataclasses.replace(nearest.data, latent_from="real_continuation")
+    assert mixed.prompt_generator == decoder.prompt_generator == nearest.prompt_generator == real_latents.prompt_generator
+    for trial in (balanced, mixed, nearest, real_latents):
         assert (trial.seed, trial.pipeline, trial.init_from) == (decoder.seed, decoder.pipeline, decoder.init_from)
-    assert len({trial.run_dir for trial in (decoder, balanced, mixed, nearest)}) == 4
+    assert len({trial.run_dir for trial in (decoder, balanced, mixed, nearest, real_latents)}) == 5

@@ -5,6 +5,7 @@ import dataclasses
 import json
 
 import pytest
+import torch
 import yaml
 from conftest import toy_sentences
 
@@ -16,7 +17,7 @@ from dglm.seeding import sample_generators
 from dglm.stages.decoder import SoftPromptDecoder
 from dglm.stages.encoder import SentenceEncoder
 from dglm.training.distill import distill, nearest_targets, sentiment_balance
-from dglm.training.stages import train_denoiser
+from dglm.training.stages import encoded_pairs, train_denoiser
 
 
 @pytest.fixture
@@ -114,6 +115,7 @@ def test_several_candidates_a_pair_are_seeded_like_samples_and_the_nearest_to_th
         assert (pair["prefix"], pair["continuation"], pair["sample_index"]) == (
             real[k]["prefix"], own[best]["continuation"], best)
         assert abs(pair["cosine"] - cosines[best]) < 1e-3 and pair["candidates"] == 3
+        assert pair["real_continuation"] == real[k]["continuation"]
     assert summary["pairs"] == 4 and summary["chosen_cosine"] >= summary["candidate_cosine"]
 
 
@@ -151,3 +153,21 @@ def test_worker_processes_write_the_same_file_as_one(config_path, tmp_path):
     distill(config, alone, batch_size=2, candidates=2)
     distill(config, shared, batch_size=2, candidates=2, workers=2)
     assert shared.read_bytes() == alone.read_bytes()
+
+
+def test_latents_can_come_from_the_real_continuation_while_the_text_to_write_stays_the_decoders(config_path, tmp_path):
+    config = TrainConfig.from_yaml(config_path)
+    drawn, chosen = tmp_path / "candidates.jsonl", tmp_path / "nearest.jsonl"
+    distill(config, drawn, limit=4, candidates=2)
+    nearest_targets(config, drawn, chosen)
+    pairs = list(iter_pairs(chosen))
+    encoder = SentenceEncoder(config.pipeline.encoder)
+    for field in ("continuation", "real_continuation"):
+        trained = dataclasses.replace(config, data=DataConfig(train=str(chosen), latent_from=field))
+        _, latents = encoded_pairs(trained, pairs)
+        expected = encoder.encode([pair[field] for pair in pairs])
+        assert torch.allclose(latents, expected.half().float(), atol=1e-3), field
+    with pytest.raises(DglmError, match="pair 1 has no such field; pairs written by `dglm data nearest`"):
+        encoded_pairs(dataclasses.replace(config, data=DataConfig(latent_from="real_continuation")), select_pairs(config.data))
+    with pytest.raises(DglmError, match=r"data.latent_from must be one of \['continuation', 'real_continuation'\], got 'meaning'"):
+        encoded_pairs(dataclasses.replace(config, data=DataConfig(latent_from="meaning")), pairs)

@@ -70,6 +70,20 @@ def mixed_targets(pairs: list[dict], lines: list[int], data: DataConfig) -> list
     return mixed
 
 
+LATENT_FIELDS = ("continuation", "real_continuation")
+
+
+def latent_texts(pairs: list[dict], field: str) -> list[str]:
+    """The texts whose embeddings are the pairs' latents (`data.latent_from`)."""
+    if field not in LATENT_FIELDS:
+        raise DglmError(f"data.latent_from must be one of {list(LATENT_FIELDS)}, got {field!r}")
+    missing = next((k for k, pair in enumerate(pairs) if field not in pair), None)
+    if missing is not None:
+        raise DglmError(f"data.latent_from is {field!r}, but pair {missing + 1} has no such field; pairs written by "
+                        "`dglm data nearest` keep their real continuation")
+    return [pair[field] for pair in pairs]
+
+
 def source_of(pair: dict) -> str:
     """The corpus source a pair came from; pairs without one share the name "(none)"."""
     return pair.get("source", "(none)")

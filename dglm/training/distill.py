@@ -112,7 +112,8 @@ def continue_rows(rows: list[tuple[str, int, int]]) -> list[str]:
 def nearest_targets(config: TrainConfig, candidates_path: Path, out: Path) -> dict[str, float]:
     """Write to `out`, for each pair of a `distill` run with several candidates a pair, the candidate whose
     embedding is nearest (cosine) the real continuation's; return the mean cosine of the chosen and of all
-    candidates. The pairs file keeps each chosen line as written, with its `cosine` and the `candidates` drawn."""
+    candidates. The pairs file keeps each chosen line as written, with its `cosine`, the `candidates` drawn and the
+    `real_continuation` (which `data.latent_from` can make the pair's latent)."""
     import torch
 
     from dglm.stages.encoder import SentenceEncoder
@@ -135,7 +136,8 @@ def nearest_targets(config: TrainConfig, candidates_path: Path, out: Path) -> di
     best = cosines.max(dim=-1)
     with open(out, "w", encoding="utf-8") as file:
         for k, (j, cosine) in enumerate(zip(best.indices.tolist(), best.values.tolist())):
-            chosen = {**lines[k * per_pair + j], "cosine": round(cosine, 4), "candidates": per_pair}
+            chosen = {**lines[k * per_pair + j], "cosine": round(cosine, 4), "candidates": per_pair,
+                      "real_continuation": real[k]["continuation"]}
             file.write(json.dumps(chosen, ensure_ascii=False) + "\n")
     return {"pairs": len(real), "chosen_cosine": round(float(best.values.mean()), 4),
             "candidate_cosine": round(float(cosines.mean()), 4)}

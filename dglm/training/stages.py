@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dglm.config import TrainConfig
-from dglm.data.pairs import pair_weights, select_pairs, source_of
+from dglm.data.pairs import latent_texts, pair_weights, select_pairs, source_of
 from dglm.errors import DglmError
 from dglm.processes import join_process_group
 from dglm.stages.schedule import CosineSchedule, noise_to_level
@@ -32,19 +32,22 @@ from dglm.training.state import EMA, has_training_state
 
 
 def encoded_pairs(config: TrainConfig, pairs: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Prefix and continuation embeddings, computed once and cached in the run folder (fp16).
+    """Prefix and continuation (latent) embeddings, computed once and cached in the run folder (fp16); the latent is
+    the embedding of the text `data.latent_from` names.
 
     The cache's name holds a digest of the texts and the encoder, so another selection of pairs never
     reads embeddings that belong to a different one.
     """
     from dglm.stages.encoder import SentenceEncoder
 
+    meanings = latent_texts(pairs, config.data.latent_from)
+
     def encode() -> dict[str, torch.Tensor]:
-        texts = [p["prefix"] for p in pairs] + [p["continuation"] for p in pairs]
+        texts = [p["prefix"] for p in pairs] + meanings
         embeddings = SentenceEncoder(config.pipeline.encoder).encode(texts, batch_size=128, progress=True).half()
         return {"prefix": embeddings[: len(pairs)], "continuation": embeddings[len(pairs):]}
 
-    digest = texts_digest(config.pipeline.encoder, (text for p in pairs for text in (p["prefix"], p["continuation"])))
+    digest = texts_digest(config.pipeline.encoder, (text for p, m in zip(pairs, meanings) for text in (p["prefix"], m)))
     tensors = cached_tensors(config.run_path / f"embeddings-{len(pairs)}-{digest[:12]}.safetensors", encode)
     return tensors["prefix"].float(), tensors["continuation"].float()
 
