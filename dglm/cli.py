@@ -158,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     build.set_defaults(handler=cmd_data_build)
     distill = data.add_parser(
         "distill", help="continue the training pairs' prefixes with the published decoder (decoder-written targets)",
-        description="For the pairs a training config selects, sample a continuation of each prefix from the decoder as "
+        description="For the pairs a training config selects, sample a continuation (or --candidates K) of each prefix from the decoder as "
                     "published, with the checkpoint's decoding and the real continuation's length, and write them as a "
                     "pairs file (resumable like `dglm generate --output`); then report how the sentiment probe reads "
                     "real and decoder-written continuations (OUT.balance.json). Train on them by pointing a config's "
@@ -170,13 +170,16 @@ def build_parser() -> argparse.ArgumentParser:
     distill.add_argument("--candidates", type=int, default=1,
                          help="continuations a prefix (default 1); with more, choose among them with `dglm data nearest`")
     distill.add_argument("--batch-size", type=int, default=25, help="continuations decoded together (default 25)")
-    distill.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    distill.add_argument("--device", default="auto",
+                         help="cpu, cuda, cuda:1, ... (default: cuda if available); the same seed can give other text on "
+                              "another device (its arithmetic differs), so resume a run on the device that started it")
     distill.add_argument("--workers", type=int, default=1,
                          help="processes decoding at once, each with its own decoder (default 1); sampling runs on one "
                               "CPU thread a process, so with a GPU, use about as many as there are CPU cores")
     distill.add_argument("--limit", type=int, default=0, help="only the first N pairs (default 0: all)")
     distill.add_argument("--resume", action="store_true", help="continue an interrupted run's file")
-    distill.add_argument("--no-balance", action="store_true", help="skip the sentiment balance report")
+    distill.add_argument("--no-balance", action="store_true",
+                         help="skip the sentiment balance report (with several candidates, `dglm data nearest` writes it)")
     distill.set_defaults(handler=cmd_data_distill)
     nearest = data.add_parser(
         "nearest", help="of several decoder-written candidates a pair, keep the one nearest the real continuation",
@@ -458,8 +461,9 @@ def cmd_data_nearest(args: argparse.Namespace) -> None:
 
     config = TrainConfig.from_yaml(args.config)
     chosen = nearest_targets(config, args.candidates, args.out)
-    print(f"wrote {args.out}: {chosen['pairs']} pairs; mean cosine to the real continuation {chosen['chosen_cosine']} "
-          f"for the nearest candidate, {chosen['candidate_cosine']} for any one")
+    unfinished = f" (of the {chosen['planned']} the run was for: it is unfinished)" if chosen["pairs"] < chosen["planned"] else ""
+    print(f"wrote {args.out}: {chosen['pairs']} pairs{unfinished}; mean cosine to the real continuation "
+          f"{chosen['chosen_cosine']} for the nearest candidate, {chosen['candidate_cosine']} averaged over all candidates")
     if not args.no_balance:
         report_balance(config, args.out)
 

@@ -217,7 +217,8 @@ class DataConfig:
     mix_share: float = 0.0
     # The text whose embedding is a pair's latent: its "continuation" (the target text), or the "real_continuation"
     # that `dglm data nearest` keeps on each decoder-written pair, so that the latents are the corpus's, as the
-    # denoiser proposes them, while the text to write is the decoder's.
+    # denoiser proposes them, while the text to write is the decoder's. The latent is what the denoiser and
+    # `prompt_generator.label_weights` read.
     latent_from: str = "continuation"
 
 

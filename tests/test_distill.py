@@ -101,9 +101,12 @@ def test_several_candidates_a_pair_are_seeded_like_samples_and_the_nearest_to_th
     assert [(line["prefix_index"], line["sample_index"], line["seed"]) for line in lines] == [
         (k, j, 3 + k * 3 + j) for k in range(4) for j in range(3)]
     assert [line["prefix"] for line in lines] == [pair["prefix"] for pair in real for _ in range(3)]
-    single = tmp_path / "single.jsonl"
-    distill(config, single, seed=3, batch_size=5, limit=4)
-    assert list(iter_pairs(single))[0]["continuation"] == lines[0]["continuation"], "candidate 0 of pair 0 has the same seed"
+    decoder = SoftPromptDecoder.load(config.pipeline.decoder)
+    length = len(decoder.token_ids([real[2]["continuation"]])[0])
+    alone = decoder.generate([real[2]["prefix"]], None, sample_generators([3 + 2 * 3 + 1]),
+                             config.pipeline.decoding.updated(max_new_tokens=length))
+    assert lines[2 * 3 + 1]["continuation"] == alone[0], "candidate 1 of pair 2 is what its recorded seed writes alone"
+    assert len({line["continuation"] for line in lines}) > 4, "a pair's candidates are other draws, not copies"
 
     summary = nearest_targets(config, drawn, chosen)
     kept = list(iter_pairs(chosen))
@@ -130,6 +133,19 @@ def test_choosing_refuses_an_unfinished_candidates_file_and_another_configs_pair
     drawn.write_bytes(b"".join(lines[2:]))  # pair 2's candidates where pair 1's belong
     with pytest.raises(DglmError, match="continues another prefix than this config's pair 1"):
         nearest_targets(config, drawn, tmp_path / "nearest.jsonl")
+    drawn.write_bytes(b"".join(lines) + lines[0][:10])  # killed while writing a line
+    with pytest.raises(DglmError, match="ends in a cut line"):
+        nearest_targets(config, drawn, tmp_path / "nearest.jsonl")
+    fewer = dataclasses.replace(config, data=dataclasses.replace(config.data, max_pairs=1, all_pairs_from=[]))
+    drawn.write_bytes(b"".join(lines))
+    with pytest.raises(DglmError, match="holds 2 pairs, but this config selects only 1"):
+        nearest_targets(fewer, drawn, tmp_path / "nearest.jsonl")
+    drawn.write_bytes(b"".join(lines[:2]))  # stopped between pairs: its whole pairs are chosen among
+    summary = nearest_targets(config, drawn, tmp_path / "nearest.jsonl")
+    assert (summary["pairs"], summary["planned"]) == (1, 2)
+    drawn.with_name(drawn.name + ".settings.json").unlink()
+    with pytest.raises(DglmError, match="settings.json is missing"):
+        nearest_targets(config, drawn, tmp_path / "nearest.jsonl")
     with pytest.raises(DglmError, match="candidates and workers must be at least 1.*got 25, 0, 1"):
         distill(config, tmp_path / "none.jsonl", candidates=0)
 
@@ -141,7 +157,8 @@ def test_the_cli_writes_candidates_then_chooses_and_trains_on_the_choice(config_
     assert "choose with `dglm data nearest" in capsys.readouterr().out
     assert main(["data", "nearest", "--config", str(config_path), "--candidates", str(drawn), "--out", str(chosen),
                  "--no-balance"]) == 0
-    assert "wrote" in capsys.readouterr().out and len(list(iter_pairs(chosen))) == 9
+    printed = capsys.readouterr().out
+    assert "wrote" in printed and "unfinished" not in printed and len(list(iter_pairs(chosen))) == 9
     config = TrainConfig.from_yaml(config_path)
     trained = dataclasses.replace(config, data=DataConfig(train=str(chosen)))
     assert (train_denoiser(trained, "nearest") / "card.json").is_file()
@@ -167,7 +184,7 @@ def test_latents_can_come_from_the_real_continuation_while_the_text_to_write_sta
         _, latents = encoded_pairs(trained, pairs)
         expected = encoder.encode([pair[field] for pair in pairs])
         assert torch.allclose(latents, expected.half().float(), atol=1e-3), field
-    with pytest.raises(DglmError, match="pair 1 has no such field; pairs written by `dglm data nearest`"):
+    with pytest.raises(DglmError, match=r"selected pair 1 \(prefix .*\) has no such field; pairs written by `dglm data nearest`"):
         encoded_pairs(dataclasses.replace(config, data=DataConfig(latent_from="real_continuation")), select_pairs(config.data))
     with pytest.raises(DglmError, match=r"data.latent_from must be one of \['continuation', 'real_continuation'\], got 'meaning'"):
         encoded_pairs(dataclasses.replace(config, data=DataConfig(latent_from="meaning")), pairs)

@@ -79,8 +79,9 @@ def latent_texts(pairs: list[dict], field: str) -> list[str]:
         raise DglmError(f"data.latent_from must be one of {list(LATENT_FIELDS)}, got {field!r}")
     missing = next((k for k, pair in enumerate(pairs) if field not in pair), None)
     if missing is not None:
-        raise DglmError(f"data.latent_from is {field!r}, but pair {missing + 1} has no such field; pairs written by "
-                        "`dglm data nearest` keep their real continuation")
+        raise DglmError(f"data.latent_from is {field!r}, but selected pair {missing + 1} (prefix "
+                        f"{pairs[missing]['prefix'][:40]!r}) has no such field; pairs written by `dglm data nearest` "
+                        "keep their real continuation")
     return [pair[field] for pair in pairs]
 
 

@@ -6,7 +6,7 @@ Trained on continuations the decoder wrote itself, with the shipped decoding and
 they learn to carry a continuation's meaning while the style stays the decoder's.
 
 The targets are written as `dglm generate --output` writes samples (one line a pair, in the pairs' order, pair k
-with seed `seed + k`), so a killed run continues with `resume`; each line keeps its pair's source. Within a chunk
+with seed `seed + k`; K lines a pair with `candidates`, below), so a killed run continues with `resume`; each line keeps its pair's source. Within a chunk
 of pairs, those of alike length are decoded together (a batch runs as long as its longest row), which a sample's
 text does not depend on. The file is a pairs file: point a training config's `data.train` at it.
 
@@ -84,6 +84,8 @@ def distill(config: TrainConfig, out: Path, seed: int = 0, batch_size: int = 25,
     finally:
         if pool is not None:
             pool.terminate()
+            pool.join()
+        DECODER.clear()  # the decoder's memory goes back once the file is written
         bar.close()
     return len(rows)
 
@@ -109,21 +111,36 @@ def continue_rows(rows: list[tuple[str, int, int]]) -> list[str]:
                                        [DECODER["decoding"].updated(max_new_tokens=n) for n in lengths])
 
 
-def nearest_targets(config: TrainConfig, candidates_path: Path, out: Path) -> dict[str, float]:
+def nearest_targets(config: TrainConfig, candidates_path: Path, out: Path) -> dict[str, Any]:
     """Write to `out`, for each pair of a `distill` run with several candidates a pair, the candidate whose
-    embedding is nearest (cosine) the real continuation's; return the mean cosine of the chosen and of all
-    candidates. The pairs file keeps each chosen line as written, with its `cosine`, the `candidates` drawn and the
-    `real_continuation` (which `data.latent_from` can make the pair's latent)."""
+    embedding is nearest (cosine) the real continuation's; return how many pairs of how many the run was for, and
+    the mean cosine of the chosen and of all candidates. The pairs file keeps each chosen line as written, with its
+    `cosine`, the `candidates` drawn and the `real_continuation` (which `data.latent_from` can make the pair's
+    latent). An unfinished run's whole pairs are chosen among: a trial needs only the first ones."""
     import torch
 
     from dglm.stages.encoder import SentenceEncoder
 
-    per_pair = int(SampleFile.recorded(candidates_path)["num_samples"])
-    lines = list(iter_pairs(candidates_path))
+    settings = candidates_path.with_name(candidates_path.name + ".settings.json")
+    if not settings.is_file():
+        raise DglmError(f"{settings} is missing: `dglm data nearest` reads a `dglm data distill --candidates K` file "
+                        "with the settings file that run wrote beside it")
+    recorded = SampleFile.recorded(candidates_path)
+    per_pair = int(recorded["num_samples"])
+    try:
+        lines = list(iter_pairs(candidates_path))
+    except json.JSONDecodeError:
+        raise DglmError(f"{candidates_path} ends in a cut line (the run was killed while writing): finish it with "
+                        "`dglm data distill --resume`") from None
     if not lines or len(lines) % per_pair:
         raise DglmError(f"{candidates_path} holds {len(lines)} lines, not a whole number of pairs of {per_pair} "
                         "candidates: finish the run with `dglm data distill --resume`")
-    real = select_pairs(config.data)[: len(lines) // per_pair]
+    selected = select_pairs(config.data)
+    planned = len(selected[: recorded.get("limit") or None])
+    real = selected[: len(lines) // per_pair]
+    if len(real) < len(lines) // per_pair:
+        raise DglmError(f"{candidates_path} holds {len(lines) // per_pair} pairs, but this config selects only "
+                        f"{len(selected)}; choose with the config the candidates were written for")
     for k, pair in enumerate(real):
         if lines[k * per_pair]["prefix"] != pair["prefix"]:
             raise DglmError(f"{candidates_path} pair {k + 1} continues another prefix than this config's pair {k + 1}; "
@@ -139,7 +156,7 @@ def nearest_targets(config: TrainConfig, candidates_path: Path, out: Path) -> di
             chosen = {**lines[k * per_pair + j], "cosine": round(cosine, 4), "candidates": per_pair,
                       "real_continuation": real[k]["continuation"]}
             file.write(json.dumps(chosen, ensure_ascii=False) + "\n")
-    return {"pairs": len(real), "chosen_cosine": round(float(best.values.mean()), 4),
+    return {"pairs": len(real), "planned": planned, "chosen_cosine": round(float(best.values.mean()), 4),
             "candidate_cosine": round(float(cosines.mean()), 4)}
 
 
