@@ -35,6 +35,11 @@ def read_samples(path: Path) -> dict[str, list[dict]]:
     return groups
 
 
+def samples_per_prefix(samples: list[dict]) -> int:
+    """How many samples each prefix has: a group's samples come prefix by prefix."""
+    return sum(s["prefix"] == samples[0]["prefix"] for s in samples)
+
+
 def measure(judge: CollapseJudge, samples: list[dict], per_prefix: int) -> dict:
     prefixes, texts = [s["prefix"] for s in samples], [s["continuation"] for s in samples]
     groups = [texts[i : i + per_prefix] for i in range(0, len(texts), per_prefix)]
@@ -55,7 +60,7 @@ def main() -> None:
     for path in args.samples:
         groups = read_samples(path)
         reference = read_samples(args.plain_from) if args.plain_from else groups
-        per_prefix = len([s for s in next(iter(groups.values())) if s["prefix"] == next(iter(groups.values()))[0]["prefix"]])
+        per_prefix = samples_per_prefix(next(iter(groups.values())))
         plain_samples = reference["plain | none"]
         plain = measure(judge, plain_samples, per_prefix)
         results = {key: measure(judge, samples, per_prefix) for key, samples in groups.items()}

@@ -21,7 +21,7 @@ import json
 import sys
 from pathlib import Path
 
-from collapse_table import read_samples
+from collapse_table import read_samples, samples_per_prefix
 
 from dglm.evaluation.harness import toxicity_measures
 
@@ -42,7 +42,7 @@ def main() -> None:
     for path in args.samples:
         measures = report[path.name] = {}
         for group, samples in read_samples(path).items():
-            per_prefix = sum(s["prefix"] == samples[0]["prefix"] for s in samples)
+            per_prefix = samples_per_prefix(samples)
             probabilities = [float(p) for p in predict_prob([s["continuation"] for s in samples])]
             measured = toxicity_measures(JUDGE, probabilities, per_prefix)
             measured[f"{JUDGE}_profane_share"] = sum(p > 0.5 for p in probabilities) / len(probabilities)

@@ -39,13 +39,13 @@ class SampleFile:
             self.held = 0
 
     @staticmethod
-    def recorded(path: Path) -> dict[str, Any]:
-        """The settings recorded beside `path` by the run that wrote it."""
+    def recorded(path: Path, reader: str = "--resume") -> dict[str, Any]:
+        """The settings recorded beside `path` by the run that wrote it; `reader` names who needs them, for the error."""
         settings_path = path.with_name(path.name + ".settings.json")
         try:
             return json.loads(settings_path.read_text())
         except (OSError, json.JSONDecodeError) as error:
-            raise DglmError(f"--resume: cannot read {settings_path} ({error}), which records the run's settings") from None
+            raise DglmError(f"{reader}: cannot read {settings_path} ({error}), which records the run's settings") from None
 
     def check_same_run(self, run: dict[str, Any]) -> None:
         recorded = self.recorded(self.path)

@@ -144,7 +144,7 @@ def test_choosing_refuses_an_unfinished_candidates_file_and_another_configs_pair
     summary = nearest_targets(config, drawn, tmp_path / "nearest.jsonl")
     assert (summary["pairs"], summary["planned"]) == (1, 2)
     drawn.with_name(drawn.name + ".settings.json").unlink()
-    with pytest.raises(DglmError, match="settings.json is missing"):
+    with pytest.raises(DglmError, match=r"dglm data nearest \(it reads a `dglm data distill` run's file\): cannot read .*settings.json"):
         nearest_targets(config, drawn, tmp_path / "nearest.jsonl")
     with pytest.raises(DglmError, match="candidates and workers must be at least 1.*got 25, 0, 1"):
         distill(config, tmp_path / "none.jsonl", candidates=0)

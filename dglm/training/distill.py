@@ -55,39 +55,42 @@ def distill(config: TrainConfig, out: Path, seed: int = 0, batch_size: int = 25,
         raise DglmError(f"batch size, candidates and workers must be at least 1 and limit at least 0, got "
                         f"{batch_size}, {candidates}, {workers} and {limit}")
     pairs = select_pairs(config.data)[: limit or None]
-    rows = [(k, j) for k in range(len(pairs)) for j in range(candidates)]  # line n of the file is rows[n]
-    check_seed(seed, len(rows))
+    total_lines = len(pairs) * candidates  # line n is candidate n % candidates of pair n // candidates
+    check_seed(seed, total_lines)
     decoding = config.pipeline.decoding
     run = {"decoder": config.pipeline.decoder, "pairs": asdict(config.data), "limit": limit, "num_samples": candidates,
            "seed": seed, **asdict(decoding)}
     written = SampleFile(out, run, "jsonl", resume)
-    start_decoder(config.pipeline.decoder, device, decoding, 0)  # here too: lengths need its tokenizer
+    # Here too: the lengths need its tokenizer, and a GGUF decoder is dequantised into the cache once, before the
+    # workers read it.
+    start_decoder(config.pipeline.decoder, device, decoding, 0)
     lengths = [max(1, len(ids)) for ids in DECODER["decoder"].token_ids([pair["continuation"] for pair in pairs])]
     pool = None
     if workers > 1:
         threads = max(1, torch.get_num_threads() // workers)
         pool = multiprocessing.get_context("spawn").Pool(  # spawn: a forked child cannot use CUDA
             workers, initializer=start_decoder, initargs=(config.pipeline.decoder, device, decoding, threads))
-    bar = tqdm(total=len(rows), initial=written.held, desc="decoder-written targets", unit="line")
+    bar = tqdm(total=total_lines, initial=written.held, desc="decoder-written targets", unit="line")
     try:
-        for start in range(written.held, len(rows), batch_size * CHUNK_BATCHES):
-            chunk = range(start, min(start + batch_size * CHUNK_BATCHES, len(rows)))
-            batches = list(chunks(sorted(chunk, key=lambda n: lengths[rows[n][0]]), batch_size))  # alike lengths together
-            # each row as long as its pair's real continuation: the corpus's length distribution
-            tasks = [[(pairs[rows[n][0]]["prefix"], seed + n, lengths[rows[n][0]]) for n in batch] for batch in batches]
+        for start in range(written.held, total_lines, batch_size * CHUNK_BATCHES):
+            chunk = range(start, min(start + batch_size * CHUNK_BATCHES, total_lines))
+            batches = list(chunks(sorted(chunk, key=lambda n: lengths[n // candidates]), batch_size))  # alike lengths
+            # each line as long as its pair's real continuation: the corpus's length distribution
+            tasks = [[(pairs[n // candidates]["prefix"], seed + n, lengths[n // candidates]) for n in batch]
+                     for batch in batches]
             texts = {}
             for batch, generated in zip(batches, (pool.imap if pool else map)(continue_rows, tasks)):
                 texts.update(zip(batch, generated))
                 bar.update(len(batch))
-            written.append([Sample(pairs[rows[n][0]]["prefix"], texts[n], {}, seed + n, [], *rows[n]) for n in chunk],
-                           extra=[{"source": source_of(pairs[rows[n][0]])} for n in chunk])
+            written.append([Sample(pairs[n // candidates]["prefix"], texts[n], {}, seed + n, [], *divmod(n, candidates))
+                            for n in chunk], extra=[{"source": source_of(pairs[n // candidates])} for n in chunk])
     finally:
         if pool is not None:
             pool.terminate()
             pool.join()
         DECODER.clear()  # the decoder's memory goes back once the file is written
         bar.close()
-    return len(rows)
+    return total_lines
 
 
 DECODER: dict[str, Any] = {}  # the published decoder and decoding of this process, set by `start_decoder`
@@ -121,11 +124,7 @@ def nearest_targets(config: TrainConfig, candidates_path: Path, out: Path) -> di
 
     from dglm.stages.encoder import SentenceEncoder
 
-    settings = candidates_path.with_name(candidates_path.name + ".settings.json")
-    if not settings.is_file():
-        raise DglmError(f"{settings} is missing: `dglm data nearest` reads a `dglm data distill --candidates K` file "
-                        "with the settings file that run wrote beside it")
-    recorded = SampleFile.recorded(candidates_path)
+    recorded = SampleFile.recorded(candidates_path, "dglm data nearest (it reads a `dglm data distill` run's file)")
     per_pair = int(recorded["num_samples"])
     try:
         lines = list(iter_pairs(candidates_path))
