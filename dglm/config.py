@@ -115,6 +115,9 @@ class DiffusionSettings(Settings):
     guidance_anchor: float = setting(0.0, "gradient and margin guidance: pull towards the prefix's own meaning (weight of "
                                           "the cosine to the prefix's embedding against the targets' log-probability); "
                                           "0 turns it off", at_least=0)
+    phrase_cosine: float = setting(0.4, "cosine to a phrase's embedding that --toward at weight 1 asks of the proposal "
+                                        "(unrelated text sits near 0.1): weight W asks at least W times it, --away at "
+                                        "weight W at most (1 - W) times it", above=0, below=1)
     prefix_guidance: float = setting(1.0, "classifier-free guidance on the prefix; 1 turns it off, more follows the "
                                           "prefix more closely", at_least=0)
     mc_draws: int = setting(16, "Monte-Carlo draws that blur the clean estimate the attribute probes score", at_least=1,
@@ -157,6 +160,7 @@ class GenerationSettings(TypedDict, total=False):
     guidance_mode: str | None
     guidance_target: float | None
     guidance_anchor: float | None
+    phrase_cosine: float | None
     prefix_guidance: float | None
     mc_draws: int | None
     renoise_alpha2: float | None

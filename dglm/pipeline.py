@@ -21,8 +21,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.nn import functional as F
 
-from dglm.attributes.probes import Probe, phrase_probe
+from dglm.attributes.probes import Probe
 from dglm.config import (SETTINGS_SECTIONS, DecodingSettings, DiffusionSettings, GenerationSettings, PipelineConfig,
                          check_setting, declared_settings)
 from dglm.errors import DglmError
@@ -32,7 +33,8 @@ from dglm.stages.decoder import SoftPromptDecoder
 from dglm.stages.decoder_adapter import load_adapter, split_adapter
 from dglm.stages.denoiser import Denoiser
 from dglm.stages.encoder import LatentNormalizer, SentenceEncoder
-from dglm.stages.guidance import PHRASE, AttributeSpec, BatchGuidance, Constraint, Guide, as_constraints, check_guidance_mode
+from dglm.stages.guidance import (PHRASE, AttributeSpec, BatchGuidance, Constraint, Guide, PhraseBound, as_constraints,
+                                  check_guidance_mode)
 from dglm.stages.prompt_generator import PromptGenerator
 from dglm.stages.samplers import diffuse
 from dglm.stages.schedule import CosineSchedule, noise_to_level
@@ -190,7 +192,7 @@ class Pipeline:
         if not constraints:
             return None
         terms = []
-        for probe, label_index, weight in attribute_terms(constraints, self.probe_for_phrase):
+        for probe, label_index, weight in attribute_terms(constraints):
             if not self.probe_fits(probe):
                 raise DglmError(
                     f"attribute {probe.name!r} was trained on encoder {probe.card['encoder']!r} "
@@ -200,11 +202,17 @@ class Pipeline:
             terms.append((probe.to(self.decoder.device), label_index, weight))
         diffusion = diffusion or self.config.diffusion
         return Guide(terms, self.parts.normalizer, mc_draws=diffusion.mc_draws, mode=diffusion.guidance_mode,
-                     target=diffusion.guidance_target, anchor=diffusion.guidance_anchor)
+                     target=diffusion.guidance_target, anchor=diffusion.guidance_anchor,
+                     phrases=self.phrase_bounds(constraints, diffusion.phrase_cosine))
 
-    def probe_for_phrase(self, text: str) -> Probe:
-        """A phrase constraint's probe: the phrase's embedding on this pipeline's encoder."""
-        return phrase_probe(text, self.encoder.encode([text])[0], self.config.encoder)
+    def phrase_bounds(self, constraints: list[Constraint], phrase_cosine: float) -> list[PhraseBound]:
+        """The phrase constraints as bounds on the cosine to each phrase's embedding on this pipeline's encoder."""
+        phrases = [constraint for constraint in constraints if constraint.attribute == PHRASE]
+        if not phrases:
+            return []
+        embeddings = F.normalize(self.encoder.encode([phrase.label for phrase in phrases]).float(), dim=-1)
+        return [PhraseBound.from_weight(embedding.to(self.decoder.device), phrase.weight, phrase_cosine)
+                for embedding, phrase in zip(embeddings, phrases)]
 
     def probe_fits(self, probe) -> bool:
         """Whether a probe was trained on this pipeline's encoder (probes read one encoder's space only)."""
@@ -414,16 +422,12 @@ def cut_at_stop(text: str, stops: list[str]) -> str:
     return text if at is None else text[:at]
 
 
-def attribute_terms(constraints: list[Constraint], probe_for_phrase: Callable[[str], Probe] | None = None
-                    ) -> list[tuple[Probe, int, float]]:
+def attribute_terms(constraints: list[Constraint]) -> list[tuple[Probe, int, float]]:
     """Each constraint's probe, label index and weight from the registered attributes: an unknown attribute or label
-    fails here, with what is known, before any model loads. Phrases need the encoder: with `probe_for_phrase` (text ->
-    its probe) they get their term, without it (a check before loading) they are left out."""
+    fails here, with what is known, before any model loads. Phrases are no probes (see `Pipeline.phrase_bounds`)."""
     attributes, terms = get_attributes(), []
     for constraint in constraints:
         if constraint.attribute == PHRASE:
-            if probe_for_phrase is not None:
-                terms.append((probe_for_phrase(constraint.label), 1, constraint.weight))
             continue
         if constraint.attribute not in attributes:
             known = ", ".join(attributes) or "none (install an attribute plugin)"

@@ -4,11 +4,15 @@ import http.client
 import json
 
 import pytest
+import torch
+import torch.nn.functional as F
 
+from dglm.attributes.probes import Probe
 from dglm.cli import main
 from dglm.errors import DglmError
 from dglm.seeding import sample_generators
-from dglm.stages.guidance import PHRASE, BatchGuidance, Constraint, parse_phrase
+from dglm.stages.encoder import LatentNormalizer
+from dglm.stages.guidance import PHRASE, BatchGuidance, Constraint, Guide, PhraseBound, parse_phrase
 
 
 @pytest.mark.parametrize("spec, sign, expected", [
@@ -27,6 +31,52 @@ def test_toward_and_away_are_phrase_constraints_of_opposite_sign():
     assert Constraint.away("a wedding") == Constraint(PHRASE, "a wedding", -1.0)
     with pytest.raises(DglmError, match="must be a non-empty string"):
         Constraint.toward("  ")
+
+
+@pytest.mark.parametrize("weight, cosine, at_least", [(1.0, 0.4, True), (0.5, 0.2, True), (2.0, 0.8, True),
+                                                      (5.0, 0.95, True), (-1.0, 0.0, False), (-0.5, 0.2, False),
+                                                      (-2.0, -0.4, False)])
+def test_a_phrase_weight_sets_a_cosine_bound(weight, cosine, at_least):
+    bound = PhraseBound.from_weight(torch.ones(3), weight, phrase_cosine=0.4)
+    assert (bound.cosine, bound.at_least) == (pytest.approx(cosine), at_least)
+
+
+@pytest.mark.parametrize("at_least", [True, False])
+def test_a_phrase_bound_turns_only_the_rows_outside_it_and_just_onto_it(at_least):
+    torch.manual_seed(0)
+    phrase = F.normalize(torch.randn(16), dim=0)
+    embeddings = F.normalize(torch.randn(64, 16) + 0.4 * phrase, dim=-1)
+    bound = PhraseBound(phrase, 0.3, at_least)
+    before, turned = embeddings @ phrase, bound.turn(embeddings)
+    after = turned @ phrase
+    outside = before < 0.3 if at_least else before > 0.3
+    assert outside.any() and (~outside).any()
+    assert torch.equal(turned[~outside], embeddings[~outside])
+    assert torch.allclose(after[outside], torch.full_like(after[outside], 0.3), atol=1e-5)
+    assert torch.allclose(turned.norm(dim=-1), torch.ones(64), atol=1e-5)
+    # what the phrase does not measure keeps its direction: the orthogonal parts are parallel
+    rest = lambda e: F.normalize(e - (e @ phrase)[:, None] * phrase, dim=-1)
+    assert torch.allclose((rest(turned) * rest(embeddings)).sum(-1), torch.ones(64), atol=1e-4)
+
+
+def test_a_phrase_bound_holds_beside_a_probe_pushing_far():
+    torch.manual_seed(0)
+    normalizer = LatentNormalizer(16)
+    normalizer.mean.copy_(0.1 * torch.randn(16))
+    normalizer.std.copy_(torch.rand(16) + 0.5)
+    card = {"name": "toy", "labels": ["no", "yes"], "encoder": "toy", "encoder_dim": 16, "weights": "toy.safetensors"}
+    probe = Probe(card, torch.randn(2, 16) * 3, torch.zeros(2))
+    phrases = [PhraseBound(F.normalize(torch.randn(16), dim=0), 0.4, True),
+               PhraseBound(F.normalize(torch.randn(16), dim=0), 0.1, False)]
+    guide = Guide([(probe, 1, 1.0)], normalizer, mc_draws=1, phrases=phrases, projection_passes=8)
+    latents = torch.randn(32, 16)
+    moved = latents + guide.delta(latents, 256.0, 0.0, sample_generators(range(32)))
+    embeddings = normalizer.to_embedding(moved)
+    assert (embeddings @ phrases[0].embedding >= 0.4 - 1e-3).all()
+    assert (embeddings @ phrases[1].embedding <= 0.1 + 1e-3).all()
+    probe_only = latents + Guide([(probe, 1, 1.0)], normalizer, mc_draws=1).delta(latents, 256.0, 0.0,
+                                                                                  sample_generators(range(32)))
+    assert not torch.allclose(moved, probe_only)
 
 
 def test_guidance_towards_a_phrase_moves_the_proposal_towards_its_embedding(tiny_pipeline):

@@ -182,22 +182,4 @@ def train_probe_on_texts(name: str, texts: list[str], labels: list[str], encoder
     return train_probe(name, encoder.encode(texts, progress=True), labels, encoder.name, data, **options)
 
 
-# A phrase is read as a logistic probe on its own embedding: p(about the phrase | e) = sigmoid(SHARPNESS * (e.p - AT)),
-# with p the phrase's unit embedding. Cosines of unrelated sentences to a phrase sit near 0.1 on these encoders and of
-# sentences about it near 0.5, hence AT; SHARPNESS sets how hard weight 1 pushes at the checkpoint's guidance scale
-# (chosen by benchmarks/phrases.py, README "Attributes from a phrase").
 PHRASE = "phrase"  # the attribute of a constraint given as a phrase (its label is the phrase): no probe may take it
-PHRASE_AT = 0.3
-PHRASE_SHARPNESS = 0.3
-
-
-def phrase_probe(text: str, embedding: torch.Tensor, encoder: str) -> Probe:
-    """A two-label probe, (elsewhere, the phrase), whose second label means "about `text`" (`embedding`: its unit
-    embedding on `encoder`); it composes with trained probes like any other."""
-    dim = embedding.shape[-1]
-    weight = torch.zeros(2, dim)
-    weight[1] = PHRASE_SHARPNESS * embedding.float().reshape(dim)
-    bias = torch.tensor([0.0, -PHRASE_SHARPNESS * PHRASE_AT])
-    card = {"name": PHRASE, "labels": ["elsewhere", text], "encoder": encoder, "encoder_dim": dim, "weights": "",
-            "kind": "phrase"}
-    return Probe(card, weight, bias)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Iterable, Mapping, Union
 
 import torch
+import torch.nn.functional as F
 
 from dglm.attributes.probes import PHRASE, Probe
 from dglm.errors import DglmError
@@ -119,6 +120,37 @@ def check_guidance_mode(mode: str) -> str:
     return mode
 
 
+# A phrase bound never asks for a cosine this close to +-1: the proposal would be the phrase itself.
+MOST_PHRASE_COSINE = 0.95
+
+
+@dataclass(frozen=True)
+class PhraseBound:
+    """A phrase constraint as a bound on the cosine between the proposal's embedding and the phrase's unit
+    embedding: at least `cosine` (towards the phrase) or at most `cosine` (away from it)."""
+
+    embedding: torch.Tensor
+    cosine: float
+    at_least: bool
+
+    @classmethod
+    def from_weight(cls, embedding: torch.Tensor, weight: float, phrase_cosine: float) -> "PhraseBound":
+        """Towards at weight W asks a cosine of at least W * phrase_cosine; away at weight W at most
+        (1 - W) * phrase_cosine (weight 1: nothing of the phrase, orthogonal)."""
+        if weight >= 0:
+            return cls(embedding, min(weight * phrase_cosine, MOST_PHRASE_COSINE), True)
+        return cls(embedding, max((1 + weight) * phrase_cosine, -MOST_PHRASE_COSINE), False)
+
+    def turn(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """Unit embeddings (B, D) outside the bound, turned in the plane of each and the phrase just onto it; the
+        part orthogonal to the phrase keeps its direction, so what the prefix made of the proposal stays."""
+        cosine = embeddings @ self.embedding
+        outside = cosine < self.cosine if self.at_least else cosine > self.cosine
+        rest = F.normalize(embeddings - cosine[:, None] * self.embedding, dim=-1)
+        turned = self.cosine * self.embedding + math.sqrt(1 - self.cosine**2) * rest
+        return torch.where(outside[:, None], turned, embeddings)
+
+
 class Guide:
     """Moves a clean-latent estimate toward its targets, in one of three modes (`GUIDANCE_MODES`).
 
@@ -130,6 +162,9 @@ class Guide:
     In the gradient modes, following the reference, the estimate is blurred by Monte-Carlo draws
     x0 + (sigma/alpha) * xi (capped at `max_blur`), all scored in one batch, and aggregated as log-mean-exp.
     Probes are linear, so no gradient passes through the denoiser.
+
+    Phrases are not probes but bounds on the cosine to their embedding (`PhraseBound`), met after the probes' move
+    by the smallest turn of the estimate, whatever the mode: a phrase then holds beside a probe that pushes far.
     """
 
     def __init__(
@@ -142,8 +177,10 @@ class Guide:
         target: float = 0.9,
         projection_passes: int = 3,
         anchor: float = 0.0,
+        phrases: list[PhraseBound] | None = None,
     ):
         self.terms = terms
+        self.phrases = phrases or []
         self.normalizer = normalizer
         self.mc_draws = mc_draws
         self.max_blur = max_blur
@@ -220,11 +257,26 @@ class Guide:
               prefix_latents: torch.Tensor | None = None) -> torch.Tensor:
         """How far this guide moves each row's clean estimate at one step."""
         if self.mode == "project":
-            return self.projection(x0) - x0
-        gradient = self.gradient(x0, blur, generators)
-        if self.anchor and prefix_latents is not None:
-            gradient = gradient + self.anchor_gradient(x0, prefix_latents)
-        return scale * gradient
+            moved = self.projection(x0)
+        else:
+            gradient = self.gradient(x0, blur, generators) if self.terms else torch.zeros_like(x0)
+            if self.anchor and prefix_latents is not None:
+                gradient = gradient + self.anchor_gradient(x0, prefix_latents)
+            moved = x0 + scale * gradient
+        return self.bound_phrases(moved) - x0
+
+    def bound_phrases(self, latents: torch.Tensor) -> torch.Tensor:
+        """The latents with every phrase bound met (cycling over the phrases, as `projection` does over the probes
+        when there are several); each latent's length in embedding space is kept."""
+        if not self.phrases:
+            return latents
+        raw = latents * self.normalizer.std + self.normalizer.mean
+        length = raw.norm(dim=-1, keepdim=True)
+        embeddings = raw / length
+        for _ in range(self.projection_passes if len(self.phrases) > 1 else 1):
+            for bound in self.phrases:
+                embeddings = bound.turn(embeddings)
+        return (embeddings * length - self.normalizer.mean) / self.normalizer.std
 
 
 class BatchGuidance:
