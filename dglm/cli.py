@@ -232,6 +232,16 @@ def build_parser() -> argparse.ArgumentParser:
                                            "model), e.g. a newly trained one, judged with the shipped configs")
     evaluate.add_argument("--out", help="output path prefix instead of the config's `out`")
     evaluate.add_argument("--no-tradeoff", action="store_true", help="skip the guidance-scale trade-off runs")
+    evaluate.add_argument("--device", default="auto",
+                          help="where the methods generate: cpu, cuda, cuda:1, ... (default: cuda if available; the "
+                               "judges run on the CPU); the same seed can give other text on another device")
+    split = evaluate.add_mutually_exclusive_group()
+    split.add_argument("--generate-only", action="store_true",
+                       help="write the samples (OUT.samples.jsonl.gz) and timings without loading any judge, e.g. on a "
+                            "GPU machine that lacks the judges' models; judge them later with --judge-samples")
+    split.add_argument("--judge-samples", type=Path, metavar="SAMPLES",
+                       help="judge the continuations of an earlier run of the same config (its OUT.samples.jsonl.gz) "
+                            "instead of generating them")
     evaluate.set_defaults(handler=cmd_eval)
     return parser
 
@@ -511,8 +521,9 @@ def cmd_eval(args: argparse.Namespace) -> None:
     config.out = args.out or config.out
     if args.no_tradeoff:
         config.tradeoff_condition = None
-    print(markdown_table(run_eval(config, str(args.config))))
-    print(f"wrote {config.out}.json, {config.out}.md" + (f" and {config.out}.png" if config.tradeoff_condition else ""))
+    print(markdown_table(run_eval(config, str(args.config), args.generate_only, args.judge_samples, _device(args.device))))
+    plot = config.tradeoff_condition and not args.generate_only
+    print(f"wrote {config.out}.json, {config.out}.md, {config.out}.samples.jsonl.gz" + (f" and {config.out}.png" if plot else ""))
 
 
 def main(argv: list[str] | None = None) -> int:

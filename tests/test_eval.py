@@ -96,6 +96,38 @@ def test_eval_can_rerun_only_some_methods_to_another_output(eval_config, toy_plu
     assert "its methods: dglm, fudge, plain, prompting" in capsys.readouterr().err
 
 
+def test_text_generated_on_one_machine_is_judged_on_another_as_if_in_one_run(eval_config, toy_plugin, capsys):
+    """--generate-only loads no judge (a GPU machine may lack their models); --judge-samples then reports what one
+    full run reports, save the timings, which belong to the machine that generated."""
+    out = eval_config.parent
+    assert main(["eval", "--config", str(eval_config), "--out", str(out / "full")]) == 0
+    assert main(["eval", "--config", str(eval_config), "--generate-only", "--out", str(out / "generated")]) == 0
+    generated = json.loads((out / "generated.json").read_text())
+    assert generated["judges"] == {} and not (out / "generated.png").exists()
+    assert all(set(r) == {"seconds_per_sample", "samples_per_second", "examples"} for r in generated["results"].values())
+    assert main(["eval", "--config", str(eval_config), "--judge-samples", str(out / "generated.samples.jsonl.gz"),
+                 "--out", str(out / "judged")]) == 0
+    full, judged = (json.loads((out / f"{name}.json").read_text()) for name in ("full", "judged"))
+    timing = {"seconds_per_sample", "samples_per_second"}
+    without_timing = lambda results: {key: {k: v for k, v in r.items() if k not in timing} for key, r in results.items()}
+    assert without_timing(judged["results"]) == without_timing(full["results"])
+    assert without_timing(judged["tradeoff"]) == without_timing(full["tradeoff"])
+    assert judged["judges"] == full["judges"] and (out / "judged.png").stat().st_size > 0
+    samples = lambda name: gzip.open(out / f"{name}.samples.jsonl.gz", "rt").read()
+    assert samples("judged") == samples("generated") == samples("full")
+
+
+def test_judging_samples_of_another_run_names_what_is_missing(eval_config, toy_plugin, capsys):
+    out = eval_config.parent
+    assert main(["eval", "--config", str(eval_config), "--generate-only", "--methods", "plain", "--no-tradeoff",
+                 "--out", str(out / "plain")]) == 0
+    assert main(["eval", "--config", str(eval_config), "--judge-samples", str(out / "plain.samples.jsonl.gz")]) == 2
+    assert "lacks 4 of the 4 samples of dglm | none; it must come from a run of the same config" in capsys.readouterr().err
+    (out / "broken.samples.jsonl.gz").write_bytes(b"not gzip")
+    assert main(["eval", "--config", str(eval_config), "--judge-samples", str(out / "broken.samples.jsonl.gz")]) == 2
+    assert "cannot read" in capsys.readouterr().err
+
+
 def test_eval_refuses_a_target_without_a_judge(eval_config, tmp_path):
     config = EvalConfig.from_yaml(eval_config)
     config.conditions = ["mood=happy"]

@@ -124,30 +124,68 @@ def check_methods(config: EvalConfig, config_path: str = "") -> None:
         build_dataclass(methods[name].Options, options or {}, f"{config_path or 'the config'}: methods.{name}")
 
 
-def run_eval(config: EvalConfig, config_path: str = "") -> dict:
+def read_saved_samples(path: Path) -> dict[tuple, dict[tuple[str, int], str]]:
+    """An earlier run's samples file, as run (method, condition, guidance scale) -> (prefix, seed) -> continuation."""
+    runs: dict[tuple, dict[tuple[str, int], str]] = {}
+    try:
+        with gzip.open(path, "rt", encoding="utf-8") as file:
+            for line in file:
+                sample = json.loads(line)
+                run = (sample["method"], sample["condition"], sample["guidance_scale"])
+                runs.setdefault(run, {})[(sample["prefix"], sample["seed"])] = sample["continuation"]
+    except (OSError, EOFError, json.JSONDecodeError, KeyError) as error:
+        raise DglmError(f"--judge-samples: cannot read {path} as a samples file of `dglm eval` ({error!r})") from None
+    return runs
+
+
+def saved_continuations(saved: dict, run: tuple, rows: list[tuple[str, int]], path: Path) -> list[str]:
+    """The continuations of `rows` in one run of a saved samples file; a run or row it lacks is an error."""
+    method, condition, scale = run
+    held = saved.get(run)
+    missing = len(rows) if held is None else sum((prefix, seed) not in held for prefix, seed in rows)
+    if missing:
+        name = f"{method} | {condition}" + ("" if scale is None else f" at guidance scale {scale}")
+        raise DglmError(f"--judge-samples: {path} lacks {missing} of the {len(rows)} samples of {name}; it must come "
+                        f"from a run of the same config (prefixes, num_samples, seed, methods, conditions)")
+    return [held[row] for row in rows]
+
+
+def run_eval(config: EvalConfig, config_path: str = "", generate_only: bool = False,
+             judge_samples: Path | None = None, device: str = "cpu") -> dict:
+    """Run the config. `generate_only` writes the samples (and timings) without loading any judge: text can be
+    written on one machine (a GPU) and judged on another, by `judge_samples`, which takes every continuation from
+    that earlier run's samples file instead of generating it. The methods generate on `device`."""
     check_methods(config, config_path)
     if config.max_prefixes < 0:
         raise DglmError(f"max_prefixes must be 0 (every prefix) or a count, got {config.max_prefixes}")
     prefixes = read_prefixes(config.prefixes)[: config.max_prefixes or None]
     rows = seeded_rows(prefixes, config.num_samples, config.seed)
     check_judged(config)
-    pipeline = Pipeline.from_pretrained(config.model)
-    scorer = Scorer(config)
+    saved = read_saved_samples(judge_samples) if judge_samples else None
+    pipeline = Pipeline.from_pretrained(config.model, device=device)
+    scorer = None if generate_only else Scorer(config)
     report = {"config": asdict(config), "config_path": config_path,
-              "judges": {n: j.held_out_accuracy for n, j in scorer.judges.items()}, "results": {}}
+              "judges": {n: j.held_out_accuracy for n, j in scorer.judges.items()} if scorer else {}, "results": {}}
+    if judge_samples:
+        report["judged_samples"] = str(judge_samples)
     samples: list[dict] = []
 
     def run(method, condition: str, guidance_scale: float | None = None) -> dict:
         constraints = parse_condition(condition)
-        start = time.perf_counter()
-        continuations = continue_all(method, rows, constraints, config.max_new_tokens, config.batch_size, f"{method.name} {condition}")
-        seconds = time.perf_counter() - start
+        result = {}
+        if saved is not None:
+            continuations = saved_continuations(saved, (method.name, condition, guidance_scale), rows, judge_samples)
+        else:
+            start = time.perf_counter()
+            continuations = continue_all(method, rows, constraints, config.max_new_tokens, config.batch_size,
+                                         f"{method.name} {condition}")
+            seconds = time.perf_counter() - start
+            result = {"seconds_per_sample": seconds / len(rows), "samples_per_second": len(rows) / seconds}
         samples.extend({"method": method.name, "condition": condition, "guidance_scale": guidance_scale,
                         "prefix": prefix, "seed": seed, "continuation": continuation}
                        for (prefix, seed), continuation in zip(rows, continuations))
-        result = scorer([p for p, _ in rows], continuations, constraints)
-        result["seconds_per_sample"] = seconds / len(rows)
-        result["samples_per_second"] = len(rows) / seconds
+        if scorer:
+            result = scorer([p for p, _ in rows], continuations, constraints) | result
         result["examples"] = [rows[i][0] + continuations[i] for i in range(0, len(rows), config.num_samples)][:3]
         return result
 
@@ -182,7 +220,7 @@ def write_report(config: EvalConfig, report: dict, samples: list[dict]) -> None:
     with gzip.open(out.with_suffix(".samples.jsonl.gz"), "wt", encoding="utf-8") as file:  # sample files run to megabytes
         file.writelines(json.dumps(s, ensure_ascii=False) + "\n" for s in samples)
     out.with_suffix(".md").write_text(markdown_table(report))
-    if "tradeoff" in report:
+    if "tradeoff" in report and report["judges"]:
         plot_tradeoff(report, out.with_suffix(".png"), config.tradeoff_condition)
 
 
@@ -198,7 +236,8 @@ def markdown_table(report: dict) -> str:
         method, condition = key.split(" | ")
         lines.append(f"| {method} | {condition} | " + " | ".join(cell(result, c) for c in columns) + " |")
     judges = ", ".join(f"{name} {accuracy:.3f}" for name, accuracy in report["judges"].items())
-    text = "\n".join(lines) + f"\n\nJudges' held-out accuracy: {judges}.\n"
+    text = "\n".join(lines) + (f"\n\nJudges' held-out accuracy: {judges}.\n" if judges else
+                               "\n\nNot judged (generated only): judge the samples with --judge-samples.\n")
     text += ("\nhomogeneity: mean cosine between continuations of different prefixes, relative to plain sampling's; "
              "prefix_relevance: mean prefix-continuation cosine, relative likewise; top_word_share: the share of samples "
              "containing the condition's commonest content word (the word in brackets); dist3: within each prefix, "
