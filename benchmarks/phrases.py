@@ -1,12 +1,14 @@
 """Attributes from a phrase: how far guidance towards a phrase moves the text towards it, and at what cost in
 variety and fluency.
 
-For ten phrases fixed before any measurement, on the development prefixes: the mean cosine, on an encoder other
+For ten phrases fixed before any measurement, on a file of prefixes: the mean cosine, on an encoder other
 than the guidance's (all-mpnet-base-v2), between the phrase and each continuation, guided minus unguided (same
 prefixes, same seeds); cross-prefix homogeneity relative to plain sampling's; median perplexity (Gemma 3 270M);
-and three phrases composed with sentiment, judged by the TF-IDF sentiment judge.
+and three phrases composed with sentiment beside that sentiment alone, judged by the TF-IDF sentiment judge.
+`phrase_cosine` was chosen on the development prefixes; the benchmark prefixes give the figures reported:
 
-    python benchmarks/phrases.py --samples 4 --weights 0.25 1 4
+    python benchmarks/phrases.py --samples 4 --weights 1 0.75 1.25 --out benchmarks/results/phrases-dev.json
+    python benchmarks/phrases.py --prefixes benchmarks/prefixes.txt --samples 4 --weights 1
 """
 
 from __future__ import annotations
@@ -57,45 +59,55 @@ def main() -> None:
     plain_texts, plain_embeddings = continued(plain, [], "plain")
     unguided_texts, unguided_embeddings = continued(dglm, [], "unguided")
     plain_cross = cross_prefix_cosine(plain_embeddings, prefixes)
+
+    def measured(constraints: list[Constraint], desc: str, phrase: str | None) -> dict:
+        """Gain towards `phrase` over unguided DGLM (same prefixes and seeds), homogeneity, perplexity, examples."""
+        texts, embeddings = continued(dglm, constraints, desc)
+        result = {"homogeneity": cross_prefix_cosine(embeddings, prefixes) / plain_cross,
+                  "perplexity": statistics.median(perplexity(prefixes, texts)),
+                  "examples": [prefixes[i] + texts[i] for i in range(0, len(rows), args.samples)][:3]}
+        if phrase:
+            target = targets[phrase]
+            result["gain"] = float((embeddings @ target).mean() - (unguided_embeddings @ target).mean())
+        return result | {"texts": texts}
+
     report = {"prefixes": str(args.prefixes), "samples_per_prefix": args.samples, "judge_encoder": args.judge_encoder,
               "plain": {"perplexity": statistics.median(perplexity(prefixes, plain_texts))},
               "unguided": {"homogeneity": cross_prefix_cosine(unguided_embeddings, prefixes) / plain_cross,
                            "perplexity": statistics.median(perplexity(prefixes, unguided_texts))},
               "weights": {}}
     for weight in args.weights:
-        per_phrase = {}
-        for phrase, target in targets.items():
-            texts, embeddings = continued(dglm, [Constraint.toward(phrase, weight)], f"{phrase} x{weight:g}")
-            per_phrase[phrase] = {
-                "gain": float((embeddings @ target).mean() - (unguided_embeddings @ target).mean()),
-                "homogeneity": cross_prefix_cosine(embeddings, prefixes) / plain_cross,
-                "perplexity": statistics.median(perplexity(prefixes, texts)),
-                "examples": [prefixes[i] + texts[i] for i in range(0, len(rows), args.samples)][:3],
-            }
+        per_phrase = {phrase: without_texts(measured([Constraint.toward(phrase, weight)], f"{phrase} x{weight:g}", phrase))
+                      for phrase in PHRASES}
         report["weights"][str(weight)] = {
             "mean_gain": statistics.mean(r["gain"] for r in per_phrase.values()),
             "mean_homogeneity": statistics.mean(r["homogeneity"] for r in per_phrase.values()),
             "median_perplexity": statistics.median(r["perplexity"] for r in per_phrase.values()),
             "phrases": per_phrase}
         write(args.out, report)
-    report["composed"] = composed_examples(dglm, rows, targets, judge, unguided_embeddings)
+    report["composed"] = composed(measured)
     write(args.out, report)
     print(table(report))
 
 
-def composed_examples(dglm, rows, targets, judge, unguided_embeddings) -> list[dict]:
-    """Each phrase at weight 1 composed with a sentiment: its phrase gain, the share the TF-IDF sentiment judge
-    (trained on other data than the probe) reads as asked, and three samples to read."""
+def composed(measured) -> list[dict]:
+    """Each composed pair at weight 1 each, beside its sentiment alone: the phrase gain, homogeneity, and the share
+    the TF-IDF sentiment judge (trained on other data than the probe) reads as asked."""
     sentiment = TextJudge.train("sentiment", "data/sentiment-judge.csv")
     results = []
     for phrase, label in COMPOSED:
-        texts = continue_all(dglm, rows, [Constraint.toward(phrase), Constraint("sentiment", label)], 20, 25,
-                             f"{phrase} + {label}")
-        gain = (judge.encode(texts) @ targets[phrase]).mean() - (unguided_embeddings @ targets[phrase]).mean()
-        results.append({"phrase": phrase, "sentiment": label, "gain": float(gain),
-                        "judged_as_asked": statistics.mean(read == label for read in sentiment.predict(texts)),
-                        "examples": [rows[i][0] + texts[i] for i in (0, len(rows) // 2, len(rows) - 1)]})
+        alone = measured([Constraint("sentiment", label)], f"{label} alone", phrase)
+        both = measured([Constraint.toward(phrase), Constraint("sentiment", label)], f"{phrase} + {label}", phrase)
+        results.append({"phrase": phrase, "sentiment": label} | {
+            f"{name}_{key}": value for name, run in (("composed", both), ("sentiment_alone", alone))
+            for key, value in without_texts(run).items()} | {
+            f"{name}_judged_as_asked": statistics.mean(read == label for read in sentiment.predict(run["texts"]))
+            for name, run in (("composed", both), ("sentiment_alone", alone))})
     return results
+
+
+def without_texts(result: dict) -> dict:
+    return {key: value for key, value in result.items() if key != "texts"}
 
 
 def write(path: Path, report: dict) -> None:
@@ -111,8 +123,11 @@ def table(report: dict) -> str:
         lines.append(f"| {weight} | **mean** | **{result['mean_gain']:+.3f}** | **{result['mean_homogeneity']:.2f}** | "
                      f"{result['median_perplexity']:.1f} |")
     for c in report.get("composed", []):
-        lines.append(f"\n{c['phrase']} + {c['sentiment']}: gain {c['gain']:+.3f}, judged {c['sentiment']} "
-                     f"{c['judged_as_asked']:.2f}; e.g. {c['examples'][0]!r}")
+        lines.append(f"\n{c['phrase']} + {c['sentiment']}: gain {c['composed_gain']:+.3f}, homogeneity "
+                     f"{c['composed_homogeneity']:.2f}, judged {c['sentiment']} {c['composed_judged_as_asked']:.2f} "
+                     f"(sentiment alone: gain {c['sentiment_alone_gain']:+.3f}, homogeneity "
+                     f"{c['sentiment_alone_homogeneity']:.2f}, judged {c['sentiment_alone_judged_as_asked']:.2f}); "
+                     f"e.g. {c['composed_examples'][0]!r}")
     lines.append(f"\nplain sampling perplexity {report['plain']['perplexity']:.1f}; unguided DGLM homogeneity "
                  f"{report['unguided']['homogeneity']:.2f}, perplexity {report['unguided']['perplexity']:.1f}")
     return "\n".join(lines)
