@@ -42,13 +42,16 @@ def main() -> None:
     parser.add_argument("--weights", type=float, nargs="+", default=[1.0], help="phrase weights to measure")
     parser.add_argument("--judge-encoder", default="all-mpnet-base-v2")
     parser.add_argument("--model")
+    parser.add_argument("--guidance-mode", help="the probes' guidance mode instead of the checkpoint's (phrases are "
+                                                "bounds in every mode), e.g. project, to compose without collapse")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/phrases.json"))
     args = parser.parse_args()
 
     pipeline = Pipeline.from_pretrained(args.model)
     rows = seeded_rows(read_prefixes(args.prefixes), args.samples, 0)
     prefixes = [prefix for prefix, _ in rows]
-    dglm, plain = get_methods()["dglm"](pipeline), get_methods()["plain"](pipeline)
+    dglm = get_methods()["dglm"](pipeline, guidance_mode=args.guidance_mode)
+    plain = get_methods()["plain"](pipeline)
     judge, perplexity = SentenceEncoder(args.judge_encoder), PerplexityJudge()
     targets = dict(zip(PHRASES, judge.encode(PHRASES)))
 
@@ -72,6 +75,7 @@ def main() -> None:
         return result | {"texts": texts}
 
     report = {"prefixes": str(args.prefixes), "samples_per_prefix": args.samples, "judge_encoder": args.judge_encoder,
+              "guidance_mode": args.guidance_mode or pipeline.config.diffusion.guidance_mode,
               "plain": {"perplexity": statistics.median(perplexity(prefixes, plain_texts))},
               "unguided": {"homogeneity": cross_prefix_cosine(unguided_embeddings, prefixes) / plain_cross,
                            "perplexity": statistics.median(perplexity(prefixes, unguided_texts))},
