@@ -106,7 +106,9 @@ class DiffusionSettings(Settings):
 
     sampler: str = setting("ddim", "diffusion sampler: ddim or dpmsolver++, or one a plugin adds (`dglm plugins`)")
     steps: int = setting(20, "diffusion steps; fewer is faster", at_least=1, at_most=1000)
-    guidance_scale: float = setting(4.0, "strength of attribute guidance; 0 turns it off", at_least=0)
+    guidance_scale: float = setting(4.0, "strength of the attribute probes' guidance; 0 turns all guidance off, "
+                                               "phrases too (a phrase's strength is its weight, see PHRASE_COSINE)",
+                                    at_least=0)
     guidance_mode: str = setting("gradient", "how guidance moves the proposal: gradient (as hard as the scale says), "
                                              "margin (stops at GUIDANCE_TARGET) or project (the smallest move that "
                                              "reaches GUIDANCE_TARGET)")

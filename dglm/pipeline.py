@@ -206,8 +206,12 @@ class Pipeline:
                      phrases=self.phrase_bounds(constraints, diffusion.phrase_cosine))
 
     def phrase_bounds(self, constraints: list[Constraint], phrase_cosine: float) -> list[PhraseBound]:
-        """The phrase constraints as bounds on the cosine to each phrase's embedding on this pipeline's encoder."""
-        phrases = [constraint for constraint in constraints if constraint.attribute == PHRASE]
+        """The phrase constraints as bounds on the cosine to each phrase's embedding on this pipeline's encoder (weight
+        0 asks nothing); a phrase asked both towards and away is refused, as no proposal can meet both."""
+        phrases = [constraint for constraint in constraints if constraint.attribute == PHRASE and constraint.weight]
+        both_ways = {c.label for c in phrases if c.weight > 0} & {c.label for c in phrases if c.weight < 0}
+        if both_ways:
+            raise DglmError(f"phrase {sorted(both_ways)[0]!r} is asked both towards and away; ask it one way")
         if not phrases:
             return []
         embeddings = F.normalize(self.encoder.encode([phrase.label for phrase in phrases]).float(), dim=-1)

@@ -115,5 +115,26 @@ def test_phrases_compose_with_probes_from_python_the_cli_and_the_server(tiny_pip
         connection.request("POST", "/v1/completions", json.dumps(body), {"Content-Type": "application/json"})
         answer = json.loads(connection.getresponse().read())
     assert [c["text"] for c in answer["choices"]] == python
-    unguided = [s.continuation for s in tiny_pipeline.generate("The movie", num_samples=2, seed=4, max_new_tokens=5)]
-    assert python != unguided
+    probe_only = [s.continuation for s in tiny_pipeline.generate("The movie", [Constraint("toy_sentiment", "positive")],
+                                                                 num_samples=2, seed=4, max_new_tokens=5)]
+    assert python != probe_only  # the phrase took part
+
+
+def test_a_phrase_at_weight_zero_asks_nothing_and_one_asked_both_ways_is_refused(tiny_pipeline):
+    assert tiny_pipeline.phrase_bounds([Constraint.toward("a wedding", 0.0), Constraint.away("rain", 0.0)], 0.4) == []
+    with pytest.raises(DglmError, match="phrase 'a wedding' is asked both towards and away"):
+        tiny_pipeline.make_guide([Constraint.toward("a wedding"), Constraint.away("a wedding", 0.5)])
+
+
+def test_a_proposal_on_the_phrase_axis_is_left_as_it_is():
+    phrase = F.normalize(torch.randn(16), dim=0)
+    on_axis = torch.stack([phrase, -phrase])
+    assert torch.equal(PhraseBound(phrase, 0.4, True).turn(on_axis)[1], -phrase)
+    assert torch.equal(PhraseBound(phrase, 0.0, False).turn(on_axis)[0], phrase)
+
+
+def test_fudge_refuses_a_phrase_rather_than_ignoring_it(tiny_pipeline):
+    from dglm.evaluation.baselines import Fudge
+
+    with pytest.raises(DglmError, match="a phrase is no probe"):
+        Fudge(tiny_pipeline).continue_rows([("The movie", 0)], [Constraint.toward("a wedding")], 3)

@@ -25,7 +25,7 @@ from dglm.errors import DglmError
 from dglm.hookspecs import hookimpl
 from dglm.interfaces import Method
 from dglm.pipeline import Pipeline, Row
-from dglm.stages.guidance import Constraint
+from dglm.stages.guidance import PHRASE, Constraint
 
 DEFAULT_STEERING = "The following text is {label}."
 
@@ -88,6 +88,9 @@ class Fudge(Method):
         strength: float = 1.0  # weight of the probes' log-probability against the decoder's logits
 
     def continue_rows(self, rows, constraints, max_new_tokens):
+        if any(constraint.attribute == PHRASE for constraint in constraints):
+            raise DglmError("FUDGE-style re-ranking scores tokens with attribute probes; a phrase is no probe, so "
+                            "compare phrases with the dglm method only")
         guide = self.pipeline.make_guide(constraints)
         prefixes = [p for p, _ in rows]
         if guide is None:

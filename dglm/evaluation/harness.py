@@ -133,7 +133,7 @@ def read_saved_samples(path: Path) -> dict[tuple, dict[tuple[str, int], str]]:
                 sample = json.loads(line)
                 run = (sample["method"], sample["condition"], sample["guidance_scale"])
                 runs.setdefault(run, {})[(sample["prefix"], sample["seed"])] = sample["continuation"]
-    except (OSError, EOFError, json.JSONDecodeError, KeyError) as error:
+    except (OSError, EOFError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as error:
         raise DglmError(f"--judge-samples: cannot read {path} as a samples file of `dglm eval` ({error!r})") from None
     return runs
 
@@ -146,7 +146,8 @@ def saved_continuations(saved: dict, run: tuple, rows: list[tuple[str, int]], pa
     if missing:
         name = f"{method} | {condition}" + ("" if scale is None else f" at guidance scale {scale}")
         raise DglmError(f"--judge-samples: {path} lacks {missing} of the {len(rows)} samples of {name}; it must come "
-                        f"from a run of the same config (prefixes, num_samples, seed, methods, conditions)")
+                        f"from a run of the same config (prefixes, num_samples, seed, methods, conditions; and "
+                        f"--no-tradeoff if that run had it)")
     return [held[row] for row in rows]
 
 
@@ -162,7 +163,8 @@ def run_eval(config: EvalConfig, config_path: str = "", generate_only: bool = Fa
     rows = seeded_rows(prefixes, config.num_samples, config.seed)
     check_judged(config)
     saved = read_saved_samples(judge_samples) if judge_samples else None
-    pipeline = Pipeline.from_pretrained(config.model, device=device)
+    # judging saved text needs no model: the methods then only name their runs
+    pipeline = Pipeline.from_pretrained(config.model, device=device) if saved is None else None
     scorer = None if generate_only else Scorer(config)
     report = {"config": asdict(config), "config_path": config_path,
               "judges": {n: j.held_out_accuracy for n, j in scorer.judges.items()} if scorer else {}, "results": {}}

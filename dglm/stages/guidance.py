@@ -1,7 +1,8 @@
 """Attribute constraints and the classifier-guidance signal they produce.
 
 A constraint names an attribute, a target label and a weight. A negative weight steers *away*
-from the label. Several constraints are composed by summing their weighted log-probabilities.
+from the label. Several probe constraints are composed by summing their weighted log-probabilities; a phrase
+constraint is a bound on the cosine to the phrase, met after the probes' move (`PhraseBound`).
 """
 
 from __future__ import annotations
@@ -146,9 +147,11 @@ class PhraseBound:
         part orthogonal to the phrase keeps its direction, so what the prefix made of the proposal stays."""
         cosine = embeddings @ self.embedding
         outside = cosine < self.cosine if self.at_least else cosine > self.cosine
-        rest = F.normalize(embeddings - cosine[:, None] * self.embedding, dim=-1)
-        turned = self.cosine * self.embedding + math.sqrt(1 - self.cosine**2) * rest
-        return torch.where(outside[:, None], turned, embeddings)
+        rest = embeddings - cosine[:, None] * self.embedding
+        length = rest.norm(dim=-1)
+        turned = self.cosine * self.embedding + math.sqrt(1 - self.cosine**2) * rest / length.clamp_min(1e-12)[:, None]
+        # a proposal exactly on the phrase's axis has no plane to turn in: it is left as it is
+        return torch.where((outside & (length > 1e-6))[:, None], turned, embeddings)
 
 
 class Guide:
@@ -266,8 +269,9 @@ class Guide:
         return self.bound_phrases(moved) - x0
 
     def bound_phrases(self, latents: torch.Tensor) -> torch.Tensor:
-        """The latents with every phrase bound met (cycling over the phrases, as `projection` does over the probes
-        when there are several); each latent's length in embedding space is kept."""
+        """The latents turned onto each phrase bound in turn (several phrases: a few passes over them, as `projection`
+        makes over the probes, which meets bounds that can hold together nearly, not always exactly); each latent's
+        length in embedding space is kept."""
         if not self.phrases:
             return latents
         raw = latents * self.normalizer.std + self.normalizer.mean
