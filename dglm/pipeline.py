@@ -21,7 +21,6 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
-from torch.nn import functional as F
 
 from dglm.attributes.probes import Probe
 from dglm.config import (SETTINGS_SECTIONS, DecodingSettings, DiffusionSettings, GenerationSettings, PipelineConfig,
@@ -214,7 +213,7 @@ class Pipeline:
             raise DglmError(f"phrase {sorted(both_ways)[0]!r} is asked both towards and away; ask it one way")
         if not phrases:
             return []
-        embeddings = F.normalize(self.encoder.encode([phrase.label for phrase in phrases]).float(), dim=-1)
+        embeddings = self.encoder.encode([phrase.label for phrase in phrases])  # unit vectors
         return [PhraseBound.from_weight(embedding.to(self.decoder.device), phrase.weight, phrase_cosine)
                 for embedding, phrase in zip(embeddings, phrases)]
 

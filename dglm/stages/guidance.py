@@ -280,7 +280,7 @@ class Guide:
         for _ in range(self.projection_passes if len(self.phrases) > 1 else 1):
             for bound in self.phrases:
                 embeddings = bound.turn(embeddings)
-        return (embeddings * length - self.normalizer.mean) / self.normalizer.std
+        return self.normalizer.to_latent(embeddings * length)
 
 
 class BatchGuidance:
