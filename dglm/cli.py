@@ -11,10 +11,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dglm.errors import DglmError
+from dglm.inputs import MAX_NUM_SAMPLES
 from dglm.processes import join_process_group, leave_process_group
 
 if TYPE_CHECKING:
     from dglm.config import TrainConfig
+
+EXIT_STATUS = ("exit status: 0 when done; 2 for a bad argument, file or input, with one line on stderr that says what was "
+               "wrong and what is accepted; 130 when interrupted (Ctrl-C)")
 
 EPILOG_GENERATE = """\
 examples:
@@ -41,7 +45,8 @@ The key is never a flag (flags show in the process list): use DGLM_API_KEY or --
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dglm", description="Controllable text generation with Diffusion Guided Language Modeling.")
+    parser = argparse.ArgumentParser(prog="dglm", description="Controllable text generation with Diffusion Guided Language Modeling.",
+                                     epilog=EXIT_STATUS)
     parser.add_argument("--version", action="version", version=f"dglm {package_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -51,8 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Continue PREFIX so that the continuation carries the requested attributes.",
     )
     gen.add_argument("prefix", nargs="?", help="text to continue (or use --prefix-file)")
-    gen.add_argument("--prefix-file", type=Path, help="file with one prefix per line, every line continued; '-' reads "
-                     "standard input, as does a pipe when no PREFIX is given (echo 'The movie' | dglm generate)")
+    gen.add_argument("--prefix-file", type=Path, help="UTF-8 file with one prefix a line; blank lines are skipped, so "
+                     "prefix_index counts prefixes, not lines; given with PREFIX, PREFIX is prefix 0 and the file's follow. "
+                     "'-' reads standard input, as does a pipe when no PREFIX is given (echo 'The movie' | dglm generate)")
     gen.add_argument("--attr", action="append", default=[], metavar="NAME=LABEL[:WEIGHT]",
                      help="target attribute, repeatable; WEIGHT defaults to 1, negative steers away. None: unguided")
     gen.add_argument("--toward", action="append", default=[], metavar="PHRASE[:WEIGHT]",
@@ -62,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="steer away from the meaning of a phrase; repeatable")
     gen.add_argument("--stop", action="append", default=[], metavar="TEXT",
                      help="end each continuation before the first TEXT it writes; repeatable")
-    gen.add_argument("-n", "--num-samples", type=int, default=1, help="continuations per prefix (default 1)")
+    gen.add_argument("-n", "--num-samples", type=int, default=1, help=f"continuations per prefix (default 1, at most {MAX_NUM_SAMPLES})")
     gen.add_argument("--seed", type=int, help="base seed; sample j of prefix i uses SEED + i*NUM_SAMPLES + j, so the same seed gives the same text "
                      "(default random; each sample's seed is printed)")
     settings = gen.add_argument_group("generation settings", "each defaults to the checkpoint's (see its model card)")
@@ -128,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = classifier.add_parser("train", help="train a linear probe on labelled texts and write it with its card",
                                   description="Encode labelled texts, fit a probe (logistic regression, or the labels' centroids when a label has under 20 training examples), evaluate it on a held-out split, "
                                               "and write NAME.safetensors + NAME.json. Turn it into a plugin with `dglm plugin new`.")
-    train.add_argument("name", help="attribute name (lowercase, e.g. formality)")
+    train.add_argument("name", help="attribute name (lowercase, e.g. formality); the built-in names and 'phrase' are reserved")
     train.add_argument("--data", required=True, help="CSV, TSV or JSONL file, or a `datasets` name (needs a hub)")
     train.add_argument("--text-column", default="text", help="column holding the text (default text)")
     train.add_argument("--label-column", default="label", help="column holding the label (default label)")
@@ -137,6 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", type=Path, default=Path("."), help="folder for the probe files (default .)")
     train.add_argument("--test-fraction", type=float, default=0.2, help="held-out share for the accuracy in the card (default 0.2)")
     train.add_argument("--C", type=float, default=10.0, dest="regularisation", help="inverse regularisation strength (default 10)")
+    train.add_argument("--built-in", action="store_true", help="allow a built-in attribute's name, to rebuild the probe "
+                                                                "dglm ships (classifiers/dglm_classifiers)")
     train.set_defaults(handler=cmd_classifier_train)
 
     plugin = commands.add_parser("plugin", help="create plugin packages").add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -269,8 +277,8 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
     from dglm.config import declared_settings
     from dglm.data.prefixes import count_prefixes, iter_prefixes, spool_stdin, stdin_is_piped
-    from dglm.pipeline import (Pipeline, attribute_terms, check_counts, check_setting_values, chunks, process_group,
-                               shared_seed, stop_strings)
+    from dglm.inputs import check_counts, check_prefix, stop_strings
+    from dglm.pipeline import Pipeline, attribute_terms, check_setting_values, chunks, process_group, shared_seed
     from dglm.sample_file import SampleFile, format_sample
     from dglm.stages.guidance import parse_constraint, parse_phrase
 
@@ -286,6 +294,8 @@ def cmd_generate(args: argparse.Namespace) -> None:
                    + [parse_phrase(spec, -1.0) for spec in args.away])
     overrides = {name: getattr(args, name) for name in declared_settings()}
     # Everything that needs no model is checked before the model's seconds of loading.
+    if args.prefix is not None:
+        check_prefix(0, args.prefix)  # given with --prefix-file, PREFIX is prefix 0 and the file's follow it
     attribute_terms(constraints)
     check_setting_values(overrides)
     check_counts(args.num_samples, args.batch_size, args.seed)
@@ -403,10 +413,12 @@ def cmd_plugins(args: argparse.Namespace) -> None:
 
 
 def cmd_classifier_train(args: argparse.Namespace) -> None:
-    from dglm.attributes.probes import check_probe_options, train_probe_on_texts
+    from dglm.attributes.probes import check_new_attribute_name, check_probe_options, train_probe_on_texts
     from dglm.data.labelled import read_labelled
     from dglm.stages.encoder import SentenceEncoder
 
+    if not args.built_in:
+        check_new_attribute_name(args.name)
     check_probe_options(args.test_fraction, args.regularisation)
     texts, labels = read_labelled(args.data, args.text_column, args.label_column)
     probe = train_probe_on_texts(

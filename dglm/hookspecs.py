@@ -6,6 +6,8 @@ from typing import Callable
 
 import pluggy
 
+ENTRY_POINT_GROUP = "dglm"  # the entry-point group plugin packages declare
+
 hookspec = pluggy.HookspecMarker("dglm")
 hookimpl = pluggy.HookimplMarker("dglm")
 

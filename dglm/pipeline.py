@@ -26,7 +26,8 @@ from dglm.attributes.probes import Probe
 from dglm.config import (SETTINGS_SECTIONS, DecodingSettings, DiffusionSettings, GenerationSettings, PipelineConfig,
                          check_setting, declared_settings)
 from dglm.errors import DglmError
-from dglm.plugins import failure_note, get_attributes, get_sampler
+from dglm.inputs import check_counts, check_generation_inputs, check_prefix, check_seed, stop_strings
+from dglm.plugins import get_attributes, get_sampler, why_missing
 from dglm.seeding import per_sample_randn, sample_generators
 from dglm.stages.decoder import SoftPromptDecoder
 from dglm.stages.decoder_adapter import load_adapter, split_adapter
@@ -43,7 +44,6 @@ DEFAULT_CHECKPOINT = "default"
 # 2: "sampling" split into "diffusion" (with the sampler's name) and "decoding".
 CHECKPOINT_FORMAT = 2
 SETTINGS = declared_settings()
-MAX_SEED = 2**63 - 1  # torch generators take 64 bits, and a negative seed would repeat another's stream
 
 
 @dataclass
@@ -404,15 +404,6 @@ def check_compatible(config: PipelineConfig, encoder: SentenceEncoder, decoder: 
         )
 
 
-def stop_strings(stop: str | list[str] | None, most: int | None = None) -> list[str]:
-    """Stop strings as a list: None, one string or several (at most `most`), none of them empty."""
-    stops = [stop] if isinstance(stop, str) else list(stop or [])
-    if not all(isinstance(text, str) and text for text in stops) or (most is not None and len(stops) > most):
-        limit = f"at most {most} " if most is not None else ""
-        raise DglmError(f"stop must be a string or a list of {limit}non-empty strings, got {stop!r}", field="stop")
-    return stops
-
-
 def first_stop(text: str, stops: list[str]) -> int | None:
     """Where the earliest stop string starts in `text`, or None."""
     found = [at for at in (text.find(stop) for stop in stops) if at >= 0]
@@ -434,7 +425,7 @@ def attribute_terms(constraints: list[Constraint]) -> list[tuple[Probe, int, flo
             continue
         if constraint.attribute not in attributes:
             known = ", ".join(attributes) or "none (install an attribute plugin)"
-            raise DglmError(f"unknown attribute {constraint.attribute!r}; known attributes: {known}{failure_note()}")
+            raise DglmError(f"unknown attribute {constraint.attribute!r}; known attributes: {known}{why_missing(constraint.attribute)}")
         probe = attributes[constraint.attribute].probe
         terms.append((probe, probe.label_index(constraint.label), constraint.weight))
     return terms
@@ -450,38 +441,6 @@ def check_setting_values(overrides: dict[str, Any]) -> None:
         get_sampler(overrides["sampler"])
     if overrides.get("guidance_mode") is not None:
         check_guidance_mode(overrides["guidance_mode"])
-
-
-def check_generation_inputs(prefixes: list[str], num_samples: int, batch_size: int, seed: int | None) -> None:
-    """Reject bad prefixes and counts before any model runs (`generate`, the CLI and the server; the settings check
-    themselves; `generate_stream` checks a prefix, and the seed it needs, as it reads it)."""
-    if not prefixes:
-        raise DglmError("no prefix given; pass a prefix string or a non-empty list of prefixes", field="prefix")
-    for index, text in enumerate(prefixes):
-        check_prefix(index, text)
-    check_counts(num_samples, batch_size, seed)
-    check_seed(seed, len(prefixes) * num_samples)
-
-
-def check_prefix(index: int, text: Any) -> None:
-    if not isinstance(text, str) or not text.strip():
-        raise DglmError(f"prefix {index + 1} is empty; every prefix needs some text to continue", field="prefix")
-
-
-def check_counts(num_samples: int, batch_size: int, seed: int | None) -> None:
-    for name, value in (("num_samples", num_samples), ("batch_size", batch_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise DglmError(f"{name} must be a positive integer, got {value!r}", field=name)
-    check_seed(seed, 1)
-
-
-def check_seed(seed: int | None, samples: int) -> None:
-    """A seed must leave room for `samples` consecutive seeds (sample k uses seed + k) below torch's limit."""
-    most = MAX_SEED - (samples - 1)
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= most):
-        needs = f" for {samples} samples" if samples > 1 else ""
-        raise DglmError(f"seed must be an integer from 0 to {most}{needs} (or None for a random one), got {seed!r}",
-                        field="seed")
 
 
 def write_checkpoint(folder: Path, config: PipelineConfig, parts: TrainableParts, card: dict[str, Any],

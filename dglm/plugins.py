@@ -15,11 +15,11 @@ from pathlib import Path
 import pluggy
 
 from dglm import hookspecs
+from dglm.hookspecs import ENTRY_POINT_GROUP
 from dglm.attributes.probes import PHRASE, Probe, load_probe
 from dglm.errors import DglmError
 from dglm.interfaces import Method, Sampler
 
-ENTRY_POINT_GROUP = "dglm"
 
 plugin_manager = pluggy.PluginManager("dglm")
 plugin_manager.add_hookspecs(hookspecs)
@@ -28,40 +28,49 @@ _registries: dict[str, tuple[tuple, dict]] = {}  # registry name -> (the plugins
 
 
 _failed: dict[str, str] = {}  # plugin name -> why it failed to load or to register, for error messages
-_conflicts: list[str] = []  # plugin names that two distributions claim, said in full
-
-
-class PluginConflict(DglmError):
-    """Two plugins claim one name: refused outright, since either choice could be the wrong one."""
+_clashes: dict[str, dict[str, str]] = {}  # "plugin", "attribute", ... -> {a name two plugins claim: the sentence saying so}
+_warned: set[str] = set()
 
 
 def _manager() -> pluggy.PluginManager:
     global _entry_points_loaded
     if not _entry_points_loaded:
         _entry_points_loaded = True
-        _conflicts.extend(_entry_point_conflicts())
+        clashing = _entry_point_clashes()
         for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+            if entry_point.name in clashing:
+                continue
             if plugin_manager.get_plugin(entry_point.name) is None and not plugin_manager.is_blocked(entry_point.name):
                 try:
                     plugin_manager.register(entry_point.load(), name=entry_point.name)
                 except Exception as error:  # a broken plugin must not take dglm down with it
                     _skip(entry_point.name, error)
-    if _conflicts:
-        raise PluginConflict("; ".join(_conflicts))
+        _note_clashes("plugin", clashing)
     return plugin_manager
 
 
-def _entry_point_conflicts() -> list[str]:
+def _entry_point_clashes() -> dict[str, str]:
     """Plugin names claimed by entry points of two distributions (a plugin named like a built-in attribute, say):
-    refused, since which one loads would depend on the order the distributions are found in."""
+    neither is loaded, since which one wins would depend on the order the distributions are found in."""
     owners: dict[str, list[str]] = {}
     for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
         owner = entry_point.dist.name if entry_point.dist is not None else "an unnamed distribution"
         if owner not in owners.setdefault(entry_point.name, []):
             owners[entry_point.name].append(owner)
-    return [f"the plugin name {name!r} is claimed by two installed distributions, {' and '.join(map(repr, dists))}; "
-            f"uninstall one of them, or rename its entry point in the `dglm` group"
-            for name, dists in owners.items() if len(dists) > 1]
+    return {name: f"the plugin name {name!r} is claimed by two installed distributions, {' and '.join(map(repr, dists))}; "
+                  "uninstall one of them, or rename its entry point in the `dglm` group"
+            for name, dists in owners.items() if len(dists) > 1}
+
+
+def _note_clashes(kind: str, clashes: dict[str, str]) -> None:
+    """Keep the clashes of one kind of name (as of the registry's last build), with a one-line warning the first
+    time each is seen: what the clashing plugins provide under a name is left out, the rest keeps working, and only
+    a request for that name fails (`why_missing`)."""
+    _clashes[kind] = clashes
+    for name, message in clashes.items():
+        if message not in _warned:
+            _warned.add(message)
+            print(f"dglm: warning: {message}; until then {name!r} is left out", file=sys.stderr)
 
 
 def _skip(plugin: str, error: Exception) -> None:
@@ -77,18 +86,34 @@ def failed_plugins() -> dict[str, str]:
     return dict(_failed)
 
 
-def _call(impl, register_into: dict, make_register) -> None:
-    """Run one plugin's registration hook into a scratch copy, kept only if the hook finishes: a plugin that
-    raises halfway registers nothing and is skipped."""
-    scratch = dict(register_into)
-    try:
-        impl.function(register=make_register(scratch, impl.plugin_name))
-    except PluginConflict:
-        raise
-    except Exception as error:
-        _skip(impl.plugin_name, error)
-        return
-    register_into.update(scratch)
+def _claims(hook: str, make_entry) -> dict[str, list[tuple[object, str]]]:
+    """Each name the plugins register through `hook`, with every (entry, plugin) that claims it. `make_entry` turns
+    a `register(...)` call's argument into (name, entry). A plugin whose hook raises registers nothing and is
+    skipped."""
+    claims: dict[str, list[tuple[object, str]]] = {}
+    for impl in getattr(_manager().hook, hook).get_hookimpls():
+        registered: list[tuple[str, object]] = []
+        try:
+            impl.function(register=lambda item: registered.append(make_entry(item)))
+        except Exception as error:  # a broken plugin must not take dglm down with it
+            _skip(impl.plugin_name, error)
+            continue
+        for name, entry in registered:
+            claims.setdefault(name, []).append((entry, impl.plugin_name))
+    return claims
+
+
+def _unclashed(kind: str, claims: dict[str, list[tuple[object, str]]]) -> dict[str, tuple[object, str]]:
+    """The names only one plugin claims, each with its (entry, plugin); a name claimed twice is left out and noted."""
+    found, clashes = {}, {}
+    for name, owners in claims.items():
+        if len(owners) == 1:
+            found[name] = owners[0]
+        else:
+            plugins = " and ".join(repr(plugin) for _, plugin in owners)
+            clashes[name] = f"{kind} {name!r} is registered by two plugins, {plugins}; uninstall or rename one of them"
+    _note_clashes(kind, clashes)
+    return found
 
 
 def register_plugin(plugin: object, name: str | None = None) -> None:
@@ -158,24 +183,15 @@ def get_attributes() -> dict[str, Attribute]:
 
 
 def _build_attributes() -> dict[str, Attribute]:
-    attributes: dict[str, Attribute] = {}
+    def entry(card_path: Path | str) -> tuple[str, tuple[Probe, Path]]:
+        probe = load_probe(card_path)
+        if probe.name == PHRASE:
+            raise DglmError("the attribute name 'phrase' is reserved for phrase constraints (--toward / --away); "
+                            "rename the probe")
+        return probe.name, (probe, Path(card_path))
 
-    def make_register(into: dict[str, Attribute], plugin: str):
-        def register(card_path: Path | str) -> None:
-            probe = load_probe(card_path)
-            if probe.name == PHRASE:
-                raise DglmError("the attribute name 'phrase' is reserved for phrase constraints (--toward / --away); "
-                                "rename the probe")
-            if probe.name in into:
-                raise PluginConflict(f"attribute {probe.name!r} is registered by two plugins, "
-                                     f"{into[probe.name].plugin!r} and {plugin!r}; uninstall or rename one")
-            into[probe.name] = Attribute(probe, Path(card_path), plugin)
-
-        return register
-
-    for impl in _manager().hook.register_attributes.get_hookimpls():
-        _call(impl, attributes, make_register)
-    return dict(sorted(attributes.items()))
+    registered = _unclashed("attribute", _claims("register_attributes", entry))
+    return {name: Attribute(*found, plugin) for name, (found, plugin) in sorted(registered.items())}
 
 
 def get_samplers() -> dict[str, type[Sampler]]:
@@ -198,22 +214,12 @@ def _build_methods() -> dict[str, tuple[type, str]]:
 
 def _named_classes(hook: str, base: type, kind: str) -> dict[str, tuple[type, str]]:
     """Classes by their `name`, each with the plugin that registered it."""
-    found: dict[str, tuple[type, str]] = {}
+    def entry(cls: type) -> tuple[str, type]:
+        if not (isinstance(cls, type) and issubclass(cls, base) and cls.name):
+            raise DglmError(f"it registered {cls!r}, which is not a named {base.__module__}.{base.__name__} subclass")
+        return cls.name, cls
 
-    def make_register(into: dict[str, tuple[type, str]], plugin: str):
-        def register(cls: type) -> None:
-            if not (isinstance(cls, type) and issubclass(cls, base) and cls.name):
-                raise DglmError(f"it registered {cls!r}, which is not a named {base.__module__}.{base.__name__} subclass")
-            if cls.name in into:
-                raise PluginConflict(f"{kind} {cls.name!r} from plugin {plugin!r} is already registered "
-                                     f"by {into[cls.name][1]!r}; rename it")
-            into[cls.name] = (cls, plugin)
-
-        return register
-
-    for impl in getattr(_manager().hook, hook).get_hookimpls():
-        _call(impl, found, make_register)
-    return found
+    return _unclashed(kind, _claims(hook, entry))
 
 
 def get_sampler(name: str) -> type[Sampler]:
@@ -223,18 +229,19 @@ def get_sampler(name: str) -> type[Sampler]:
                         "reinstall dglm (`pip install -e .` in a checkout) so that its entry points are current",
                         field="sampler")
     if name not in samplers:
-        raise DglmError(f"unknown sampler {name!r}; known samplers: {', '.join(samplers)}{failure_note()}", field="sampler")
+        raise DglmError(f"unknown sampler {name!r}; known samplers: {', '.join(samplers)}{why_missing(name)}", field="sampler")
     return samplers[name]
 
 
-def failure_note() -> str:
-    """What to add to an 'unknown name' message when some plugin failed: the name may have been its."""
-    failed = failed_plugins()
-    if not failed:
-        return ""
-    return "; " + "; ".join(f"plugin {name!r} failed to load ({why}), so what it provides is missing"
-                            for name, why in failed.items())
-
+def why_missing(name: str) -> str:
+    """What to add to an 'unknown name' message: that two plugins claim the name, or else which plugins failed (the
+    name may have been theirs)."""
+    _manager()
+    clash = next((clashes[name] for clashes in _clashes.values() if name in clashes), None)
+    if clash:
+        return f"; {clash}"
+    return "".join(f"; plugin {plugin!r} failed to load ({why}), so what it provides is missing"
+                   for plugin, why in failed_plugins().items())
 
 def get_plugins() -> list[PluginInfo]:
     """Installed plugins with the hooks each implements and what it registers through them."""

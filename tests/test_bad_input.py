@@ -17,8 +17,8 @@ GENERATE = ["generate", "The movie"]
 
 
 @pytest.mark.parametrize("args, message", [
-    (["-n", "-1"], "num_samples must be a positive integer, got -1"),
-    (["--batch-size", "0"], "batch_size must be a positive integer, got 0"),
+    (["-n", "-1"], "num_samples must be an integer from 1 to 10000, got -1"),
+    (["--batch-size", "0"], "batch_size must be an integer from 1 to 4096, got 0"),
     (["--seed", "-5"], "seed must be an integer from 0 to"),
     (["--seed", str(2**63)], "seed must be an integer from 0 to"),
     (["--guidance-scale", "nan"], "guidance_scale must be a number >= 0, got nan"),
@@ -120,13 +120,25 @@ def test_fuzzed_python_calls_raise_dglm_errors_only(tiny_pipeline):
 
 
 def test_a_seed_without_room_for_every_sample_is_refused_before_any_sample_is_made(tiny_pipeline, monkeypatch):
-    from dglm.pipeline import MAX_SEED
+    from dglm.inputs import MAX_SEED
 
     assert len(tiny_pipeline.generate("The movie", num_samples=2, seed=MAX_SEED - 1, max_new_tokens=1)) == 2
     batches = []
     monkeypatch.setattr(tiny_pipeline, "generate_rows", lambda rows, on_step=None: batches.append(rows) or [[]] * len(rows))
     with pytest.raises(DglmError, match=f"seed must be an integer from 0 to {MAX_SEED - 5} for 6 samples"):
         tiny_pipeline.generate(["The movie", "A film", "The end"], num_samples=2, seed=MAX_SEED - 3, batch_size=1)
-    with pytest.raises(DglmError, match="prefix 3 is empty"):
+    with pytest.raises(DglmError, match=r"prefix 2 \(counting from 0\) is empty"):
         tiny_pipeline.generate(["The movie", "A film", " "], batch_size=1)
     assert batches == [], "no batch may run before the last prefix and seed are checked"
+
+
+@pytest.mark.parametrize("prefix, message", [
+    ("The \udcff movie", "the byte 0xff at character 4 is not UTF-8"),
+    (["A film", "The \ud800 end"], r"prefix 1 \(counting from 0\) is not valid text: character 4 is a lone surrogate"),
+])
+def test_the_python_api_refuses_text_that_is_not_unicode_with_a_dglm_error(tiny_pipeline, prefix, message):
+    with pytest.raises(DglmError, match=message):
+        tiny_pipeline.generate(prefix, max_new_tokens=1)
+    with pytest.raises(DglmError, match="a phrase .* is not valid text"):
+        tiny_pipeline.generate("The movie", attributes=[Constraint.toward("a storm \ud800")], max_new_tokens=1)
+

@@ -51,7 +51,7 @@ def test_empty_prefix(capsys, tiny_checkpoint):
 
 
 def test_zero_samples(capsys, tiny_checkpoint):
-    expect_error(capsys, "num_samples must be a positive integer", "generate", "Hi", "-n", "0", "--model", str(tiny_checkpoint))
+    expect_error(capsys, "num_samples must be an integer from 1 to 10000, got 0", "generate", "Hi", "-n", "0", "--model", str(tiny_checkpoint))
 
 
 @pytest.mark.parametrize("flag, accepted", [("--max-new-tokens", ">= 1"), ("--steps", "in [1, 1000]")])
@@ -122,8 +122,8 @@ def test_help_teaches_every_flag(capsys):
 @pytest.mark.parametrize("content, pattern", [
     (b"", "has no prefix: every line is empty"),
     (b"  \n\t\n", "has no prefix: every line is empty"),
-    (b"\xff\xfe\x00binary", "looks binary (a NUL byte on line 1)"),
-    (b"The film\ncaf\xe9\n", "is not UTF-8 text (line 2, byte 3)"),
+    (b"\xff\xfe\x00binary", "looks binary (a NUL byte on line 1, counting from 1)"),
+    (b"The film\ncaf\xe9\n", "is not UTF-8 text (line 2, counting from 1; byte 3)"),
 ])
 def test_prefix_files_that_are_empty_or_not_text(capsys, tiny_checkpoint, tmp_path, content, pattern):
     path = tmp_path / "prefixes.txt"
@@ -138,7 +138,7 @@ def test_a_missing_prefix_file(capsys, tiny_checkpoint, tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--attr", "mood=happy"], "unknown attribute 'mood'; known attributes: "),
     (["--attr", "sentiment=happy"], "unknown label 'happy' for attribute 'sentiment'"),
-    (["-n", "0"], "num_samples must be a positive integer, got 0"),
+    (["-n", "0"], "num_samples must be an integer from 1 to 10000, got 0"),
     (["--temperature=-1"], "temperature must be a number >= 0"),
     (["--sampler", "euler"], "unknown sampler 'euler'"),
     (["--guidance-mode", "nearest"], "unknown guidance mode 'nearest'"),
@@ -146,6 +146,37 @@ def test_a_missing_prefix_file(capsys, tiny_checkpoint, tmp_path):
 def test_checks_that_need_no_model_come_before_the_model_loads(capsys, tmp_path, args, message):
     """The model named does not exist, so an error about the inputs shows they were checked before loading it."""
     expect_error(capsys, message, "generate", "Hi", "--model", str(tmp_path / "no-such-model"), *args)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["   "], "prefix 0 (counting from 0) is empty; every prefix needs some text to continue"),
+    (["The \udcff movie"], "prefix 0 (counting from 0) is not valid text: the byte 0xff at character 4 is not UTF-8"),
+    (["Hi", "-n", "99999999999"], "num_samples must be an integer from 1 to 10000, got 99999999999"),
+    (["Hi", "--batch-size", "100000"], "batch_size must be an integer from 1 to 4096, got 100000"),
+    (["Hi", "--toward", ""], "a phrase (--toward / --away, or a request's {\"text\": ...}) must be non-empty text"),
+    (["Hi", "--away", "a storm \udcfe"], "a phrase (--toward / --away, or a request's {\"text\": ...}) is not valid text: "
+                                         "the byte 0xfe at character 8 is not UTF-8"),
+    (["Hi", "--attr", "sentiment=pos\udcffitive"], "the label of attribute 'sentiment' is not valid text"),
+    (["Hi", "--stop", "\udcff"], "is not valid text: the byte 0xff at character 0 is not UTF-8"),
+])
+def test_bad_text_and_counts_are_refused_in_one_line_before_the_model_loads(capsys, tmp_path, args, message):
+    expect_error(capsys, message, "generate", *args, "--model", str(tmp_path / "no-such-model"))
+
+
+def test_a_folder_given_as_prefix_file_is_named_a_folder_before_the_model_loads(capsys, tmp_path):
+    expect_error(capsys, f"prefix file {tmp_path} is a folder; give a text file with one prefix a line", "generate",
+                 "--prefix-file", str(tmp_path), "--model", str(tmp_path / "no-such-model"))
+
+
+@pytest.mark.slow
+def test_bytes_that_are_not_utf8_in_an_argument_end_in_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    ran = subprocess.run([sys.executable.encode(), b"-m", b"dglm", b"generate", b"The \xff movie", b"--model",
+                          str(tmp_path).encode()], capture_output=True, timeout=120, check=False)
+    assert ran.returncode == 2 and ran.stderr.decode().strip().splitlines() == [
+        "dglm: error: prefix 0 (counting from 0) is not valid text: the byte 0xff at character 4 is not UTF-8; give UTF-8 text"]
 
 
 def test_version_and_plugins_as_json(capsys):

@@ -29,7 +29,7 @@ def test_a_phrase_parses_with_an_optional_weight(spec, sign, expected):
 def test_toward_and_away_are_phrase_constraints_of_opposite_sign():
     assert Constraint.toward("a wedding", 2.0) == Constraint(PHRASE, "a wedding", 2.0)
     assert Constraint.away("a wedding") == Constraint(PHRASE, "a wedding", -1.0)
-    with pytest.raises(DglmError, match="must be a non-empty string"):
+    with pytest.raises(DglmError, match=r"a phrase \(--toward / --away.*must be non-empty text"):
         Constraint.toward("  ")
 
 

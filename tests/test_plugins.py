@@ -70,7 +70,9 @@ def test_a_plugin_package_from_a_csv_is_installed_and_used(tiny_pipeline, tiny_m
         plugins.unregister_plugin("question")
 
 
-def test_two_plugins_registering_one_name_is_an_error(toy_probe_dir, toy_plugin):
+def test_two_plugins_registering_one_name_leave_it_out_and_only_a_request_for_it_fails(toy_probe_dir, toy_plugin, capsys):
+    from dglm.pipeline import attribute_terms
+
     class Impostor:
         @dglm.hookimpl
         def register_attributes(self, register):
@@ -78,10 +80,18 @@ def test_two_plugins_registering_one_name_is_an_error(toy_probe_dir, toy_plugin)
 
     dglm.register_plugin(Impostor(), name="impostor")
     try:
-        with pytest.raises(DglmError, match="registered by two plugins, 'toy' and 'impostor'|registered by two plugins, 'impostor' and 'toy'"):
-            get_attributes()
+        attributes = get_attributes()
+        assert "toy_sentiment" not in attributes and {"sentiment", "topic"} <= attributes.keys()
+        assert "attribute 'toy_sentiment' is registered by two plugins, 'toy' and 'impostor'" in capsys.readouterr().err
+        with pytest.raises(DglmError, match="unknown attribute 'toy_sentiment'.*registered by two plugins, 'toy' and 'impostor'"):
+            attribute_terms([dglm.Constraint("toy_sentiment", "positive")])
+        assert len(attribute_terms([dglm.Constraint("sentiment", "positive")])) == 1
     finally:
         dglm.unregister_plugin("impostor")
+    assert "toy_sentiment" in get_attributes()  # the clash is gone with the impostor
+    with pytest.raises(DglmError, match="unknown attribute 'mood'; known attributes: ") as refused:
+        attribute_terms([dglm.Constraint("mood", "happy")])
+    assert "registered by two" not in str(refused.value)
 
 
 def test_composition_of_several_attributes_and_steering_away(tiny_pipeline, toy_probe_dir, toy_plugin):
@@ -153,13 +163,40 @@ def test_a_plugin_that_fails_to_import_or_to_register_is_skipped_and_named(tmp_p
 
 
 @pytest.mark.slow
-def test_an_installed_plugin_named_like_a_built_in_is_refused_naming_both_distributions(tmp_path):
+def test_an_installed_plugin_named_like_a_built_in_is_left_out_with_the_built_in_and_the_rest_keeps_working(tmp_path, tiny_checkpoint):
+    """The clash is named with both distributions by every command; `dglm attributes` and `dglm plugins` list the
+    rest, a request for another attribute runs, and only a request for the clashing name fails."""
     (tmp_path / "impostor.py").write_text("")
     env = installed_distribution(tmp_path, "dglm-sentiment-plus", {"sentiment": "impostor"})
-    listed = subprocess.run([sys.executable, "-m", "dglm", "attributes"], capture_output=True, text=True, env=env, check=False)
-    assert listed.returncode == 2 and "Traceback" not in listed.stderr
-    assert "the plugin name 'sentiment' is claimed by two installed distributions" in listed.stderr
-    assert "'dglm'" in listed.stderr and "'dglm-sentiment-plus'" in listed.stderr
+
+    def dglm_command(*args):
+        return subprocess.run([sys.executable, "-m", "dglm", *args], capture_output=True, text=True, env=env, check=False)
+
+    clash = "the plugin name 'sentiment' is claimed by two installed distributions, 'dglm' and 'dglm-sentiment-plus'"
+    listed = dglm_command("attributes")
+    assert listed.returncode == 0 and "Traceback" not in listed.stderr and clash in listed.stderr
+    assert "topic: business" in listed.stdout and "sentiment:" not in listed.stdout
+    plugins = dglm_command("plugins")
+    assert plugins.returncode == 0 and clash in plugins.stderr and "topic" in plugins.stdout
+    asked = dglm_command("generate", "The movie", "--attr", "sentiment=positive", "--model", str(tiny_checkpoint))
+    assert asked.returncode == 2 and "unknown attribute 'sentiment'" in asked.stderr and clash in asked.stderr.splitlines()[-1]
+    other = dglm_command("generate", "The movie", "-n", "1", "--max-new-tokens", "2", "--seed", "0", "--model", str(tiny_checkpoint))
+    assert other.returncode == 0 and other.stdout.strip(), other.stderr
+
+
+@pytest.mark.parametrize("name", ["sentiment", "topic", "toxicity", "phrase"])
+def test_classifier_train_and_plugin_new_refuse_a_reserved_name_with_the_list(name, tmp_path, capsys, toy_probe_dir):
+    import json
+    import shutil
+
+    reserved = "reserved: dglm-methods, dglm-samplers, phrase, sentiment, topic, toxicity"
+    assert main(["classifier", "train", name, "--data", str(tmp_path / "none.csv")]) == 2
+    assert f"the attribute name {name!r} is reserved ({reserved})" in capsys.readouterr().err
+    card = json.loads((toy_probe_dir / "toy_sentiment.json").read_text())
+    shutil.copy(toy_probe_dir / card["weights"], tmp_path / card["weights"])
+    (tmp_path / f"{name}.json").write_text(json.dumps({**card, "name": name}))
+    assert main(["plugin", "new", str(tmp_path / f"{name}.json"), "--out", str(tmp_path / "out")]) == 2
+    assert "is reserved" in capsys.readouterr().err and not (tmp_path / "out").exists()
 
 
 def test_a_handful_of_examples_makes_a_prototype_probe_and_many_a_logistic_one():

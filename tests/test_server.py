@@ -127,7 +127,7 @@ def test_concurrent_requests_share_batches_and_each_gets_its_text_alone(served, 
     ({"prompt": "x", "attributes": [{"name": "toy_sentiment", "label": "positive", "weight": "heavy"}]}, 400,
      "attributes.0.weight", "attributes"),
     ({"prompt": "x", "attributes": ["toy_sentiment=positive:inf"]}, 400, "must be a finite number, got inf", "attributes"),
-    ({"prompt": "   "}, 400, "prompt 1 is empty", "prompt"),
+    ({"prompt": "   "}, 400, "prompt 0 (counting from 0) is empty", "prompt"),
     ({"prompt": []}, 400, "no prompt given", "prompt"),
     ({"prompt": [1, 2]}, 400, "prompt must be a string or a list of strings", "prompt"),
     ({"prompt": "x", "n": 9}, 400, "at most 8 (--max-n)", "n"),
@@ -451,6 +451,62 @@ def fuzz_body(rng) -> object:
     return body
 
 
+STRING_FIELDS = {  # where a string can sit in a request, each as a body holding a lone surrogate there
+    "prompt": {"prompt": "The \ud800 movie"},
+    "prompt.1": {"prompt": ["A film", "\udfff"]},
+    "attributes.0.text": {"attributes": [{"text": "a storm \ud800", "weight": 1}]},
+    "attributes.0.name": {"attributes": [{"name": "toy_\ud800", "label": "positive"}]},
+    "attributes.0.label": {"attributes": [{"name": "toy_sentiment", "label": "pos\ud800"}]},
+    "attributes.0": {"attributes": ["toy_sentiment=\ud800"]},
+    "stop": {"stop": "\ud800"},
+    "stop.0": {"stop": ["\ud800"]},
+    "model": {"model": "tiny\ud800"},
+    "user": {"user": "\ud800"},
+    "guidance_mode": {"guidance_mode": "\ud800"},
+    "sampler": {"sampler": "dd\ud800im"},
+    "logit_bias.\ud800": {"logit_bias": {"\ud800": 1}},
+}
+NUMERIC_FIELDS = ["n", "seed", "max_tokens", "logprobs", "temperature", "top_p", "top_k", "min_p", "repetition_penalty",
+                  "guidance_scale", "guidance_target", "guidance_anchor", "phrase_cosine", "steps", "mc_draws",
+                  "prefix_guidance", "renoise_alpha2", "presence_penalty", "best_of"]
+EXTREMES = [10**30, -(10**30), 2**63, 1e308, -1e308, 5e-324, 0, -1]
+
+
+def malformed_bodies() -> list[tuple[str, bytes]]:
+    """(what it is, the raw body) for every class of body a careless or hostile client sends: nesting deeper than
+    any parser's recursion, lone surrogates in every string field, numbers JSON has no word for, and every
+    numeric field at its extremes (plain fields, an attribute's weight and a logit bias)."""
+    base = {"prompt": "The movie", "max_tokens": 3, "seed": 1}
+    bodies = [("nested 1,900 deep", b"[" * 1900 + b"]" * 1900),
+              ("a prompt nested 1,000 deep", b'{"prompt": ' + b"[" * 1000 + b'"x"' + b"]" * 1000 + b"}")]
+    bodies += [(f"a lone surrogate in {where}", json.dumps({**base, **fields}).encode()) for where, fields in STRING_FIELDS.items()]
+    bodies += [(f"{word} as temperature", b'{"prompt": "The movie", "temperature": %s}' % word)
+               for word in (b"NaN", b"Infinity", b"-Infinity", b"1e999")]
+    bodies += [(f"{name}={value!r}", json.dumps({**base, name: value}).encode()) for name in NUMERIC_FIELDS for value in EXTREMES]
+    bodies += [(f"attribute weight {value!r}", json.dumps({**base, "attributes": [{"name": "toy_sentiment", "label": "positive",
+                                                                                    "weight": value}]}).encode())
+               for value in EXTREMES]
+    bodies += [(f"logit bias {value!r}", json.dumps({**base, "logit_bias": {"5": value}}).encode()) for value in EXTREMES]
+    return bodies
+
+
+def post_raw(url: str, raw: bytes) -> tuple[int, str]:
+    host, port = url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=60)
+    connection.request("POST", "/v1/completions", body=raw, headers={"Content-Type": "application/json"})
+    response = connection.getresponse()
+    return response.status, response.read().decode()
+
+
+def assert_a_clear_answer(what: str, status: int, text: str) -> None:
+    """A 200 with no error event, or a 4xx in OpenAI's error shape with no Python exception in it."""
+    assert status == 200 or 400 <= status < 500, (what, status, text)
+    assert "Error:" not in text and "Traceback" not in text and "server_error" not in text, (what, text)
+    if status != 200:
+        answer = json.loads(text)
+        assert set(answer["error"]) == {"message", "type", "param", "code"} and answer["error"]["message"], (what, answer)
+
+
 @pytest.mark.slow
 def test_no_request_body_gets_a_5xx_and_the_server_stays_healthy(served, tiny_pipeline):
     import random as random_module
@@ -466,6 +522,15 @@ def test_no_request_body_gets_a_5xx_and_the_server_stays_healthy(served, tiny_pi
         if status != 200:
             assert set(answer["error"]) == {"message", "type", "param", "code"}, answer
     assert answers.get(200, 0) > 10 and sum(n for s, n in answers.items() if s != 200) > 10, answers
+    for what, raw in malformed_bodies():
+        assert_a_clear_answer(what, *post_raw(url, raw))
+        if raw.startswith(b"{"):
+            assert_a_clear_answer(f"{what}, streamed", *post_raw(url, raw[:-1] + b', "stream": true}'))
+    for where, fields in STRING_FIELDS.items():  # each names its field
+        status, text = post_raw(url, json.dumps({"prompt": "The movie", **fields}).encode())
+        assert status == 400 and f"field {where!r} is not valid text" in json.loads(text)["error"]["message"], text
+    status, text = post_raw(url, b"[" * 1900 + b"]" * 1900)
+    assert status == 400 and "nests deeper than 16 levels" in text
     assert request(url, "GET", "/health")[0] == 200
     status, answer = request(url, "POST", "/v1/completions", {"prompt": "The movie", "max_tokens": 3, "seed": 1})
     assert status == 200 and answer["choices"][0]["text"] == alone(tiny_pipeline, "The movie", 1, max_new_tokens=3)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from dglm.attributes.probes import load_probe
+from dglm.attributes.probes import check_new_attribute_name, load_probe
 from dglm.errors import DglmError
 
 PYPROJECT = """\
@@ -47,6 +47,7 @@ def register_attributes(register):
 def new_plugin(card_path: Path | str, out_dir: Path | str) -> Path:
     """Write a plugin package for the probe at `card_path` into `out_dir/dglm-NAME`; return its folder."""
     probe = load_probe(card_path)
+    check_new_attribute_name(probe.name)
     if not re.fullmatch(r"[a-z][a-z0-9_]*", probe.name):
         raise DglmError(f"attribute name {probe.name!r} must be lowercase letters, digits and _ to name a package")
     dist, module = f"dglm-{probe.name.replace('_', '-')}", f"dglm_{probe.name}"

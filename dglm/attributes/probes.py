@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from dglm.errors import DglmError
+from dglm.hookspecs import ENTRY_POINT_GROUP
 
 CARD_KEYS = ("name", "labels", "encoder", "encoder_dim", "weights")
 
@@ -183,3 +184,22 @@ def train_probe_on_texts(name: str, texts: list[str], labels: list[str], encoder
 
 
 PHRASE = "phrase"  # the attribute of a constraint given as a phrase (its label is the phrase): no probe may take it
+
+
+def reserved_names() -> list[str]:
+    """Names a new attribute may not take: those of dglm's own plugins (its entry points) and 'phrase'. An installed
+    plugin of the same name would clash with the built-in one, and both would be left out."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    try:
+        built_in = [point.name for point in distribution("dglm").entry_points if point.group == ENTRY_POINT_GROUP]
+    except PackageNotFoundError:  # a source tree that was never installed
+        built_in = []
+    return sorted({*built_in, PHRASE})
+
+
+def check_new_attribute_name(name: str) -> None:
+    """Refuse a reserved name for a new attribute (`dglm classifier train`, `dglm plugin new`), listing them."""
+    if name in reserved_names():
+        raise DglmError(f"the attribute name {name!r} is reserved (reserved: {', '.join(reserved_names())}); a plugin "
+                        "under it would clash with dglm's own, so choose another name")

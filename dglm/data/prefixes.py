@@ -15,19 +15,23 @@ from dglm.errors import DglmError
 
 def iter_prefixes(path: Path | str) -> Iterator[str]:
     """The non-empty lines of a prefixes file, stripped of surrounding whitespace, read lazily (memory stays flat
-    however long the file is). A file that is missing, binary, not UTF-8 or has no prefix at all is refused."""
+    however long the file is). Blank lines are skipped, so a prefix's index (from 0) counts prefixes, not lines;
+    messages give line numbers from 1, as editors do. A file that is missing, a folder, binary, not UTF-8 or has no
+    prefix at all is refused."""
     path = Path(path)
+    if path.is_dir():
+        raise DglmError(f"prefix file {path} is a folder; give a text file with one prefix a line")
     if not path.is_file():
         raise DglmError(f"prefix file {path} does not exist")
     found = False
     with open(path, "rb") as lines:
         for number, raw in enumerate(lines, 1):
             if b"\0" in raw:
-                raise DglmError(f"prefix file {path} looks binary (a NUL byte on line {number}); give one prefix a line, in UTF-8")
+                raise DglmError(f"prefix file {path} looks binary (a NUL byte on line {number}, counting from 1); give one prefix a line, in UTF-8")
             try:
                 line = raw.decode("utf-8").strip()
             except UnicodeDecodeError as error:
-                raise DglmError(f"prefix file {path} is not UTF-8 text (line {number}, byte {error.start}); "
+                raise DglmError(f"prefix file {path} is not UTF-8 text (line {number}, counting from 1; byte {error.start}); "
                                 "give one prefix a line, in UTF-8") from None
             if line:
                 found = True

@@ -14,9 +14,10 @@ import hmac
 import json
 import math
 import random
+import re
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from importlib.resources import files
 from typing import Any
@@ -32,10 +33,11 @@ from starlette.staticfiles import StaticFiles
 
 from dglm.config import accepted, declared_settings
 from dglm.errors import DglmError
-from dglm.pipeline import Pipeline, Row, attribute_terms, check_generation_inputs, stop_strings
+from dglm.inputs import check_generation_inputs, stop_strings, unicode_problem
+from dglm.pipeline import Pipeline, Row, attribute_terms
 from dglm.plugins import get_attributes
 from dglm.seeding import seeded_rows
-from dglm.server.engine import BatchingEngine, Delta, EngineClosed, Failed, Finished, Job
+from dglm.server.engine import BatchingEngine, log, Delta, EngineClosed, Failed, Finished, Job
 from dglm.server.logprobs import MAX_LOGPROBS, TokenLogprob, openai_logprobs
 from dglm.server.metrics import Metered, ServerMetrics
 from dglm.stages.guidance import Constraint, parse_constraint
@@ -298,7 +300,9 @@ def create_app(pipeline: Pipeline, model_name: str | ServedModels = "dglm-defaul
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, error: Exception) -> JSONResponse:
-        return ApiError(500, f"internal error: {type(error).__name__}: {error}", kind="server_error").response()
+        log.exception("unexpected error answering %s %s", request.method, request.url.path)
+        return ApiError(500, "internal error: the server could not answer this request; its log says why",
+                        kind="server_error").response()
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
@@ -380,8 +384,15 @@ def create_app(pipeline: Pipeline, model_name: str | ServedModels = "dglm-defaul
     return app
 
 
+MAX_JSON_DEPTH = 16  # a completion request nests three deep ({"attributes": [{...}]}); deeper is not a request
+JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+JSON_BRACKET = re.compile(rb"[][{}]")
+
+
 async def read_json(request: Request, limit: int) -> Any:
-    """The request body as JSON, refusing bodies over `limit` bytes before reading them whole."""
+    """The request body as JSON, refusing bodies over `limit` bytes before reading them whole, nesting deeper than
+    `MAX_JSON_DEPTH` before parsing, numbers JSON cannot hold (NaN, Infinity, 1e999) while parsing, and text that is
+    not valid Unicode (a lone surrogate such as "\\ud800", which no tokenizer takes) after it, naming the field."""
     too_big = ApiError(413, f"request body is larger than the server's limit of {limit // 1024} KiB (--max-body-kb)")
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
@@ -391,11 +402,57 @@ async def read_json(request: Request, limit: int) -> Any:
         body += chunk
         if len(body) > limit:
             raise too_big
+    if json_depth(body) > MAX_JSON_DEPTH:
+        raise ApiError(400, f"request body nests deeper than {MAX_JSON_DEPTH} levels; a completion request is a JSON "
+                            "object a few levels deep")
     try:
-        return json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        parsed = json.loads(body, parse_constant=refuse_constant, parse_float=finite_float)
+    except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as error:
         raise ApiError(400, f"request body is not valid JSON ({error}); send a JSON object such as "
                             '{"prompt": "The movie", "attributes": ["sentiment=positive"]}') from None
+    for where, text in json_strings(parsed):
+        problem = unicode_problem(text)
+        if problem:
+            raise ApiError(400, f"field {where!r} is not valid text: {problem}; send UTF-8 text",
+                           param=where.split(".")[0] or None)
+    return parsed
+
+
+def json_depth(body: bytes) -> int:
+    """How deep the arrays and objects of a JSON text nest (brackets inside strings do not count)."""
+    depth = deepest = 0
+    for bracket in JSON_BRACKET.findall(JSON_STRING.sub(b'""', body)):
+        if bracket in (b"[", b"{"):
+            depth += 1
+            deepest = max(deepest, depth)
+        elif bracket in b"]}":
+            depth -= 1
+    return deepest
+
+
+def refuse_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is too large for a number")
+    return value
+
+
+def json_strings(value: Any, where: str = "") -> Iterator[tuple[str, str]]:
+    """Every string of a parsed JSON value, keys included, with the dotted path of the field it is in."""
+    if isinstance(value, str):
+        yield where, value
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from json_strings(item, f"{where}.{index}" if where else str(index))
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            inner = f"{where}.{key}" if where else key
+            yield inner, key
+            yield from json_strings(item, inner)
 
 
 def plan_rows(completion: Any, pipeline: Pipeline, served: ServedModels, limits: ServerLimits) -> list[Row]:
@@ -421,7 +478,8 @@ def plan_rows(completion: Any, pipeline: Pipeline, served: ServedModels, limits:
         raise ApiError(400, "no prompt given; pass a string or a non-empty list of strings", param="prompt")
     for index, prompt in enumerate(prompts):
         if not prompt.strip():
-            raise ApiError(400, f"prompt {index + 1} is empty; every prompt needs some text to continue", param="prompt")
+            raise ApiError(400, f"prompt {index} (counting from 0) is empty; every prompt needs some text to continue",
+                           param="prompt")
     seed = random.randrange(2**31) if completion.seed is None else completion.seed
     try:
         check_generation_inputs(prompts, completion.n, 1, seed)

@@ -145,7 +145,7 @@ class BatchingEngine:
                 jobs[0].emit(Failed(str(error), 400))
                 return
             log.exception("a batch failed")
-            jobs[0].emit(Failed(f"generation failed: {type(error).__name__}: {error}"))
+            jobs[0].emit(Failed("generation failed inside the server; its log says why"))
 
     def _next_batch(self) -> list[tuple[Job, int]] | None:
         """The next rows to run: those sharing the oldest row's schedule, once the batch is full or the oldest

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from dglm.attributes.probes import PHRASE, Probe
 from dglm.errors import DglmError
+from dglm.inputs import check_text
 from dglm.seeding import per_sample_randn
 from dglm.stages.encoder import LatentNormalizer
 
@@ -41,10 +42,11 @@ class Constraint:
         return cls(PHRASE, text, -weight)
 
     def __post_init__(self) -> None:
-        for name in ("attribute", "label"):
-            value = getattr(self, name)
-            if not isinstance(value, str) or not value.strip():
-                raise DglmError(f"a constraint's {name} must be a non-empty string, got {value!r}")
+        if self.attribute == PHRASE:
+            check_text(self.label, "a phrase (--toward / --away, or a request's {\"text\": ...})", field="attributes")
+        else:
+            check_text(self.attribute, "an attribute's name", field="attributes")
+            check_text(self.label, f"the label of attribute {self.attribute!r}", field="attributes")
         weight = self.weight
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight):
             raise DglmError(f"weight for attribute {self.attribute!r} must be a finite number, got {weight!r}")

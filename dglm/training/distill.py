@@ -29,7 +29,8 @@ from typing import TYPE_CHECKING, Any
 from dglm.config import DecodingSettings, TrainConfig
 from dglm.data.pairs import iter_pairs, select_pairs, source_of
 from dglm.errors import DglmError
-from dglm.pipeline import Sample, check_seed, chunks
+from dglm.inputs import check_seed
+from dglm.pipeline import Sample, chunks
 from dglm.sample_file import SampleFile
 from dglm.seeding import sample_generators
 
