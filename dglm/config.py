@@ -124,6 +124,10 @@ class DiffusionSettings(Settings):
                                           "prefix more closely", at_least=0)
     mc_draws: int = setting(16, "Monte-Carlo draws that blur the clean estimate the attribute probes score", at_least=1,
                             at_most=1024)
+    candidates: int = setting(1, "proposals drawn and decoded for each sample, of which one is kept: among those whose "
+                                 "every attribute the guidance probes read at GUIDANCE_TARGET or more on the written "
+                                 "text, the one closest to the prefix; when none is, the one that carries the "
+                                 "attributes best. 1 keeps the first (the sample's own draw)", at_least=1, at_most=64)
     renoise_alpha2: float = setting(0.95, "signal level alpha^2 the proposal is re-noised to before it becomes soft "
                                           "prompts (what the prompt generator was trained on); 1 keeps it clean",
                                     above=0, at_most=1)

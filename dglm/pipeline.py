@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import random
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -28,7 +29,7 @@ from dglm.config import (SETTINGS_SECTIONS, DecodingSettings, DiffusionSettings,
 from dglm.errors import DglmError
 from dglm.inputs import check_counts, check_generation_inputs, check_prefix, check_seed, stop_strings
 from dglm.plugins import get_attributes, get_sampler, why_missing
-from dglm.seeding import per_sample_randn, sample_generators
+from dglm.seeding import candidate_seed, per_sample_randn, sample_generators
 from dglm.stages.decoder import SoftPromptDecoder
 from dglm.stages.decoder_adapter import load_adapter, split_adapter
 from dglm.stages.denoiser import Denoiser
@@ -319,15 +320,50 @@ class Pipeline:
         """
         if len({row.schedule_key for row in rows}) > 1:
             raise DglmError("rows in one batch must share sampler, steps, prefix_guidance and renoise_alpha2")
-        prefixes, diffusion = [row.prefix for row in rows], rows[0].diffusion
         self.check_fits(rows)  # before any model runs, and before the encoder's warning
-        self.encoder.warn_if_cut(prefixes)
-        generators = sample_generators([row.seed for row in rows])
-        guidance = BatchGuidance([row.guide for row in rows], [row.diffusion.guidance_scale for row in rows])
+        self.encoder.warn_if_cut([row.prefix for row in rows])
+        drafts = [(row, candidate) for row in rows for candidate in range(row.diffusion.candidates)]
+        if len(drafts) > len(rows) and on_step is not None:
+            raise DglmError("candidates above 1 cannot be streamed token by token: the text is known once a candidate "
+                            "is chosen", field="candidates")
+        prefixes, diffusion = [row.prefix for row, _ in drafts], rows[0].diffusion
+        generators = sample_generators([candidate_seed(row.seed, candidate) for row, candidate in drafts])
+        guidance = BatchGuidance([row.guide for row, _ in drafts], [row.diffusion.guidance_scale for row, _ in drafts])
         latents = self.propose_latents(prefixes, generators, guidance, diffusion)
         soft_prompts = self.soft_prompts(latents, generators, diffusion.renoise_alpha2)
-        return self.decoder.generate_tokens(prefixes, soft_prompts, generators, [row.decoding for row in rows], on_step=on_step,
-                                            logit_bias=[row.logit_bias for row in rows])
+        token_ids = self.decoder.generate_tokens(prefixes, soft_prompts, generators, [row.decoding for row, _ in drafts],
+                                                 on_step=on_step, logit_bias=[row.logit_bias for row, _ in drafts])
+        if len(drafts) == len(rows):
+            return token_ids
+        chosen, start = [], 0
+        for row in rows:
+            count = row.diffusion.candidates
+            options = token_ids[start:start + count]
+            chosen.append(options[self.choose_candidate(row, [self.decoder.decode(ids) for ids in options])])
+            start += count
+        return chosen
+
+    def choose_candidate(self, row: Row, texts: list[str]) -> int:
+        """Which of a sample's decoded candidates to keep: of those whose every probe target the guidance probes read
+        at `guidance_target` or more on the written continuation, the one whose embedding is closest to the prefix's
+        (what stays on the prefix); when none is, the one whose targets' weighted log-probability is highest. Only
+        what generation has is used: the guidance probes and the encoder. Phrases count towards closeness: the cosine
+        to each phrase, signed by its weight, is added to the cosine to the prefix."""
+        embeddings = self.encoder.encode([row.prefix, *texts]).to(self.decoder.device)
+        closeness = embeddings[1:] @ embeddings[0]
+        if row.guide is None:
+            return int(closeness.argmax())
+        for bound in row.guide.phrases:
+            closeness = closeness + (embeddings[1:] @ bound.embedding) * (1 if bound.at_least else -1)
+        with torch.no_grad():
+            log_prob = row.guide.embedding_log_prob(embeddings[1:])
+            reached = torch.ones(len(texts), dtype=torch.bool, device=embeddings.device)
+            for probe, label_index, weight in row.guide.terms:
+                p = torch.softmax(probe(embeddings[1:]), dim=-1)[:, label_index]
+                reached &= (p if weight >= 0 else 1 - p) >= row.diffusion.guidance_target
+        if bool(reached.any()):
+            return int(torch.where(reached, closeness, torch.full_like(closeness, -math.inf)).argmax())
+        return int(log_prob.argmax())
 
     def check_fits(self, rows: list[Row]) -> None:
         """Refuse rows whose prefix, soft prompts and new tokens would overrun the decoder's context, before any

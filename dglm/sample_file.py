@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from dglm.config import declared_settings
 from dglm.errors import DglmError
 from dglm.pipeline import Sample
 
@@ -48,9 +49,13 @@ class SampleFile:
             raise DglmError(f"{reader}: cannot read {settings_path} ({error}), which records the run's settings") from None
 
     def check_same_run(self, run: dict[str, Any]) -> None:
+        """Refuse to resume with other settings; a setting newer than the file, now at its declared default (one that
+        changes nothing, such as candidates 1), is what the earlier run did."""
         recorded = self.recorded(self.path)
+        defaults = {name: spec.default for name, (_, spec, _) in declared_settings().items()}
         differences = [f"{key}: {recorded.get(key)!r} then, {run.get(key)!r} now" for key in sorted(set(recorded) | set(run))
-                       if recorded.get(key) != run.get(key)]
+                       if recorded.get(key) != run.get(key) and not (key not in recorded and key in defaults
+                                                                     and run.get(key) == defaults[key])]
         if differences:
             raise DglmError(f"--resume with other settings than the run that wrote {self.path} ({'; '.join(differences)}); "
                             "use the same settings, or write to a new file")

@@ -3,7 +3,11 @@ seed alone, never on which other samples share its batch."""
 
 from __future__ import annotations
 
+import hashlib
+
 import torch
+
+SAMPLE_SEEDS = 2**63  # a sample's seed is below this (dglm.inputs.MAX_SEED); a candidate's other streams are not
 
 
 def seeded_rows(prefixes: list[str], num_samples: int, seed: int) -> list[tuple[str, int]]:
@@ -21,3 +25,13 @@ def sample_generators(seeds: list[int]) -> list[torch.Generator]:
 def per_sample_randn(generators: list[torch.Generator], shape: tuple[int, ...], device: str | torch.device = "cpu") -> torch.Tensor:
     """A (len(generators), *shape) standard-normal tensor, row i drawn from generator i."""
     return torch.stack([torch.randn(shape, generator=g) for g in generators]).to(device)
+
+
+def candidate_seed(seed: int, candidate: int) -> int:
+    """The seed of candidate `candidate` of the sample seeded `seed` (the `candidates` setting): candidate 0 is the
+    sample's own seed, so one candidate draws exactly what a sample draws; the others are derived from the seed by
+    a hash into [2**63, 2**64), where no sample's seed lies, so no other sample can draw their streams."""
+    if candidate == 0:
+        return seed
+    digest = hashlib.sha256(f"dglm candidate {candidate} of seed {seed}".encode()).digest()
+    return SAMPLE_SEEDS + int.from_bytes(digest[:8], "big") % SAMPLE_SEEDS

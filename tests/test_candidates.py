@@ -1,0 +1,89 @@
+"""Choosing among candidates (the `candidates` setting): each sample draws K proposals, decodes them together and
+keeps one by a documented rule; one candidate is today's sample, and a sample still depends on its seed alone."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from dglm.errors import DglmError
+from dglm.pipeline import Row
+from dglm.seeding import SAMPLE_SEEDS, candidate_seed
+from dglm.stages.guidance import as_constraints
+
+
+def test_candidate_zero_is_the_sample_and_the_others_are_streams_no_sample_has():
+    assert candidate_seed(42, 0) == 42
+    others = {candidate_seed(seed, candidate) for seed in (0, 1, 42, 2**63 - 1) for candidate in range(1, 9)}
+    assert len(others) == 32 and all(SAMPLE_SEEDS <= seed < 2**64 for seed in others)
+    assert candidate_seed(42, 3) == candidate_seed(42, 3)
+
+
+def rows_for(pipeline, prefix: str, seeds: list[int], candidates: int, attributes=None) -> list[Row]:
+    diffusion, decoding = pipeline.settings(candidates=candidates, max_new_tokens=6, guidance_scale=16.0)
+    guide = pipeline.make_guide(as_constraints(attributes), diffusion)
+    return [Row(prefix, seed, guide, diffusion, decoding) for seed in seeds]
+
+
+@pytest.mark.parametrize("attributes", [None, ["toy_sentiment=positive"]])
+def test_the_kept_text_is_the_candidate_the_rule_chooses(tiny_pipeline, toy_plugin, attributes):
+    pipeline = tiny_pipeline
+    [kept] = pipeline.generate_rows(rows_for(pipeline, "The film", [5], 3, attributes))
+    one = rows_for(pipeline, "The film", [candidate_seed(5, c) for c in range(3)], 1, attributes)
+    drafts = pipeline.generate_rows(one)  # each candidate drawn as a sample of its own
+    texts = [pipeline.decoder.decode(ids) for ids in drafts]
+    row = rows_for(pipeline, "The film", [5], 3, attributes)[0]
+    assert kept == drafts[pipeline.choose_candidate(row, texts)]
+
+
+def test_the_rule_prefers_the_closest_of_those_that_reach_the_target_else_the_most_on_target(tiny_pipeline, toy_plugin):
+    pipeline = tiny_pipeline
+    texts = ["a good day", "a bad day", "The film was fine", "nothing at all", "The film"]
+    row = rows_for(pipeline, "The film", [0], 5, ["toy_sentiment=positive"])[0]
+    embeddings = pipeline.encoder.encode(["The film", *texts])
+    probe, label, _ = row.guide.terms[0]
+    with torch.no_grad():
+        positive = torch.softmax(probe(embeddings[1:]), dim=-1)[:, label]
+    closeness = embeddings[1:] @ embeddings[0]
+    for target in (float(positive.median()), float(positive.max()) + 1e-3):
+        chosen = pipeline.choose_candidate(dataclasses.replace(row, diffusion=row.diffusion.updated(guidance_target=target)), texts)
+        reached = positive >= target
+        if reached.any():
+            assert reached[chosen] and closeness[chosen] == closeness[reached].max()
+        else:
+            assert chosen == int(positive.argmax())
+
+
+def test_a_sample_with_candidates_is_the_same_alone_and_in_a_batch(tiny_pipeline):
+    together = tiny_pipeline.generate(["The film", "A day"], num_samples=2, seed=11, candidates=3, max_new_tokens=5)
+    alone = tiny_pipeline.generate("A day", num_samples=1, seed=13, candidates=3, max_new_tokens=5)
+    assert together[2].continuation == alone[0].continuation and together[2].seed == 13
+    plain = tiny_pipeline.generate(["The film", "A day"], num_samples=2, seed=11, max_new_tokens=5)
+    assert [s.continuation for s in plain] == [s.continuation for s in
+                                               tiny_pipeline.generate(["The film", "A day"], num_samples=2, seed=11,
+                                                                      candidates=1, max_new_tokens=5)]
+
+
+def test_candidates_cannot_stream_and_are_checked(tiny_pipeline):
+    rows = rows_for(tiny_pipeline, "The film", [1], 2)
+    with pytest.raises(DglmError, match="candidates above 1 cannot be streamed"):
+        tiny_pipeline.generate_rows(rows, on_step=lambda *args: None)
+    with pytest.raises(DglmError, match=r"candidates must be an integer in \[1, 64\], got 0"):
+        tiny_pipeline.generate("The film", candidates=0)
+
+
+def test_a_run_written_before_the_setting_existed_resumes_at_its_default_and_not_above(tmp_path):
+    import json
+
+    from dglm.sample_file import SampleFile
+
+    out = tmp_path / "samples.jsonl"
+    run = {"seed": 0, "num_samples": 1, "guidance_scale": 256.0}
+    SampleFile(out, run)
+    earlier = json.loads(out.with_name("samples.jsonl.settings.json").read_text())
+    assert "candidates" not in earlier
+    assert SampleFile(out, {**run, "candidates": 1}, resume=True).held == 0
+    with pytest.raises(DglmError, match="candidates: None then, 4 now"):
+        SampleFile(out, {**run, "candidates": 4}, resume=True)
