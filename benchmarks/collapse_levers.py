@@ -7,6 +7,7 @@ perplexity, collapse on mpnet). Writes a JSON report, every sample (gzipped JSON
 
     python benchmarks/collapse_levers.py --samples 10
     python benchmarks/collapse_levers.py --samples 10 --only "gradient 256" "project 0.99"
+    python benchmarks/collapse_levers.py --samples 10 --only "choose 4 of gradient 16"   # K candidates, one kept
 
 The report is rewritten after every lever, and a run adds to the report already at --out (its levers are not run
 again), so a long sweep can be stopped and continued.
@@ -39,12 +40,18 @@ LEVERS = {
     "anchor 1": ("dglm", {"guidance_scale": 256.0, "guidance_anchor": 1.0}),
     "anchor 2": ("dglm", {"guidance_scale": 256.0, "guidance_anchor": 2.0}),
     "anchor 8": ("dglm", {"guidance_scale": 256.0, "guidance_anchor": 8.0}),
+    "choose 4 of gradient 16": ("dglm", {"guidance_scale": 16.0, "candidates": 4}),
+    "choose 4 of gradient 32": ("dglm", {"guidance_scale": 32.0, "candidates": 4}),
+    "choose 4 of gradient 64": ("dglm", {"guidance_scale": 64.0, "candidates": 4}),
+    "choose 8 of gradient 16": ("dglm", {"guidance_scale": 16.0, "candidates": 8}),
+    "choose 8 of gradient 32": ("dglm", {"guidance_scale": 32.0, "candidates": 8}),
     "activation x2": ("activation", {"layer": 15, "multiplier": 2.0}),
     "activation x4": ("activation", {"layer": 15, "multiplier": 4.0}),
     "activation x8": ("activation", {"layer": 15, "multiplier": 8.0}),
 }
 KEPT = ("sentiment=positive", "sentiment@all-mpnet-base-v2=positive", "perplexity_median", "homogeneity",
-        "prefix_relevance", "top_word", "top_word_share", "dist3", "dist3_all")
+        "prefix_relevance", "top_word", "top_word_share", "dist3", "dist3_all", "seconds_per_sample",
+        "prefix_word_share")
 
 
 def main() -> None:
@@ -87,7 +94,8 @@ def main() -> None:
 
 
 def plot_frontiers(results: dict, path) -> None:
-    """Control (mean share on target, both sentiments, mpnet judge) against homogeneity and against perplexity."""
+    """Control (mean share on target, both sentiments, mpnet judge) against homogeneity, perplexity and cost (levers
+    run without timings, in an earlier report, are left off the cost panel)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -98,20 +106,26 @@ def plot_frontiers(results: dict, path) -> None:
         family, _, strength = name.rpartition(" ")
         positive, negative = results[f"{name} | sentiment=positive"], results[f"{name} | sentiment=negative"]
         control = (positive["sentiment@all-mpnet-base-v2=positive"] + 1 - negative["sentiment@all-mpnet-base-v2=positive"]) / 2
+        plain_cost = results["plain | none"].get("seconds_per_sample")
+        cost = [r.get("seconds_per_sample") for r in (positive, negative)]
         point = {"control": control, "homogeneity": (positive["homogeneity"] + negative["homogeneity"]) / 2,
-                 "perplexity": (positive["perplexity_median"] + negative["perplexity_median"]) / 2}
+                 "perplexity": (positive["perplexity_median"] + negative["perplexity_median"]) / 2,
+                 "cost": sum(cost) / 2 / plain_cost if plain_cost and None not in cost else None}
         families.setdefault(family, []).append((float(strength.strip("x")), point))
-    figure, axes = plt.subplots(1, 2, figsize=(11, 4.5))
-    for axis, x in zip(axes, ("homogeneity", "perplexity")):
+    figure, axes = plt.subplots(1, 3, figsize=(16, 4.8))
+    for axis, x in zip(axes, ("homogeneity", "perplexity", "cost")):
         for family, points in families.items():
-            points.sort(key=lambda item: item[0])
-            axis.plot([p[x] for _, p in points], [p["control"] for _, p in points], "o-", label=family)
-            for strength, p in points:
+            shown = sorted((item for item in points if item[1][x] is not None), key=lambda item: item[0])
+            if not shown:
+                continue
+            axis.plot([p[x] for _, p in shown], [p["control"] for _, p in shown], "o-", label=family)
+            for strength, p in shown:
                 axis.annotate(f"{strength:g}", (p[x], p["control"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
-        reference = {"homogeneity": 1.0, "perplexity": results["plain | none"]["perplexity_median"]}[x]
+        reference = {"homogeneity": 1.0, "perplexity": results["plain | none"]["perplexity_median"], "cost": 1.0}[x]
         axis.axvline(reference, color="grey", linestyle=":", label="plain sampling")
         axis.set(xlabel={"homogeneity": "cross-prefix homogeneity (x plain sampling's; mean of both sentiments)",
-                         "perplexity": "median perplexity, Gemma 3 270M (mean of both sentiments)"}[x],
+                         "perplexity": "median perplexity, Gemma 3 270M (mean of both sentiments)",
+                         "cost": "seconds a sample, batch 25 (x plain sampling's, same run)"}[x],
                  ylabel="control: mean share on target (mpnet judge)", ylim=(0.5, 1.0))
     axes[0].legend(fontsize=8)
     figure.suptitle("Levers against collapse, development prefixes (up and left is better)")

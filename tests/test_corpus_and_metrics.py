@@ -16,7 +16,8 @@ from conftest import toy_sentiment
 
 from dglm.data import corpus
 from dglm.errors import DglmError
-from dglm.evaluation.collapse import content_words, cross_prefix_cosine, relative_to_plain, top_word_share
+from dglm.evaluation.collapse import (content_words, cross_prefix_cosine, prefix_word_share, relative_to_plain,
+                                      top_word_share)
 from dglm.evaluation.judges import TextJudge
 from dglm.evaluation.metrics import CopyDetector, distinct_n, median
 
@@ -138,6 +139,12 @@ def test_top_word_share_counts_samples_not_words_and_skips_prefix_and_stop_words
     continuations = [" was a proud accident accident.", " had an accident there.", " is pizza, which is great.", " was long."]
     assert top_word_share(prefixes, continuations) == ("accident", 0.5)
     assert content_words(" is pizza, which is great.", "The pizza") == {"great"}
+
+
+def test_prefix_word_share_counts_samples_that_echo_a_content_word_of_their_own_prefix():
+    prefixes = ["The pizza was", "The chicken", "The pizza was", "A storm"]
+    continuations = [" a pizza to remember.", " crossed the road.", " cold. Pizzas are hard.", " of storms and stormy seas."]
+    assert prefix_word_share(prefixes, continuations) == 0.25  # "pizzas" and "storms" are other words
 
 
 def test_cross_prefix_cosine_is_the_mean_over_pairs_from_different_prefixes():

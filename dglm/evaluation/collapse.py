@@ -5,7 +5,9 @@ writing about an accident after every prefix. These measures do, on an encoder o
 - cross-prefix cosine: the mean cosine between continuations of *different* prefixes (reported relative to
   plain sampling's as `homogeneity`);
 - prefix cosine: the mean cosine between a prefix and its own continuation (relative: `prefix_relevance`);
-- top-word share: the largest share of samples that contain one content word, and that word.
+- top-word share: the largest share of samples that contain one content word, and that word;
+- prefix-word share: the share of samples that repeat a content word of their prefix (prefix relevance can be
+  bought by echoing the prefix's words, so the two are read together).
 """
 
 from __future__ import annotations
@@ -18,13 +20,19 @@ import torch
 WORD = re.compile(r"[a-z]+")
 
 
-def content_words(continuation: str, prefix: str) -> set[str]:
+def content_words(continuation: str, prefix: str = "") -> set[str]:
     """Lowercased words of four letters or more, not stop words, not in the prefix."""
     from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
     in_prefix = set(WORD.findall(prefix.lower()))
     return {word for word in WORD.findall(continuation.lower())
             if len(word) >= 4 and word not in ENGLISH_STOP_WORDS and word not in in_prefix}
+
+
+def prefix_word_share(prefixes: list[str], continuations: list[str]) -> float:
+    """The share of samples whose continuation repeats a content word of its own prefix."""
+    repeats = [bool(content_words(prefix) & content_words(text)) for prefix, text in zip(prefixes, continuations)]
+    return sum(repeats) / len(repeats) if repeats else 0.0
 
 
 def top_word_share(prefixes: list[str], continuations: list[str]) -> tuple[str, float]:
@@ -68,7 +76,8 @@ class CollapseJudge:
         word, share = top_word_share(prefixes, continuations)
         return {"cross_prefix_cosine": cross_prefix_cosine(embeddings, prefixes),
                 "prefix_cosine": float((embeddings * own_prefix).sum(-1).mean()),
-                "top_word": word, "top_word_share": share}
+                "top_word": word, "top_word_share": share,
+                "prefix_word_share": prefix_word_share(prefixes, continuations)}
 
 
 def relative_to_plain(results: list[dict], plain: dict) -> None:
