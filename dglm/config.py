@@ -117,6 +117,9 @@ class DiffusionSettings(Settings):
     guidance_anchor: float = setting(0.0, "gradient and margin guidance: pull towards the prefix's own meaning (weight of "
                                           "the cosine to the prefix's embedding against the targets' log-probability); "
                                           "0 turns it off", at_least=0)
+    guidance_start: float = setting(1.0, "time (1: pure noise, 0: clean) from which the probes guide; lower leaves the "
+                                         "first, noisiest steps, which set the gist, unguided (Kynkaanniemi et al. 2024)",
+                                    above=0, at_most=1)
     phrase_cosine: float = setting(0.4, "cosine to a phrase's embedding that --toward at weight 1 asks of the proposal "
                                         "(unrelated text sits near 0.1): weight W asks at least W times it, --away at "
                                         "weight W at most (1 - W) times it", above=0, below=1)

@@ -85,7 +85,7 @@ class Row:
     def schedule_key(self) -> tuple:
         """The diffusion settings a batch must share (the rest may differ row by row)."""
         d = self.diffusion
-        return d.sampler, d.steps, d.prefix_guidance, d.renoise_alpha2
+        return d.sampler, d.steps, d.prefix_guidance, d.renoise_alpha2, d.guidance_start
 
 
 class TrainableParts(nn.Module):
@@ -319,7 +319,7 @@ class Pipeline:
         settings may differ row by row. `on_step` is passed to the decoder (streaming, see `generate_tokens`).
         """
         if len({row.schedule_key for row in rows}) > 1:
-            raise DglmError("rows in one batch must share sampler, steps, prefix_guidance and renoise_alpha2")
+            raise DglmError("rows in one batch must share sampler, steps, prefix_guidance, renoise_alpha2 and guidance_start")
         self.check_fits(rows)  # before any model runs, and before the encoder's warning
         self.encoder.warn_if_cut([row.prefix for row in rows])
         drafts = [(row, candidate) for row in rows for candidate in range(row.diffusion.candidates)]
@@ -378,7 +378,7 @@ class Pipeline:
         prefix_latents = self.parts.normalizer.to_latent(self.encoder.encode(prefixes).to(self.decoder.device))
         sampler = get_sampler(diffusion.sampler)(self.schedule)
         return diffuse(self.parts.denoiser, sampler, prefix_latents, generators, diffusion.steps, guidance=guidance,
-                       prefix_guidance=diffusion.prefix_guidance)
+                       prefix_guidance=diffusion.prefix_guidance, guidance_start=diffusion.guidance_start)
 
     def soft_prompts(self, latents: torch.Tensor, generators: list[torch.Generator], renoise_alpha2: float | None = None) -> torch.Tensor:
         """Re-noise latents to the level the prompt generator was trained on, then make soft prompts."""

@@ -10,8 +10,8 @@ import torch
 
 from dglm.errors import DglmError
 from dglm.pipeline import Row
-from dglm.seeding import SAMPLE_SEEDS, candidate_seed
-from dglm.stages.guidance import as_constraints
+from dglm.seeding import SAMPLE_SEEDS, candidate_seed, sample_generators
+from dglm.stages.guidance import BatchGuidance, as_constraints
 
 
 def test_candidate_zero_is_the_sample_and_the_others_are_streams_no_sample_has():
@@ -87,3 +87,15 @@ def test_a_run_written_before_the_setting_existed_resumes_at_its_default_and_not
     assert SampleFile(out, {**run, "candidates": 1}, resume=True).held == 0
     with pytest.raises(DglmError, match="candidates: None then, 4 now"):
         SampleFile(out, {**run, "candidates": 4}, resume=True)
+
+
+def test_guidance_from_a_later_start_changes_the_proposal_and_from_the_first_step_changes_nothing(tiny_pipeline, toy_plugin):
+    def latents(scale: float = 64.0, **settings) -> torch.Tensor:
+        diffusion, _ = tiny_pipeline.settings(guidance_scale=scale, **settings)
+        guide = tiny_pipeline.make_guide(as_constraints(["toy_sentiment=positive"]), diffusion)
+        guidance = BatchGuidance([guide], [scale])
+        return tiny_pipeline.propose_latents(["The film"], sample_generators([3]), guidance, diffusion)
+
+    assert torch.equal(latents(), latents(guidance_start=1.0))
+    late = latents(guidance_start=0.5)
+    assert not torch.equal(latents(), late) and not torch.equal(latents(scale=0.0), late)

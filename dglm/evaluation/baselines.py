@@ -41,6 +41,7 @@ class DGLM(Method):
         guidance_target: float | None = None
         guidance_anchor: float | None = None
         candidates: int | None = None
+        guidance_start: float | None = None
 
     def continue_rows(self, rows, constraints, max_new_tokens):
         diffusion, decoding = self.pipeline.settings(**asdict(self.options), max_new_tokens=max_new_tokens)

@@ -82,12 +82,14 @@ def diffuse(
     steps: int,
     guidance: BatchGuidance | None = None,
     prefix_guidance: float = 1.0,
+    guidance_start: float = 1.0,
 ) -> torch.Tensor:
     """Clean latents (B, D), one per generator, conditioned on the prefix latents.
 
     Each step predicts v (self-conditioned on the last clean estimate; with `prefix_guidance` != 1,
     extrapolated away from the prediction without the prefix), turns it into x0, moves it along each row's
-    guidance gradient (`BatchGuidance`), and lets the sampler move to the next noise level.
+    guidance gradient (`BatchGuidance`) once the time t (1: pure noise, 0: clean) is at most `guidance_start`, and
+    lets the sampler move to the next noise level.
     """
     batch, dim = prefix_latents.shape
     device = prefix_latents.device
@@ -104,7 +106,7 @@ def diffuse(
             v_free = denoiser(z, logsnr, prefix_latents, self_cond=x0, prefix_mask=no_prefix)
             v = v_free + prefix_guidance * (v - v_free)
         x0 = alpha * z - sigma * v
-        if guidance:
+        if guidance and float(t) <= guidance_start:
             x0 = x0 + guidance.delta(x0, float(sigma / alpha), generators, prefix_latents)
         z = sampler.step(x0, index, z)
     return x0
