@@ -45,6 +45,13 @@ LEVERS = {
     "choose 4 of gradient 64": ("dglm", {"guidance_scale": 64.0, "candidates": 4}),
     "choose 8 of gradient 16": ("dglm", {"guidance_scale": 16.0, "candidates": 8}),
     "choose 8 of gradient 32": ("dglm", {"guidance_scale": 32.0, "candidates": 8}),
+    "choose 4 @0.99 of gradient 16": ("dglm", {"guidance_scale": 16.0, "candidates": 4, "guidance_target": 0.99}),
+    "choose 4 @0.99 of gradient 32": ("dglm", {"guidance_scale": 32.0, "candidates": 4, "guidance_target": 0.99}),
+    "choose 4 @0.99 of gradient 64": ("dglm", {"guidance_scale": 64.0, "candidates": 4, "guidance_target": 0.99}),
+    "choose 4 @0.9999 of gradient 32": ("dglm", {"guidance_scale": 32.0, "candidates": 4, "guidance_target": 0.9999}),
+    "from t=0.6 gradient 64": ("dglm", {"guidance_scale": 64.0, "guidance_start": 0.6}),
+    "from t=0.6 gradient 256": ("dglm", {"guidance_scale": 256.0, "guidance_start": 0.6}),
+    "from t=0.3 gradient 256": ("dglm", {"guidance_scale": 256.0, "guidance_start": 0.3}),
     "activation x2": ("activation", {"layer": 15, "multiplier": 2.0}),
     "activation x4": ("activation", {"layer": 15, "multiplier": 4.0}),
     "activation x8": ("activation", {"layer": 15, "multiplier": 8.0}),
@@ -121,6 +128,10 @@ def plot_frontiers(results: dict, path) -> None:
             axis.plot([p[x] for _, p in shown], [p["control"] for _, p in shown], "o-", label=family)
             for strength, p in shown:
                 axis.annotate(f"{strength:g}", (p[x], p["control"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        default = next((p for strength, p in families.get("gradient", []) if strength == 256.0), None)
+        if default is not None and default[x] is not None:  # the bundled checkpoint's setting until candidates
+            axis.plot([default[x]], [default["control"]], "*", color="black", markersize=13, zorder=0,
+                      label="gradient 256: the default before candidates")
         reference = {"homogeneity": 1.0, "perplexity": results["plain | none"]["perplexity_median"], "cost": 1.0}[x]
         axis.axvline(reference, color="grey", linestyle=":", label="plain sampling")
         axis.set(xlabel={"homogeneity": "cross-prefix homogeneity (x plain sampling's; mean of both sentiments)",

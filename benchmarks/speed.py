@@ -4,6 +4,7 @@ Each repeat runs every variant once, interleaved, so that machine noise hits the
 gives medians and ratios to plain sampling with identical decoding settings.
 
     python benchmarks/speed.py --batch-sizes 25 --steps 20 --repeats 5
+    python benchmarks/speed.py --batch-sizes 1 25 --steps 20 --candidates 1 2 4 8 --repeats 3   # what K costs
 """
 
 from __future__ import annotations
@@ -29,6 +30,10 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--attr", default="sentiment=positive")
+    parser.add_argument("--candidates", type=int, nargs="+", default=[1],
+                        help="also time guided generation with each of these candidates settings (K proposals a sample, "
+                             "one kept; 1 is the guided variant itself)")
+    parser.add_argument("--guidance-scale", type=float, help="the guided variants' scale (default: the checkpoint's)")
     parser.add_argument("--model")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/speed.json"))
@@ -46,7 +51,11 @@ def main() -> None:
         variants = {"plain sampling": plain}
         for steps in args.steps:
             variants[f"dglm unguided, {steps} steps"] = lambda s=steps: pipeline.generate(prefixes[0], num_samples=batch, seed=0, steps=s, batch_size=batch, max_new_tokens=args.max_new_tokens)
-            variants[f"dglm guided, {steps} steps"] = lambda s=steps: pipeline.generate(prefixes[0], attributes=[args.attr], num_samples=batch, seed=0, steps=s, batch_size=batch, max_new_tokens=args.max_new_tokens)
+            for k in args.candidates:
+                name = f"dglm guided, {steps} steps" + (f", {k} candidates" if k > 1 else "")
+                variants[name] = lambda s=steps, k=k: pipeline.generate(
+                    prefixes[0], attributes=[args.attr], num_samples=batch, seed=0, steps=s, batch_size=batch,
+                    max_new_tokens=args.max_new_tokens, candidates=k, guidance_scale=args.guidance_scale)
         for run in variants.values():
             run()  # warm-up
         times = {name: [] for name in variants}
@@ -63,7 +72,7 @@ def main() -> None:
         for name, values in times.items():
             rows.append({"batch": batch, "variant": name, "median_s": median(values), "samples_per_s": batch / median(values),
                          "ratio_to_plain": median(values) / base})
-            print(f"batch {batch:3d}  {name:28s} {median(values):8.3f} s  {batch / median(values):6.2f} samples/s  x{median(values) / base:.2f}")
+            print(f"batch {batch:3d}  {name:42s} {median(values):8.3f} s  {batch / median(values):6.2f} samples/s  x{median(values) / base:.2f}")
     peak = {"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     if args.device.startswith("cuda"):
         peak["peak_cuda_mib"] = torch.cuda.max_memory_allocated() / 2**20

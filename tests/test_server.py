@@ -145,7 +145,7 @@ def test_concurrent_requests_share_batches_and_each_gets_its_text_alone(served, 
     ({"prompt": "x", "logit_bias": {"5": 101}}, 400, "logit_bias values must be numbers in [-100, 100], got 101", "logit_bias"),
     ({"prompt": "x", "logit_bias": {"5": "ban"}}, 400, "field 'logit_bias.5'", "logit_bias"),
     ({"prompt": "x", "best_of": 3}, 400, "best_of=3 is not supported by dglm; leave it out, or send null or 1", "best_of"),
-    ({"prompt": "x", "candidates": 2}, 400, "candidates above 1 are not served yet", "candidates"),
+    ({"prompt": "x", "candidates": 2, "logprobs": 1}, 400, "logprobs with candidates above 1 is not supported", "candidates"),
     ({"prompt": "x", "suffix": " The end."}, 400, "suffix=' The end.' is not supported by dglm", "suffix"),
     ({"prompt": "x", "echo": "yes"}, 400, "field 'echo'", "echo"),
     ({"prompt": "x", "logprobs": False}, 400, "field 'logprobs'", "logprobs"),
@@ -614,3 +614,21 @@ def test_logit_bias_bans_or_forces_tokens(served, tiny_pipeline):
     forced = tiny_pipeline.decoder.token_ids([" good"])[0][0]
     text = request(url, "POST", "/v1/completions", {**body, "temperature": 1.0, "logit_bias": {str(forced): 100}})[1]
     assert tiny_pipeline.decoder.token_ids([text["choices"][0]["text"]])[0] == [forced] * 5
+
+
+def test_a_request_that_chooses_among_candidates_gets_the_python_apis_text_streamed_or_not(served, tiny_pipeline):
+    url = served[0]
+    body = {"prompt": ["The movie", "A film"], "max_tokens": 8, "seed": 6, "candidates": 3,
+            "attributes": ["toy_sentiment=positive"]}
+    want = [alone(tiny_pipeline, p, 6 + i, ["toy_sentiment=positive"], max_new_tokens=8, candidates=3)
+            for i, p in enumerate(body["prompt"])]
+    with ThreadPoolExecutor(2) as pool:  # beside a request that does not choose, which may not share its batch
+        plain = pool.submit(request, url, "POST", "/v1/completions", {"prompt": "The movie", "max_tokens": 8, "seed": 6})
+        status, answer = request(url, "POST", "/v1/completions", body)
+    assert status == 200 and [c["text"] for c in answer["choices"]] == want
+    assert plain.result()[1]["choices"][0]["text"] == alone(tiny_pipeline, "The movie", 6, max_new_tokens=8)
+    events = stream_events(url, {**body, "prompt": "A film", "seed": 7})
+    assert "".join(e["choices"][0]["text"] for e in events) == want[1]
+    stop = want[0][2:4]
+    status, answer = request(url, "POST", "/v1/completions", {**body, "prompt": "The movie", "stop": stop})
+    assert answer["choices"][0]["text"] == want[0][: want[0].find(stop)] and answer["choices"][0]["finish_reason"] == "stop"

@@ -484,10 +484,10 @@ def plan_rows(completion: Any, pipeline: Pipeline, served: ServedModels, limits:
     try:
         check_generation_inputs(prompts, completion.n, 1, seed)
         diffusion, decoding = pipeline.settings(**overrides)
-        if diffusion.candidates > 1:
-            raise DglmError("candidates above 1 are not served yet (the server streams, cuts stop strings and records "
-                            "logprobs token by token, before a candidate could be chosen); leave it out, or generate "
-                            "with the Python API or `dglm generate --candidates K`", field="candidates")
+        if diffusion.candidates > 1 and completion.logprobs is not None:
+            raise DglmError(f"logprobs with candidates above 1 is not supported: a candidate is chosen after it is "
+                            f"written; send candidates 1 with logprobs (this model's default is "
+                            f"{pipeline.config.diffusion.candidates})", field="candidates")
         if decoding.max_new_tokens > limits.max_tokens:
             decoding = decoding.updated(max_new_tokens=limits.max_tokens)
         constraints = presets + [request_constraint(target) for target in completion.attributes]

@@ -158,20 +158,20 @@ class BatchingEngine:
             self.waiting = [(job, index) for job, index in self.waiting if not job.cancelled]
             if not self.waiting:
                 return []
-            key = self.waiting[0][0].rows[self.waiting[0][1]].schedule_key
+            key = batch_key(self.waiting[0][0].rows[self.waiting[0][1]])
             deadline = self.waiting[0][0].arrived + self.max_wait
             while not self.closed and time.monotonic() < deadline and self._count(key) < self.max_batch_size:
                 self.condition.wait(deadline - time.monotonic())
             batch, rest = [], []
             for job, index in self.waiting:
-                fits = len(batch) < self.max_batch_size and job.rows[index].schedule_key == key and not job.cancelled
+                fits = len(batch) < self.max_batch_size and batch_key(job.rows[index]) == key and not job.cancelled
                 (batch if fits else rest).append((job, index))
             self.waiting = rest
             self.running = bool(batch)
             return batch
 
     def _count(self, key: tuple) -> int:
-        return sum(job.rows[index].schedule_key == key for job, index in self.waiting)
+        return sum(batch_key(job.rows[index]) == key for job, index in self.waiting)
 
     def _run(self, batch: list[tuple[Job, int]]) -> None:
         decoder = self.pipeline.decoder
@@ -221,7 +221,13 @@ class BatchingEngine:
 
         self.batch_sizes.append(len(batch))
         self.metrics.batch_size.observe(len(batch))
-        token_ids = self.pipeline.generate_rows([job.rows[index] for job, index in batch], on_step=on_step)
+        rows = [job.rows[index] for job, index in batch]
+        chooses = rows[0].diffusion.candidates > 1  # a batch holds rows that all choose, or none (`batch_key`)
+        token_ids = self.pipeline.generate_rows(rows, on_step=None if chooses else on_step)
+        if chooses:  # the chosen text is known only now: stop strings cut it whole, and a stream gets it in one piece
+            for row, ((job, _), ids) in enumerate(zip(batch, token_ids)):
+                at = first_stop(decoder.decode(ids), job.stop) if job.stop else None
+                cut[row] = None if at is None else decoder.decode(ids)[:at]
         texts = [decoder.decode(ids) if cut[row] is None else cut[row] for row, ids in enumerate(token_ids)]
         wanted = [row for row, (job, _) in enumerate(batch) if job.scores and not job.cancelled]
         scores = dict(zip(wanted, self.pipeline.attribute_scores([texts[row] for row in wanted]))) if wanted else {}
@@ -235,6 +241,12 @@ class BatchingEngine:
             recorder = recorders[row]
             job.emit(Finished(index, texts[row], len(ids) - stopped, reason, scores.get(row),
                               recorder and recorder.tokens(texts[row])))
+
+
+def batch_key(row: Row) -> tuple:
+    """What rows must share to be decoded together: the diffusion schedule, and whether they choose among candidates
+    (those are decoded without streaming, since their text is known only once a candidate is chosen)."""
+    return row.schedule_key, row.diffusion.candidates > 1
 
 
 def held_back(text: str, stops: list[str]) -> int:
