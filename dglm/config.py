@@ -169,9 +169,11 @@ class GenerationSettings(TypedDict, total=False):
     guidance_mode: str | None
     guidance_target: float | None
     guidance_anchor: float | None
+    guidance_start: float | None
     phrase_cosine: float | None
     prefix_guidance: float | None
     mc_draws: int | None
+    candidates: int | None
     renoise_alpha2: float | None
     max_new_tokens: int | None
     temperature: float | None

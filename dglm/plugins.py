@@ -57,7 +57,7 @@ def _entry_point_clashes() -> dict[str, str]:
         owner = entry_point.dist.name if entry_point.dist is not None else "an unnamed distribution"
         if owner not in owners.setdefault(entry_point.name, []):
             owners[entry_point.name].append(owner)
-    return {name: f"the plugin name {name!r} is claimed by two installed distributions, {' and '.join(map(repr, dists))}; "
+    return {name: f"the plugin name {name!r} is claimed by two installed distributions, {' and '.join(map(repr, sorted(dists)))}; "
                   "uninstall one of them, or rename its entry point in the `dglm` group"
             for name, dists in owners.items() if len(dists) > 1}
 
