@@ -13,15 +13,15 @@ MAX_NUM_SAMPLES = 10_000  # a prefix's continuations in one call: about four hou
 MAX_BATCH_SIZE = 4_096  # far past where batching stops paying on a CPU or one GPU
 
 
-def unicode_problem(text: str) -> str | None:
+def unicode_problem(text: str, argument: bool = True) -> str | None:
     """Why `text` is not valid Unicode (a lone surrogate, as bytes that are not UTF-8 arrive in a command-line
-    argument, or as JSON's "\\ud800" does), or None. A tokenizer cannot take such text."""
+    `argument`, or as JSON's "\\ud800" does), or None. A tokenizer cannot take such text."""
     try:
         text.encode("utf-8")
         return None
     except UnicodeEncodeError as error:
         code = ord(text[error.start])
-        if 0xDC80 <= code <= 0xDCFF:  # Python's stand-in for a byte that was not UTF-8 (surrogateescape)
+        if argument and 0xDC80 <= code <= 0xDCFF:  # Python's stand-in for a byte that was not UTF-8 (surrogateescape)
             return f"the byte 0x{code - 0xDC00:02x} at character {error.start} is not UTF-8"
         return f"character {error.start} is a lone surrogate (\\u{code:04x}), which is not Unicode text"
 

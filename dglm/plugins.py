@@ -178,7 +178,8 @@ def _cached(registry: str, build) -> dict:
 
 
 def get_attributes() -> dict[str, Attribute]:
-    """Every attribute registered by every plugin; two plugins claiming one name is an error."""
+    """Every attribute registered by every plugin; a name two plugins claim is left out, with a warning, and a
+    request for it fails saying so (`why_missing`)."""
     return _cached("attributes", _build_attributes)
 
 

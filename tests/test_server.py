@@ -632,3 +632,16 @@ def test_a_request_that_chooses_among_candidates_gets_the_python_apis_text_strea
     stop = want[0][2:4]
     status, answer = request(url, "POST", "/v1/completions", {**body, "prompt": "The movie", "stop": stop})
     assert answer["choices"][0]["text"] == want[0][: want[0].find(stop)] and answer["choices"][0]["finish_reason"] == "stop"
+
+
+def test_json_depth_counts_brackets_outside_strings_and_reads_an_unclosed_string_once():
+    from dglm.server.api import json_depth
+
+    assert json_depth(b'{"a": [{"b": "x\\"[[", "c": [1, [2, [3]]]}]}') == 6
+    assert json_depth(b'{"a": "unclosed [[[[') == 1
+    assert json_depth(b'\\"' * 32000) == 0  # a quote on every other byte, none closed: one linear pass, not n^2
+
+
+def test_a_surrogate_sent_as_json_is_called_a_surrogate_not_a_byte(served):
+    status, answer = request(served[0], "POST", "/v1/completions", raw=b'{"prompt": "The \\udcff movie"}')
+    assert status == 400 and "character 4 is a lone surrogate (\\udcff)" in answer["error"]["message"]

@@ -385,7 +385,7 @@ def create_app(pipeline: Pipeline, model_name: str | ServedModels = "dglm-defaul
 
 
 MAX_JSON_DEPTH = 16  # a completion request nests three deep ({"attributes": [{...}]}); deeper is not a request
-JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*(?:"|\\?\Z)', re.DOTALL)  # an unclosed string runs to the end, once
 JSON_BRACKET = re.compile(rb"[][{}]")
 
 
@@ -411,7 +411,7 @@ async def read_json(request: Request, limit: int) -> Any:
         raise ApiError(400, f"request body is not valid JSON ({error}); send a JSON object such as "
                             '{"prompt": "The movie", "attributes": ["sentiment=positive"]}') from None
     for where, text in json_strings(parsed):
-        problem = unicode_problem(text)
+        problem = unicode_problem(text, argument=False)
         if problem:
             raise ApiError(400, f"field {where!r} is not valid text: {problem}; send UTF-8 text",
                            param=where.split(".")[0] or None)

@@ -47,7 +47,8 @@ class PooledEncoder:
         self.tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder))
         settings_path = folder / "sentence_bert_config.json"
         settings = json.loads(settings_path.read_text()) if settings_path.is_file() else {}
-        self.max_seq_length = int(settings.get("max_seq_length") or self.tokenizer.model_max_length)
+        limits = [self.tokenizer.model_max_length, getattr(config, "max_position_embeddings", None)]
+        self.max_seq_length = int(settings.get("max_seq_length") or min(limit for limit in limits if limit))
         self.lowercase = bool(settings.get("do_lower_case", False))
         self.device = device
 
