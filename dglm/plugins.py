@@ -15,11 +15,10 @@ from pathlib import Path
 import pluggy
 
 from dglm import hookspecs
-from dglm.hookspecs import ENTRY_POINT_GROUP
 from dglm.attributes.probes import PHRASE, Probe, load_probe
 from dglm.errors import DglmError
+from dglm.hookspecs import ENTRY_POINT_GROUP
 from dglm.interfaces import Method, Sampler
-
 
 plugin_manager = pluggy.PluginManager("dglm")
 plugin_manager.add_hookspecs(hookspecs)
@@ -243,6 +242,7 @@ def why_missing(name: str) -> str:
         return f"; {clash}"
     return "".join(f"; plugin {plugin!r} failed to load ({why}), so what it provides is missing"
                    for plugin, why in failed_plugins().items())
+
 
 def get_plugins() -> list[PluginInfo]:
     """Installed plugins with the hooks each implements and what it registers through them."""

@@ -200,6 +200,7 @@ def reserved_names() -> list[str]:
 
 def check_new_attribute_name(name: str) -> None:
     """Refuse a reserved name for a new attribute (`dglm classifier train`, `dglm plugin new`), listing them."""
-    if name in reserved_names():
-        raise DglmError(f"the attribute name {name!r} is reserved (reserved: {', '.join(reserved_names())}); a plugin "
+    reserved = reserved_names()
+    if name in reserved:
+        raise DglmError(f"the attribute name {name!r} is reserved (reserved: {', '.join(reserved)}); a plugin "
                         "under it would clash with dglm's own, so choose another name")

@@ -37,7 +37,7 @@ from dglm.inputs import check_generation_inputs, stop_strings, unicode_problem
 from dglm.pipeline import Pipeline, Row, attribute_terms
 from dglm.plugins import get_attributes
 from dglm.seeding import seeded_rows
-from dglm.server.engine import BatchingEngine, log, Delta, EngineClosed, Failed, Finished, Job
+from dglm.server.engine import BatchingEngine, Delta, EngineClosed, Failed, Finished, Job, log
 from dglm.server.logprobs import MAX_LOGPROBS, TokenLogprob, openai_logprobs
 from dglm.server.metrics import Metered, ServerMetrics
 from dglm.stages.guidance import Constraint, parse_constraint

@@ -224,11 +224,12 @@ class BatchingEngine:
         rows = [job.rows[index] for job, index in batch]
         chooses = rows[0].diffusion.candidates > 1  # a batch holds rows that all choose, or none (`batch_key`)
         token_ids = self.pipeline.generate_rows(rows, on_step=None if chooses else on_step)
-        if chooses:  # the chosen text is known only now: stop strings cut it whole, and a stream gets it in one piece
-            for row, ((job, _), ids) in enumerate(zip(batch, token_ids)):
-                at = first_stop(decoder.decode(ids), job.stop) if job.stop else None
-                cut[row] = None if at is None else decoder.decode(ids)[:at]
         texts = [decoder.decode(ids) if cut[row] is None else cut[row] for row, ids in enumerate(token_ids)]
+        if chooses:  # the chosen text is known only now: stop strings cut it whole, and a stream gets it in one piece
+            for row, (job, _) in enumerate(batch):
+                at = first_stop(texts[row], job.stop)
+                if at is not None:
+                    texts[row] = cut[row] = texts[row][:at]
         wanted = [row for row, (job, _) in enumerate(batch) if job.scores and not job.cancelled]
         scores = dict(zip(wanted, self.pipeline.attribute_scores([texts[row] for row in wanted]))) if wanted else {}
         for row, (job, index) in enumerate(batch):

@@ -84,7 +84,8 @@ def load_adapter(model: nn.Module, config: AdapterConfig, state: dict[str, torch
             delta = (pairs[layer]["B"] * scale) @ pairs[layer]["A"]
             if type(module).__name__ == "Conv1D":  # GPT-2 stores its projections transposed (peft's fan_in_fan_out)
                 delta = delta.T
-            module.weight += (delta * (config.alpha / config.rank)).to(device=module.weight.device, dtype=module.weight.dtype)
+            update = delta * (config.alpha / config.rank)
+            module.weight += update.to(device=module.weight.device, dtype=module.weight.dtype)
 
 
 @contextmanager

@@ -3,7 +3,7 @@ transformers alone.
 
 Importing sentence-transformers costs about two seconds of every start on a 2-core CPU (NOTEBOOK, "Start-up"),
 more than generating a sample. The default encoder, all-MiniLM-L6-v2, and the tiny test encoders have this shape:
-for them this module gives the same embeddings, bit for bit (tests/test_stages.py checks it against
+for them this module gives the same embeddings, bit for bit (tests/test_loading.py checks it against
 sentence-transformers), by doing what sentence-transformers does: sort texts by length, tokenise each batch with
 padding and the folder's length limit, mean-pool the last hidden states over the attention mask, normalise. Any
 other folder, and every hub name, is loaded by sentence-transformers itself (`pretrained.load_sentence_transformer`).
@@ -53,7 +53,7 @@ class PooledEncoder:
         self.device = device
 
     def get_sentence_embedding_dimension(self) -> int:
-        return int(self.model.config.hidden_size if hasattr(self.model.config, "hidden_size") else self.model.config.d_model)
+        return int(self.model.config.hidden_size)  # T5's d_model answers to this name too
 
     @torch.no_grad()
     def encode(self, texts: list[str], batch_size: int = 64, show_progress_bar: bool = False, **_: object) -> torch.Tensor:
