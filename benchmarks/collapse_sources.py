@@ -28,11 +28,12 @@ from pathlib import Path
 import torch
 
 from dglm import Pipeline
+from dglm.constraints import Constraint
 from dglm.data.pairs import read_pairs
 from dglm.data.prefixes import read_prefixes
 from dglm.evaluation.collapse import content_words, cross_prefix_cosine, top_word_share
 from dglm.seeding import sample_generators
-from dglm.stages.guidance import BatchGuidance, Constraint
+from dglm.stages.guidance import BatchGuidance
 
 MODES = {"gradient 256": {"guidance_scale": 256.0},
          "margin 0.99": {"guidance_mode": "margin", "guidance_target": 0.99, "guidance_scale": 256.0},

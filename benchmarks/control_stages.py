@@ -24,13 +24,14 @@ import torch
 import torch.nn.functional as F
 
 from dglm import Pipeline
+from dglm.constraints import Constraint
 from dglm.data.labelled import pick_sentences, read_labelled
 from dglm.data.pairs import read_pairs
 from dglm.data.prefixes import read_prefixes
 from dglm.evaluation.judges import TextJudge
 from dglm.evaluation.metrics import label_shares
 from dglm.seeding import sample_generators
-from dglm.stages.guidance import BatchGuidance, Constraint
+from dglm.stages.guidance import BatchGuidance
 
 
 def label_rates(judge: TextJudge, texts: list[str]) -> dict[str, float]:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from dglm.constraints import Constraint
 from dglm.data.prefixes import read_prefixes
 from dglm.evaluation.collapse import cross_prefix_cosine
 from dglm.evaluation.harness import continue_all
@@ -28,7 +29,6 @@ from dglm.pipeline import Pipeline
 from dglm.plugins import get_methods
 from dglm.seeding import seeded_rows
 from dglm.stages.encoder import SentenceEncoder
-from dglm.stages.guidance import Constraint
 
 PHRASES = ["space exploration", "cooking at home", "a storm at sea", "a job interview", "a wedding", "a football match",
            "a hospital", "a court case", "a garden in spring", "a computer bug"]

@@ -10,7 +10,7 @@ from dglm.errors import DglmError
 from dglm.hookspecs import hookimpl
 
 _LAZY = {
-    "Constraint": "dglm.stages.guidance",
+    "Constraint": "dglm.constraints",
     "Pipeline": "dglm.pipeline",
     "PipelineConfig": "dglm.config",
     "Sample": "dglm.pipeline",

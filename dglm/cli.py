@@ -276,11 +276,12 @@ def cmd_generate(args: argparse.Namespace) -> None:
     from tqdm.auto import tqdm
 
     from dglm.config import declared_settings
+    from dglm.constraints import parse_constraint, parse_phrase
     from dglm.data.prefixes import count_prefixes, iter_prefixes, spool_stdin, stdin_is_piped
-    from dglm.inputs import check_counts, check_prefix, stop_strings
-    from dglm.pipeline import Pipeline, attribute_terms, check_setting_values, chunks, process_group, shared_seed
+    from dglm.inputs import check_prefix
+    from dglm.pipeline import Pipeline, check_request
+    from dglm.processes import chunks, process_group, shared_seed
     from dglm.sample_file import SampleFile, format_sample
-    from dglm.stages.guidance import parse_constraint, parse_phrase
 
     source = str(args.prefix_file) if args.prefix_file else None  # what the run records: "-" for standard input
     if args.prefix_file == Path("-") or (args.prefix is None and args.prefix_file is None and stdin_is_piped()):
@@ -296,10 +297,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
     # Everything that needs no model is checked before the model's seconds of loading.
     if args.prefix is not None:
         check_prefix(0, args.prefix)  # given with --prefix-file, PREFIX is prefix 0 and the file's follow it
-    attribute_terms(constraints)
-    check_setting_values(overrides)
-    check_counts(args.num_samples, args.batch_size, args.seed)
-    stop_strings(args.stop)
+    check_request(constraints, overrides, args.num_samples, args.batch_size, args.seed, args.stop)
     total = (args.prefix is not None) + (count_prefixes(args.prefix_file) if args.prefix_file is not None else 0)
     device = launch_processes(args.device)
     world, rank = process_group()
@@ -358,7 +356,8 @@ def share_from_main(values: list, world: int) -> list:
 def cmd_serve(args: argparse.Namespace) -> None:
     import os
 
-    from dglm.pipeline import Pipeline, attribute_terms
+    from dglm.pipeline import Pipeline
+    from dglm.plugins import attribute_terms
     from dglm.server import ServedModels, ServerLimits, serve
     from dglm.server.api import parse_alias
 

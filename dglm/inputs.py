@@ -36,12 +36,13 @@ def check_text(value: Any, what: str, field: str | None = None) -> str:
     return value
 
 
-def check_prefix(index: int, text: Any) -> None:
-    """Prefix `index` (from 0, as in the output) must be non-empty, valid text."""
+def check_prefix(index: int, text: Any, noun: str = "prefix") -> None:
+    """Prefix `index` (from 0, as in the output) must be non-empty, valid text; `noun` is what the caller calls a
+    prefix (a server's "prompt")."""
     if not isinstance(text, str) or not text.strip():
-        raise DglmError(f"prefix {index} (counting from 0) is empty; every prefix needs some text to continue",
+        raise DglmError(f"{noun} {index} (counting from 0) is empty; every {noun} needs some text to continue",
                         field="prefix")
-    check_text(text, f"prefix {index} (counting from 0)", field="prefix")
+    check_text(text, f"{noun} {index} (counting from 0)", field="prefix")
 
 
 def check_counts(num_samples: int, batch_size: int, seed: int | None) -> None:
@@ -83,3 +84,16 @@ def stop_strings(stop: str | list[str] | None, most: int | None = None) -> list[
         if problem:
             raise DglmError(f"stop string {text!r} is not valid text: {problem}; give UTF-8 text", field="stop")
     return stops
+
+
+def first_stop(text: str, stops: list[str]) -> int | None:
+    """Where the earliest stop string starts in `text`, or None."""
+    found = [at for at in (text.find(stop) for stop in stops) if at >= 0]
+    return min(found) if found else None
+
+
+def cut_at_stop(text: str, stops: list[str]) -> str:
+    """`text` up to the first stop string it holds."""
+    at = first_stop(text, stops)
+    return text if at is None else text[:at]
+

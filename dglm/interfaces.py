@@ -9,17 +9,21 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 
 from dglm.config import build_dataclass
+from dglm.constraints import Constraint
 from dglm.seeding import sample_generators
 
-if TYPE_CHECKING:
-    from dglm.pipeline import Pipeline
-    from dglm.stages.guidance import Constraint
-    from dglm.stages.schedule import CosineSchedule
+
+class Schedule(Protocol):
+    """What a sampler reads of the noise schedule (`dglm.stages.schedule.CosineSchedule` is the built-in one)."""
+
+    def alpha_sigma(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def logsnr(self, t: torch.Tensor) -> torch.Tensor: ...
 
 
 class Sampler(ABC):
@@ -27,7 +31,7 @@ class Sampler(ABC):
 
     name: str = ""
 
-    def __init__(self, schedule: CosineSchedule):
+    def __init__(self, schedule: Schedule):
         self.schedule = schedule
         self.timesteps = torch.empty(0)
 
@@ -47,6 +51,9 @@ class Method(ABC):
     its type and default), and implements `continue_rows`. Options from an evaluation config are checked
     against the declaration, so a misspelt or mistyped option is refused instead of ignored. Plugins add
     methods through the `register_methods` hook.
+
+    A method is built with the loaded `dglm.Pipeline` (`self.pipeline`: its encoder, decoders, guides and settings);
+    it is typed `Any` here because this module sits below the pipeline and may not import it.
     """
 
     name: str = ""
@@ -55,7 +62,7 @@ class Method(ABC):
     class Options:
         pass
 
-    def __init__(self, pipeline: Pipeline, **options: Any):
+    def __init__(self, pipeline: Any, **options: Any):
         self.pipeline = pipeline
         self.options = build_dataclass(self.Options, options, f"options of method {self.name!r}")
 

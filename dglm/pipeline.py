@@ -1,49 +1,38 @@
 """The pipeline: prefix -> encoder -> guided diffusion -> prompt generator -> decoder -> text.
 
-Checkpoint folders follow the diffusers layout: `config.json` (PipelineConfig), `model.safetensors`
-(denoiser, prompt generator, latent statistics and, when configured, the decoder's LoRA adapter),
-`card.json` (how it was trained) and a human-readable `README.md` model card. The encoder and decoder
-are named in the config, not stored: any copy of them can be used.
+`Pipeline.plan` turns a request (prefixes, attributes, a count, a seed, settings) into rows, each one sample with its
+seed; `Pipeline.generate_rows` writes a batch of rows. Every way in (`generate`, the CLI, the server, the evaluation's
+DGLM method) plans through `plan`, so a sample's seed and checks are the same whichever way it was asked for.
+Checkpoint folders are read and written by `dglm.checkpoint`.
 """
 
 from __future__ import annotations
 
-import itertools
-import json
 import math
-import random
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from importlib.resources import files
 from pathlib import Path
 from typing import Any, Unpack
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
-from torch import nn
 
-from dglm.attributes.probes import Probe
+from dglm.checkpoint import (TrainableParts, build_parts, check_compatible, default_checkpoint_path, read_checkpoint,
+                             write_checkpoint)
 from dglm.config import (SETTINGS_SECTIONS, DecodingSettings, DiffusionSettings, GenerationSettings, PipelineConfig,
                          check_setting, declared_settings)
+from dglm.constraints import AttributeSpec, Constraint, as_constraints
 from dglm.errors import DglmError
-from dglm.inputs import check_counts, check_generation_inputs, check_prefix, check_seed, stop_strings
-from dglm.plugins import get_attributes, get_sampler, why_missing
-from dglm.seeding import candidate_seed, per_sample_randn, sample_generators
+from dglm.inputs import check_counts, check_generation_inputs, check_prefix, check_seed, cut_at_stop, stop_strings
+from dglm.plugins import attribute_terms, get_attributes, get_sampler
+from dglm.processes import chunks, gather_to_main, process_group, shared_seed
+from dglm.seeding import candidate_seed, per_sample_randn, sample_generators, sample_seed
 from dglm.stages.decoder import SoftPromptDecoder
-from dglm.stages.decoder_adapter import load_adapter, split_adapter
-from dglm.stages.denoiser import Denoiser
-from dglm.stages.encoder import LatentNormalizer, SentenceEncoder
-from dglm.stages.guidance import (PHRASE, AttributeSpec, BatchGuidance, Constraint, Guide, PhraseBound, as_constraints,
-                                  check_guidance_mode)
-from dglm.stages.prompt_generator import PromptGenerator
+from dglm.stages.decoder_adapter import load_adapter
+from dglm.stages.encoder import SentenceEncoder
+from dglm.stages.guidance import BatchGuidance, Guide, build_guide, check_guidance_mode
 from dglm.stages.samplers import diffuse
 from dglm.stages.schedule import CosineSchedule, noise_to_level
 
-DEFAULT_CHECKPOINT = "default"
-# config.json's format. 1: no format_version, one "sampling" section without a "sampler" (always DDIM).
-# 2: "sampling" split into "diffusion" (with the sampler's name) and "decoding".
-CHECKPOINT_FORMAT = 2
 SETTINGS = declared_settings()
 
 
@@ -70,7 +59,8 @@ class Sample:
 
 @dataclass
 class Row:
-    """One sample to generate: its prefix, its seed, its resolved attributes and its settings. Rows with the
+    """One sample to generate, as `Pipeline.plan` makes it: its prefix, its seed, its resolved attributes and its
+    settings. Rows with the
     same diffusion schedule (`Row.schedule_key`) can share a batch whatever their attributes, guidance scale
     and decoding settings, and each comes out as it would alone."""
 
@@ -80,26 +70,14 @@ class Row:
     diffusion: DiffusionSettings
     decoding: DecodingSettings
     logit_bias: dict[int, float] = field(default_factory=dict)  # {token id: bias}, added to the decoder's logits
+    prefix_index: int = 0  # which prefix of its request (from 0), and which of that prefix's samples
+    sample_index: int = 0
 
     @property
     def schedule_key(self) -> tuple:
         """The diffusion settings a batch must share (the rest may differ row by row)."""
         d = self.diffusion
         return d.sampler, d.steps, d.prefix_guidance, d.renoise_alpha2, d.guidance_start
-
-
-class TrainableParts(nn.Module):
-    """The parts a checkpoint stores; one module so that one state dict holds them all."""
-
-    def __init__(self, config: PipelineConfig):
-        super().__init__()
-        self.denoiser = Denoiser(config.latent_dim, config.denoiser)
-        self.prompt_generator = PromptGenerator(config.latent_dim, config.decoder_dim, config.prompt_generator)
-        self.normalizer = LatentNormalizer(config.latent_dim)
-
-
-def default_checkpoint_path() -> Path:
-    return Path(str(files("dglm") / DEFAULT_CHECKPOINT))
 
 
 class Pipeline:
@@ -187,36 +165,10 @@ class Pipeline:
 
     # ---- attributes ---------------------------------------------------------------------
     def make_guide(self, constraints: list[Constraint], diffusion: DiffusionSettings | None = None) -> Guide | None:
-        """Resolve constraints against the registered attributes and check their probes fit this encoder; the
+        """Resolve constraints against the registered attributes into a guide on this pipeline's encoder; the
         diffusion settings (the checkpoint's by default) say how the guide moves the proposal."""
-        if not constraints:
-            return None
-        terms = []
-        for probe, label_index, weight in attribute_terms(constraints):
-            if not self.probe_fits(probe):
-                raise DglmError(
-                    f"attribute {probe.name!r} was trained on encoder {probe.card['encoder']!r} "
-                    f"({probe.card['encoder_dim']}-d), but this pipeline uses {self.config.encoder!r} "
-                    f"({self.config.latent_dim}-d); retrain the probe with `dglm classifier train`"
-                )
-            terms.append((probe.to(self.decoder.device), label_index, weight))
-        diffusion = diffusion or self.config.diffusion
-        return Guide(terms, self.parts.normalizer, mc_draws=diffusion.mc_draws, mode=diffusion.guidance_mode,
-                     target=diffusion.guidance_target, anchor=diffusion.guidance_anchor,
-                     phrases=self.phrase_bounds(constraints, diffusion.phrase_cosine))
-
-    def phrase_bounds(self, constraints: list[Constraint], phrase_cosine: float) -> list[PhraseBound]:
-        """The phrase constraints as bounds on the cosine to each phrase's embedding on this pipeline's encoder (weight
-        0 asks nothing); a phrase asked both towards and away is refused, as no proposal can meet both."""
-        phrases = [constraint for constraint in constraints if constraint.attribute == PHRASE and constraint.weight]
-        both_ways = {c.label for c in phrases if c.weight > 0} & {c.label for c in phrases if c.weight < 0}
-        if both_ways:
-            raise DglmError(f"phrase {sorted(both_ways)[0]!r} is asked both towards and away; ask it one way")
-        if not phrases:
-            return []
-        embeddings = self.encoder.encode([phrase.label for phrase in phrases])  # unit vectors
-        return [PhraseBound.from_weight(embedding.to(self.decoder.device), phrase.weight, phrase_cosine)
-                for embedding, phrase in zip(embeddings, phrases)]
+        return build_guide(constraints, attribute_terms(constraints), self.encoder, self.config.encoder,
+                           self.parts.normalizer, diffusion or self.config.diffusion)
 
     def probe_fits(self, probe) -> bool:
         """Whether a probe was trained on this pipeline's encoder (probes read one encoder's space only)."""
@@ -242,7 +194,7 @@ class Pipeline:
 
         `attributes` is a dict {name: label | (label, weight)} or a list of Constraint or
         "NAME=LABEL[:WEIGHT]" strings; a negative weight steers away from the label. Sample j of prefix
-        i uses seed `seed + i * num_samples + j` (`seeded_rows`), stored in the result, which reproduces
+        i uses seed `seed + i * num_samples + j` (`Pipeline.plan`), stored in the result, which reproduces
         that sample alone. `settings` are the generation settings by name (`guidance_scale=64`, `min_p=0.1`, ...;
         `dglm.config.DiffusionSettings` and `DecodingSettings` declare them, with their ranges), each defaulting to
         the checkpoint's. `stop`: a string or strings; each continuation ends before the first of them it writes.
@@ -268,48 +220,70 @@ class Pipeline:
         and the main process yields every sample, in the same order and with the same text as one process; the
         other processes yield nothing. All processes must be given the same prefixes and arguments.
         """
-        diffusion, decoding = self.settings(**settings)
         check_counts(num_samples, batch_size, seed)
-        if isinstance(skip, bool) or not isinstance(skip, int) or skip < 0:
-            raise DglmError(f"skip must be a non-negative integer, got {skip!r}")
         stops = stop_strings(stop)
         constraints = as_constraints(attributes)
-        guide = self.make_guide(constraints, diffusion)
         world, rank = process_group()
-        seed = shared_seed(seed, world)
+        rows = self.plan(prefixes, constraints, num_samples, seed=shared_seed(seed, world), skip=skip, **settings)
         targets = {c.attribute: c.label for c in constraints}
 
-        def rows() -> Iterator[tuple[int, int, Row]]:
-            for i, text in enumerate(prefixes):
-                check_prefix(i, text)
-                for j in range(num_samples):
-                    k = i * num_samples + j
-                    if k >= skip:
-                        check_seed(seed, k + 1)
-                        yield i, j, Row(text, seed + k, guide, diffusion, decoding)
-
         def samples() -> Iterator[Sample]:  # a generator of its own, so that the checks above run at the call
-            for round_of_batches in chunks(chunks(rows(), batch_size), world):  # one batch per process a round
+            for round_of_batches in chunks(chunks(rows, batch_size), world):  # one batch per process a round
                 mine = round_of_batches[rank] if rank < len(round_of_batches) else []
-                token_ids = self.generate_rows([row for _, _, row in mine]) if mine else []
+                token_ids = self.generate_rows(mine) if mine else []
                 texts = [cut_at_stop(self.decoder.decode(ids), stops) for ids in token_ids]
-                ours = [Sample(row.prefix, text, targets, row.seed, constraints, i, j) for (i, j, row), text in zip(mine, texts)]
+                ours = [Sample(row.prefix, text, targets, row.seed, constraints, row.prefix_index, row.sample_index)
+                        for row, text in zip(mine, texts)]
                 for part in gather_to_main(ours, world, rank):
                     yield from part
 
         return samples()
 
+    def plan(self, prefixes: Iterable[str], attributes: AttributeSpec = None, num_samples: int = 1, *,
+             seed: int | Sequence[int] | None = None, skip: int = 0, logit_bias: dict[int, float] | None = None,
+             **settings: Unpack[GenerationSettings]) -> Iterator[Row]:
+        """The rows of a request, in order, and the one place where rows are made: sample j of prefix i is row
+        k = i * num_samples + j, seeded `seed + k` (`seeding.sample_seed`; a random seed when None, the same on every
+        process of a launch). `seed` may instead be every row's seed, in order (an evaluation's rows). `skip` leaves
+        out the first rows (a resumed run). `logit_bias` ({token id: bias}) is added to every row's logits.
+
+        The attributes, settings, counts and seed are checked at the call (`check_request`), each prefix, and the
+        seed it needs, as it is read: a bad request fails before any model runs on it."""
+        constraints = as_constraints(attributes)
+        seeds = None if seed is None or isinstance(seed, int) else list(seed)
+        check_request(constraints, settings, num_samples, seed=None if seeds is not None else seed)
+        if isinstance(skip, bool) or not isinstance(skip, int) or skip < 0:
+            raise DglmError(f"skip must be a non-negative integer, got {skip!r}")
+        for row_seed in seeds or []:
+            check_seed(row_seed, 1)
+        diffusion, decoding = self.settings(**settings)
+        guide = self.make_guide(constraints, diffusion)
+        base = 0 if seeds is not None else shared_seed(seed, process_group()[0])
+
+        def rows() -> Iterator[Row]:  # a generator of its own, so that the checks above run at the call
+            for i, text in enumerate(prefixes):
+                check_prefix(i, text)
+                for j in range(num_samples):
+                    k = i * num_samples + j
+                    if k < skip:
+                        continue
+                    if seeds is None:
+                        check_seed(base, k + 1)
+                    elif k >= len(seeds):
+                        raise DglmError(f"{len(seeds)} seeds were given for more rows than that", field="seed")
+                    row_seed = sample_seed(base, k) if seeds is None else seeds[k]
+                    yield Row(text, row_seed, guide, diffusion, decoding, dict(logit_bias or {}), i, j)
+
+        return rows()
+
     def settings(self, **overrides: Any) -> tuple[DiffusionSettings, DecodingSettings]:
         """The checkpoint's diffusion and decoding settings with `overrides` (None: keep) applied and validated."""
-        unknown = sorted(set(overrides) - set(SETTINGS))
-        if unknown:
-            raise DglmError(f"unknown generation setting(s) {unknown}; settings: {', '.join(SETTINGS)}")
+        check_setting_values(overrides)
         sections = {section: {} for section in SETTINGS_SECTIONS}
         for name, value in overrides.items():
             sections[SETTINGS[name][0]][name] = value
         diffusion = self.config.diffusion.updated(**sections["diffusion"])
-        get_sampler(diffusion.sampler)  # an unknown sampler or guidance mode fails here, before any model runs
-        check_guidance_mode(diffusion.guidance_mode)
+        get_sampler(diffusion.sampler)  # the checkpoint's own sampler may be a plugin's that is not installed
         return diffusion, self.config.decoding.updated(**sections["decoding"])
 
     def generate_rows(self, rows: list[Row], on_step=None) -> list[list[int]]:
@@ -387,88 +361,24 @@ class Pipeline:
         return self.parts.prompt_generator(noise_to_level(latents, alpha2, noise))
 
 
-def chunks(items: Iterable, size: int) -> Iterator[list]:
-    """Consecutive lists of `size` items (the last may be shorter), read lazily."""
-    iterator = iter(items)
-    while chunk := list(itertools.islice(iterator, size)):
-        yield chunk
-
-
-def process_group() -> tuple[int, int]:
-    """(number of processes, this one's rank) of a multi-process launch; (1, 0) otherwise."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_world_size(), dist.get_rank()
-    return 1, 0
-
-
-def shared_seed(seed: int | None, world: int) -> int:
-    """The given seed, or a random one that every process of the launch agrees on."""
-    if seed is not None:
-        return seed
-    drawn = [random.randrange(2**31)]
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.broadcast_object_list(drawn, src=0)
-    return drawn[0]
-
-
-def gather_to_main(samples: list[Sample], world: int, rank: int) -> list[list[Sample]]:
-    """Every process's samples of this round, in rank order, on the main process; nothing on the others."""
-    if world == 1:
-        return [samples]
-    import torch.distributed as dist
-
-    parts: list[list[Sample] | None] = [None] * world if rank == 0 else None
-    dist.gather_object(samples, parts, dst=0)
-    return parts if rank == 0 else []
-
-
-def check_compatible(config: PipelineConfig, encoder: SentenceEncoder, decoder: SoftPromptDecoder) -> None:
-    """The frozen models must have the sizes the checkpoint was trained with."""
-    if encoder.dim != config.latent_dim:
-        raise DglmError(
-            f"the checkpoint expects a {config.latent_dim}-d encoder ({config.encoder}), but encoder "
-            f"{encoder.name!r} gives {encoder.dim}-d embeddings; use the encoder it was trained with"
-        )
-    if decoder.hidden_size != config.decoder_dim:
-        raise DglmError(
-            f"the checkpoint expects a decoder of width {config.decoder_dim} ({config.decoder}), but "
-            f"decoder {decoder.name!r} has width {decoder.hidden_size}; use the decoder it was trained with"
-        )
-
-
-def first_stop(text: str, stops: list[str]) -> int | None:
-    """Where the earliest stop string starts in `text`, or None."""
-    found = [at for at in (text.find(stop) for stop in stops) if at >= 0]
-    return min(found) if found else None
-
-
-def cut_at_stop(text: str, stops: list[str]) -> str:
-    """`text` up to the first stop string it holds."""
-    at = first_stop(text, stops)
-    return text if at is None else text[:at]
-
-
-def attribute_terms(constraints: list[Constraint]) -> list[tuple[Probe, int, float]]:
-    """Each constraint's probe, label index and weight from the registered attributes: an unknown attribute or label
-    fails here, with what is known, before any model loads. Phrases are no probes (see `Pipeline.phrase_bounds`)."""
-    attributes, terms = get_attributes(), []
-    for constraint in constraints:
-        if constraint.attribute == PHRASE:
-            continue
-        if constraint.attribute not in attributes:
-            known = ", ".join(attributes) or "none (install an attribute plugin)"
-            raise DglmError(f"unknown attribute {constraint.attribute!r}; known attributes: {known}{why_missing(constraint.attribute)}")
-        probe = attributes[constraint.attribute].probe
-        terms.append((probe, probe.label_index(constraint.label), constraint.weight))
-    return terms
+def check_request(constraints: list[Constraint], settings: dict[str, Any], num_samples: int = 1, batch_size: int = 1,
+                  seed: int | None = None, stop: str | list[str] | None = None) -> list[str]:
+    """Everything about a request that needs no model: the attributes are registered (with their labels), the
+    settings' values are in range, the counts and seed can run, and the stop strings are text (returned as a list).
+    `plan` runs it, and the CLI runs it before loading the model, so that a bad request fails in a fraction of a
+    second rather than after the model's seconds of loading."""
+    attribute_terms(constraints)
+    check_setting_values(settings)
+    check_counts(num_samples, batch_size, seed)
+    return stop_strings(stop)
 
 
 def check_setting_values(overrides: dict[str, Any]) -> None:
-    """Check the given settings' values (None: not given) without a checkpoint: ranges, sampler and mode names."""
+    """Check the given settings' names and values (None: not given) without a checkpoint: ranges, sampler and mode
+    names."""
+    unknown = sorted(set(overrides) - set(SETTINGS))
+    if unknown:
+        raise DglmError(f"unknown generation setting(s) {unknown}; settings: {', '.join(SETTINGS)}")
     for name, value in overrides.items():
         if value is not None:
             _, spec, kind = SETTINGS[name]
@@ -479,118 +389,3 @@ def check_setting_values(overrides: dict[str, Any]) -> None:
         check_guidance_mode(overrides["guidance_mode"])
 
 
-def write_checkpoint(folder: Path, config: PipelineConfig, parts: TrainableParts, card: dict[str, Any],
-                     dtype: torch.dtype = torch.float32, adapter: dict[str, torch.Tensor] | None = None) -> Path:
-    """Write a checkpoint folder; `adapter` holds the decoder adapter's weights, keyed `decoder_adapter.*`."""
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.json").write_text(json.dumps({"format_version": CHECKPOINT_FORMAT, **config.to_dict()}, indent=2) + "\n")
-    tensors = {**parts.state_dict(), **(adapter or {})}
-    state = {key: value.detach().to("cpu", dtype).contiguous() for key, value in tensors.items()}
-    save_file(state, str(folder / "model.safetensors"))
-    (folder / "card.json").write_text(json.dumps(card, indent=2) + "\n")
-    (folder / "README.md").write_text(render_model_card(config, card))
-    return folder
-
-
-def read_checkpoint(folder: Path) -> tuple[PipelineConfig, dict[str, torch.Tensor], dict[str, Any]]:
-    """Read and validate a checkpoint folder's config, weights and card."""
-    if not folder.is_dir():
-        raise DglmError(f"checkpoint folder {folder} does not exist")
-    config_path, weights_path = folder / "config.json", folder / "model.safetensors"
-    for required in (config_path, weights_path):
-        if not required.is_file():
-            raise DglmError(f"checkpoint {folder} is incomplete: {required.name} is missing")
-    try:
-        data = json.loads(config_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise DglmError(f"{config_path} is not valid JSON ({error})") from None
-    config = PipelineConfig.from_dict(migrate_config(data, config_path))
-    try:
-        state = load_file(str(weights_path))
-    except (SafetensorError, OSError, ValueError) as error:
-        raise DglmError(f"{weights_path} is corrupt ({error})") from None
-    card_path = folder / "card.json"
-    card = json.loads(card_path.read_text()) if card_path.is_file() else {}
-    return config, state, card
-
-
-def migrate_config(data: Any, where: Path) -> dict[str, Any]:
-    """Bring a config.json written by an earlier dglm to the current format, so that old checkpoints load and
-    sample as they did."""
-    if not isinstance(data, dict):
-        raise DglmError(f"{where} must hold a JSON object, got {type(data).__name__}")
-    data = dict(data)
-    version = data.pop("format_version", 1)
-    if not isinstance(version, int) or not 1 <= version <= CHECKPOINT_FORMAT:
-        raise DglmError(f"{where} has format_version {version!r}; this dglm reads formats 1 to {CHECKPOINT_FORMAT} "
-                        "(a newer dglm wrote it: upgrade dglm)")
-    if version < 2 and isinstance(data.get("sampling"), dict):
-        sampling = {"sampler": "ddim", **data.pop("sampling")}  # format 1 always sampled with DDIM
-        for section in SETTINGS_SECTIONS:
-            data[section] = {name: value for name, value in sampling.items() if SETTINGS.get(name, (section,))[0] == section}
-    return data
-
-
-def build_parts(config: PipelineConfig, state: dict[str, torch.Tensor], folder: Path) -> tuple[TrainableParts, dict[str, torch.Tensor]]:
-    """A checkpoint's trainable parts with their weights loaded, and its decoder adapter's weights (empty when it
-    has none yet, as after the denoiser stage of a training run)."""
-    state, adapter = split_adapter(state)
-    parts = TrainableParts(config)
-    try:
-        parts.load_state_dict({key: value.float() for key, value in state.items()})
-    except RuntimeError as error:
-        raise DglmError(f"checkpoint {folder} does not match its config.json: {str(error).splitlines()[0]}") from None
-    return parts, adapter
-
-
-def describe_adapter(config: PipelineConfig) -> str:
-    adapter = config.decoder_adapter
-    if not adapter.rank:
-        return ("frozen: only the soft prompts are learned, so the decoder keeps its fluency and the checkpoint "
-                "holds no decoder weights")
-    return (f"with a rank-{adapter.rank} LoRA adapter on {', '.join(adapter.targets)} trained jointly with the prompt "
-            "generator, so that the decoder learns to follow the soft prompts (a frozen decoder barely does); the "
-            "adapter is stored in the checkpoint and merged into the decoder at load time, so it costs nothing when "
-            "generating")
-
-
-def render_model_card(config: PipelineConfig, card: dict[str, Any]) -> str:
-    lines = [
-        "# dglm checkpoint",
-        "",
-        f"- encoder: `{config.encoder}` ({config.latent_dim}-d, frozen)",
-        f"- decoder: `{config.decoder}` (width {config.decoder_dim}), {describe_adapter(config)}",
-        f"- denoiser: {config.denoiser.layers} layers, width {config.denoiser.width}, {config.denoiser.num_tokens} latent tokens",
-        f"- prompt generator: {config.prompt_generator.num_soft_prompts} soft prompts, {config.prompt_generator.layers} layers",
-        f"- diffusion defaults: {config.diffusion.describe()}",
-        f"- decoding defaults: {config.decoding.describe()}",
-        "",
-    ]
-    if not card:
-        lines.append("Untrained: weights are freshly initialised.")
-    elif any(str(facts.get("device", "")).startswith("CPU") for facts in card.values()):
-        lines += ["Trained on a CPU with a small configuration (no GPU was available): expect weaker control",
-                  "and fluency than a GPU-scale run such as configs/train-gpu.yaml.", ""]
-    for stage, facts in card.items():
-        lines += [f"## Training: {stage.replace('_', ' ')}", ""]
-        planned = facts.get("config", {}).get("steps", 0)
-        if facts.get("steps", planned) < planned:  # a leg of a longer run: say so before the figures
-            lines += [f"In progress: {facts['steps']} of {planned} steps; the same command continues the run.", ""]
-        lines += [f"- {key.replace('_', ' ')}: {value}" for key, value in facts.items()] + [""]
-    if card:
-        lines += licence_lines(config, card)
-    return "\n".join(lines).rstrip() + "\n"
-
-
-def licence_lines(config: PipelineConfig, card: dict[str, Any]) -> list[str]:
-    """The model card's licences: of the frozen models, and of every corpus the training pairs came from."""
-    from dglm.data.corpus import SOURCES
-    from dglm.stages.pretrained import model_licence
-
-    lines = ["## Licences", "", f"- encoder `{config.encoder}`: {model_licence(config.encoder)}",
-             f"- decoder `{config.decoder}`: {model_licence(config.decoder)}"]
-    for name in sorted({source for facts in card.values() for source in facts.get("sources", {})}):
-        known = SOURCES.get(name)
-        lines.append(f"- training pairs from {name} (`{known.spec}`): {known.licence}" if known else
-                     f"- training pairs from {name}: not a corpus of `dglm data build`; see where it came from")
-    return lines + ["", "The weights are learnt from these texts: their terms apply to what you do with them.", ""]

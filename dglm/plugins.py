@@ -15,7 +15,8 @@ from pathlib import Path
 import pluggy
 
 from dglm import hookspecs
-from dglm.attributes.probes import PHRASE, Probe, load_probe
+from dglm.attributes.probes import Probe, load_probe
+from dglm.constraints import PHRASE, Constraint
 from dglm.errors import DglmError
 from dglm.hookspecs import ENTRY_POINT_GROUP
 from dglm.interfaces import Method, Sampler
@@ -242,6 +243,22 @@ def why_missing(name: str) -> str:
         return f"; {clash}"
     return "".join(f"; plugin {plugin!r} failed to load ({why}), so what it provides is missing"
                    for plugin, why in failed_plugins().items())
+
+
+def attribute_terms(constraints: list[Constraint]) -> list[tuple[Probe, int, float]]:
+    """Each constraint's probe, label index and weight from the registered attributes: an unknown attribute or label
+    fails here, with what is known, before any model loads. Phrases are no probes (`dglm.stages.guidance`)."""
+    attributes, terms = get_attributes(), []
+    for constraint in constraints:
+        if constraint.attribute == PHRASE:
+            continue
+        if constraint.attribute not in attributes:
+            known = ", ".join(attributes) or "none (install an attribute plugin)"
+            raise DglmError(f"unknown attribute {constraint.attribute!r}; known attributes: {known}"
+                            f"{why_missing(constraint.attribute)}")
+        probe = attributes[constraint.attribute].probe
+        terms.append((probe, probe.label_index(constraint.label), constraint.weight))
+    return terms
 
 
 def get_plugins() -> list[PluginInfo]:

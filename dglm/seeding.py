@@ -10,12 +10,17 @@ import torch
 SAMPLE_SEEDS = 2**63  # a sample's seed is below this (dglm.inputs.MAX_SEED); a candidate's other streams are not
 
 
-def seeded_rows(prefixes: list[str], num_samples: int, seed: int) -> list[tuple[str, int]]:
-    """(prefix, seed) rows, `num_samples` per prefix, sample j of prefix i seeded `seed + i * num_samples + j`.
+def sample_seed(seed: int, row: int) -> int:
+    """The seed of row `row` of a request seeded `seed`, where sample j of prefix i is row i * num_samples + j.
 
     Every row gets its own seed: prefixes that shared seeds would share their diffusion noise, and their
     continuations would come out alike (fewer independent draws than samples)."""
-    return [(p, seed + i * num_samples + j) for i, p in enumerate(prefixes) for j in range(num_samples)]
+    return seed + row
+
+
+def seeded_rows(prefixes: list[str], num_samples: int, seed: int) -> list[tuple[str, int]]:
+    """(prefix, seed) rows, `num_samples` per prefix, as `Pipeline.plan` seeds them (an evaluation's rows)."""
+    return [(p, sample_seed(seed, i * num_samples + j)) for i, p in enumerate(prefixes) for j in range(num_samples)]
 
 
 def sample_generators(seeds: list[int]) -> list[torch.Generator]:

@@ -76,7 +76,7 @@ join)
 import json, sys
 from pathlib import Path
 from dglm.config import PipelineConfig
-from dglm.pipeline import migrate_config, render_model_card
+from dglm.checkpoint import migrate_config, render_model_card
 saved, folder = json.loads(Path(sys.argv[1]).read_text()), Path(sys.argv[2])
 for name in ("config", "card"):
     (folder / f"{name}.json").write_text(json.dumps(saved[name], indent=2) + "\n")

@@ -6,10 +6,10 @@ import pytest
 import torch
 from conftest import toy_sentiment
 
+from dglm.constraints import Constraint
 from dglm.errors import DglmError
 from dglm.evaluation.baselines import ActivationSteering, PlainSampling
 from dglm.evaluation.steering_vectors import contrastive_vectors, mean_activations, steered
-from dglm.stages.guidance import Constraint
 
 ROWS = [("The movie", 0), ("The movie", 1), ("A film", 2)]
 

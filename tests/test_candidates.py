@@ -8,10 +8,11 @@ import dataclasses
 import pytest
 import torch
 
+from dglm.constraints import as_constraints
 from dglm.errors import DglmError
 from dglm.pipeline import Row
 from dglm.seeding import SAMPLE_SEEDS, candidate_seed, sample_generators
-from dglm.stages.guidance import BatchGuidance, as_constraints
+from dglm.stages.guidance import BatchGuidance
 
 
 def test_candidate_zero_is_the_sample_and_the_others_are_streams_no_sample_has():
@@ -22,17 +23,17 @@ def test_candidate_zero_is_the_sample_and_the_others_are_streams_no_sample_has()
 
 
 def rows_for(pipeline, prefix: str, seeds: list[int], candidates: int, attributes=None) -> list[Row]:
-    diffusion, decoding = pipeline.settings(candidates=candidates, max_new_tokens=6, guidance_scale=16.0)
-    guide = pipeline.make_guide(as_constraints(attributes), diffusion)
-    return [Row(prefix, seed, guide, diffusion, decoding) for seed in seeds]
+    return list(pipeline.plan([prefix] * len(seeds), attributes, seed=seeds, candidates=candidates, max_new_tokens=6,
+                              guidance_scale=16.0))
 
 
 @pytest.mark.parametrize("attributes", [None, ["toy_sentiment=positive"]])
 def test_the_kept_text_is_the_candidate_the_rule_chooses(tiny_pipeline, toy_plugin, attributes):
     pipeline = tiny_pipeline
     [kept] = pipeline.generate_rows(rows_for(pipeline, "The film", [5], 3, attributes))
-    one = rows_for(pipeline, "The film", [candidate_seed(5, c) for c in range(3)], 1, attributes)
-    drafts = pipeline.generate_rows(one)  # each candidate drawn as a sample of its own
+    one = [dataclasses.replace(row, seed=candidate_seed(5, c))  # each candidate drawn as a sample of its own
+           for c, row in enumerate(rows_for(pipeline, "The film", [0, 1, 2], 1, attributes))]
+    drafts = pipeline.generate_rows(one)
     texts = [pipeline.decoder.decode(ids) for ids in drafts]
     row = rows_for(pipeline, "The film", [5], 3, attributes)[0]
     assert kept == drafts[pipeline.choose_candidate(row, texts)]

@@ -8,10 +8,10 @@ import pytest
 import torch
 import yaml
 
+from dglm.checkpoint import TrainableParts, read_checkpoint, render_model_card
 from dglm.config import DataConfig, EvalConfig, TrainConfig, read_yaml_mapping
 from dglm.errors import DglmError
 from dglm.evaluation.harness import check_methods
-from dglm.pipeline import TrainableParts, read_checkpoint, render_model_card
 from dglm.training.stages import same_stage_config
 
 ROOT = Path(__file__).resolve().parent.parent

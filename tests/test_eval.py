@@ -143,8 +143,8 @@ def test_eval_refuses_unknown_methods(tmp_path):
 
 
 def test_steering_prompt_phrases_targets_and_avoidance(tiny_pipeline):
+    from dglm.constraints import Constraint
     from dglm.evaluation.baselines import SteeringPrompt
-    from dglm.stages.guidance import Constraint
 
     method = SteeringPrompt(tiny_pipeline, templates={"sentiment": "The following is a {label} review."})
     lead = method.steering([Constraint("sentiment", "positive"), Constraint("topic", "sport", -1.0)])

@@ -6,10 +6,11 @@ import pytest
 import torch
 
 from dglm.attributes.probes import Probe
+from dglm.constraints import Constraint, as_constraints, parse_constraint
 from dglm.errors import DglmError
 from dglm.seeding import sample_generators
 from dglm.stages.encoder import LatentNormalizer
-from dglm.stages.guidance import Constraint, Guide, as_constraints, parse_constraint
+from dglm.stages.guidance import Guide
 
 
 def toy_probe(dim=16):

@@ -6,8 +6,8 @@ import pytest
 from conftest import copy_in_format_1, free_port
 
 from dglm import Pipeline
+from dglm.checkpoint import CHECKPOINT_FORMAT, default_checkpoint_path
 from dglm.cli import main
-from dglm.pipeline import CHECKPOINT_FORMAT, default_checkpoint_path
 
 pytestmark = pytest.mark.integration
 
@@ -50,8 +50,9 @@ def test_guidance_raises_the_probe_score_of_the_proposal(default_pipeline):
     """On the trained model, steering the diffused latent toward a label raises that label's probability."""
     import torch
 
+    from dglm.constraints import as_constraints
     from dglm.seeding import sample_generators
-    from dglm.stages.guidance import BatchGuidance, as_constraints
+    from dglm.stages.guidance import BatchGuidance
 
     pipe = default_pipeline
     prefixes = ["The weather today"] * 16

@@ -9,10 +9,11 @@ import torch.nn.functional as F
 
 from dglm.attributes.probes import Probe
 from dglm.cli import main
+from dglm.constraints import PHRASE, Constraint, parse_phrase
 from dglm.errors import DglmError
 from dglm.seeding import sample_generators
 from dglm.stages.encoder import LatentNormalizer
-from dglm.stages.guidance import PHRASE, BatchGuidance, Constraint, Guide, PhraseBound, parse_phrase
+from dglm.stages.guidance import BatchGuidance, Guide, PhraseBound, phrase_bounds
 
 
 @pytest.mark.parametrize("spec, sign, expected", [
@@ -121,7 +122,8 @@ def test_phrases_compose_with_probes_from_python_the_cli_and_the_server(tiny_pip
 
 
 def test_a_phrase_at_weight_zero_asks_nothing_and_one_asked_both_ways_is_refused(tiny_pipeline):
-    assert tiny_pipeline.phrase_bounds([Constraint.toward("a wedding", 0.0), Constraint.away("rain", 0.0)], 0.4) == []
+    assert phrase_bounds([Constraint.toward("a wedding", 0.0), Constraint.away("rain", 0.0)], tiny_pipeline.encoder, 0.4,
+                         "cpu") == []
     with pytest.raises(DglmError, match="phrase 'a wedding' is asked both towards and away"):
         tiny_pipeline.make_guide([Constraint.toward("a wedding"), Constraint.away("a wedding", 0.5)])
 

@@ -40,20 +40,14 @@ def test_batching_gives_the_same_samples_as_one_by_one(tiny_pipeline, toy_plugin
 
 def test_rows_with_different_attributes_and_settings_share_a_batch_and_come_out_as_alone(tiny_pipeline, toy_plugin):
     """What a server relies on: unrelated requests batched together each get the text they would get alone."""
-    from dglm.pipeline import Row
-    from dglm.stages.guidance import as_constraints
-
     requests = [
         ("The movie", 1, {"toy_sentiment": "positive"}, {"guidance_scale": 8.0, "temperature": 0.7}),
         ("A long and very boring film", 2, {"toy_sentiment": ("negative", 2.0)}, {"top_k": 5, "max_new_tokens": 3}),
         ("The match", 3, None, {"top_p": 0.5, "min_p": 0.1, "repetition_penalty": 1.0, "max_new_tokens": 9}),
         ("The movie", 4, {"toy_sentiment": "negative"}, {"mc_draws": 4}),
     ]
-    rows = []
-    for prefix, seed, attributes, overrides in requests:
-        diffusion, decoding = tiny_pipeline.settings(**overrides)
-        guide = tiny_pipeline.make_guide(as_constraints(attributes), diffusion)
-        rows.append(Row(prefix, seed, guide, diffusion, decoding))
+    rows = [row for prefix, seed, attributes, overrides in requests
+            for row in tiny_pipeline.plan([prefix], attributes, seed=seed, **overrides)]
     batched = tiny_pipeline.generate_rows(rows)
     alone = [tiny_pipeline.generate(prefix, attributes, seed=seed, **overrides)[0].continuation
              for prefix, seed, attributes, overrides in requests]
@@ -158,3 +152,34 @@ def test_a_sample_keeps_every_constraint_even_one_attribute_given_twice(tiny_che
                                     {"attribute": "toy_sentiment", "label": "negative", "weight": -0.5}] for s in samples)
     assert main(args[:-2]) == 0
     assert "(toy_sentiment=positive:1, toy_sentiment=negative:-0.5; seed 1)" in capsys.readouterr().out
+
+
+def test_only_plan_constructs_rows():
+    """The CLI, the server and the evaluation plan rows through `Pipeline.plan`, so a sample's seed and checks cannot
+    drift apart between them: no other code in the package builds a `Row`."""
+    import ast
+    from pathlib import Path
+
+    import dglm
+
+    builders = []
+    for path in Path(dglm.__file__).parent.rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        for function in (node for node in ast.walk(tree) if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))):
+            if any(isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", None)) == "Row"
+                   for node in ast.walk(function)):
+                builders.append(f"{path.name}:{function.name}")
+    assert sorted(builders) == ["pipeline.py:plan", "pipeline.py:rows"]  # `rows` is plan's own lazy generator
+
+
+def test_plan_seeds_rows_by_the_formula_skips_and_takes_given_seeds(tiny_pipeline, toy_plugin):
+    rows = list(tiny_pipeline.plan(["A", "B"], ["toy_sentiment=positive"], 3, seed=10, skip=2, max_new_tokens=4))
+    assert [(r.prefix, r.seed, r.prefix_index, r.sample_index) for r in rows] == [
+        ("A", 12, 0, 2), ("B", 13, 1, 0), ("B", 14, 1, 1), ("B", 15, 1, 2)]
+    assert len({id(r.guide) for r in rows}) == 1 and rows[0].decoding.max_new_tokens == 4
+    given = list(tiny_pipeline.plan(["A", "B"], seed=[7, 3]))
+    assert [(r.prefix, r.seed) for r in given] == [("A", 7), ("B", 3)]
+    with pytest.raises(DglmError, match="unknown attribute 'mood'"):
+        tiny_pipeline.plan(["A"], ["mood=happy"])  # refused at the call, before any row is read
+    with pytest.raises(DglmError, match="prefix 1 \\(counting from 0\\) is empty"):
+        list(tiny_pipeline.plan(["A", " "], seed=0))

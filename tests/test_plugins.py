@@ -71,7 +71,7 @@ def test_a_plugin_package_from_a_csv_is_installed_and_used(tiny_pipeline, tiny_m
 
 
 def test_two_plugins_registering_one_name_leave_it_out_and_only_a_request_for_it_fails(toy_probe_dir, toy_plugin, capsys):
-    from dglm.pipeline import attribute_terms
+    from dglm.plugins import attribute_terms
 
     class Impostor:
         @dglm.hookimpl
@@ -95,7 +95,7 @@ def test_two_plugins_registering_one_name_leave_it_out_and_only_a_request_for_it
 
 
 def test_composition_of_several_attributes_and_steering_away(tiny_pipeline, toy_probe_dir, toy_plugin):
-    guide = tiny_pipeline.make_guide(dglm.stages.guidance.as_constraints(["toy_sentiment=positive:1", "toy_sentiment=negative:-2"]))
+    guide = tiny_pipeline.make_guide(dglm.constraints.as_constraints(["toy_sentiment=positive:1", "toy_sentiment=negative:-2"]))
     assert [(index, weight) for _, index, weight in guide.terms] == [(1, 1.0), (0, -2.0)]
     samples = tiny_pipeline.generate("The film", attributes=[dglm.Constraint("toy_sentiment", "negative", -1.0)], seed=0)
     assert samples[0].attributes == {"toy_sentiment": "negative"}

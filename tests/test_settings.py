@@ -6,10 +6,12 @@ import typing
 
 import pytest
 
+from dglm.checkpoint import render_model_card
 from dglm.cli import build_parser
-from dglm.config import DecodingSettings, DiffusionSettings, GenerationSettings, PipelineConfig, TrainConfig, declared_settings
+from dglm.config import (DecodingSettings, DiffusionSettings, GenerationSettings, PipelineConfig, TrainConfig,
+                         declared_settings)
 from dglm.errors import DglmError
-from dglm.pipeline import Pipeline, render_model_card
+from dglm.pipeline import Pipeline
 
 SETTINGS = declared_settings()
 

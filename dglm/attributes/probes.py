@@ -17,6 +17,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from dglm.constraints import PHRASE
 from dglm.errors import DglmError
 from dglm.hookspecs import ENTRY_POINT_GROUP
 
@@ -181,9 +182,6 @@ def _shapes(tensors: dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
 def train_probe_on_texts(name: str, texts: list[str], labels: list[str], encoder, data: str, **options) -> Probe:
     """Encode texts with a SentenceEncoder and train a probe on them (see train_probe)."""
     return train_probe(name, encoder.encode(texts, progress=True), labels, encoder.name, data, **options)
-
-
-PHRASE = "phrase"  # the attribute of a constraint given as a phrase (its label is the phrase): no probe may take it
 
 
 def reserved_names() -> list[str]:

@@ -21,11 +21,11 @@ from typing import Any
 
 import torch
 
+from dglm.constraints import PHRASE, Constraint
 from dglm.errors import DglmError
 from dglm.hookspecs import hookimpl
 from dglm.interfaces import Method
-from dglm.pipeline import Pipeline, Row
-from dglm.stages.guidance import PHRASE, Constraint
+from dglm.pipeline import Pipeline
 
 DEFAULT_STEERING = "The following text is {label}."
 
@@ -44,10 +44,9 @@ class DGLM(Method):
         guidance_start: float | None = None
 
     def continue_rows(self, rows, constraints, max_new_tokens):
-        diffusion, decoding = self.pipeline.settings(**asdict(self.options), max_new_tokens=max_new_tokens)
-        guide = self.pipeline.make_guide(constraints, diffusion)
-        rows = [Row(prefix, seed, guide, diffusion, decoding) for prefix, seed in rows]
-        return [self.pipeline.decoder.decode(ids) for ids in self.pipeline.generate_rows(rows)]
+        planned = list(self.pipeline.plan([prefix for prefix, _ in rows], constraints, seed=[seed for _, seed in rows],
+                                          **asdict(self.options), max_new_tokens=max_new_tokens))
+        return [self.pipeline.decoder.decode(ids) for ids in self.pipeline.generate_rows(planned)]
 
 
 class PlainSampling(Method):

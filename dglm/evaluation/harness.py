@@ -17,6 +17,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from dglm.config import EvalConfig, build_dataclass
+from dglm.constraints import Constraint, parse_constraint
 from dglm.data.prefixes import read_prefixes
 from dglm.errors import DglmError
 from dglm.evaluation.baselines import PlainSampling
@@ -26,7 +27,6 @@ from dglm.evaluation.metrics import CopyDetector, distinct_n, label_shares, medi
 from dglm.pipeline import Pipeline
 from dglm.plugins import get_methods
 from dglm.seeding import seeded_rows
-from dglm.stages.guidance import Constraint, parse_constraint
 
 
 def parse_condition(text: str) -> list[Constraint]:

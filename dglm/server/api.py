@@ -13,7 +13,6 @@ import dataclasses
 import hmac
 import json
 import math
-import random
 import re
 import time
 import uuid
@@ -32,15 +31,14 @@ from starlette.exceptions import HTTPException
 from starlette.staticfiles import StaticFiles
 
 from dglm.config import accepted, declared_settings
+from dglm.constraints import Constraint, parse_constraint
 from dglm.errors import DglmError
-from dglm.inputs import check_generation_inputs, stop_strings, unicode_problem
-from dglm.pipeline import Pipeline, Row, attribute_terms
-from dglm.plugins import get_attributes
-from dglm.seeding import seeded_rows
+from dglm.inputs import check_prefix, stop_strings, unicode_problem
+from dglm.pipeline import Pipeline, Row
+from dglm.plugins import attribute_terms, get_attributes
 from dglm.server.engine import BatchingEngine, Delta, EngineClosed, Failed, Finished, Job, log
 from dglm.server.logprobs import MAX_LOGPROBS, TokenLogprob, openai_logprobs
 from dglm.server.metrics import Metered, ServerMetrics
-from dglm.stages.guidance import Constraint, parse_constraint
 
 SETTINGS = declared_settings()
 PUBLIC_PATHS = {"/health", "/"}  # the page is static and holds no data; it sends the key with every API call
@@ -476,26 +474,21 @@ def plan_rows(completion: Any, pipeline: Pipeline, served: ServedModels, limits:
                        param="max_tokens")
     if not prompts:
         raise ApiError(400, "no prompt given; pass a string or a non-empty list of strings", param="prompt")
-    for index, prompt in enumerate(prompts):
-        if not prompt.strip():
-            raise ApiError(400, f"prompt {index} (counting from 0) is empty; every prompt needs some text to continue",
-                           param="prompt")
-    seed = random.randrange(2**31) if completion.seed is None else completion.seed
+    if overrides["max_new_tokens"] is None:  # the model's default, within the server's cap
+        overrides["max_new_tokens"] = min(pipeline.config.decoding.max_new_tokens, limits.max_tokens)
     try:
-        check_generation_inputs(prompts, completion.n, 1, seed)
-        diffusion, decoding = pipeline.settings(**overrides)
-        if diffusion.candidates > 1 and completion.logprobs is not None:
+        for index, prompt in enumerate(prompts):  # every prompt before any row, each named as a prompt
+            check_prefix(index, prompt, noun="prompt")
+        constraints = presets + [request_constraint(target) for target in completion.attributes]
+        rows = list(pipeline.plan(prompts, constraints, completion.n, seed=completion.seed, logit_bias=logit_bias,
+                                  **overrides))
+        if rows[0].diffusion.candidates > 1 and completion.logprobs is not None:
             raise DglmError(f"logprobs with candidates above 1 is not supported: a candidate is chosen after it is "
                             f"written; send candidates 1 with logprobs (this model's default is "
                             f"{pipeline.config.diffusion.candidates})", field="candidates")
-        if decoding.max_new_tokens > limits.max_tokens:
-            decoding = decoding.updated(max_new_tokens=limits.max_tokens)
-        constraints = presets + [request_constraint(target) for target in completion.attributes]
-        guide = pipeline.make_guide(constraints, diffusion)
     except DglmError as error:  # an error without a field is about the attributes (resolving them, their probes)
         raise ApiError(400, str(error), param=request_field(error.field) if error.field else "attributes") from None
-    return [Row(prompt, row_seed, guide, diffusion, decoding, logit_bias)
-            for prompt, row_seed in seeded_rows(prompts, completion.n, seed)]
+    return rows
 
 
 def request_constraint(target: AttributeTarget | PhraseTarget | str) -> Constraint:

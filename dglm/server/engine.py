@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 import torch
 
 from dglm.errors import DglmError
-from dglm.pipeline import Pipeline, Row, first_stop
+from dglm.inputs import first_stop
+from dglm.pipeline import Pipeline, Row
 from dglm.server.logprobs import LogprobRecorder, TokenLogprob
 from dglm.server.metrics import ServerMetrics
 

@@ -1,7 +1,6 @@
-"""Attribute constraints and the classifier-guidance signal they produce.
+"""Constraints turned into the classifier-guidance signal (`build_guide`), and that signal applied to a batch.
 
-A constraint names an attribute, a target label and a weight. A negative weight steers *away*
-from the label. Several probe constraints are composed by summing their weighted log-probabilities; a phrase
+Several probe constraints (`dglm.constraints`) are composed by summing their weighted log-probabilities; a phrase
 constraint is a bound on the cosine to the phrase, met after the probes' move (`PhraseBound`).
 """
 
@@ -9,105 +8,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Union
 
 import torch
-import torch.nn.functional as F
 
-from dglm.attributes.probes import PHRASE, Probe
+from dglm.attributes.probes import Probe
+from dglm.config import DiffusionSettings
+from dglm.constraints import PHRASE, Constraint
 from dglm.errors import DglmError
-from dglm.inputs import check_text
 from dglm.seeding import per_sample_randn
-from dglm.stages.encoder import LatentNormalizer
-
-
-@dataclass(frozen=True)
-class Constraint:
-    """A target: steer toward `label` of `attribute` with `weight` (a negative weight steers away from it).
-    Checked when built, so that a bad constraint fails here, not deep inside the guidance.
-
-    A phrase needs no labelled data: `Constraint.toward("a storm at sea")` steers towards the encoder's embedding
-    of the phrase (attribute "phrase", the text as its label), `Constraint.away(...)` from it."""
-
-    attribute: str
-    label: str
-    weight: float = 1.0
-
-    @classmethod
-    def toward(cls, text: str, weight: float = 1.0) -> "Constraint":
-        return cls(PHRASE, text, weight)
-
-    @classmethod
-    def away(cls, text: str, weight: float = 1.0) -> "Constraint":
-        return cls(PHRASE, text, -weight)
-
-    def __post_init__(self) -> None:
-        if self.attribute == PHRASE:
-            check_text(self.label, "a phrase (--toward / --away, or a request's {\"text\": ...})", field="attributes")
-        else:
-            check_text(self.attribute, "an attribute's name", field="attributes")
-            check_text(self.label, f"the label of attribute {self.attribute!r}", field="attributes")
-        weight = self.weight
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight):
-            raise DglmError(f"weight for attribute {self.attribute!r} must be a finite number, got {weight!r}")
-        object.__setattr__(self, "weight", float(weight))
-
-
-def parse_phrase(spec: str, sign: float = 1.0) -> Constraint:
-    """Parse ``TEXT`` or ``TEXT:WEIGHT`` (the CLI's --toward / --away form; `sign` -1 for --away). A colon whose
-    tail is not a number is part of the text."""
-    text, sep, weight = spec.rpartition(":")
-    if sep and text.strip():
-        try:
-            return Constraint(PHRASE, text.strip(), sign * float(weight))
-        except ValueError:
-            pass
-    return Constraint(PHRASE, spec.strip(), sign)
-
-
-AttributeSpec = Union[None, str, Constraint, Mapping[str, Union[str, tuple]], Iterable[Union[str, Constraint]]]
-
-
-def parse_constraint(spec: str) -> Constraint:
-    """Parse ``NAME=LABEL`` or ``NAME=LABEL:WEIGHT`` (the CLI's --attr form)."""
-    name, sep, rest = spec.partition("=")
-    if not sep or not name.strip() or not rest.strip():
-        raise DglmError(f"attribute {spec!r} is not of the form NAME=LABEL or NAME=LABEL:WEIGHT")
-    label, sep, weight_text = rest.partition(":")
-    weight = 1.0
-    if sep:
-        try:
-            weight = float(weight_text)
-        except ValueError:
-            raise DglmError(f"weight {weight_text!r} in {spec!r} is not a number (e.g. sentiment=positive:2.0)") from None
-    return Constraint(name.strip(), label.strip(), weight)
-
-
-def as_constraints(attributes: AttributeSpec) -> list[Constraint]:
-    """Accept None, a dict {name: label | (label, weight)}, or a list of Constraint / 'NAME=LABEL[:W]'."""
-    if attributes is None:
-        return []
-    if isinstance(attributes, (str, Constraint)):
-        attributes = [attributes]
-    if isinstance(attributes, Mapping):
-        constraints = []
-        for name, target in attributes.items():
-            if isinstance(target, str):
-                constraints.append(Constraint(name, target))
-            elif isinstance(target, (tuple, list)) and len(target) == 2:
-                constraints.append(Constraint(name, *target))
-            else:
-                raise DglmError(f"attribute {name!r} must map to a label or a (label, weight) pair, got {target!r}")
-        return constraints
-    if not isinstance(attributes, Iterable):
-        raise DglmError(f"attributes must be a dict, a list of constraints or 'NAME=LABEL[:WEIGHT]' strings, got {attributes!r}")
-    constraints = []
-    for item in attributes:
-        if not isinstance(item, (str, Constraint)):
-            raise DglmError(f"an attribute must be a Constraint or a 'NAME=LABEL[:WEIGHT]' string, got {item!r}")
-        constraints.append(item if isinstance(item, Constraint) else parse_constraint(item))
-    return constraints
-
+from dglm.stages.encoder import LatentNormalizer, SentenceEncoder
 
 GUIDANCE_MODES = {
     "gradient": "push along each target's weighted log-probability, as hard as the scale says (the reference's way)",
@@ -318,3 +227,39 @@ class BatchGuidance:
             prefixes = None if prefix_latents is None else prefix_latents[index]
             delta[index] = self.guides[guide_id].delta(x0[index], scale, blur, [generators[row] for row in rows], prefixes)
         return delta
+
+
+def build_guide(constraints: list[Constraint], terms: list[tuple[Probe, int, float]], encoder: SentenceEncoder,
+                encoder_name: str, normalizer: LatentNormalizer, diffusion: DiffusionSettings) -> Guide | None:
+    """The guide for `constraints` (None when there are none): `terms` are their probes with label index and weight
+    (`dglm.plugins.attribute_terms`), each checked to read this encoder's space; phrases are embedded with `encoder`;
+    the diffusion settings say how the guide moves the proposal."""
+    if not constraints:
+        return None
+    device = normalizer.mean.device
+    for probe, _, _ in terms:
+        if (probe.card["encoder"], probe.card["encoder_dim"]) != (encoder_name, encoder.dim):
+            raise DglmError(
+                f"attribute {probe.name!r} was trained on encoder {probe.card['encoder']!r} "
+                f"({probe.card['encoder_dim']}-d), but this pipeline uses {encoder_name!r} "
+                f"({encoder.dim}-d); retrain the probe with `dglm classifier train`"
+            )
+    return Guide([(probe.to(device), label_index, weight) for probe, label_index, weight in terms], normalizer,
+                 mc_draws=diffusion.mc_draws, mode=diffusion.guidance_mode, target=diffusion.guidance_target,
+                 anchor=diffusion.guidance_anchor,
+                 phrases=phrase_bounds(constraints, encoder, diffusion.phrase_cosine, device))
+
+
+def phrase_bounds(constraints: list[Constraint], encoder: SentenceEncoder, phrase_cosine: float,
+                  device: torch.device) -> list[PhraseBound]:
+    """The phrase constraints as bounds on the cosine to each phrase's embedding (weight 0 asks nothing); a phrase
+    asked both towards and away is refused, as no proposal can meet both."""
+    phrases = [constraint for constraint in constraints if constraint.attribute == PHRASE and constraint.weight]
+    both_ways = {c.label for c in phrases if c.weight > 0} & {c.label for c in phrases if c.weight < 0}
+    if both_ways:
+        raise DglmError(f"phrase {sorted(both_ways)[0]!r} is asked both towards and away; ask it one way")
+    if not phrases:
+        return []
+    embeddings = encoder.encode([phrase.label for phrase in phrases])  # unit vectors
+    return [PhraseBound.from_weight(embedding.to(device), phrase.weight, phrase_cosine)
+            for embedding, phrase in zip(embeddings, phrases)]

@@ -30,7 +30,8 @@ from dglm.config import DecodingSettings, TrainConfig
 from dglm.data.pairs import iter_pairs, select_pairs, source_of
 from dglm.errors import DglmError
 from dglm.inputs import check_seed
-from dglm.pipeline import Sample, chunks
+from dglm.pipeline import Sample
+from dglm.processes import chunks
 from dglm.sample_file import SampleFile
 from dglm.seeding import sample_generators
 

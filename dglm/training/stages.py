@@ -55,7 +55,7 @@ def encoded_pairs(config: TrainConfig, pairs: list[dict]) -> tuple[torch.Tensor,
 def starting_parts(config: TrainConfig):
     """The output checkpoint's parts, card and decoder adapter when it was trained with this pipeline config (or,
     while there is none, those of `init_from`), else fresh parts, an empty card and no adapter."""
-    from dglm.pipeline import TrainableParts, build_parts, read_checkpoint
+    from dglm.checkpoint import TrainableParts, build_parts, read_checkpoint
 
     output = config.output_path
     start = output if (output / "config.json").is_file() or not config.init_from else Path(config.init_from).expanduser()
@@ -374,6 +374,6 @@ def stage_card(stage: Stage, result: LoopResult) -> dict:
 
 
 def save_checkpoint(config: TrainConfig, parts, card: dict, adapter: dict | None = None) -> Path:
-    from dglm.pipeline import write_checkpoint
+    from dglm.checkpoint import write_checkpoint
 
     return write_checkpoint(config.output_path, config.pipeline, parts, card, torch.float16, adapter)
