@@ -21,10 +21,16 @@ _LAZY = {
 }
 
 __all__ = ["DglmError", "hookimpl", *_LAZY]
-__version__ = "0.1.0"
 
 
 def __getattr__(name: str) -> Any:
+    if name == "__version__":  # the installed distribution's, so that it cannot drift from pyproject.toml
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return version("dglm")
+        except PackageNotFoundError:  # run from a source tree that was never installed
+            return "unknown (not installed)"
     if name in _LAZY:
         return getattr(import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'dglm' has no attribute {name!r}")

@@ -5,6 +5,7 @@ import shutil
 
 import pytest
 
+import dglm
 from dglm.cli import main
 from dglm.errors import DglmError
 
@@ -185,6 +186,7 @@ def test_version_and_plugins_as_json(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["--version"])
     assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"dglm {version('dglm')}"
+    assert dglm.__version__ == version("dglm")  # read from the installed distribution, not written twice
     assert main(["plugins", "--json"]) == 0
     plugins = json.loads(capsys.readouterr().out)
     assert any("sentiment" in p["attributes"] for p in plugins) and {"name", "version", "hooks"} <= plugins[0].keys()
