@@ -13,6 +13,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,16 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def wait_until_serving(server: subprocess.Popen, log: Path, timeout: float = 180.0) -> None:
+    """Wait for `dglm serve` (its stderr in `log`) to say it is listening; fail with its log if it exits first or
+    takes longer than `timeout` seconds, rather than wait forever."""
+    deadline = time.monotonic() + timeout
+    while "Uvicorn running on" not in log.read_text():
+        assert server.poll() is None, f"the server exited:\n{log.read_text()}"
+        assert time.monotonic() < deadline, f"the server did not come up in {timeout:.0f} s:\n{log.read_text()}"
+        time.sleep(0.2)
 
 
 def run_two_processes(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:

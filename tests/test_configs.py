@@ -28,11 +28,37 @@ def test_training_configs_parse(path):
     assert TrainConfig.from_yaml(path).prompt_generator.steps > 0
 
 
+def data_build_outputs() -> set[str]:
+    """The file names `dglm data build` says it writes (its modules' docstrings list them)."""
+    import re
+
+    from dglm.data import corpus, toxicity
+
+    return set(re.findall(r"[\w-]+\.(?:csv|jsonl|txt)", f"{corpus.__doc__} {toxicity.write_toxicity.__doc__}"))
+
+
+def check_data_path(path: str, what: str) -> None:
+    """A file of the repository must exist; one under data/ (git-ignored) must be one that `dglm data build` writes."""
+    if Path(path).parts[0] == "data":
+        assert Path(path).name in data_build_outputs(), f"{what} {path} is not a file `dglm data build` writes"
+    else:
+        assert (ROOT / path).is_file(), f"{what} {path} does not exist"
+
+
 @pytest.mark.parametrize("path", sorted((ROOT / "configs" / "eval").glob("*.yaml")), ids=lambda p: p.name)
-def test_eval_configs_parse(path):
+def test_eval_configs_name_methods_conditions_and_files_that_exist(path):
+    from dglm.evaluation.harness import check_judged, parse_condition
+    from dglm.plugins import attribute_terms
+
     config = EvalConfig.from_yaml(path)
     check_methods(config, str(path))
-    assert config.num_samples > 0
+    assert config.num_samples > 0 and config.conditions
+    for condition in config.conditions + ([config.tradeoff_condition] if config.tradeoff_condition else []):
+        attribute_terms(parse_condition(condition))  # installed attributes and their labels, or a DglmError
+    check_judged(config)
+    check_data_path(config.prefixes, "prefix file")
+    for name, judge_data in config.judges.items():
+        check_data_path(judge_data, f"judge {name!r}'s data")
 
 
 def test_cpu_training_config_matches_the_bundled_checkpoint():

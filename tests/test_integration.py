@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from conftest import copy_in_format_1, free_port
+from conftest import copy_in_format_1, free_port, wait_until_serving
 
 from dglm import Pipeline
 from dglm.checkpoint import CHECKPOINT_FORMAT, default_checkpoint_path
@@ -104,7 +104,6 @@ def test_dglm_serve_answers_the_openai_client_like_the_python_api(default_pipeli
     import signal
     import subprocess
     import sys
-    import time
 
     openai = pytest.importorskip("openai")
     port = free_port()
@@ -113,9 +112,7 @@ def test_dglm_serve_answers_the_openai_client_like_the_python_api(default_pipeli
         server = subprocess.Popen([sys.executable, "-m", "dglm", "serve", "--port", str(port)], stderr=stderr,
                                   env={**os.environ, "DGLM_API_KEY": "k"})
     try:
-        while "Uvicorn running on" not in log.read_text():
-            assert server.poll() is None, log.read_text()
-            time.sleep(0.2)
+        wait_until_serving(server, log)
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="k")
         attributes = ["sentiment=positive", "topic=sport:2"]
         completion = client.completions.create(model="dglm-default", prompt="The match", n=2, seed=3, max_tokens=12,
