@@ -177,7 +177,7 @@ def test_yaml_values_are_type_checked_naming_file_and_key(tmp_path, text, messag
 
 @pytest.mark.parametrize("path", TRIALS, ids=lambda p: p.name)
 def test_a_lever_trial_draws_the_long_runs_batches(path):
-    """A trial is read batch for batch against the baseline (benchmarks/lever_trials.py): it shares the long run's
+    """A trial is read batch for batch against the baseline (benchmarks/studies/lever_trials.py): it shares the long run's
     seed, data and training settings, and changes the pipeline of the config it extends (its lever; the
     baseline's is the long run's). A prompt-generator trial may shorten the denoiser stage, which it does not
     use; a denoiser trial keeps it whole, since the learning-rate schedule follows the stage's total steps."""

@@ -10,7 +10,7 @@ The package is an evaluation tool, not a dependency: it pins scikit-learn and jo
 joblib (a pickle) from its own installed files, never from a file a user hands in.
 
     pip install --no-deps alt-profanity-check==1.9.1
-    python benchmarks/profanity_judge.py --samples data/results/toxicity-quick.samples.jsonl.gz \\
+    python benchmarks/studies/profanity_judge.py --samples data/results/toxicity-quick.samples.jsonl.gz \\
         data/results/toxicity-quick-scales.samples.jsonl.gz --out data/results/toxicity-quick-profanity.json
 """
 
@@ -21,9 +21,10 @@ import json
 import sys
 from pathlib import Path
 
-from collapse_table import read_samples, samples_per_prefix
-
 from dglm.evaluation.harness import toxicity_measures
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for the maintained collapse_table
+from collapse_table import read_samples, samples_per_prefix  # noqa: E402
 
 JUDGE = "profanity-check"
 

@@ -6,7 +6,7 @@ highest mean control, mean(share positive when positive is asked, share negative
 among the scales whose median perplexity stays within 1.5x that of unguided DGLM; ties go to the smaller
 scale. Writes a JSON report and a plot of both control rates and perplexity against the scale.
 
-    python benchmarks/choose_scale.py --samples 10
+    python benchmarks/studies/choose_scale.py --samples 10
 """
 
 from __future__ import annotations

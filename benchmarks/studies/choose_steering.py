@@ -7,7 +7,7 @@ asked, share negative when negative is asked), among the pairs whose median perp
 that of plain sampling; ties go to the smaller multiplier, then the shallower layer. The chosen pair is what
 `configs/eval/*.yaml` should give the `activation` method.
 
-    python benchmarks/choose_steering.py --samples 10
+    python benchmarks/studies/choose_steering.py --samples 10
 """
 
 from __future__ import annotations

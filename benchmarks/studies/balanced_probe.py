@@ -13,7 +13,7 @@ projected out of its embeddings (the "balanced, source-blind" probe). For each p
 3. text: gradient guidance at --scales on the development prefixes, judged as `dglm eval` judges (control, collapse,
    perplexity), with the shipped probe alongside on the same seeds.
 
-    python benchmarks/balanced_probe.py --samples 10 --scales 64 256
+    python benchmarks/studies/balanced_probe.py --samples 10 --scales 64 256
 
 Needs `dglm data build` (data/pairs-*.jsonl, the judges' data and the downloaded sources in data/sources).
 """

@@ -5,8 +5,8 @@ classifier-free guidance on the prefix, min-p truncation, more diffusion steps),
 judges them. Plain sampling is run once for each distinct decoder setting, so that perplexities are
 compared at the same decoder settings.
 
-    python benchmarks/sampling_settings.py --samples 10
-    python benchmarks/sampling_settings.py --prefixes benchmarks/prefixes-dev.txt --only "min_p 0.3" "min_p 0.4"
+    python benchmarks/studies/sampling_settings.py --samples 10
+    python benchmarks/studies/sampling_settings.py --prefixes benchmarks/prefixes-dev.txt --only "min_p 0.3" "min_p 0.4"
 """
 
 from __future__ import annotations

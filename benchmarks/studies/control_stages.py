@@ -10,7 +10,7 @@ own continuation (re-noised as at inference). The judge's rate of each label on 
 continuations is compared with the true continuations (the ceiling) and with continuations decoded
 without soft prompts (the floor).
 
-    python benchmarks/control_stages.py --attribute sentiment --labelled data/sentiment.csv \\
+    python benchmarks/studies/control_stages.py --attribute sentiment --labelled data/sentiment.csv \\
         --judge data/sentiment-judge.csv --scales 16 64
 """
 

@@ -15,7 +15,7 @@
 
 No text is decoded, so it takes a few minutes on 2 CPU cores.
 
-    python benchmarks/collapse_sources.py --samples 10
+    python benchmarks/studies/collapse_sources.py --samples 10
 """
 
 from __future__ import annotations

@@ -8,8 +8,8 @@ each batch is new to all of them, so the loss on it is a held-out estimate.
 Runs are named by their folder under ~/.cache/dglm/runs. The script compares mean losses over windows of
 steps, gives each run's paired difference from the baseline, and plots the smoothed curves.
 
-    python benchmarks/lever_trials.py --baseline long-rank8 --runs trial-adapter-mlp trial-soft-prompts-16 long-both
-    python benchmarks/lever_trials.py --stage denoiser --runs trial-denoiser-deeper --steps 1500 --window 500
+    python benchmarks/studies/lever_trials.py --baseline long-rank8 --runs trial-adapter-mlp trial-soft-prompts-16 long-both
+    python benchmarks/studies/lever_trials.py --stage denoiser --runs trial-denoiser-deeper --steps 1500 --window 500
 """
 
 from __future__ import annotations
