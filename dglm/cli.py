@@ -360,7 +360,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     from dglm.pipeline import Pipeline
     from dglm.plugins import attribute_terms
     from dglm.server import ServedModels, ServerLimits, serve
-    from dglm.server.api import parse_alias
+    from dglm.server.state import parse_alias
 
     limits = ServerLimits(args.max_batch_size, args.max_wait_ms, args.max_n, args.max_tokens, args.max_body_kb,
                           args.request_timeout_s)

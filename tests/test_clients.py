@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from dglm.server import ServedModels, create_app, serve_in_thread
-from dglm.server.api import parse_alias
+from dglm.server.state import parse_alias
 
 
 @pytest.fixture

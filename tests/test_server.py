@@ -18,14 +18,13 @@ import pytest
 openai = pytest.importorskip("openai")
 uvicorn = pytest.importorskip("uvicorn")
 
-from conftest import free_port  # noqa: E402
-
 import torch
+from conftest import free_port  # noqa: E402
 
 from dglm.errors import DglmError
 from dglm.seeding import sample_generators
-from dglm.stages.guidance import BatchGuidance
 from dglm.server import ServerLimits, create_app, serve_in_thread  # noqa: E402
+from dglm.stages.guidance import BatchGuidance
 
 
 @pytest.fixture
@@ -116,7 +115,7 @@ def test_concurrent_requests_share_batches_and_each_gets_its_text_alone(served, 
 
     with ThreadPoolExecutor(len(jobs)) as pool:
         texts = list(pool.map(send, jobs))
-    assert max(app.state.engine.batch_sizes) > 1, "concurrent requests were not batched"
+    assert max(app.state.server.engine.batch_sizes) > 1, "concurrent requests were not batched"
     settings_of = lambda s: {("max_new_tokens" if k == "max_tokens" else k): v for k, v in {"max_tokens": 7, **s}.items()}
     assert texts == [alone(tiny_pipeline, p, seed, a, **settings_of(s)) for p, seed, a, s in jobs]
 
@@ -231,7 +230,7 @@ def test_a_client_that_leaves_mid_stream_frees_its_rows_and_others_are_undisturb
     status, answer = staying.result(60)
     assert status == 200 and answer["choices"][0]["text"] == alone(tiny_pipeline, "A film", 2, max_new_tokens=5)
     time.sleep(1.5)
-    assert app.state.engine.decode_steps < 40, "the departed client's 64 tokens were decoded all the same"
+    assert app.state.server.engine.decode_steps < 40, "the departed client's 64 tokens were decoded all the same"
 
 
 @pytest.mark.slow
@@ -279,7 +278,7 @@ def test_a_request_over_the_time_limit_gets_a_504_and_leaves_the_batch(tiny_pipe
                                                                    "repetition_penalty": 1.0, "temperature": 0.3})
         assert status == 504 and "longer than the server's limit of 0.5 s (--request-timeout-s)" in answer["error"]["message"]
         time.sleep(1.0)
-        assert app.state.engine.decode_steps < 50, "the timed-out request kept its place in the batch"
+        assert app.state.server.engine.decode_steps < 50, "the timed-out request kept its place in the batch"
 
 
 def test_the_model_lists_its_settings_with_this_checkpoints_defaults_and_can_be_retrieved(served, tiny_pipeline):
@@ -364,7 +363,7 @@ def test_public_docs_open_the_description_and_only_it(tiny_pipeline):
 
 
 def test_an_alias_serves_the_model_with_attributes_preset_and_lists_them(tiny_pipeline, toy_plugin):
-    from dglm.server.api import ServedModels, parse_alias
+    from dglm.server.state import ServedModels, parse_alias
 
     name, preset = parse_alias("cheerful=toy_sentiment=positive:2")
     served = ServedModels("tiny", {name: preset})
@@ -635,7 +634,7 @@ def test_a_request_that_chooses_among_candidates_gets_the_python_apis_text_strea
 
 
 def test_json_depth_counts_brackets_outside_strings_and_reads_an_unclosed_string_once():
-    from dglm.server.api import json_depth
+    from dglm.server.protocol import json_depth
 
     assert json_depth(b'{"a": [{"b": "x\\"[[", "c": [1, [2, [3]]]}]}') == 6
     assert json_depth(b'{"a": "unclosed [[[[') == 1

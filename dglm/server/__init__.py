@@ -11,7 +11,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from dglm.pipeline import Pipeline
-from dglm.server.api import ServedModels, ServerLimits, create_app
+from dglm.server.api import create_app
+from dglm.server.state import ServedModels, ServerLimits
 
 __all__ = ["ServedModels", "ServerLimits", "create_app", "serve", "serve_in_thread"]
 
@@ -28,14 +29,14 @@ def serve(pipeline: Pipeline, model_name: str | ServedModels, host: str = "127.0
 
     class DrainingServer(uvicorn.Server):
         def handle_exit(self, sig, frame) -> None:
-            if app.state.drain["draining"]:
+            if app.state.server.draining:
                 super().handle_exit(sig, frame)
                 return
-            app.state.drain["draining"] = True
+            app.state.server.draining = True
             threading.Thread(target=self.exit_when_idle, args=(sig, frame), name="dglm-drain", daemon=True).start()
 
         def exit_when_idle(self, sig, frame) -> None:
-            app.state.engine.wait_idle(limits.request_timeout_s)
+            app.state.server.engine.wait_idle(limits.request_timeout_s)
             super().handle_exit(sig, frame)
 
     config = uvicorn.Config(app, host=host, port=port, timeout_graceful_shutdown=int(limits.request_timeout_s) + 1,
