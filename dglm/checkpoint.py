@@ -65,7 +65,8 @@ def write_checkpoint(folder: Path, config: PipelineConfig, parts: TrainableParts
                      dtype: torch.dtype = torch.float32, adapter: dict[str, torch.Tensor] | None = None) -> Path:
     """Write a checkpoint folder; `adapter` holds the decoder adapter's weights, keyed `decoder_adapter.*`."""
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.json").write_text(json.dumps({"format_version": CHECKPOINT_FORMAT, **config.to_dict()}, indent=2) + "\n")
+    (folder / "config.json").write_text(json.dumps({"format_version": CHECKPOINT_FORMAT, **config.to_dict()},
+                                                   indent=2) + "\n")
     tensors = {**parts.state_dict(), **(adapter or {})}
     state = {key: value.detach().to("cpu", dtype).contiguous() for key, value in tensors.items()}
     save_file(state, str(folder / "model.safetensors"))
@@ -109,11 +110,13 @@ def migrate_config(data: Any, where: Path) -> dict[str, Any]:
     if version < 2 and isinstance(data.get("sampling"), dict):
         sampling = {"sampler": "ddim", **data.pop("sampling")}  # format 1 always sampled with DDIM
         for section in SETTINGS_SECTIONS:
-            data[section] = {name: value for name, value in sampling.items() if SETTINGS.get(name, (section,))[0] == section}
+            data[section] = {name: value for name, value in sampling.items() if SETTINGS.get(name,
+                                                                                             (section,))[0] == section}
     return data
 
 
-def build_parts(config: PipelineConfig, state: dict[str, torch.Tensor], folder: Path) -> tuple[TrainableParts, dict[str, torch.Tensor]]:
+def build_parts(config: PipelineConfig, state: dict[str, torch.Tensor],
+                folder: Path) -> tuple[TrainableParts, dict[str, torch.Tensor]]:
     """A checkpoint's trainable parts with their weights loaded, and its decoder adapter's weights (empty when it
     has none yet, as after the denoiser stage of a training run)."""
     state, adapter = split_adapter(state)
@@ -142,8 +145,10 @@ def render_model_card(config: PipelineConfig, card: dict[str, Any]) -> str:
         "",
         f"- encoder: `{config.encoder}` ({config.latent_dim}-d, frozen)",
         f"- decoder: `{config.decoder}` (width {config.decoder_dim}), {describe_adapter(config)}",
-        f"- denoiser: {config.denoiser.layers} layers, width {config.denoiser.width}, {config.denoiser.num_tokens} latent tokens",
-        f"- prompt generator: {config.prompt_generator.num_soft_prompts} soft prompts, {config.prompt_generator.layers} layers",
+        f"- denoiser: {config.denoiser.layers} layers, width {config.denoiser.width}, "
+        f"{config.denoiser.num_tokens} latent tokens",
+        f"- prompt generator: {config.prompt_generator.num_soft_prompts} soft prompts, "
+        f"{config.prompt_generator.layers} layers",
         f"- diffusion defaults: {config.diffusion.describe()}",
         f"- decoding defaults: {config.decoding.describe()}",
         "",

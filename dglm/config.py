@@ -75,8 +75,10 @@ def check_setting(spec: dataclasses.Field, kind: type, value: Any) -> Any:
     if valid and kind is float:
         valid = math.isfinite(value)
     if valid and kind in (int, float):
-        valid = ((meta["at_least"] is None or value >= meta["at_least"]) and (meta["above"] is None or value > meta["above"])
-                 and (meta["at_most"] is None or value <= meta["at_most"]) and (meta["below"] is None or value < meta["below"]))
+        valid = ((meta["at_least"] is None or value >= meta["at_least"])
+                 and (meta["above"] is None or value > meta["above"])
+                 and (meta["at_most"] is None or value <= meta["at_most"])
+                 and (meta["below"] is None or value < meta["below"]))
     if valid and kind is str:
         valid = bool(value.strip())
     if not valid:
@@ -97,7 +99,8 @@ class Settings:
         return dataclasses.replace(self, **{name: value for name, value in overrides.items() if value is not None})
 
     def describe(self) -> str:
-        return ", ".join(f"{spec.name.replace('_', ' ')} {getattr(self, spec.name)}" for spec in dataclasses.fields(self))
+        return ", ".join(f"{spec.name.replace('_', ' ')} "
+                         f"{getattr(self, spec.name)}" for spec in dataclasses.fields(self))
 
 
 @dataclass
@@ -114,11 +117,12 @@ class DiffusionSettings(Settings):
                                              "reaches GUIDANCE_TARGET)")
     guidance_target: float = setting(0.9, "probability of each target at which margin and project guidance stop",
                                      above=0, below=1)
-    guidance_anchor: float = setting(0.0, "gradient and margin guidance: pull towards the prefix's own meaning (weight of "
-                                          "the cosine to the prefix's embedding against the targets' log-probability); "
-                                          "0 turns it off", at_least=0)
+    guidance_anchor: float = setting(0.0, "gradient and margin guidance: pull towards the prefix's own meaning (weight "
+                                          "of the cosine to the prefix's embedding against the targets' "
+                                          "log-probability); 0 turns it off", at_least=0)
     guidance_start: float = setting(1.0, "time (1: pure noise, 0: clean) from which the probes guide; lower leaves the "
-                                         "first, noisiest steps, which set the gist, unguided (Kynkaanniemi et al. 2024)",
+                                         "first, noisiest steps, which set the gist, unguided "
+                                         "(Kynkaanniemi et al. 2024)",
                                     above=0, at_most=1)
     phrase_cosine: float = setting(0.4, "cosine to a phrase's embedding that --toward at weight 1 asks of the proposal "
                                         "(unrelated text sits near 0.1): weight W asks at least W times it, --away at "
@@ -149,8 +153,8 @@ class DecodingSettings(Settings):
     min_p: float = setting(0.0, "drop tokens less than MIN_P times as likely as the likeliest one; keeps text on its "
                                 "attribute, 0 turns it off", at_least=0, below=1)
     repetition_penalty: float = setting(1.2, "penalty for tokens already in the text; 1 turns it off", above=0)
-    presence_penalty: float = setting(0.0, "OpenAI's: subtracted from the logit of every token the continuation already "
-                                           "holds; 0 turns it off", at_least=-2, at_most=2)
+    presence_penalty: float = setting(0.0, "OpenAI's: subtracted from the logit of every token the continuation "
+                                           "already holds; 0 turns it off", at_least=-2, at_most=2)
     frequency_penalty: float = setting(0.0, "OpenAI's: subtracted from a token's logit once for each time the "
                                             "continuation already holds it; 0 turns it off", at_least=-2, at_most=2)
 
@@ -262,7 +266,8 @@ class PromptGeneratorTraining:
     bag_of_words_steps: int = 0  # steps of bag-of-words-only pretraining before the joint training
     bag_of_words_batch_size: int = 64
     bag_of_words_weight: float = 0.0  # weight of the bag-of-words loss during the joint training
-    source_weights: dict[str, float] = field(default_factory=dict)  # how often a pair is drawn, by its source (default 1)
+    # how often a pair is drawn, by its source (default 1)
+    source_weights: dict[str, float] = field(default_factory=dict)
     # How often a pair is drawn, by the label an attribute's probe reads from its continuation ({sentiment: {negative:
     # 1.5}}; default 1; multiplied with source_weights): rebalances targets no source weight can, such as
     # decoder-written ones that lean positive everywhere (`dglm data distill` reports the weight).
@@ -318,7 +323,8 @@ class EvalConfig:
     model: str | None = None
     conditions: list[str] = field(default_factory=lambda: ["none", "sentiment=positive", "sentiment=negative"])
     methods: dict = field(default_factory=lambda: {"dglm": {}, "plain": {}})  # name -> options, checked per method
-    judges: dict[str, str] = field(default_factory=lambda: {"sentiment": "data/sentiment-judge.csv", "topic": "data/topic-judge.csv"})
+    judges: dict[str, str] = field(default_factory=lambda: {"sentiment": "data/sentiment-judge.csv",
+                                                            "topic": "data/topic-judge.csv"})
     perplexity: str | None = "gemma-3-270m"
     training_pairs: str | None = None  # JSONL pairs to check samples against for 8-word verbatim copies
     collapse_encoder: str | None = "all-mpnet-base-v2"  # measures collapse (not the guidance's encoder); null: off
@@ -408,13 +414,17 @@ def checked_value(value: Any, hint: Any, where: str) -> Any:
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if origin is list and isinstance(value, list):
-        return [checked_value(item, args[0], f"{where}[{index}]") for index, item in enumerate(value)] if args else value
+        if not args:
+            return value
+        return [checked_value(item, args[0], f"{where}[{index}]") for index, item in enumerate(value)]
     if origin is dict and isinstance(value, dict):
         if not args:
             return value
-        return {checked_value(k, args[0], f"{where} key"): checked_value(v, args[1], f"{where}.{k}") for k, v in value.items()}
+        return {checked_value(k, args[0], f"{where} "
+                                          "key"): checked_value(v, args[1], f"{where}.{k}") for k, v in value.items()}
     expected = origin or hint
-    if expected is typing.Any or (isinstance(value, expected) and not (isinstance(value, bool) and expected is not bool)):
+    if expected is typing.Any or (isinstance(value,
+                                             expected) and not (isinstance(value, bool) and expected is not bool)):
         return value
     raise DglmError(f"{where} must be {type_name(hint)}, got {value!r}")
 

@@ -75,7 +75,8 @@ def parse_constraint(spec: str) -> Constraint:
         try:
             weight = float(weight_text)
         except ValueError:
-            raise DglmError(f"weight {weight_text!r} in {spec!r} is not a number (e.g. sentiment=positive:2.0)") from None
+            raise DglmError(f"weight {weight_text!r} in {spec!r} is not a number (e.g. "
+                            "sentiment=positive:2.0)") from None
     return Constraint(name.strip(), label.strip(), weight)
 
 
@@ -96,7 +97,8 @@ def as_constraints(attributes: AttributeSpec) -> list[Constraint]:
                 raise DglmError(f"attribute {name!r} must map to a label or a (label, weight) pair, got {target!r}")
         return constraints
     if not isinstance(attributes, Iterable):
-        raise DglmError(f"attributes must be a dict, a list of constraints or 'NAME=LABEL[:WEIGHT]' strings, got {attributes!r}")
+        raise DglmError("attributes must be a dict, a list of constraints or 'NAME=LABEL[:WEIGHT]' "
+                        f"strings, got {attributes!r}")
     constraints = []
     for item in attributes:
         if not isinstance(item, (str, Constraint)):

@@ -47,7 +47,8 @@ def check_prefix(index: int, text: Any, noun: str = "prefix") -> None:
 
 def check_counts(num_samples: int, batch_size: int, seed: int | None) -> None:
     """Counts must be positive integers small enough to run; the seed must be one torch takes."""
-    for name, value, most in (("num_samples", num_samples, MAX_NUM_SAMPLES), ("batch_size", batch_size, MAX_BATCH_SIZE)):
+    for name, value, most in (("num_samples", num_samples, MAX_NUM_SAMPLES),
+                              ("batch_size", batch_size, MAX_BATCH_SIZE)):
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= most:
             raise DglmError(f"{name} must be an integer from 1 to {most}, got {value!r}", field=name)
     check_seed(seed, 1)

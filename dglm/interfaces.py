@@ -67,10 +67,12 @@ class Method(ABC):
         self.options = build_dataclass(self.Options, options, f"options of method {self.name!r}")
 
     @abstractmethod
-    def continue_rows(self, rows: list[tuple[str, int]], constraints: list[Constraint], max_new_tokens: int) -> list[str]:
+    def continue_rows(self, rows: list[tuple[str, int]], constraints: list[Constraint],
+                      max_new_tokens: int) -> list[str]:
         """One continuation of at most `max_new_tokens` tokens per (prefix, seed) row."""
 
-    def sample(self, prefixes: list[str], rows: list[tuple[str, int]], max_new_tokens: int, adjust_logits=None) -> list[str]:
+    def sample(self, prefixes: list[str], rows: list[tuple[str, int]], max_new_tokens: int,
+               adjust_logits=None) -> list[str]:
         """Sample the decoder without soft prompts, each row from its own seed."""
         generators = sample_generators([seed for _, seed in rows])
         decoding = self.pipeline.config.decoding.updated(max_new_tokens=max_new_tokens)

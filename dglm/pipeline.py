@@ -144,7 +144,8 @@ class Pipeline:
         check_compatible(config, encoder, decoder)
         parts, adapter = build_parts(config, state, folder)
         if adapter and not config.decoder_adapter.rank:
-            raise DglmError(f"checkpoint {folder} holds decoder adapter weights, but its config.json sets no adapter rank")
+            raise DglmError(f"checkpoint {folder} holds decoder adapter weights, but its config.json "
+                            "sets no adapter rank")
         if config.decoder_adapter.rank and not adapter:
             raise DglmError(f"checkpoint {folder} declares a decoder adapter but holds none of its weights; "
                             "train it with `dglm train prompt-generator`")
@@ -182,7 +183,8 @@ class Pipeline:
         with torch.no_grad():
             probabilities = {name: torch.softmax(probe.to(self.decoder.device)(embeddings), dim=-1).tolist()
                              for name, probe in usable.items()}
-        return [{name: {label: round(p, 4) for label, p in zip(usable[name].labels, rows[i])} for name, rows in probabilities.items()}
+        return [{name: {label: round(p, 4) for label, p in zip(usable[name].labels,
+                                                               rows[i])} for name, rows in probabilities.items()}
                 for i in range(len(texts))]
 
     # ---- generation ---------------------------------------------------------------------
@@ -206,10 +208,12 @@ class Pipeline:
         samples = self.generate_stream(prefixes, attributes, num_samples, seed, batch_size, stop=stop, **settings)
         from tqdm.auto import tqdm
 
-        return list(tqdm(samples, total=len(prefixes) * num_samples, desc="generating", unit="sample", disable=not progress))
+        return list(tqdm(samples, total=len(prefixes) * num_samples, desc="generating", unit="sample",
+                         disable=not progress))
 
     def generate_stream(self, prefixes: Iterable[str], attributes: AttributeSpec = None, num_samples: int = 1,
-                        seed: int | None = None, batch_size: int = 32, skip: int = 0, stop: str | list[str] | None = None,
+                        seed: int | None = None, batch_size: int = 32, skip: int = 0,
+                        stop: str | list[str] | None = None,
                         **settings: Unpack[GenerationSettings]) -> Iterator[Sample]:
         """`generate` for inputs of any length: prefixes are read lazily and samples yielded in order, a batch at a
         time, so memory stays flat however many prefixes there are. `skip` leaves out the first samples (a
@@ -293,7 +297,8 @@ class Pipeline:
         settings may differ row by row. `on_step` is passed to the decoder (streaming, see `generate_tokens`).
         """
         if len({row.schedule_key for row in rows}) > 1:
-            raise DglmError("rows in one batch must share sampler, steps, prefix_guidance, renoise_alpha2 and guidance_start")
+            raise DglmError("rows in one batch must share sampler, steps, prefix_guidance, "
+                            "renoise_alpha2 and guidance_start")
         self.check_fits(rows)  # before any model runs, and before the encoder's warning
         self.encoder.warn_if_cut([row.prefix for row in rows])
         drafts = [(row, candidate) for row in rows for candidate in range(row.diffusion.candidates)]
@@ -305,7 +310,8 @@ class Pipeline:
         guidance = BatchGuidance([row.guide for row, _ in drafts], [row.diffusion.guidance_scale for row, _ in drafts])
         latents = self.propose_latents(prefixes, generators, guidance, diffusion)
         soft_prompts = self.soft_prompts(latents, generators, diffusion.renoise_alpha2)
-        token_ids = self.decoder.generate_tokens(prefixes, soft_prompts, generators, [row.decoding for row, _ in drafts],
+        token_ids = self.decoder.generate_tokens(prefixes, soft_prompts, generators,
+                                                 [row.decoding for row, _ in drafts],
                                                  on_step=on_step, logit_bias=[row.logit_bias for row, _ in drafts])
         if len(drafts) == len(rows):
             return token_ids
@@ -343,9 +349,11 @@ class Pipeline:
         """Refuse rows whose prefix, soft prompts and new tokens would overrun the decoder's context, before any
         model runs (the decoder checks again as it starts, for callers that decode without diffusion)."""
         for row, prefix_ids in zip(rows, self.decoder.token_ids([row.prefix for row in rows])):
-            self.decoder.check_fits(prefix_ids, self.config.prompt_generator.num_soft_prompts, row.decoding.max_new_tokens)
+            self.decoder.check_fits(prefix_ids, self.config.prompt_generator.num_soft_prompts,
+                                    row.decoding.max_new_tokens)
 
-    def propose_latents(self, prefixes: list[str], generators: list[torch.Generator], guidance: BatchGuidance | None = None,
+    def propose_latents(self, prefixes: list[str], generators: list[torch.Generator],
+                        guidance: BatchGuidance | None = None,
                         diffusion: DiffusionSettings | None = None) -> torch.Tensor:
         """The guided diffusion alone: one clean continuation latent per prefix and generator."""
         diffusion = diffusion or self.config.diffusion
@@ -354,7 +362,8 @@ class Pipeline:
         return diffuse(self.parts.denoiser, sampler, prefix_latents, generators, diffusion.steps, guidance=guidance,
                        prefix_guidance=diffusion.prefix_guidance, guidance_start=diffusion.guidance_start)
 
-    def soft_prompts(self, latents: torch.Tensor, generators: list[torch.Generator], renoise_alpha2: float | None = None) -> torch.Tensor:
+    def soft_prompts(self, latents: torch.Tensor, generators: list[torch.Generator],
+                     renoise_alpha2: float | None = None) -> torch.Tensor:
         """Re-noise latents to the level the prompt generator was trained on, then make soft prompts."""
         noise = per_sample_randn(generators, (latents.shape[-1],), device=latents.device)
         alpha2 = self.config.diffusion.renoise_alpha2 if renoise_alpha2 is None else renoise_alpha2

@@ -28,7 +28,8 @@ _registries: dict[str, tuple[tuple, dict]] = {}  # registry name -> (the plugins
 
 
 _failed: dict[str, str] = {}  # plugin name -> why it failed to load or to register, for error messages
-_clashes: dict[str, dict[str, str]] = {}  # "plugin", "attribute", ... -> {a name two plugins claim: the sentence saying so}
+# "plugin", "attribute", ... -> {a name two plugins claim: the sentence saying so}
+_clashes: dict[str, dict[str, str]] = {}
 _warned: set[str] = set()
 
 
@@ -57,8 +58,9 @@ def _entry_point_clashes() -> dict[str, str]:
         owner = entry_point.dist.name if entry_point.dist is not None else "an unnamed distribution"
         if owner not in owners.setdefault(entry_point.name, []):
             owners[entry_point.name].append(owner)
-    return {name: f"the plugin name {name!r} is claimed by two installed distributions, {' and '.join(map(repr, sorted(dists)))}; "
-                  "uninstall one of them, or rename its entry point in the `dglm` group"
+    return {name: f"the plugin name {name!r} is claimed by two installed distributions, "
+                  f"{' and '.join(map(repr, sorted(dists)))}; uninstall one of them, or rename its entry "
+                  "point in the `dglm` group"
             for name, dists in owners.items() if len(dists) > 1}
 
 
@@ -145,7 +147,8 @@ class Attribute:
     def summary(self) -> dict:
         """What `dglm attributes --json` and the server's /v1/attributes list."""
         card = self.probe.card
-        return {"name": self.name, "labels": self.labels, "encoder": card["encoder"], "encoder_dim": card["encoder_dim"],
+        return {"name": self.name, "labels": self.labels, "encoder": card["encoder"],
+                "encoder_dim": card["encoder_dim"],
                 "held_out_accuracy": card.get("held_out_accuracy"), "plugin": self.plugin}
 
 
@@ -230,7 +233,8 @@ def get_sampler(name: str) -> type[Sampler]:
                         "reinstall dglm (`pip install -e .` in a checkout) so that its entry points are current",
                         field="sampler")
     if name not in samplers:
-        raise DglmError(f"unknown sampler {name!r}; known samplers: {', '.join(samplers)}{why_missing(name)}", field="sampler")
+        raise DglmError(f"unknown sampler {name!r}; known samplers: "
+                        f"{', '.join(samplers)}{why_missing(name)}", field="sampler")
     return samplers[name]
 
 

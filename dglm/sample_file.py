@@ -41,24 +41,27 @@ class SampleFile:
 
     @staticmethod
     def recorded(path: Path, reader: str = "--resume") -> dict[str, Any]:
-        """The settings recorded beside `path` by the run that wrote it; `reader` names who needs them, for the error."""
+        """The settings recorded beside `path` by the run that wrote it; `reader` names who needs them, for the
+        error."""
         settings_path = path.with_name(path.name + ".settings.json")
         try:
             return json.loads(settings_path.read_text())
         except (OSError, json.JSONDecodeError) as error:
-            raise DglmError(f"{reader}: cannot read {settings_path} ({error}), which records the run's settings") from None
+            raise DglmError(f"{reader}: cannot read {settings_path} ({error}), which "
+                            "records the run's settings") from None
 
     def check_same_run(self, run: dict[str, Any]) -> None:
         """Refuse to resume with other settings; a setting newer than the file, now at its declared default (one that
         changes nothing, such as candidates 1), is what the earlier run did."""
         recorded = self.recorded(self.path)
         defaults = {name: spec.default for name, (_, spec, _) in declared_settings().items()}
-        differences = [f"{key}: {recorded.get(key)!r} then, {run.get(key)!r} now" for key in sorted(set(recorded) | set(run))
+        differences = [f"{key}: {recorded.get(key)!r} then, "
+                       f"{run.get(key)!r} now" for key in sorted(set(recorded) | set(run))
                        if recorded.get(key) != run.get(key) and not (key not in recorded and key in defaults
                                                                      and run.get(key) == defaults[key])]
         if differences:
-            raise DglmError(f"--resume with other settings than the run that wrote {self.path} ({'; '.join(differences)}); "
-                            "use the same settings, or write to a new file")
+            raise DglmError(f"--resume with other settings than the run that wrote {self.path} "
+                            f"({'; '.join(differences)}); use the same settings, or write to a new file")
 
     def check_held(self, num_samples: int, seed: int) -> int:
         """How many samples the file already holds, after checking each is the run's next one; an unfinished last
@@ -78,8 +81,8 @@ class SampleFile:
                                 "write to a new file") from None
             expected = (k // num_samples, k % num_samples, seed + k)
             if held != expected:
-                raise DglmError(f"{self.path} line {k + 1} holds (prefix {held[0]}, sample {held[1]}, seed {held[2]}), but "
-                                f"this run's sample {k + 1} is (prefix {expected[0]}, sample {expected[1]}, seed "
+                raise DglmError(f"{self.path} line {k + 1} holds (prefix {held[0]}, sample {held[1]}, seed {held[2]}), "
+                                f"but this run's sample {k + 1} is (prefix {expected[0]}, sample {expected[1]}, seed "
                                 f"{expected[2]}); the file was not written by this run")
         return len(lines)
 
@@ -99,5 +102,6 @@ def format_sample(sample: Sample, form: str) -> str:
     if form == "jsonl":
         return json.dumps(sample.to_dict(), ensure_ascii=False) + "\n"
     targets = ", ".join(f"{c.attribute}={c.label}:{c.weight:g}" for c in sample.constraints) or "unguided"
-    return (f"--- prefix {sample.prefix_index}, sample {sample.sample_index} ({targets}; seed {sample.seed})\n"  # as in JSONL
+    return (f"--- prefix {sample.prefix_index}, sample {sample.sample_index} ({targets}; "
+            f"seed {sample.seed})\n"  # as in JSONL
             f"{sample.text}\n")

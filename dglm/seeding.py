@@ -27,7 +27,8 @@ def sample_generators(seeds: list[int]) -> list[torch.Generator]:
     return [torch.Generator().manual_seed(seed) for seed in seeds]
 
 
-def per_sample_randn(generators: list[torch.Generator], shape: tuple[int, ...], device: str | torch.device = "cpu") -> torch.Tensor:
+def per_sample_randn(generators: list[torch.Generator], shape: tuple[int, ...],
+                     device: str | torch.device = "cpu") -> torch.Tensor:
     """A (len(generators), *shape) standard-normal tensor, row i drawn from generator i."""
     return torch.stack([torch.randn(shape, generator=g) for g in generators]).to(device)
 

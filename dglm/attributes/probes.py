@@ -46,7 +46,8 @@ class Probe(nn.Module):
 
     def label_index(self, label: str) -> int:
         if label not in self.labels:
-            raise DglmError(f"unknown label {label!r} for attribute {self.name!r}; known labels: {', '.join(self.labels)}")
+            raise DglmError(f"unknown label {label!r} for attribute {self.name!r}; known labels: "
+                            f"{', '.join(self.labels)}")
         return self.labels.index(label)
 
     def save(self, directory: Path | str) -> Path:
@@ -135,7 +136,8 @@ def train_probe(
         x, y, test_size=test_fraction, random_state=seed, stratify=y
     )
     kind = "prototype" if np.bincount(y_train).min() < PROTOTYPE_BELOW else "logistic"
-    coef, intercept = fit_prototypes(x_train, y_train) if kind == "prototype" else fit_logistic(x_train, y_train, regularisation)
+    coef, intercept = fit_prototypes(x_train, y_train) if kind == "prototype" else fit_logistic(x_train, y_train,
+                                                                                                regularisation)
     predicted = (x_test @ coef.T + intercept).argmax(axis=1)
     card = {
         "name": name,

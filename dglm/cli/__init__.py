@@ -14,8 +14,8 @@ from dglm.cli import catalogue, data, evaluate, generate, serve, train
 from dglm.errors import DglmError
 from dglm.processes import leave_process_group
 
-EXIT_STATUS = ("exit status: 0 when done; 2 for a bad argument, file or input, with one line on stderr that says what was "
-               "wrong and what is accepted; 130 when interrupted (Ctrl-C)")
+EXIT_STATUS = ("exit status: 0 when done; 2 for a bad argument, file or input, with one line on stderr that says what "
+               "was wrong and what is accepted; 130 when interrupted (Ctrl-C)")
 
 
 def build_parser() -> argparse.ArgumentParser:

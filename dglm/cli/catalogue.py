@@ -19,24 +19,34 @@ def add_parsers(commands) -> None:
     plugins.add_argument("--json", action="store_true", help="print JSON instead of one line a plugin")
     plugins.set_defaults(handler=cmd_plugins)
 
-    classifier = commands.add_parser("classifier", help="train attribute probes").add_subparsers(dest="action", required=True, metavar="ACTION")
+    classifier = commands.add_parser("classifier", help="train attribute "
+                                                        "probes").add_subparsers(dest="action", required=True,
+                                                                                 metavar="ACTION")
     train = classifier.add_parser("train", help="train a linear probe on labelled texts and write it with its card",
-                                  description="Encode labelled texts, fit a probe (logistic regression, or the labels' centroids when a label has under 20 training examples), evaluate it on a held-out split, "
-                                              "and write NAME.safetensors + NAME.json. Turn it into a plugin with `dglm plugin new`.")
-    train.add_argument("name", help="attribute name (lowercase, e.g. formality); the built-in names and 'phrase' are reserved")
+                                  description="Encode labelled texts, fit a probe (logistic regression, or the labels' "
+                                              "centroids when a label has under 20 training examples), evaluate it on "
+                                              "a held-out split, and write NAME.safetensors + NAME.json. Turn it into "
+                                              "a plugin with `dglm plugin new`.")
+    train.add_argument("name", help="attribute name (lowercase, e.g. formality); the built-in names and "
+                                    "'phrase' are reserved")
     train.add_argument("--data", required=True, help="CSV, TSV or JSONL file, or a `datasets` name (needs a hub)")
     train.add_argument("--text-column", default="text", help="column holding the text (default text)")
     train.add_argument("--label-column", default="label", help="column holding the label (default label)")
-    train.add_argument("--encoder", default="all-MiniLM-L6-v2", help="sentence encoder; must match the pipeline's (default all-MiniLM-L6-v2)")
+    train.add_argument("--encoder", default="all-MiniLM-L6-v2", help="sentence encoder; must match the pipeline's "
+                                                                     "(default all-MiniLM-L6-v2)")
     train.add_argument("--describe-data", help="what the data is, for the card (default: the --data value)")
     train.add_argument("--out", type=Path, default=Path("."), help="folder for the probe files (default .)")
-    train.add_argument("--test-fraction", type=float, default=0.2, help="held-out share for the accuracy in the card (default 0.2)")
-    train.add_argument("--C", type=float, default=10.0, dest="regularisation", help="inverse regularisation strength (default 10)")
-    train.add_argument("--built-in", action="store_true", help="allow a built-in attribute's name, to rebuild the probe "
-                                                                "dglm ships (classifiers/dglm_classifiers)")
+    train.add_argument("--test-fraction", type=float, default=0.2, help="held-out share for the accuracy in "
+                                                                        "the card (default 0.2)")
+    train.add_argument("--C", type=float, default=10.0, dest="regularisation", help="inverse regularisation "
+                                                                                    "strength (default 10)")
+    train.add_argument("--built-in", action="store_true", help="allow a built-in attribute's name, to rebuild the "
+                                                               "probe dglm ships (classifiers/dglm_classifiers)")
     train.set_defaults(handler=cmd_classifier_train)
 
-    plugin = commands.add_parser("plugin", help="create plugin packages").add_subparsers(dest="action", required=True, metavar="ACTION")
+    plugin = commands.add_parser("plugin", help="create plugin "
+                                                "packages").add_subparsers(dest="action", required=True,
+                                                                           metavar="ACTION")
     new = plugin.add_parser("new", help="turn a trained probe into a pip-installable plugin package")
     new.add_argument("card", type=Path, help="the probe's JSON card (from `dglm classifier train`)")
     new.add_argument("--out", type=Path, default=Path("."), help="folder to create the package in (default .)")

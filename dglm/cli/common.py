@@ -44,8 +44,8 @@ def share_from_main(values: list, world: int) -> list:
 
 def add_threads_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, metavar="N", default=default_threads(),
-                        help="CPU threads for torch (default: half the cores, here %(default)s; on 2 cores, 1 thread was "
-                             "as fast as 2 on an idle CPU and 1.7x as fast beside another busy process)")
+                        help="CPU threads for torch (default: half the cores, here %(default)s; on 2 cores, 1 thread "
+                             "was as fast as 2 on an idle CPU and 1.7x as fast beside another busy process)")
 
 
 def default_threads() -> int:

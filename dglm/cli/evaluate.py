@@ -12,10 +12,12 @@ from dglm.errors import DglmError
 def add_parser(commands) -> None:
     """The `eval` command's arguments."""
     evaluate = commands.add_parser("eval", help="compare DGLM with baselines, judged independently of the guidance",
-                                   description="Run every method on every condition (same prefixes and seeds), judge the texts with "
-                                               "classifiers independent of the guidance probes, perplexity under a separate LM and "
-                                               "Dist-3, and write OUT.json, OUT.md and the guidance trade-off plot OUT.png.")
-    evaluate.add_argument("--config", type=Path, required=True, help="evaluation YAML, e.g. configs/eval/sentiment.yaml")
+                                   description="Run every method on every condition (same prefixes and seeds), judge "
+                                               "the texts with classifiers independent of the guidance probes, "
+                                               "perplexity under a separate LM and Dist-3, and write OUT.json, OUT.md "
+                                               "and the guidance trade-off plot OUT.png.")
+    evaluate.add_argument("--config", type=Path, required=True, help="evaluation YAML, e.g. "
+                                                                     "configs/eval/sentiment.yaml")
     evaluate.add_argument("--methods", nargs="+", metavar="METHOD",
                           help="run only these of the config's methods, e.g. `--methods dglm` after retraining (the "
                                "baselines do not depend on the checkpoint)")
@@ -50,6 +52,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
     config.out = args.out or config.out
     if args.no_tradeoff:
         config.tradeoff_condition = None
-    print(markdown_table(run_eval(config, str(args.config), args.generate_only, args.judge_samples, resolve_device(args.device))))
+    print(markdown_table(run_eval(config, str(args.config), args.generate_only, args.judge_samples,
+                                  resolve_device(args.device))))
     plot = config.tradeoff_condition and not args.generate_only
-    print(f"wrote {config.out}.json, {config.out}.md, {config.out}.samples.jsonl.gz" + (f" and {config.out}.png" if plot else ""))
+    print(f"wrote {config.out}.json, {config.out}.md, "
+          f"{config.out}.samples.jsonl.gz" + (f" and {config.out}.png" if plot else ""))

@@ -32,26 +32,32 @@ def add_parser(commands) -> None:
     )
     gen.add_argument("prefix", nargs="?", help="text to continue (or use --prefix-file)")
     gen.add_argument("--prefix-file", type=Path, help="UTF-8 file with one prefix a line; blank lines are skipped, so "
-                     "prefix_index counts prefixes, not lines; given with PREFIX, PREFIX is prefix 0 and the file's follow. "
-                     "'-' reads standard input, as does a pipe when no PREFIX is given (echo 'The movie' | dglm generate)")
+                                                      "prefix_index counts prefixes, not lines; given with PREFIX, "
+                                                      "PREFIX is prefix 0 and the file's follow. '-' reads standard "
+                                                      "input, as does a pipe when no PREFIX is given (echo 'The "
+                                                      "movie' | dglm generate)")
     gen.add_argument("--attr", action="append", default=[], metavar="NAME=LABEL[:WEIGHT]",
                      help="target attribute, repeatable; WEIGHT defaults to 1, negative steers away. None: unguided")
     gen.add_argument("--toward", action="append", default=[], metavar="PHRASE[:WEIGHT]",
-                     help="steer towards the meaning of a phrase (\"a storm at sea\"), no labelled data needed; repeatable, "
-                          "composes with --attr")
+                     help="steer towards the meaning of a phrase (\"a storm at sea\"), no labelled data needed; "
+                          "repeatable, composes with --attr")
     gen.add_argument("--away", action="append", default=[], metavar="PHRASE[:WEIGHT]",
                      help="steer away from the meaning of a phrase; repeatable")
     gen.add_argument("--stop", action="append", default=[], metavar="TEXT",
                      help="end each continuation before the first TEXT it writes; repeatable")
-    gen.add_argument("-n", "--num-samples", type=int, default=1, help=f"continuations per prefix (default 1, at most {MAX_NUM_SAMPLES})")
-    gen.add_argument("--seed", type=int, help="base seed; sample j of prefix i uses SEED + i*NUM_SAMPLES + j, so the same seed gives the same text "
-                     "(default random; each sample's seed is printed)")
+    gen.add_argument("-n", "--num-samples", type=int, default=1, help="continuations per prefix (default 1, at "
+                                                                      f"most {MAX_NUM_SAMPLES})")
+    gen.add_argument("--seed", type=int, help="base seed; sample j of prefix i uses SEED + i*NUM_SAMPLES + j, so the "
+                                              "same seed gives the same text (default random; each "
+                                              "sample's seed is printed)")
     settings = gen.add_argument_group("generation settings", "each defaults to the checkpoint's (see its model card)")
     add_setting_arguments(settings)
-    gen.add_argument("--format", choices=["text", "jsonl"], help="text for reading, jsonl for programs (one sample a line); "
-                     "default text on the terminal, jsonl with --output")
-    gen.add_argument("--output", type=Path, metavar="OUT", help="write samples to OUT as each batch finishes (with the run's "
-                     "settings in OUT.settings.json), a progress bar on stderr")
+    gen.add_argument("--format", choices=["text", "jsonl"], help="text for reading, jsonl for programs (one sample a "
+                                                                 "line); default text on the "
+                                                                 "terminal, jsonl with --output")
+    gen.add_argument("--output", type=Path, metavar="OUT", help="write samples to OUT as each batch finishes (with the "
+                                                                "run's settings in OUT.settings.json), a "
+                                                                "progress bar on stderr")
     gen.add_argument("--resume", action="store_true", help="continue the run that wrote OUT: skip the samples it holds "
                      "(checked one by one) and refuse other settings")
     gen.add_argument("--batch-size", type=int, default=32, help="samples generated together (default 32)")
@@ -103,7 +109,8 @@ def cmd_generate(args: argparse.Namespace) -> None:
         if seed is None:  # a resumed run keeps the seed its first leg drew
             seed = SampleFile.recorded(args.output).get("seed") if args.resume else shared_seed(None, 1)
         run = {"model": str(Path(args.model).resolve()) if args.model else "bundled default",
-               "prefix": args.prefix, "prefix_file": str(Path(source).resolve()) if source not in (None, "-") else source,
+               "prefix": args.prefix, "prefix_file": str(Path(source).resolve()) if source not in (None,
+                                                                                                   "-") else source,
                "attributes": [asdict(c) for c in constraints], "num_samples": args.num_samples, "seed": seed,
                **({"stop": args.stop} if args.stop else {}),  # absent when unused: earlier runs' files still resume
                **asdict(diffusion), **asdict(decoding)}

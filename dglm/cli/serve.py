@@ -33,17 +33,20 @@ def add_parser(commands) -> None:
                                                           "0.0.0.0 opens it to the network, set an API key then)")
     serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     serve.add_argument("--model", help="checkpoint folder (default: the bundled model)")
-    serve.add_argument("--model-name", help="the name clients pass as `model` (default: dglm-default, or the folder's name)")
+    serve.add_argument("--model-name", help="the name clients pass as `model` (default: dglm-default, "
+                                            "or the folder's name)")
     serve.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     add_threads_argument(serve)
     serve.add_argument("--max-batch-size", type=int, default=32, help="most samples decoded together (default 32)")
-    serve.add_argument("--max-wait-ms", type=float, default=20.0, help="how long a request waits for others to share its "
-                                                                     "batch (default 20)")
-    serve.add_argument("--max-n", type=int, default=16, help="most samples one request may ask for, n x prompts (default 16)")
-    serve.add_argument("--max-tokens", type=int, default=256, help="largest max_tokens a request may ask for (default 256)")
+    serve.add_argument("--max-wait-ms", type=float, default=20.0, help="how long a request waits for others to share "
+                                                                       "its batch (default 20)")
+    serve.add_argument("--max-n", type=int, default=16, help="most samples one request may ask for, n x "
+                                                             "prompts (default 16)")
+    serve.add_argument("--max-tokens", type=int, default=256, help="largest max_tokens a request may "
+                                                                   "ask for (default 256)")
     serve.add_argument("--max-body-kb", type=int, default=64, help="largest request body in KiB (default 64)")
-    serve.add_argument("--request-timeout-s", type=float, default=300.0, help="a request still unanswered after this many "
-                                                                            "seconds gets a 504 (default 300)")
+    serve.add_argument("--request-timeout-s", type=float, default=300.0, help="a request still unanswered after this "
+                                                                              "many seconds gets a 504 (default 300)")
     serve.add_argument("--allowed-origins", nargs="+", default=[], metavar="ORIGIN",
                        help="let pages from these origins call the API from a browser (CORS), e.g. "
                             "https://app.example.com; '*' for any (default: none)")
@@ -52,11 +55,12 @@ def add_parser(commands) -> None:
                             "extra fields); a request's own attributes are added; repeatable")
     serve.add_argument("--accept-any-model", action="store_true", help="answer requests for any model name with the "
                                                                        "served model (for clients with a fixed name)")
-    serve.add_argument("--public-docs", action="store_true", help="with an API key, let /docs and /openapi.json be read "
-                                                                   "without it (they describe the API, and hold no data)")
+    serve.add_argument("--public-docs", action="store_true", help="with an API key, let /docs and /openapi.json be "
+                                                                  "read without it (they describe the "
+                                                                  "API, and hold no data)")
     serve.add_argument("--api-key-file", type=Path, help="file holding the API key (or set DGLM_API_KEY); with a key, "
-                                                          "the API needs 'Authorization: Bearer KEY' (/health and the page, "
-                                                          "which holds no data, do not)")
+                                                         "the API needs 'Authorization: Bearer KEY' (/health and the "
+                                                         "page, which holds no data, do not)")
     serve.set_defaults(handler=cmd_serve)
 
 

@@ -17,12 +17,11 @@ def add_parser(commands) -> None:
         description="Train one stage, or `all` (builds the corpus if it is missing, then the denoiser, then the prompt "
                     "generator). A run resumes exactly from its last state in the config's run_dir (same batches, "
                     "optimizer and learning-rate schedule) and writes the checkpoint to its output folder.",
-        epilog="examples:\n"
-               "  dglm train all --config configs/train-cpu.yaml\n"
-               "  dglm train prompt-generator --config configs/train-long.yaml --max-minutes 170   # one leg\n"
-               "  dglm train all --config configs/train-gpu.yaml --print-config                    # resolved config\n"
-               "  accelerate launch -m dglm train denoiser --config configs/train-gpu.yaml         # several GPUs\n"
-               "  torchrun --nproc_per_node 2 -m dglm train denoiser --config configs/train-cpu.yaml # two CPU processes\n",
+        epilog="examples:\n  dglm train all --config configs/train-cpu.yaml\n  dglm train prompt-generator --config "
+               "configs/train-long.yaml --max-minutes 170   # one leg\n  dglm train all --config "
+               "configs/train-gpu.yaml --print-config                    # resolved config\n  accelerate launch -m "
+               "dglm train denoiser --config configs/train-gpu.yaml         # several GPUs\n  torchrun "
+               "--nproc_per_node 2 -m dglm train denoiser --config configs/train-cpu.yaml # two CPU processes\n",
     )
     train.add_argument("stage", choices=["denoiser", "prompt-generator", "all"], help="which part to train")
     train.add_argument("--config", type=Path, required=True, help="training YAML, e.g. configs/train-cpu.yaml")

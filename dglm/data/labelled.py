@@ -10,7 +10,8 @@ from pathlib import Path
 from dglm.errors import DglmError
 
 
-def read_labelled(source: str, text_column: str, label_column: str, split: str = "train") -> tuple[list[str], list[str]]:
+def read_labelled(source: str, text_column: str, label_column: str,
+                  split: str = "train") -> tuple[list[str], list[str]]:
     path = Path(source)
     if path.suffix.lower() in {".csv", ".tsv"} or (path.exists() and path.suffix.lower() not in {".jsonl", ".json"}):
         records, columns = _read_csv(path)
@@ -60,11 +61,13 @@ def _read_dataset(name: str, split: str):
     try:
         table = datasets.load_dataset(name, split=split)
     except Exception as error:
-        raise DglmError(f"could not load data set {name!r} ({type(error).__name__}); pass a CSV or JSONL file") from None
+        raise DglmError(f"could not load data set {name!r} ({type(error).__name__}); "
+                        "pass a CSV or JSONL file") from None
     return list(table), list(table.column_names)
 
 
-def pick_sentences(texts: list[str], labels: list[str], per_label: int, min_words: int, seed: int) -> dict[str, list[list[str]]]:
+def pick_sentences(texts: list[str], labels: list[str], per_label: int, min_words: int,
+                   seed: int) -> dict[str, list[list[str]]]:
     """Up to `per_label` random sentences of each label with at least `min_words` words, as word lists."""
     rng = random.Random(seed)
     picked = {}

@@ -27,12 +27,13 @@ def iter_prefixes(path: Path | str) -> Iterator[str]:
     with open(path, "rb") as lines:
         for number, raw in enumerate(lines, 1):
             if b"\0" in raw:
-                raise DglmError(f"prefix file {path} looks binary (a NUL byte on line {number}, counting from 1); give one prefix a line, in UTF-8")
+                raise DglmError(f"prefix file {path} looks binary (a NUL byte on line {number}, counting from 1); give "
+                                "one prefix a line, in UTF-8")
             try:
                 line = raw.decode("utf-8").strip()
             except UnicodeDecodeError as error:
-                raise DglmError(f"prefix file {path} is not UTF-8 text (line {number}, counting from 1; byte {error.start}); "
-                                "give one prefix a line, in UTF-8") from None
+                raise DglmError(f"prefix file {path} is not UTF-8 text (line {number}, counting from 1; byte "
+                                f"{error.start}); give one prefix a line, in UTF-8") from None
             if line:
                 found = True
                 yield line

@@ -45,7 +45,8 @@ def read_davidson(path: Path) -> list[tuple[str, str, str]]:
         rows = []
         for number, record in enumerate(reader):
             if record["class"] not in LABELS:
-                raise DglmError(f"{path} row {number + 1} has class {record['class']!r}; Davidson's classes are 0, 1, 2")
+                raise DglmError(f"{path} row {number + 1} has class {record['class']!r}; "
+                                "Davidson's classes are 0, 1, 2")
             text = clean_tweet(record["tweet"])
             if len(text.split()) >= 3:
                 rows.append((record.get("") or str(number), text, LABELS[record["class"]]))

@@ -105,7 +105,8 @@ class Fudge(Method):
                 prefixes[row] + decoder.decode(generated[row].tolist() + [token])
                 for row in range(len(rows)) for token in candidates[row].tolist()
             ]
-            scores = guide.embedding_log_prob(encoder.encode(texts, batch_size=256).to(logits.device)).view(len(rows), top_k)
+            scores = guide.embedding_log_prob(encoder.encode(texts, batch_size=256).to(logits.device)).view(len(rows),
+                                                                                                            top_k)
             adjusted = torch.full_like(logits, float("-inf"))
             return adjusted.scatter(-1, candidates, logits.gather(-1, candidates) + strength * scores)
 

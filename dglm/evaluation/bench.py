@@ -21,7 +21,8 @@ def add_common_arguments(parser: argparse.ArgumentParser, prefixes: str, out: st
     parser.add_argument("--samples", type=int, default=10, help="samples per prefix and condition")
     parser.add_argument("--judge", default="data/sentiment-judge.csv", help="the sentiment judge's training data")
     parser.add_argument("--encoder-judge", default="all-mpnet-base-v2", metavar="ENCODER",
-                        help="also judge on this encoder's embeddings (the sharper judge; '' for the TF-IDF judge only)")
+                        help="also judge on this encoder's embeddings (the sharper judge; '' for "
+                             "the TF-IDF judge only)")
     parser.add_argument("--model")
     parser.add_argument("--adapter-scale", type=float, default=1.0,
                         help="merge the decoder adapter at this fraction of its trained strength (default 1)")
@@ -37,7 +38,9 @@ class SentimentBench:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> SentimentBench:
-        judges = {"sentiment": args.judge, **({f"sentiment@{args.encoder_judge}": args.judge} if args.encoder_judge else {})}
+        judges = {"sentiment": args.judge}
+        if args.encoder_judge:
+            judges[f"sentiment@{args.encoder_judge}"] = args.judge
         config = EvalConfig(prefixes=str(args.prefixes), num_samples=args.samples, judges=judges)
         rows = seeded_rows(read_prefixes(args.prefixes), args.samples, config.seed)
         return cls(config, Scorer(config), Pipeline.from_pretrained(args.model, adapter_scale=args.adapter_scale), rows)
@@ -51,7 +54,8 @@ class SentimentBench:
         """`judge`, and the continuations themselves (to read, or to keep)."""
         constraints = parse_condition(condition)
         start = time.perf_counter()
-        continuations = continue_all(method, self.rows, constraints, self.config.max_new_tokens, self.config.batch_size, desc)
+        continuations = continue_all(method, self.rows, constraints, self.config.max_new_tokens, self.config.batch_size,
+                                     desc)
         seconds = (time.perf_counter() - start) / len(self.rows)
         scores = self.scorer([p for p, _ in self.rows], continuations, constraints)
         return {**scores, "seconds_per_sample": seconds}, continuations

@@ -219,7 +219,8 @@ def write_report(config: EvalConfig, report: dict, samples: list[dict]) -> None:
     out = Path(config.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
-    with gzip.open(out.with_suffix(".samples.jsonl.gz"), "wt", encoding="utf-8") as file:  # sample files run to megabytes
+    with gzip.open(out.with_suffix(".samples.jsonl.gz"), "wt",
+                   encoding="utf-8") as file:  # sample files run to megabytes
         file.writelines(json.dumps(s, ensure_ascii=False) + "\n" for s in samples)
     out.with_suffix(".md").write_text(markdown_table(report))
     if "tradeoff" in report and report["judges"]:
@@ -241,15 +242,15 @@ def markdown_table(report: dict) -> str:
     text = "\n".join(lines) + (f"\n\nJudges' held-out accuracy: {judges}.\n" if judges else
                                "\n\nNot judged (generated only): judge the samples with --judge-samples.\n")
     text += ("\nhomogeneity: mean cosine between continuations of different prefixes, relative to plain sampling's; "
-             "prefix_relevance: mean prefix-continuation cosine, relative likewise; top_word_share: the share of samples "
-             "containing the condition's commonest content word (the word in brackets); dist3: within each prefix, "
-             "dist3_all: over the whole condition.\n")
+             "prefix_relevance: mean prefix-continuation cosine, relative likewise; top_word_share: the share of "
+             "samples containing the condition's commonest content word (the word in brackets); dist3: within each "
+             "prefix, dist3_all: over the whole condition.\n")
     if "tradeoff" in report:
         text += "\n| guidance scale | targets met | perplexity (median) | homogeneity | top_word_share | dist3 |\n"
         text += "|---|---|---|---|---|---|\n"
         for scale, r in report["tradeoff"].items():
-            text += (f"| {scale} | {cell(r, 'all_targets_met')} | {cell(r, 'perplexity_median')} | {cell(r, 'homogeneity')} | "
-                     f"{cell(r, 'top_word_share')} | {cell(r, 'dist3')} |\n")
+            text += (f"| {scale} | {cell(r, 'all_targets_met')} | {cell(r, 'perplexity_median')} | "
+                     f"{cell(r, 'homogeneity')} | {cell(r, 'top_word_share')} | {cell(r, 'dist3')} |\n")
     return text
 
 
@@ -273,7 +274,8 @@ def plot_tradeoff(report: dict, path: Path, condition: str) -> None:
     scales = [float(s) for s in report["tradeoff"]]
     success = [r["all_targets_met"] for r in runs]
     with_homogeneity = all("homogeneity" in r for r in runs)
-    figure, axes = plt.subplots(1, 2 if with_homogeneity else 1, figsize=(11 if with_homogeneity else 6, 4), squeeze=False)
+    figure, axes = plt.subplots(1, 2 if with_homogeneity else 1, figsize=(11 if with_homogeneity else 6, 4),
+                                squeeze=False)
     left = axes[0][0]
     left.plot(scales, success, "o-", color="tab:blue")
     left.set(xlabel="guidance scale (symmetric log axis)",
@@ -293,7 +295,8 @@ def plot_tradeoff(report: dict, path: Path, condition: str) -> None:
         for scale, x, y in zip(scales, homogeneity, success):
             frontier.annotate(f"{scale:g}", (x, y), fontsize=8, xytext=(3, 3), textcoords="offset points")
         frontier.axvline(1.0, color="grey", linestyle=":")
-        frontier.set(xlabel="cross-prefix homogeneity (x plain sampling's)", ylabel=f"share meeting {condition} (judge)",
+        frontier.set(xlabel="cross-prefix homogeneity "
+                            "(x plain sampling's)", ylabel=f"share meeting {condition} (judge)",
                      ylim=(0, 1), title="the price of control in variety (labels: scale)")
     figure.tight_layout()
     figure.savefig(path, dpi=120)

@@ -36,7 +36,8 @@ class TextJudge:
         from sklearn.preprocessing import FunctionTransformer
 
         texts, labels = read_labelled(data_path, "text", "label")
-        x_train, x_test, y_train, y_test = train_test_split(texts, labels, test_size=0.2, random_state=seed, stratify=labels)
+        x_train, x_test, y_train, y_test = train_test_split(texts, labels, test_size=0.2, random_state=seed,
+                                                            stratify=labels)
         classifier = LogisticRegression(C=4.0, max_iter=3000)
         if encoder is None:
             features = make_union(
@@ -93,11 +94,13 @@ class PerplexityJudge:
         return results
 
     def _batch(self, rows: list[tuple[str, str]]) -> list[float]:
-        encoded = [(self.tokenizer(p)["input_ids"], self.tokenizer(c, add_special_tokens=False)["input_ids"]) for p, c in rows]
+        encoded = [(self.tokenizer(p)["input_ids"],
+                    self.tokenizer(c, add_special_tokens=False)["input_ids"]) for p, c in rows]
         width = max(len(context) + len(target) for context, target in encoded)
         pad = self.tokenizer.pad_token_id
         ids = torch.tensor([c + t + [pad] * (width - len(c) - len(t)) for c, t in encoded], device=self.model.device)
-        mask = torch.tensor([[1] * (len(c) + len(t)) + [0] * (width - len(c) - len(t)) for c, t in encoded], device=self.model.device)
+        mask = torch.tensor([[1] * (len(c) + len(t)) + [0] * (width - len(c) - len(t)) for c, t in encoded],
+                            device=self.model.device)
         logits = self.model(input_ids=ids, attention_mask=mask).logits
         results = []
         for row, (context, target) in enumerate(encoded):
@@ -105,6 +108,7 @@ class PerplexityJudge:
                 results.append(float("nan"))
                 continue
             positions = torch.arange(len(context) - 1, len(context) + len(target) - 1, device=ids.device)
-            nll = F.cross_entropy(logits[row, positions].float(), ids[row, positions + 1]).item()  # only the continuation's rows
+            nll = F.cross_entropy(logits[row, positions].float(),
+                                  ids[row, positions + 1]).item()  # only the continuation's rows
             results.append(math.exp(nll))
         return results

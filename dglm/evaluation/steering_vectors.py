@@ -40,7 +40,8 @@ def mean_activations(decoder, texts: list[str], layer: int, batch_size: int = 16
     total, count = None, 0
     tokenizer = decoder.tokenizer
     for start in range(0, len(texts), batch_size):
-        batch = tokenizer(texts[start : start + batch_size], add_special_tokens=False, padding=True, padding_side="right",
+        batch = tokenizer(texts[start : start + batch_size], add_special_tokens=False, padding=True,
+                          padding_side="right",
                           truncation=True, max_length=64, return_tensors="pt").to(decoder.device)
         hidden = decoder.model(**batch, output_hidden_states=True).hidden_states[layer + 1].float()
         mask = batch["attention_mask"].clone()

@@ -21,7 +21,8 @@ def serve(pipeline: Pipeline, model_name: str | ServedModels, host: str = "127.0
           limits: ServerLimits | None = None, api_key: str | None = None, allowed_origins: list[str] = (),
           public_docs: bool = False) -> None:
     """Serve until SIGINT or SIGTERM. On either, the server keeps listening but answers new requests with a 503
-    while the requests in flight finish (for up to --request-timeout-s), then stops; a second signal stops it at once."""
+    while the requests in flight finish (for up to --request-timeout-s), then stops; a second signal stops it at
+    once."""
     import uvicorn
 
     limits = limits or ServerLimits()

@@ -45,12 +45,13 @@ class Guard:
         if scope["type"] == "http" and scope["path"] != "/health":
             problem = None
             if self.server.draining:
-                problem = ApiError(503, "the server is shutting down; send the request again later", kind="server_error")
+                problem = ApiError(503, "the server is shutting down; send "
+                                        "the request again later", kind="server_error")
             elif self.api_key and not self.is_public(scope["path"]):
                 sent = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
                 if not hmac.compare_digest(sent.encode(), f"Bearer {self.api_key}".encode()):
-                    problem = ApiError(401, "missing or wrong API key: send the header 'Authorization: Bearer KEY' with "
-                                            "the key the server was started with", code="invalid_api_key",
+                    problem = ApiError(401, "missing or wrong API key: send the header 'Authorization: Bearer KEY' "
+                                            "with the key the server was started with", code="invalid_api_key",
                                        kind="authentication_error", headers={"WWW-Authenticate": 'Bearer realm="dglm"'})
             if problem is not None:
                 await problem.response()(scope, receive, send)
@@ -81,7 +82,8 @@ def create_app(pipeline: Pipeline, model_name: str | ServedModels = "dglm-defaul
         yield
         await asyncio.to_thread(server.engine.close, limits.request_timeout_s)
 
-    app = FastAPI(title="dglm", description="Controllable text generation: OpenAI-compatible completions with attributes.",
+    app = FastAPI(title="dglm", description="Controllable text generation: OpenAI-compatible "
+                                            "completions with attributes.",
                   lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.server = server
     app.include_router(router)

@@ -186,7 +186,8 @@ class BatchingEngine:
         if not batch:
             return
         for job in [job for job, index in batch if index == 0]:  # each job once: its first row
-            job.prompt_tokens = sum(decoder.count_tokens(prefix) for prefix in dict.fromkeys(r.prefix for r in job.rows))
+            prompts = dict.fromkeys(row.prefix for row in job.rows)
+            job.prompt_tokens = sum(decoder.count_tokens(prefix) for prefix in prompts)
             self.metrics.prompt_tokens.inc(job.prompt_tokens)
             self.metrics.queue_wait.observe(time.monotonic() - job.arrived)
         sent = [""] * len(batch)  # the text streamed so far, per row

@@ -21,10 +21,12 @@ class ServerMetrics:
         self.completion_tokens = Counter("dglm_completion_tokens", "tokens generated", registry=self.registry)
         self.batch_size = Histogram("dglm_batch_size", "samples in each batch run", buckets=BATCH_BUCKETS,
                                     registry=self.registry)
-        self.queue_wait = Histogram("dglm_queue_wait_seconds", "time from a request's arrival to the start of its first "
-                                    "batch", buckets=SECONDS_BUCKETS, registry=self.registry)
-        self.latency = Histogram("dglm_completion_seconds", "time from a completion request's arrival to the end of its "
-                                 "answer (streamed or not)", buckets=SECONDS_BUCKETS, registry=self.registry)
+        self.queue_wait = Histogram("dglm_queue_wait_seconds", "time from a request's arrival to the start of its "
+                                                               "first "
+                                                               "batch", buckets=SECONDS_BUCKETS, registry=self.registry)
+        self.latency = Histogram("dglm_completion_seconds", "time from a completion request's arrival to the end of "
+                                                            "its answer (streamed "
+                                                            "or not)", buckets=SECONDS_BUCKETS, registry=self.registry)
 
     def exposition(self) -> bytes:
         """The metrics in Prometheus' text format."""

@@ -123,7 +123,8 @@ CompletionRequest = create_model(
                                 "many likeliest alternatives, from the decoder's distribution before truncation, "
                                 "penalties and bias")),
     logit_bias=(dict[str, float] | None, Field(None, description="{token id: bias in [-100, 100]} added to the "
-                                                                 "decoder's logits (-100 bans a token, 100 forces it)")),
+                                                                 "decoder's logits (-100 bans a "
+                                                                 "token, 100 forces it)")),
     user=(str | None, Field(None, description="accepted for OpenAI compatibility, not used")),
     **{name: (Any, Field(None, description="not supported: accepted only at its default"))
        for name in UNSUPPORTED_AT_DEFAULT},
@@ -134,7 +135,8 @@ CompletionRequest = create_model(
 def validation_message(error: ValidationError) -> tuple[str, str | None]:
     """One readable sentence (and the field it is about) from pydantic's first error."""
     first = error.errors()[0]
-    where = ".".join(str(part) for part in first["loc"] if not str(part).startswith(("str", "list[", "AttributeTarget", "PhraseTarget")))
+    where = ".".join(str(part) for part in first["loc"] if not str(part).startswith(("str", "list[", "AttributeTarget",
+                                                                                     "PhraseTarget")))
     field = where.split(".")[0] or None
     if first["type"] == "extra_forbidden":
         twin = next((name if where == alias else alias for name, (_, spec, _) in SETTINGS.items()
@@ -160,7 +162,8 @@ def model_settings(pipeline: Pipeline) -> dict[str, dict[str, Any]]:
     for name, (_, spec, kind) in SETTINGS.items():
         bounds = {key: spec.metadata[key] for key in SCHEMA_BOUNDS if spec.metadata[key] is not None}
         described[spec.metadata["alias"] or name] = {"default": defaults[name], "type": kind.__name__,
-                                                     "accepts": accepted(spec, kind), "help": spec.metadata["help"], **bounds}
+                                                     "accepts": accepted(spec, kind), "help": spec.metadata["help"],
+                                                     **bounds}
     return described
 
 
@@ -255,7 +258,8 @@ def token_biases(logit_bias: dict[str, float], vocab_size: int) -> dict[int, flo
     for key, value in logit_bias.items():
         digits = key.strip()
         if not (digits.isascii() and digits.isdigit() and len(digits) <= 12 and int(digits) < vocab_size):
-            raise ApiError(400, f"logit_bias keys must be token ids from 0 to {vocab_size - 1}, got {key!r}", param="logit_bias")
+            raise ApiError(400, "logit_bias keys must be token ids from 0 to "
+                                f"{vocab_size - 1}, got {key!r}", param="logit_bias")
         if not (math.isfinite(value) and -100 <= value <= 100):
             raise ApiError(400, f"logit_bias values must be numbers in [-100, 100], got {value!r} for token {key}",
                            param="logit_bias")

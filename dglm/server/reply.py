@@ -65,7 +65,8 @@ class Reply:
             raise ApiError(504, f"the request took longer than the server's limit of {self.timeout_s:g} s "
                                 "(--request-timeout-s); ask for fewer or shorter samples", kind="timeout") from None
         if isinstance(event, Failed):
-            raise ApiError(event.status, event.message, kind="invalid_request_error" if event.status < 500 else "server_error")
+            raise ApiError(event.status, event.message,
+                           kind="invalid_request_error" if event.status < 500 else "server_error")
         return event
 
     async def collect(self, request: Request) -> dict[str, Any]:
@@ -95,12 +96,14 @@ class Reply:
                 if isinstance(event, Delta):
                     self.sent[event.index] += event.text
                     self.tokens_sent[event.index] += len(event.logprobs or [])
-                    yield sse(self.chunk([self.choice(event.index, self.echoed(event.index, event.text), None, event.logprobs)]))
+                    yield sse(self.chunk([self.choice(event.index, self.echoed(event.index, event.text), None,
+                                                      event.logprobs)]))
                 elif isinstance(event, Finished):
                     self.finished[event.index] = event
                     start = len(self.sent[event.index])
                     tokens = None if event.logprobs is None else event.logprobs[self.tokens_sent[event.index]:]
-                    yield sse(self.chunk([self.choice(event.index, self.echoed(event.index, event.text[start:]), event, tokens)]))
+                    yield sse(self.chunk([self.choice(event.index, self.echoed(event.index, event.text[start:]), event,
+                                                      tokens)]))
             if include_usage:
                 yield sse(self.chunk([], usage=self.usage()))
             yield "data: [DONE]\n\n"

@@ -100,7 +100,8 @@ async def completions(request: Request) -> Response:
         except RuntimeError:  # the event loop has stopped (shutdown)
             pass
 
-    job = Job(rows, emit, stream=completion.stream, scores=completion.return_scores, stop=request_stops(completion.stop),
+    job = Job(rows, emit, stream=completion.stream, scores=completion.return_scores,
+              stop=request_stops(completion.stop),
               logprobs=completion.logprobs)
     try:
         server.engine.submit(job)
@@ -122,7 +123,8 @@ def plan_rows(completion: Any, server: ServerState) -> list[Row]:
     pipeline, limits = server.pipeline, server.limits
     refuse_unsupported(completion)
     if completion.echo and completion.logprobs is not None:
-        raise ApiError(400, "logprobs with echo (the prompt's log-probabilities) is not supported by dglm; send one of them",
+        raise ApiError(400, "logprobs with echo (the prompt's log-probabilities) is not supported by "
+                            "dglm; send one of them",
                        param="logprobs", code="unsupported_parameter")
     logit_bias = token_biases(completion.logit_bias or {}, pipeline.decoder.vocab_size)
     presets = server.served.presets(completion.model)
@@ -133,7 +135,8 @@ def plan_rows(completion: Any, server: ServerState) -> list[Row]:
                             f"got n={completion.n} for {len(prompts)} prompt(s)", param="n")
     overrides = {name: getattr(completion, name) for name in SETTINGS}
     if (overrides["max_new_tokens"] or 0) > limits.max_tokens:
-        raise ApiError(400, f"max_tokens must be at most {limits.max_tokens} (--max-tokens), got {overrides['max_new_tokens']}",
+        raise ApiError(400, f"max_tokens must be at most {limits.max_tokens} (--max-tokens), got "
+                            f"{overrides['max_new_tokens']}",
                        param="max_tokens")
     if not prompts:
         raise ApiError(400, "no prompt given; pass a string or a non-empty list of strings", param="prompt")

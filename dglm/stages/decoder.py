@@ -72,8 +72,8 @@ class SoftPromptDecoder:
         context = self.context
         if context and len(prefix_ids) + soft_prompts + max_new_tokens > context:
             raise DglmError(f"a prefix of {len(prefix_ids)} tokens ({self.tokenizer.decode(prefix_ids[:8])!r}...) with "
-                            f"{soft_prompts} soft prompts and {max_new_tokens} new tokens overruns the decoder's context "
-                            f"of {context} tokens; shorten the prefix or ask for fewer tokens")
+                            f"{soft_prompts} soft prompts and {max_new_tokens} new tokens overruns the decoder's "
+                            f"context of {context} tokens; shorten the prefix or ask for fewer tokens")
 
     def _left_padded(self, prefixes: list[str], soft_prompts: torch.Tensor | None):
         """Embeddings, attention mask and token ids of [pad ; prefix ; soft prompts], left-padded."""
@@ -99,7 +99,8 @@ class SoftPromptDecoder:
         adjust_logits: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     ) -> list[str]:
         """Sample one continuation per row and return its text; see `generate_tokens`."""
-        return [self.decode(ids) for ids in self.generate_tokens(prefixes, soft_prompts, generators, settings, adjust_logits)]
+        return [self.decode(ids) for ids in self.generate_tokens(prefixes, soft_prompts, generators, settings,
+                                                                 adjust_logits)]
 
     @torch.no_grad()
     def generate_tokens(
@@ -136,7 +137,8 @@ class SoftPromptDecoder:
         for row, row_ids in enumerate(ids):
             seen[row, row_ids] = True
         positions = (mask.cumsum(-1) - 1).clamp_min(0)
-        out = self.model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
+        out = self.model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True,
+                         logits_to_keep=1)
         eos, cache_name = self.tokenizer.eos_token_id, self._cache_name
         longest = int(row_settings.max_new_tokens.max())
         generated = torch.full((rows, longest), self.tokenizer.pad_token_id, dtype=torch.long)
@@ -155,7 +157,8 @@ class SoftPromptDecoder:
                                 "penalty near 0); use values closer to the defaults")
             likeliest = logits.argmax(dim=-1).tolist()
             tokens = torch.tensor([eos if done else top if greedy else torch.multinomial(p, 1, generator=g).item()
-                                   for p, g, done, greedy, top in zip(probs, generators, finished, row_settings.greedy, likeliest)])
+                                   for p, g, done, greedy, top in zip(probs, generators, finished, row_settings.greedy,
+                                                                      likeliest)])
             generated[:, step] = torch.where(finished, generated[:, step], tokens)
             lengths += ~finished
             finished |= (tokens == eos) | (row_settings.max_new_tokens <= step + 1)
@@ -193,7 +196,8 @@ class SoftPromptDecoder:
             return logits.sum() * 0.0
         return F.cross_entropy(logits.float(), torch.tensor(labels, device=self.device))
 
-    def anchor_loss(self, prefixes: list[str], continuations: list[str], max_target_tokens: int | None = None) -> torch.Tensor:
+    def anchor_loss(self, prefixes: list[str], continuations: list[str],
+                    max_target_tokens: int | None = None) -> torch.Tensor:
         """KL divergence from the published decoder to this one, both reading [prefix ; continuation] without soft
         prompts, over the continuation's tokens (for training with a LoRA adapter): it holds the adapter to changing
         the decoder only where soft prompts ask it to."""
@@ -257,7 +261,8 @@ class SoftPromptDecoder:
         return torch.stack(losses).mean() if losses else mixture.sum() * 0.0
 
 
-def bias_table(logit_bias: list[dict[int, float]] | None, rows: int, vocab: int, device: torch.device) -> torch.Tensor | None:
+def bias_table(logit_bias: list[dict[int, float]] | None, rows: int, vocab: int,
+               device: torch.device) -> torch.Tensor | None:
     """The rows' logit biases as one (rows x vocabulary) table; None when no row has any."""
     if not logit_bias or not any(logit_bias):
         return None
@@ -265,7 +270,8 @@ def bias_table(logit_bias: list[dict[int, float]] | None, rows: int, vocab: int,
     for row, biases in enumerate(logit_bias):
         for token, value in biases.items():
             if not 0 <= token < vocab:
-                raise DglmError(f"logit_bias names token {token}, but the decoder's vocabulary has ids 0 to {vocab - 1}",
+                raise DglmError(f"logit_bias names token {token}, but the decoder's vocabulary has "
+                                f"ids 0 to {vocab - 1}",
                                 field="logit_bias")
             table[row, token] = value
     return table

@@ -115,7 +115,8 @@ class Guide:
         return total
 
     def signed_log_odds(self, latents: torch.Tensor, term: int) -> torch.Tensor:
-        """log(q / (1 - q)) of one term, where q is p(label) for a positive weight and 1 - p(label) for a negative one."""
+        """log(q / (1 - q)) of one term, where q is p(label) for a positive weight and 1 - p(label) for a negative
+        one."""
         probe, label_index, weight = self.terms[term]
         logits = probe(self.normalizer.to_embedding(latents))
         others = torch.cat([logits[..., :label_index], logits[..., label_index + 1 :]], dim=-1)
@@ -225,7 +226,8 @@ class BatchGuidance:
         for (guide_id, scale), rows in self.groups.items():
             index = torch.tensor(rows, device=x0.device)
             prefixes = None if prefix_latents is None else prefix_latents[index]
-            delta[index] = self.guides[guide_id].delta(x0[index], scale, blur, [generators[row] for row in rows], prefixes)
+            delta[index] = self.guides[guide_id].delta(x0[index], scale, blur, [generators[row] for row in rows],
+                                                       prefixes)
         return delta
 
 

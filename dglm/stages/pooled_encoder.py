@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 
 MODULES = ("Transformer", "Pooling", "Normalize")  # the last part of each module's type name in modules.json
-ENCODER_ONLY = {"t5": "T5EncoderModel", "mt5": "MT5EncoderModel", "umt5": "UMT5EncoderModel"}  # seq2seq models' encoders
+ENCODER_ONLY = {"t5": "T5EncoderModel", "mt5": "MT5EncoderModel",
+                "umt5": "UMT5EncoderModel"}  # seq2seq models' encoders
 
 
 def is_pooled_folder(folder: Path) -> bool:
@@ -31,7 +32,8 @@ def is_pooled_folder(folder: Path) -> bool:
         return False
     mode = pooling.get("pooling_mode") or ("mean" if pooling.get("pooling_mode_mean_tokens") else None)
     only_mean = mode == "mean" and not any(pooling.get(f"pooling_mode_{other}") for other in
-                                           ("cls_token", "max_tokens", "mean_sqrt_len_tokens", "weightedmean_tokens", "lasttoken"))
+                                           ("cls_token", "max_tokens", "mean_sqrt_len_tokens", "weightedmean_tokens",
+                                            "lasttoken"))
     return types == MODULES and modules[0].get("path", "") == "" and only_mean
 
 
@@ -56,14 +58,16 @@ class PooledEncoder:
         return int(self.model.config.hidden_size)  # T5's d_model answers to this name too
 
     @torch.no_grad()
-    def encode(self, texts: list[str], batch_size: int = 64, show_progress_bar: bool = False, **_: object) -> torch.Tensor:
+    def encode(self, texts: list[str], batch_size: int = 64, show_progress_bar: bool = False,
+               **_: object) -> torch.Tensor:
         """Unit embeddings, one row per text, in the order given."""
         from tqdm.auto import tqdm
 
         order = sorted(range(len(texts)), key=lambda index: -len(texts[index]))  # as sentence-transformers batches
         pooled = []
         for start in tqdm(range(0, len(texts), batch_size), desc="encoding", disable=not show_progress_bar):
-            batch = [texts[index].lower() if self.lowercase else texts[index] for index in order[start:start + batch_size]]
+            batch = [texts[index] for index in order[start:start + batch_size]]
+            batch = [text.lower() for text in batch] if self.lowercase else batch
             features = self.tokenizer(batch, padding=True, truncation=True, max_length=self.max_seq_length,
                                       return_tensors="pt").to(self.device)
             tokens = self.model(**features).last_hidden_state

@@ -54,7 +54,8 @@ class OfflinePackage:
         """Concatenate the chunk packages' parts once into the cache, check the whole file, unzip it."""
         target = cache_dir() / "assembled" / self.model_path
         if not target.is_file():
-            parts = sorted(part for name in self.chunk_distributions for part in chunk_parts(name, self.model_path, self.install))
+            parts = sorted(part for name in self.chunk_distributions for part in chunk_parts(name, self.model_path,
+                                                                                             self.install))
             target.parent.mkdir(parents=True, exist_ok=True)
             partial = target.with_name(target.name + ".partial")
             with open(partial, "wb") as out:
@@ -77,7 +78,8 @@ class OfflinePackage:
 def package_folder(module: str, install: str) -> Path:
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
-        raise DglmError(f"the offline model package is not installed: run `{install}` (or pass a local path or hub name)")
+        raise DglmError(f"the offline model package is not installed: run `{install}` (or pass a "
+                        "local path or hub name)")
     return Path(next(iter(spec.submodule_search_locations)))
 
 

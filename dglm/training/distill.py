@@ -6,9 +6,10 @@ Trained on continuations the decoder wrote itself, with the shipped decoding and
 they learn to carry a continuation's meaning while the style stays the decoder's.
 
 The targets are written as `dglm generate --output` writes samples (one line a pair, in the pairs' order, pair k
-with seed `seed + k`; K lines a pair with `candidates`, below), so a killed run continues with `resume`; each line keeps its pair's source. Within a chunk
-of pairs, those of alike length are decoded together (a batch runs as long as its longest row), which a sample's
-text does not depend on. The file is a pairs file: point a training config's `data.train` at it.
+with seed `seed + k`; K lines a pair with `candidates`, below), so a killed run continues with `resume`; each line
+keeps its pair's source. Within a chunk of pairs, those of alike length are decoded together (a batch runs as long as
+its longest row), which a sample's text does not depend on. The file is a pairs file: point a training config's
+`data.train` at it.
 
 Decoder-written targets keep the decoder's style but lose much of the real continuation's meaning (fidelity cosine
 0.375 against 0.512). With `candidates` K > 1 each prefix is continued K times (K lines a pair, candidate j of pair
@@ -182,7 +183,8 @@ def sentiment_balance(config: TrainConfig, targets: Path, attribute: str = "sent
 
     report: dict[str, Any] = {"pairs": len(written), "attribute": attribute}
     counted: dict[str, dict[str, Counter]] = {}
-    for name, texts in (("real", [p["continuation"] for p in real]), ("decoder_written", [p["continuation"] for p in written])):
+    for name, texts in (("real", [p["continuation"] for p in real]),
+                        ("decoder_written", [p["continuation"] for p in written])):
         read = labels(texts)
         by_source = counted[name] = {}
         for pair, label in zip(written, read):
@@ -203,12 +205,13 @@ def attribute_probe(attribute: str, encoder: str, purpose: str) -> Probe:
                         f"installed: {', '.join(attributes) or 'none'}")
     probe = attributes[attribute].probe
     if probe.card["encoder"] != encoder:
-        raise DglmError(f"the {attribute!r} probe reads {probe.card['encoder']!r} embeddings, but this config's encoder "
-                        f"is {encoder!r}; train a probe on that encoder for {purpose}")
+        raise DglmError(f"the {attribute!r} probe reads {probe.card['encoder']!r} embeddings, but this config's "
+                        f"encoder is {encoder!r}; train a probe on that encoder for {purpose}")
     return probe
 
 
-def label_pair_weights(embeddings: torch.Tensor, label_weights: dict[str, dict[str, float]], encoder: str) -> torch.Tensor:
+def label_pair_weights(embeddings: torch.Tensor, label_weights: dict[str, dict[str, float]],
+                       encoder: str) -> torch.Tensor:
     """Per-pair sampling weights (a tensor) from the labels each attribute's probe reads in the pairs' continuation
     embeddings: the product over attributes of the weight of the label read (1 for a label not named)."""
     import torch

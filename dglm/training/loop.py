@@ -109,7 +109,8 @@ def run_loop(accelerator, model, optimizer, stage: str, steps: int, warmup: int,
             group.setdefault("initial_lr", group["lr"])
     done = step
     start = time.time()
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, warmup, steps), last_epoch=step - 1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, warmup, steps),
+                                                  last_epoch=step - 1)
     prepared_model, optimizer = accelerator.prepare(model, optimizer)
     autocast = torch.autocast(accelerator.device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     bar = tqdm(range(step, steps), initial=step, total=steps, desc=stage, disable=not accelerator.is_main_process)

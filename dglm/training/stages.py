@@ -58,7 +58,8 @@ def starting_parts(config: TrainConfig):
     from dglm.checkpoint import TrainableParts, build_parts, read_checkpoint
 
     output = config.output_path
-    start = output if (output / "config.json").is_file() or not config.init_from else Path(config.init_from).expanduser()
+    started = (output / "config.json").is_file() or not config.init_from
+    start = output if started else Path(config.init_from).expanduser()
     if (start / "config.json").is_file():
         saved_config, state, card = read_checkpoint(start)
         if saved_config == config.pipeline:
@@ -160,8 +161,8 @@ def train_denoiser(config: TrainConfig, config_path: str, leg: LegTimer | None =
     """v-prediction MSE on continuation latents, conditioned on prefix latents (dropped 10% for CFG)."""
     t = config.denoiser
     if config.init_from:
-        raise DglmError(f"init_from ({config.init_from}) fine-tunes that checkpoint's prompt generator on its denoiser; "
-                        "run `dglm train prompt-generator`, or drop init_from to train a denoiser")
+        raise DglmError(f"init_from ({config.init_from}) fine-tunes that checkpoint's prompt generator on its "
+                        "denoiser; run `dglm train prompt-generator`, or drop init_from to train a denoiser")
     stage, prefix, continuation = prepare_stage("denoiser", config, config_path)
     parts, card, adapter = starting_parts(config)
     parts.normalizer.fit(continuation)
@@ -210,7 +211,8 @@ class PromptGeneratorStage(nn.Module):
         self.decoder = decoder
         self.adapter = nn.ParameterList([p for p in decoder.model.parameters() if p.requires_grad])
         self.max_target_tokens = max_target_tokens
-        self.decoder_weight, self.bag_of_words_weight, self.anchor_weight = decoder_weight, bag_of_words_weight, anchor_weight
+        self.decoder_weight, self.bag_of_words_weight = decoder_weight, bag_of_words_weight
+        self.anchor_weight = anchor_weight
 
     def forward(self, noisy_latents: torch.Tensor, prefixes: list[str], continuations: list[str],
                 anchored: bool = False) -> torch.Tensor:
@@ -219,13 +221,26 @@ class PromptGeneratorStage(nn.Module):
         soft_prompts = self.prompt_generator(noisy_latents)
         loss = torch.zeros((), device=soft_prompts.device)
         if self.decoder_weight:
-            loss = loss + self.decoder_weight * self.decoder.loss(prefixes, continuations, soft_prompts, self.max_target_tokens)
+            loss = loss + self.decoder_weight * self.decoder.loss(prefixes, continuations, soft_prompts,
+                                                                  self.max_target_tokens)
         if self.bag_of_words_weight:
             loss = loss + self.bag_of_words_weight * self.decoder.bag_of_words_loss(continuations, soft_prompts,
                                                                                     self.max_target_tokens)
         if anchored and self.anchor_weight:
             loss = loss + self.anchor_weight * self.decoder.anchor_loss(prefixes, continuations, self.max_target_tokens)
         return loss
+
+
+def check_anchor(config: TrainConfig) -> None:
+    """The anchor holds a decoder adapter to the published decoder: it needs an adapter, a share in [0, 1] and a
+    weight of at least 0."""
+    t = config.prompt_generator
+    if t.anchor_share and t.anchor_weight and not config.pipeline.decoder_adapter.rank:
+        raise DglmError("prompt_generator.anchor_share and anchor_weight hold a decoder adapter to the published "
+                        "decoder, but pipeline.decoder_adapter.rank is 0 (no adapter); set a rank or drop the anchor")
+    if not (0 <= t.anchor_share <= 1 and t.anchor_weight >= 0):
+        raise DglmError(f"prompt_generator.anchor_share must be in [0, 1] and anchor_weight at least 0, got "
+                        f"{t.anchor_share} and {t.anchor_weight}")
 
 
 def train_prompt_generator(config: TrainConfig, config_path: str, leg: LegTimer | None = None) -> Path:
@@ -245,12 +260,7 @@ def train_prompt_generator(config: TrainConfig, config_path: str, leg: LegTimer 
     parts, card, saved_adapter = starting_parts(config)
     if "denoiser" not in card:
         raise DglmError(f"train the denoiser first: {config.output} has no denoiser trained with this config")
-    if t.anchor_share and t.anchor_weight and not config.pipeline.decoder_adapter.rank:
-        raise DglmError("prompt_generator.anchor_share and anchor_weight hold a decoder adapter to the published "
-                        "decoder, but pipeline.decoder_adapter.rank is 0 (no adapter); set a rank or drop the anchor")
-    if not (0 <= t.anchor_share <= 1 and t.anchor_weight >= 0):
-        raise DglmError(f"prompt_generator.anchor_share must be in [0, 1] and anchor_weight at least 0, got "
-                        f"{t.anchor_share} and {t.anchor_weight}")
+    check_anchor(config)
     start = resume_point(card, stage)
     if start.step >= t.steps:  # the checkpoint holds the whole stage; only its resume state is gone
         return config.output_path
@@ -343,9 +353,9 @@ def prompt_generator_loss(config: TrainConfig) -> str:
     t = config.prompt_generator
     anchor = (f" + {t.anchor_weight} x KL to the published decoder on {t.anchor_share:.0%} of steps"
               if t.anchor_share and t.anchor_weight else "")
-    return (f"decoder cross-entropy per continuation token + {t.bag_of_words_weight} x bag-of-words cross-entropy{anchor} "
-            f"(mean of the last 100 steps); the wall time also covers the {t.bag_of_words_steps} bag-of-words-only "
-            "steps run first")
+    return (f"decoder cross-entropy per continuation token + {t.bag_of_words_weight} x bag-of-words "
+            f"cross-entropy{anchor} (mean of the last 100 steps); the wall time also covers the {t.bag_of_words_steps} "
+            "bag-of-words-only steps run first")
 
 
 LOSS_DESCRIPTIONS = {
@@ -356,7 +366,8 @@ LOSS_DESCRIPTIONS = {
 
 def stage_card(stage: Stage, result: LoopResult) -> dict:
     config, accelerator, tail = stage.config, stage.accelerator, result.losses[-100:]
-    device = torch.cuda.get_device_name() if accelerator.device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()})"
+    on_cpu = f"CPU ({platform.processor() or platform.machine()})"
+    device = torch.cuda.get_device_name() if accelerator.device.type == "cuda" else on_cpu
     return {
         "command": f"dglm train {stage.name} --config {stage.config_path}",
         "config": asdict(stage.settings),

@@ -75,7 +75,8 @@ def load_training_state(path: Path, module: nn.Module, optimizer: torch.optim.Op
                             f"{saved_total} or start a new run in another run_dir")
         module.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
         if ema is not None:
-            ema.shadow = {k[4:]: v.to(next(module.parameters()).device) for k, v in tensors.items() if k.startswith("ema.")}
+            device = next(module.parameters()).device
+            ema.shadow = {k[4:]: v.to(device) for k, v in tensors.items() if k.startswith("ema.")}
         state: dict[int, dict] = {}
         for key, value in tensors.items():
             if key.startswith("optim."):
@@ -83,5 +84,6 @@ def load_training_state(path: Path, module: nn.Module, optimizer: torch.optim.Op
                 state.setdefault(int(index), {})[name] = value
         optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
     except (RuntimeError, ValueError, KeyError) as error:
-        raise DglmError(f"cannot resume from {weights}: {str(error).splitlines()[0]}; delete it to start over") from None
+        raise DglmError(f"cannot resume from {weights}: {str(error).splitlines()[0]}; "
+                        "delete it to start over") from None
     return int(meta["step"]), list(meta["losses"]), float(meta.get("seconds", 0.0))
