@@ -8,6 +8,7 @@ perplexity, collapse on mpnet). Writes a JSON report, every sample (gzipped JSON
     python benchmarks/collapse_levers.py --samples 10
     python benchmarks/collapse_levers.py --samples 10 --only "gradient 256" "project 0.99"
     python benchmarks/collapse_levers.py --samples 10 --only "choose 4 of gradient 16"   # K candidates, one kept
+    python benchmarks/collapse_levers.py --samples 10 --only "noise-conditioned 64"   # the FiLM classifiers guide
 
 The report is rewritten after every lever, and a run adds to the report already at --out (its levers are not run
 again), so a long sweep can be stopped and continued.
@@ -52,6 +53,16 @@ LEVERS = {
     "from t=0.6 gradient 64": ("dglm", {"guidance_scale": 64.0, "guidance_start": 0.6}),
     "from t=0.6 gradient 256": ("dglm", {"guidance_scale": 256.0, "guidance_start": 0.6}),
     "from t=0.3 gradient 256": ("dglm", {"guidance_scale": 256.0, "guidance_start": 0.3}),
+    "noise-conditioned 4": ("dglm", {"guidance_classifier": "noise-conditioned", "guidance_scale": 4.0}),
+    "noise-conditioned 16": ("dglm", {"guidance_classifier": "noise-conditioned", "guidance_scale": 16.0}),
+    "noise-conditioned 64": ("dglm", {"guidance_classifier": "noise-conditioned", "guidance_scale": 64.0}),
+    "noise-conditioned 256": ("dglm", {"guidance_classifier": "noise-conditioned", "guidance_scale": 256.0}),
+    "choose 4 of noise-conditioned 16": ("dglm", {"guidance_classifier": "noise-conditioned", "guidance_scale": 16.0,
+                                              "candidates": 4}),
+    "choose 4 of noise-conditioned 64": ("dglm", {"guidance_classifier": "noise-conditioned", "guidance_scale": 64.0,
+                                              "candidates": 4}),
+    "choose 4 of noise-conditioned 256": ("dglm", {"guidance_classifier": "noise-conditioned", "guidance_scale": 256.0,
+                                              "candidates": 4}),
     "activation x2": ("activation", {"layer": 15, "multiplier": 2.0}),
     "activation x4": ("activation", {"layer": 15, "multiplier": 4.0}),
     "activation x8": ("activation", {"layer": 15, "multiplier": 8.0}),

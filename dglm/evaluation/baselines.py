@@ -42,6 +42,7 @@ class DGLM(Method):
         guidance_anchor: float | None = None
         candidates: int | None = None
         guidance_start: float | None = None
+        guidance_classifier: str | None = None
 
     def continue_rows(self, rows, constraints, max_new_tokens):
         planned = list(self.pipeline.plan([prefix for prefix, _ in rows], constraints, seed=[seed for _, seed in rows],

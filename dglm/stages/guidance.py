@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from dglm.attributes.noisy_probe import NOISE_KIND, NoisyProbe
 from dglm.attributes.probes import Probe
 from dglm.config import DiffusionSettings
 from dglm.constraints import PHRASE, Constraint
@@ -30,6 +31,16 @@ def check_guidance_mode(mode: str) -> str:
     if mode not in GUIDANCE_MODES:
         raise DglmError(f"unknown guidance mode {mode!r}; modes: {', '.join(GUIDANCE_MODES)}", field="guidance_mode")
     return mode
+
+
+GUIDANCE_CLASSIFIERS = ("linear", NOISE_KIND)
+
+
+def check_guidance_classifier(kind: str) -> str:
+    if kind not in GUIDANCE_CLASSIFIERS:
+        raise DglmError(f"unknown guidance classifier {kind!r}; classifiers: {', '.join(GUIDANCE_CLASSIFIERS)}",
+                        field="guidance_classifier")
+    return kind
 
 
 # A phrase bound never asks for a cosine this close to +-1: the proposal would be the phrase itself.
@@ -92,8 +103,10 @@ class Guide:
         projection_passes: int = 3,
         anchor: float = 0.0,
         phrases: list[PhraseBound] | None = None,
+        heads: list[NoisyProbe] | None = None,
     ):
         self.terms = terms
+        self.heads = heads  # noise-conditioned classifiers, one a term, that guide in place of the probes
         self.phrases = phrases or []
         self.normalizer = normalizer
         self.mc_draws = mc_draws
@@ -130,15 +143,28 @@ class Guide:
                    for k, (_, _, weight) in enumerate(self.terms))
 
     def gradient(self, x0: torch.Tensor, blur: float, generators: list[torch.Generator]) -> torch.Tensor:
-        """Gradient of the (blurred) objective: the weighted log-probability, or its capped form in margin mode."""
+        """Gradient of the (blurred) objective: the weighted log-probability, or its capped form in margin mode; with
+        noise-conditioned heads, their weighted log-probability of the estimate noised to this step's level."""
         objective = self.satisfied_log_prob if self.mode == "margin" else self.log_prob
         with torch.enable_grad():
             x0 = x0.detach().requires_grad_(True)
             noise = per_sample_randn(generators, (self.mc_draws, x0.shape[-1]), device=x0.device)
-            draws = x0[:, None] + min(blur, self.max_blur) * noise  # (B, draws, D)
-            aggregate = torch.logsumexp(objective(draws), dim=1) - math.log(self.mc_draws)
+            if self.heads:
+                scores = self.noised_log_prob(x0, -2 * math.log(max(blur, 1e-6)), noise)
+            else:
+                scores = objective(x0[:, None] + min(blur, self.max_blur) * noise)  # draws (B, draws, D)
+            aggregate = torch.logsumexp(scores, dim=1) - math.log(self.mc_draws)
             (grad,) = torch.autograd.grad(aggregate.sum(), x0)
         return grad
+
+    def noised_log_prob(self, x0: torch.Tensor, logsnr: float, noise: torch.Tensor) -> torch.Tensor:
+        """Summed weighted log p(target) of the heads, for each row's estimate (B, D) under each noise draw
+        (B, draws, D), the estimate noised to `logsnr` (this step's: the blur is sigma / alpha)."""
+        embeddings = self.normalizer.to_embedding(x0)[:, None].expand_as(noise)
+        total = torch.zeros(noise.shape[:-1], device=noise.device)
+        for head, (_, label_index, weight) in zip(self.heads, self.terms):
+            total = total + weight * head.log_probs(embeddings, logsnr, noise)[..., label_index]
+        return total
 
     def projection(self, x0: torch.Tensor) -> torch.Tensor:
         """The nearest point to `x0` at which every term's signed log-odds reaches |weight| * logit(target).
@@ -249,7 +275,25 @@ def build_guide(constraints: list[Constraint], terms: list[tuple[Probe, int, flo
     return Guide([(probe.to(device), label_index, weight) for probe, label_index, weight in terms], normalizer,
                  mc_draws=diffusion.mc_draws, mode=diffusion.guidance_mode, target=diffusion.guidance_target,
                  anchor=diffusion.guidance_anchor,
-                 phrases=phrase_bounds(constraints, encoder, diffusion.phrase_cosine, device))
+                 phrases=phrase_bounds(constraints, encoder, diffusion.phrase_cosine, device),
+                 heads=noise_conditioned_heads(terms, diffusion, device))
+
+
+def noise_conditioned_heads(terms: list[tuple[Probe, int, float]], diffusion: DiffusionSettings,
+                            device: torch.device) -> list[NoisyProbe] | None:
+    """The noise-conditioned classifiers of the terms' attributes when the settings ask for them (None otherwise);
+    every attribute asked must ship one, and they guide in gradient mode only."""
+    if check_guidance_classifier(diffusion.guidance_classifier) != NOISE_KIND or not terms:
+        return None
+    if diffusion.guidance_mode != "gradient":
+        raise DglmError(f"guidance classifier {NOISE_KIND!r} guides in gradient mode only, got guidance mode "
+                        f"{diffusion.guidance_mode!r}", field="guidance_classifier")
+    lacking = [probe.name for probe, _, _ in terms if probe.noise_conditioned is None]
+    if lacking:
+        raise DglmError(f"attribute(s) {', '.join(lacking)} ship no noise-conditioned classifier; use guidance "
+                        f"classifier 'linear', or train one with `dglm classifier train --kind {NOISE_KIND}`",
+                        field="guidance_classifier")
+    return [probe.noise_conditioned.to(device) for probe, _, _ in terms]
 
 
 def phrase_bounds(constraints: list[Constraint], encoder: SentenceEncoder, phrase_cosine: float,
