@@ -139,6 +139,9 @@ class DiffusionSettings(Settings):
                                  "every attribute the guidance probes read at GUIDANCE_TARGET or more on the written "
                                  "text, the one closest to the prefix; when none is, the one that carries the "
                                  "attributes best. 1 keeps the first (the sample's own draw)", at_least=1, at_most=64)
+    segment_tokens: int = setting(0, "write long text in segments of this many tokens, each planned anew from the text "
+                                     "so far (under the same attributes); 0 plans the whole continuation once. The "
+                                     "encoder reads the most recent words of a long text", at_least=0, at_most=4096)
     renoise_alpha2: float = setting(0.95, "signal level alpha^2 the proposal is re-noised to before it becomes soft "
                                           "prompts (what the prompt generator was trained on); 1 keeps it clean",
                                     above=0, at_most=1)
@@ -183,6 +186,7 @@ class GenerationSettings(TypedDict, total=False):
     prefix_guidance: float | None
     mc_draws: int | None
     candidates: int | None
+    segment_tokens: int | None
     renoise_alpha2: float | None
     max_new_tokens: int | None
     temperature: float | None

@@ -25,6 +25,7 @@ from dglm.errors import DglmError
 from dglm.inputs import check_counts, check_generation_inputs, check_prefix, check_seed, cut_at_stop, stop_strings
 from dglm.plugins import attribute_terms, get_attributes, get_sampler
 from dglm.processes import chunks, gather_to_main, process_group, shared_seed
+from dglm.segments import write_in_segments
 from dglm.seeding import candidate_seed, per_sample_randn, sample_generators, sample_seed
 from dglm.stages.decoder import SoftPromptDecoder
 from dglm.stages.decoder_adapter import load_adapter
@@ -77,7 +78,7 @@ class Row:
     def schedule_key(self) -> tuple:
         """The diffusion settings a batch must share (the rest may differ row by row)."""
         d = self.diffusion
-        return d.sampler, d.steps, d.prefix_guidance, d.renoise_alpha2, d.guidance_start
+        return d.sampler, d.steps, d.prefix_guidance, d.renoise_alpha2, d.guidance_start, d.segment_tokens
 
 
 class Pipeline:
@@ -297,39 +298,56 @@ class Pipeline:
         settings may differ row by row. `on_step` is passed to the decoder (streaming, see `generate_tokens`).
         """
         if len({row.schedule_key for row in rows}) > 1:
-            raise DglmError("rows in one batch must share sampler, steps, prefix_guidance, "
-                            "renoise_alpha2 and guidance_start")
+            raise DglmError("rows in one batch must share sampler, steps, prefix_guidance, renoise_alpha2, "
+                            "guidance_start and segment_tokens")
         self.check_fits(rows)  # before any model runs, and before the encoder's warning
+        segment = rows[0].diffusion.segment_tokens
+        if segment and any(row.decoding.max_new_tokens > segment for row in rows):
+            if on_step is not None:
+                raise DglmError("text written in segments cannot be streamed token by token yet; send "
+                                "segment_tokens 0 to stream", field="segment_tokens")
+            return write_in_segments(rows, segment, self.write, self.decoder.decode, self.decoder.tokenizer.eos_token_id)
         self.encoder.warn_if_cut([row.prefix for row in rows])
-        drafts = [(row, candidate) for row in rows for candidate in range(row.diffusion.candidates)]
+        return self.write(rows, [row.prefix for row in rows], [row.seed for row in rows],
+                          [row.decoding for row in rows], on_step)
+
+    def write(self, rows: list[Row], contexts: list[str], seeds: list[int], decodings: list[DecodingSettings],
+              on_step=None, recent: bool = False) -> list[list[int]]:
+        """One plan and its text for each row: the diffusion proposes a meaning for what follows its context (the
+        prefix, or the prefix and the text so far), under the row's attributes, from `seeds`, and the decoder writes
+        it with `decodings`; with candidates, each row's are written together and one is kept. With `recent`, the
+        encoder reads the most recent words of a context longer than its window (else, its beginning)."""
+        drafts = [(index, candidate) for index, row in enumerate(rows) for candidate in range(row.diffusion.candidates)]
         if len(drafts) > len(rows) and on_step is not None:
             raise DglmError("candidates above 1 cannot be streamed token by token: the text is known once a candidate "
                             "is chosen", field="candidates")
-        prefixes, diffusion = [row.prefix for row, _ in drafts], rows[0].diffusion
-        generators = sample_generators([candidate_seed(row.seed, candidate) for row, candidate in drafts])
-        guidance = BatchGuidance([row.guide for row, _ in drafts], [row.diffusion.guidance_scale for row, _ in drafts])
-        latents = self.propose_latents(prefixes, generators, guidance, diffusion)
+        texts, diffusion = [contexts[index] for index, _ in drafts], rows[0].diffusion
+        generators = sample_generators([candidate_seed(seeds[index], candidate) for index, candidate in drafts])
+        guidance = BatchGuidance([rows[index].guide for index, _ in drafts],
+                                 [rows[index].diffusion.guidance_scale for index, _ in drafts])
+        read = [self.encoder.keep_recent(text) for text in texts] if recent else texts
+        latents = self.propose_latents(read, generators, guidance, diffusion)
         soft_prompts = self.soft_prompts(latents, generators, diffusion.renoise_alpha2)
-        token_ids = self.decoder.generate_tokens(prefixes, soft_prompts, generators,
-                                                 [row.decoding for row, _ in drafts],
-                                                 on_step=on_step, logit_bias=[row.logit_bias for row, _ in drafts])
+        token_ids = self.decoder.generate_tokens(texts, soft_prompts, generators, [decodings[i] for i, _ in drafts],
+                                                 on_step=on_step, logit_bias=[rows[i].logit_bias for i, _ in drafts])
         if len(drafts) == len(rows):
             return token_ids
         chosen, start = [], 0
-        for row in rows:
+        for row, context in zip(rows, contexts):
             count = row.diffusion.candidates
             options = token_ids[start:start + count]
-            chosen.append(options[self.choose_candidate(row, [self.decoder.decode(ids) for ids in options])])
+            context = self.encoder.keep_recent(context) if recent else context
+            chosen.append(options[self.choose_candidate(row, [self.decoder.decode(ids) for ids in options], context)])
             start += count
         return chosen
 
-    def choose_candidate(self, row: Row, texts: list[str]) -> int:
+    def choose_candidate(self, row: Row, texts: list[str], context: str | None = None) -> int:
         """Which of a sample's decoded candidates to keep: of those whose every probe target the guidance probes read
         at `guidance_target` or more on the written continuation, the one whose embedding is closest to the prefix's
         (what stays on the prefix); when none is, the one whose targets' weighted log-probability is highest. Only
         what generation has is used: the guidance probes and the encoder. Phrases count towards closeness: the cosine
         to each phrase, signed by its weight, is added to the cosine to the prefix."""
-        embeddings = self.encoder.encode([row.prefix, *texts]).to(self.decoder.device)
+        embeddings = self.encoder.encode([row.prefix if context is None else context, *texts]).to(self.decoder.device)
         closeness = embeddings[1:] @ embeddings[0]
         if row.guide is None:
             return int(closeness.argmax())

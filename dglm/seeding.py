@@ -37,7 +37,20 @@ def candidate_seed(seed: int, candidate: int) -> int:
     """The seed of candidate `candidate` of the sample seeded `seed` (the `candidates` setting): candidate 0 is the
     sample's own seed, so one candidate draws exactly what a sample draws; the others are derived from the seed by
     a hash into [2**63, 2**64), where no sample's seed lies, so no other sample can draw their streams."""
-    if candidate == 0:
+    return derived_seed(seed, "candidate", candidate)
+
+
+def segment_seed(seed: int, segment: int) -> int:
+    """The seed of segment `segment` of the sample seeded `seed` (the `segment_tokens` setting): the first segment is
+    the sample's own draw, later ones are derived from the seed as candidates are (a segment's candidates derive
+    from its seed in turn), so a sample's whole text still depends on its seed alone."""
+    return derived_seed(seed, "segment", segment)
+
+
+def derived_seed(seed: int, stream: str, index: int) -> int:
+    """`seed` itself for index 0; otherwise a hash of (stream, index, seed) into [2**63, 2**64)."""
+    if index == 0:
         return seed
-    digest = hashlib.sha256(f"dglm candidate {candidate} of seed {seed}".encode()).digest()
+    label = f"dglm {stream} {index} of seed {seed}"
+    digest = hashlib.sha256(label.encode()).digest()
     return SAMPLE_SEEDS + int.from_bytes(digest[:8], "big") % SAMPLE_SEEDS

@@ -633,6 +633,17 @@ def test_a_request_that_chooses_among_candidates_gets_the_python_apis_text_strea
     assert answer["choices"][0]["text"] == want[0][: want[0].find(stop)] and answer["choices"][0]["finish_reason"] == "stop"
 
 
+def test_a_request_written_in_segments_gets_the_python_apis_text_streamed_or_not(served, tiny_pipeline):
+    url = served[0]
+    body = {"prompt": "A film", "max_tokens": 9, "seed": 4, "segment_tokens": 3, "attributes": ["toy_sentiment=positive"]}
+    want = alone(tiny_pipeline, "A film", 4, ["toy_sentiment=positive"], max_new_tokens=9, segment_tokens=3)
+    status, answer = request(url, "POST", "/v1/completions", body)
+    assert status == 200 and answer["choices"][0]["text"] == want
+    assert "".join(e["choices"][0]["text"] for e in stream_events(url, {**body, "stream": True})) == want
+    status, answer = request(url, "POST", "/v1/completions", {**body, "logprobs": 1})
+    assert status == 400 and "logprobs with segment_tokens" in answer["error"]["message"]
+
+
 def test_json_depth_counts_brackets_outside_strings_and_reads_an_unclosed_string_once():
     from dglm.server.protocol import json_depth
 

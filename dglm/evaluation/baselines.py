@@ -43,6 +43,7 @@ class DGLM(Method):
         candidates: int | None = None
         guidance_start: float | None = None
         guidance_classifier: str | None = None
+        segment_tokens: int | None = None
 
     def continue_rows(self, rows, constraints, max_new_tokens):
         planned = list(self.pipeline.plan([prefix for prefix, _ in rows], constraints, seed=[seed for _, seed in rows],

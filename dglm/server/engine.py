@@ -224,10 +224,10 @@ class BatchingEngine:
         self.batch_sizes.append(len(batch))
         self.metrics.batch_size.observe(len(batch))
         rows = [job.rows[index] for job, index in batch]
-        chooses = rows[0].diffusion.candidates > 1  # a batch holds rows that all choose, or none (`batch_key`)
-        token_ids = self.pipeline.generate_rows(rows, on_step=None if chooses else on_step)
+        whole = written_whole(rows[0])  # a batch holds rows written whole, or none (`batch_key`)
+        token_ids = self.pipeline.generate_rows(rows, on_step=None if whole else on_step)
         texts = [decoder.decode(ids) if cut[row] is None else cut[row] for row, ids in enumerate(token_ids)]
-        if chooses:  # the chosen text is known only now: stop strings cut it whole, and a stream gets it in one piece
+        if whole:  # the text is known only now: stop strings cut it whole, and a stream gets it in one piece
             for row, (job, _) in enumerate(batch):
                 at = first_stop(texts[row], job.stop)
                 if at is not None:
@@ -247,9 +247,15 @@ class BatchingEngine:
 
 
 def batch_key(row: Row) -> tuple:
-    """What rows must share to be decoded together: the diffusion schedule, and whether they choose among candidates
-    (those are decoded without streaming, since their text is known only once a candidate is chosen)."""
-    return row.schedule_key, row.diffusion.candidates > 1
+    """What rows must share to be decoded together: the diffusion schedule, and whether they are written whole."""
+    return row.schedule_key, written_whole(row)
+
+
+def written_whole(row: Row) -> bool:
+    """Whether a row's text is known only once it is written: it chooses among candidates, or is written in segments
+    (each planned after the last is written). Such rows are decoded without streaming; a stream gets the text in one
+    piece at the end."""
+    return row.diffusion.candidates > 1 or row.diffusion.segment_tokens > 0
 
 
 def held_back(text: str, stops: list[str]) -> int:

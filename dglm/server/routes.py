@@ -152,6 +152,9 @@ def plan_rows(completion: Any, server: ServerState) -> list[Row]:
             raise DglmError(f"logprobs with candidates above 1 is not supported: a candidate is chosen after it is "
                             f"written; send candidates 1 with logprobs (this model's default is "
                             f"{pipeline.config.diffusion.candidates})", field="candidates")
+        if rows[0].diffusion.segment_tokens and completion.logprobs is not None:
+            raise DglmError("logprobs with segment_tokens is not supported yet; send segment_tokens 0 with logprobs",
+                            field="segment_tokens")
     except DglmError as error:  # an error without a field is about the attributes (resolving them, their probes)
         raise ApiError(400, str(error), param=request_field(error.field) if error.field else "attributes") from None
     return rows

@@ -36,6 +36,19 @@ class SentenceEncoder:
             )
         return F.normalize(embeddings.float().cpu(), dim=-1)
 
+    def keep_recent(self, text: str) -> str:
+        """`text`, or its most recent words when it is longer than the encoder's window (what a long text's next
+        segment follows on from), cut at a word boundary."""
+        window = getattr(self.model, "max_seq_length", None)
+        if not window or len(text) <= window - 2:
+            return text
+        offsets = self.model.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        if len(offsets) <= window - 2:
+            return text
+        start = offsets[-(window - 2)][0]
+        space = text.find(" ", start)
+        return text[space + 1:] if 0 <= space < len(text) - 1 and space > start else text[start:]
+
     def warn_if_cut(self, texts: list[str]) -> None:
         """Say once, on stderr, that a text is longer than the encoder's window: the encoder reads only its first
         `max_seq_length` word pieces (sentence-transformers cuts the rest), so a long prefix conditions the

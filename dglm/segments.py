@@ -1,0 +1,38 @@
+"""Long text in segments: write a stretch, plan again from everything written so far, and go on.
+
+The model was trained on continuations of about 21 tokens, so one proposed meaning covers about one sentence; past
+it, nothing plans the text. With `segment_tokens`, a continuation longer than that is written in segments: each
+segment's meaning is proposed anew by the diffusion, under the same attributes, conditioned on the prefix and the
+text so far (its most recent words, past the encoder's window), and the decoder writes the segment with that whole
+text as its context and the new segment's soft prompts after it (the earlier segments' soft prompts are not kept:
+they were read while writing their own segment). Segment s of a sample draws from `seeding.segment_seed(seed, s)`,
+so its text still depends on its seed alone; segment 0 is what one plan draws.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from dglm.seeding import segment_seed
+
+
+def write_in_segments(rows: list[Any], segment_tokens: int, write: Callable, decode: Callable[[list[int]], str],
+                      end_of_text: int) -> list[list[int]]:
+    """Each row's token ids, written `segment_tokens` at a time by `write(rows, contexts, seeds, decodings,
+    recent=True)` (`Pipeline.write`) until the row's `max_new_tokens` or its end-of-text token."""
+    written: list[list[int]] = [[] for _ in rows]
+    ended = [False] * len(rows)
+    segment = 0
+    while True:
+        active = [i for i, row in enumerate(rows) if not ended[i] and len(written[i]) < row.decoding.max_new_tokens]
+        if not active:
+            return written
+        contexts = [rows[i].prefix + decode(written[i]) for i in active]
+        seeds = [segment_seed(rows[i].seed, segment) for i in active]
+        decodings = [rows[i].decoding.updated(max_new_tokens=min(segment_tokens, rows[i].decoding.max_new_tokens
+                                                                 - len(written[i]))) for i in active]
+        for i, ids in zip(active, write([rows[i] for i in active], contexts, seeds, decodings, recent=True)):
+            written[i] += ids
+            ended[i] = not ids or ids[-1] == end_of_text
+        segment += 1

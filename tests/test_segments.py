@@ -1,0 +1,62 @@
+"""Long text in segments (the `segment_tokens` setting): each segment planned anew from the text so far, a sample
+still reproduced by its seed alone."""
+
+from __future__ import annotations
+
+import pytest
+
+from dglm.errors import DglmError
+from dglm.seeding import SAMPLE_SEEDS, candidate_seed, segment_seed
+
+ASK = dict(prefix=["The film", "A long day at the office"], attributes=["toy_sentiment=positive"], num_samples=2,
+           seed=5, max_new_tokens=11, guidance_scale=8.0)
+
+
+def continuations(pipeline, **settings) -> list[str]:
+    return [sample.continuation for sample in pipeline.generate(**{**ASK, **settings})]
+
+
+def test_segment_zero_is_the_sample_and_later_segments_are_streams_no_sample_has():
+    assert segment_seed(7, 0) == 7
+    later = {segment_seed(seed, segment) for seed in (0, 7) for segment in range(1, 5)}
+    assert len(later) == 8 and all(SAMPLE_SEEDS <= seed < 2**64 for seed in later)
+    assert segment_seed(7, 1) != candidate_seed(7, 1)
+
+
+def test_a_segment_as_long_as_the_text_is_one_plan_and_shorter_ones_plan_again(tiny_pipeline, toy_plugin):
+    one_plan = continuations(tiny_pipeline)
+    assert continuations(tiny_pipeline, segment_tokens=11) == one_plan == continuations(tiny_pipeline, segment_tokens=0)
+    segmented = continuations(tiny_pipeline, segment_tokens=4)
+    assert segmented != one_plan
+    tokens = tiny_pipeline.decoder.tokenizer
+    for text, whole in zip(segmented, one_plan):  # the first segment is the first plan's first tokens
+        assert tokens(text)["input_ids"][:2] == tokens(whole)["input_ids"][:2]
+    rows = list(tiny_pipeline.plan(ASK["prefix"], ASK["attributes"], 2, seed=5, max_new_tokens=11, segment_tokens=4))
+    assert all(len(ids) <= 11 for ids in tiny_pipeline.generate_rows(rows))  # max_new_tokens stays a hard cap
+
+
+def test_a_segmented_sample_is_the_same_alone_batched_and_with_candidates_reproducible(tiny_pipeline, toy_plugin):
+    together = continuations(tiny_pipeline, segment_tokens=4)
+    alone = tiny_pipeline.generate("A long day at the office", ["toy_sentiment=positive"], seed=8, max_new_tokens=11,
+                                   guidance_scale=8.0, segment_tokens=4)
+    assert together[3] == alone[0].continuation
+    chosen = continuations(tiny_pipeline, segment_tokens=4, candidates=2)
+    assert chosen == continuations(tiny_pipeline, segment_tokens=4, candidates=2)
+
+
+def test_segments_are_not_streamed_and_the_setting_is_checked(tiny_pipeline):
+    rows = list(tiny_pipeline.plan(["The film"], seed=1, segment_tokens=3, max_new_tokens=7))
+    with pytest.raises(DglmError, match="segments cannot be streamed"):
+        tiny_pipeline.generate_rows(rows, on_step=lambda *args: None)
+    with pytest.raises(DglmError, match=r"segment_tokens must be an integer in \[0, 4096\], got -1"):
+        tiny_pipeline.generate("The film", segment_tokens=-1)
+
+
+def test_the_encoder_reads_the_most_recent_words_of_a_long_text(tiny_pipeline):
+    encoder = tiny_pipeline.encoder
+    window = encoder.model.max_seq_length
+    text = " ".join(f"word{i}" for i in range(window * 2))
+    kept = encoder.keep_recent(text)
+    assert text.endswith(kept) and kept.startswith("word") and len(kept) < len(text)
+    assert len(encoder.model.tokenizer(kept, add_special_tokens=False)["input_ids"]) <= window - 2
+    assert encoder.keep_recent("A short text.") == "A short text."
