@@ -124,7 +124,7 @@ def load_noisy_probe(card_path: Path, name: str, labels: list[str], encoder_dim:
 
 def train_noisy_probe(name: str, embeddings: torch.Tensor, labels: list[str], encoder: str, data: str,
                       logsnr_of: Callable[[torch.Tensor], torch.Tensor], *, test_fraction: float = 0.2,
-                      steps: int = 3000, batch_size: int = 256, width: int = 256, layers: int = 3,
+                      steps: int = 3000, batch_size: int = 256, width: int = 128, layers: int = 3,
                       seed: int = 0) -> NoisyProbe:
     """Fit a noise-conditioned classifier: each batch's embeddings are noised to log-SNRs drawn as the diffusion
     draws its times (`logsnr_of` maps uniform times to log-SNRs), and the card records held-out accuracy at
