@@ -306,7 +306,8 @@ class Pipeline:
             if on_step is not None:
                 raise DglmError("text written in segments cannot be streamed token by token yet; send "
                                 "segment_tokens 0 to stream", field="segment_tokens")
-            return write_in_segments(rows, segment, self.write, self.decoder.decode, self.decoder.tokenizer.eos_token_id)
+            end_of_text = self.decoder.tokenizer.eos_token_id
+            return write_in_segments(rows, segment, self.write, self.decoder.decode, end_of_text)
         self.encoder.warn_if_cut([row.prefix for row in rows])
         return self.write(rows, [row.prefix for row in rows], [row.seed for row in rows],
                           [row.decoding for row in rows], on_step)
