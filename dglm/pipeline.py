@@ -295,7 +295,8 @@ class Pipeline:
         """The continuation's token ids for each row, in one batch (`generate` validates and batches for you).
 
         The rows must share a diffusion schedule (`Row.schedule_key`); attributes, guidance scale and decoding
-        settings may differ row by row. `on_step` is passed to the decoder (streaming, see `generate_tokens`).
+        settings may differ row by row. `on_step` is passed to the decoder (streaming, see `generate_tokens`). Rows
+        longer than their `segment_tokens` are written in segments (`dglm.segments`), each planned by `write`.
         """
         if len({row.schedule_key for row in rows}) > 1:
             raise DglmError("rows in one batch must share sampler, steps, prefix_guidance, renoise_alpha2, "
