@@ -34,6 +34,9 @@ def main() -> None:
                         help="also time guided generation with each of these candidates settings (K proposals a sample, "
                              "one kept; 1 is the guided variant itself)")
     parser.add_argument("--guidance-scale", type=float, help="the guided variants' scale (default: the checkpoint's)")
+    parser.add_argument("--guidance-classifier", help="the guided variants' classifier (default: the checkpoint's)")
+    parser.add_argument("--segment-tokens", type=int, nargs="+", default=[],
+                        help="also time guided generation written in segments of each of these many tokens")
     parser.add_argument("--model")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/speed.json"))
@@ -52,10 +55,13 @@ def main() -> None:
         for steps in args.steps:
             variants[f"dglm unguided, {steps} steps"] = lambda s=steps: pipeline.generate(prefixes[0], num_samples=batch, seed=0, steps=s, batch_size=batch, max_new_tokens=args.max_new_tokens)
             for k in args.candidates:
-                name = f"dglm guided, {steps} steps" + (f", {k} candidates" if k > 1 else "")
-                variants[name] = lambda s=steps, k=k: pipeline.generate(
-                    prefixes[0], attributes=[args.attr], num_samples=batch, seed=0, steps=s, batch_size=batch,
-                    max_new_tokens=args.max_new_tokens, candidates=k, guidance_scale=args.guidance_scale)
+                for segment in [0, *args.segment_tokens]:
+                    name = (f"dglm guided, {steps} steps" + (f", {k} candidates" if k > 1 else "")
+                            + (f", segments of {segment}" if segment else ""))
+                    variants[name] = lambda s=steps, k=k, segment=segment: pipeline.generate(
+                        prefixes[0], attributes=[args.attr], num_samples=batch, seed=0, steps=s, batch_size=batch,
+                        max_new_tokens=args.max_new_tokens, candidates=k, guidance_scale=args.guidance_scale,
+                        guidance_classifier=args.guidance_classifier, segment_tokens=segment)
         for run in variants.values():
             run()  # warm-up
         times = {name: [] for name in variants}
