@@ -25,8 +25,8 @@ from dglm.errors import DglmError
 from dglm.inputs import check_counts, check_generation_inputs, check_prefix, check_seed, cut_at_stop, stop_strings
 from dglm.plugins import attribute_terms, get_attributes, get_sampler
 from dglm.processes import chunks, gather_to_main, process_group, shared_seed
-from dglm.segments import write_in_segments
 from dglm.seeding import candidate_seed, per_sample_randn, sample_generators, sample_seed
+from dglm.segments import write_in_segments
 from dglm.stages.decoder import SoftPromptDecoder
 from dglm.stages.decoder_adapter import load_adapter
 from dglm.stages.encoder import SentenceEncoder
@@ -61,9 +61,8 @@ class Sample:
 @dataclass
 class Row:
     """One sample to generate, as `Pipeline.plan` makes it: its prefix, its seed, its resolved attributes and its
-    settings. Rows with the
-    same diffusion schedule (`Row.schedule_key`) can share a batch whatever their attributes, guidance scale
-    and decoding settings, and each comes out as it would alone."""
+    settings. Rows with the same diffusion schedule (`Row.schedule_key`) can share a batch whatever their attributes,
+    guidance scale and decoding settings, and each comes out as it would alone."""
 
     prefix: str
     seed: int
@@ -174,7 +173,7 @@ class Pipeline:
 
     def probe_fits(self, probe) -> bool:
         """Whether a probe was trained on this pipeline's encoder (probes read one encoder's space only)."""
-        return (probe.card["encoder"], probe.card["encoder_dim"]) == (self.config.encoder, self.config.latent_dim)
+        return probe.reads(self.config.encoder, self.config.latent_dim)
 
     def attribute_scores(self, texts: list[str]) -> list[dict[str, dict[str, float]]]:
         """Each installed attribute's label probabilities for each text, from its probe on this encoder (what an
@@ -184,8 +183,8 @@ class Pipeline:
         with torch.no_grad():
             probabilities = {name: torch.softmax(probe.to(self.decoder.device)(embeddings), dim=-1).tolist()
                              for name, probe in usable.items()}
-        return [{name: {label: round(p, 4) for label, p in zip(usable[name].labels,
-                                                               rows[i])} for name, rows in probabilities.items()}
+        return [{name: {label: round(p, 4) for label, p in zip(usable[name].labels, rows[i])}
+                 for name, rows in probabilities.items()}
                 for i in range(len(texts))]
 
     # ---- generation ---------------------------------------------------------------------
@@ -229,7 +228,7 @@ class Pipeline:
         stops = stop_strings(stop)
         constraints = as_constraints(attributes)
         world, rank = process_group()
-        rows = self.plan(prefixes, constraints, num_samples, seed=shared_seed(seed, world), skip=skip, **settings)
+        rows = self.plan(prefixes, constraints, num_samples, seed=seed, skip=skip, **settings)
         targets = {c.attribute: c.label for c in constraints}
 
         def samples() -> Iterator[Sample]:  # a generator of its own, so that the checks above run at the call
@@ -323,22 +322,21 @@ class Pipeline:
         if len(drafts) > len(rows) and on_step is not None:
             raise DglmError("candidates above 1 cannot be streamed token by token: the text is known once a candidate "
                             "is chosen", field="candidates")
+        read = [self.encoder.keep_recent(context) for context in contexts] if recent else contexts
         texts, diffusion = [contexts[index] for index, _ in drafts], rows[0].diffusion
         generators = sample_generators([candidate_seed(seeds[index], candidate) for index, candidate in drafts])
         guidance = BatchGuidance([rows[index].guide for index, _ in drafts],
                                  [rows[index].diffusion.guidance_scale for index, _ in drafts])
-        read = [self.encoder.keep_recent(text) for text in texts] if recent else texts
-        latents = self.propose_latents(read, generators, guidance, diffusion)
+        latents = self.propose_latents([read[index] for index, _ in drafts], generators, guidance, diffusion)
         soft_prompts = self.soft_prompts(latents, generators, diffusion.renoise_alpha2)
         token_ids = self.decoder.generate_tokens(texts, soft_prompts, generators, [decodings[i] for i, _ in drafts],
                                                  on_step=on_step, logit_bias=[rows[i].logit_bias for i, _ in drafts])
         if len(drafts) == len(rows):
             return token_ids
         chosen, start = [], 0
-        for row, context in zip(rows, contexts):
+        for row, context in zip(rows, read):
             count = row.diffusion.candidates
             options = token_ids[start:start + count]
-            context = self.encoder.keep_recent(context) if recent else context
             chosen.append(options[self.choose_candidate(row, [self.decoder.decode(ids) for ids in options], context)])
             start += count
         return chosen
