@@ -24,6 +24,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from dglm.attributes.cards import read_card
 from dglm.errors import DglmError
 
 NOISE_KIND = "noise-conditioned"
@@ -97,13 +98,7 @@ class NoisyProbe(nn.Module):
 
 def load_noisy_probe(card_path: Path, name: str, labels: list[str], encoder_dim: int) -> NoisyProbe:
     """The noise-conditioned classifier a linear card names; it must classify the same labels in the same space."""
-    try:
-        card = json.loads(card_path.read_text())
-    except FileNotFoundError:
-        raise DglmError(f"noise-conditioned classifier card {card_path} (named by {name!r}'s card) does not "
-                        "exist") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise DglmError(f"noise-conditioned classifier card {card_path} is not valid JSON ({error})") from None
+    card = read_card(card_path, f"noise-conditioned classifier card (named by {name!r}'s card)")
     if not isinstance(card, dict) or card.get("kind") != NOISE_KIND:
         raise DglmError(f"{card_path} is not a noise-conditioned classifier's card (its kind must be {NOISE_KIND!r})")
     wanted = {"labels": labels, "encoder_dim": encoder_dim}

@@ -17,6 +17,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from dglm.attributes.cards import read_card
 from dglm.attributes.noisy_probe import NoisyProbe, load_noisy_probe
 from dglm.constraints import PHRASE
 from dglm.errors import DglmError
@@ -49,6 +50,10 @@ class Probe(nn.Module):
     def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
         return self.linear(embeddings)
 
+    def reads(self, encoder: str, dim: int) -> bool:
+        """Whether this probe was trained on `encoder`'s `dim`-d embeddings (a probe reads one encoder's space)."""
+        return (self.card["encoder"], self.card["encoder_dim"]) == (encoder, dim)
+
     def label_index(self, label: str) -> int:
         if label not in self.labels:
             raise DglmError(f"unknown label {label!r} for attribute {self.name!r}; known labels: "
@@ -72,12 +77,7 @@ class Probe(nn.Module):
 def load_probe(card_path: Path | str) -> Probe:
     """Load a probe from its JSON card; every way a card or its weights can be broken is reported plainly."""
     card_path = Path(card_path)
-    try:
-        card = json.loads(card_path.read_text())
-    except FileNotFoundError:
-        raise DglmError(f"probe card {card_path} does not exist") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise DglmError(f"probe card {card_path} is not valid JSON ({error})") from None
+    card = read_card(card_path, "probe card")
     missing = [key for key in CARD_KEYS if key not in card] if isinstance(card, dict) else list(CARD_KEYS)
     if missing:
         raise DglmError(f"probe card {card_path} lacks the key(s) {missing}; a card needs {list(CARD_KEYS)}")

@@ -266,7 +266,7 @@ def build_guide(constraints: list[Constraint], terms: list[tuple[Probe, int, flo
         return None
     device = normalizer.mean.device
     for probe, _, _ in terms:
-        if (probe.card["encoder"], probe.card["encoder_dim"]) != (encoder_name, encoder.dim):
+        if not probe.reads(encoder_name, encoder.dim):
             raise DglmError(
                 f"attribute {probe.name!r} was trained on encoder {probe.card['encoder']!r} "
                 f"({probe.card['encoder_dim']}-d), but this pipeline uses {encoder_name!r} "
