@@ -9,7 +9,7 @@ from dglm.config import DecodingSettings
 from dglm.errors import DglmError
 from dglm.pipeline import Pipeline
 from dglm.seeding import sample_generators
-from dglm.stages.decoder import min_p_filter
+from dglm.stages.sampling import min_p_filter
 
 
 def test_same_seed_same_text_and_seeds_are_recorded(tiny_pipeline):
@@ -110,7 +110,7 @@ def test_temperature_zero_decodes_greedily(tiny_pipeline):
 
 def test_presence_and_frequency_penalties_follow_openais_definition(tiny_pipeline):
     from dglm.config import DecodingSettings
-    from dglm.stages.decoder import RowSettings
+    from dglm.stages.sampling import RowSettings
 
     rows = RowSettings([DecodingSettings(repetition_penalty=1.0, presence_penalty=0.5, frequency_penalty=0.25),
                         DecodingSettings(repetition_penalty=1.0)], torch.device("cpu"))

@@ -4,7 +4,7 @@ import torch
 
 from dglm.config import DecodingSettings
 from dglm.seeding import sample_generators
-from dglm.stages.decoder import top_p_filter
+from dglm.stages.sampling import top_p_filter
 from dglm.stages.schedule import CosineSchedule, noise_to_level
 
 

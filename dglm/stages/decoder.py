@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from dglm.config import DecodingSettings
 from dglm.errors import DglmError
+from dglm.stages.sampling import NOT_FINITE, DecodingBatch
 
 
 class SoftPromptDecoder:
@@ -33,7 +34,7 @@ class SoftPromptDecoder:
         return cls(model, tokenizer, name)
 
     @property
-    def _cache_name(self) -> str:
+    def cache_name(self) -> str:
         """The key-value cache's argument and output name: `cache` since transformers 5.2x renamed
         `past_key_values` (the old name is deprecated there); older 5.x releases know only the old one. The model
         class's signature is read, not the instance's `forward`, which a wrapper (a profiler, a test) may replace."""
@@ -75,7 +76,7 @@ class SoftPromptDecoder:
                             f"{soft_prompts} soft prompts and {max_new_tokens} new tokens overruns the decoder's "
                             f"context of {context} tokens; shorten the prefix or ask for fewer tokens")
 
-    def _left_padded(self, prefixes: list[str], soft_prompts: torch.Tensor | None):
+    def left_padded(self, prefixes: list[str], soft_prompts: torch.Tensor | None):
         """Embeddings, attention mask and token ids of [pad ; prefix ; soft prompts], left-padded."""
         ids = self.token_ids(prefixes)
         if any(len(row) == 0 for row in ids):
@@ -125,61 +126,25 @@ class SoftPromptDecoder:
         temperature (what OpenAI's `logprobs` report), and may return a boolean mask of rows to stop (a client that
         went away).
         """
-        rows = len(prefixes)
-        row_settings = RowSettings(settings if isinstance(settings, list) else [settings] * rows, self.device)
-        embeds, mask, ids = self._left_padded(prefixes, soft_prompts)
-        for row_ids, limit in zip(ids, row_settings.max_new_tokens.tolist()):
-            self.check_fits(row_ids, 0 if soft_prompts is None else soft_prompts.shape[1], limit)
-        vocab = self.vocab_size
-        bias = bias_table(logit_bias, rows, vocab, self.device)
-        seen = torch.zeros(rows, vocab, dtype=torch.bool, device=self.device)
-        counts = torch.zeros(rows, vocab, device=self.device)  # each token's count in the continuation so far
-        for row, row_ids in enumerate(ids):
-            seen[row, row_ids] = True
-        positions = (mask.cumsum(-1) - 1).clamp_min(0)
-        out = self.model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True,
-                         logits_to_keep=1)
-        eos, cache_name = self.tokenizer.eos_token_id, self._cache_name
-        longest = int(row_settings.max_new_tokens.max())
-        generated = torch.full((rows, longest), self.tokenizer.pad_token_id, dtype=torch.long)
-        finished = torch.zeros(rows, dtype=torch.bool)
-        lengths = torch.zeros(rows, dtype=torch.long)
-        for step in range(longest):
-            raw = out.logits[:, -1].float()
-            logits = row_settings.filter(raw if bias is None else raw + bias)
-            if adjust_logits is not None:
-                logits = adjust_logits(logits, generated[:, :step])
-            logits = row_settings.penalise(logits, seen, counts)
-            probs = row_settings.top_p_filter(F.softmax(logits / row_settings.divisor, dim=-1)).cpu()
-            if not bool(probs.isfinite().all()):
-                raise DglmError("the next-token probabilities are not finite numbers: the settings are too extreme "
-                                "(a guidance or prefix-guidance scale far too large, a temperature or repetition "
-                                "penalty near 0); use values closer to the defaults")
-            likeliest = logits.argmax(dim=-1).tolist()
-            tokens = torch.tensor([eos if done else top if greedy else torch.multinomial(p, 1, generator=g).item()
-                                   for p, g, done, greedy, top in zip(probs, generators, finished, row_settings.greedy,
-                                                                      likeliest)])
-            generated[:, step] = torch.where(finished, generated[:, step], tokens)
-            lengths += ~finished
-            finished |= (tokens == eos) | (row_settings.max_new_tokens <= step + 1)
+        batch = self.start(prefixes, soft_prompts, generators, settings, logit_bias)
+        for _ in range(int(batch.rows.max_new_tokens.max())):
+            if bool(batch.sample(adjust_logits).any()):
+                raise DglmError(NOT_FINITE)
             if on_step is not None:
-                stop = on_step(generated[:, : step + 1], finished, raw)
+                stop = on_step(batch.written(), batch.finished, batch.logits)
                 if stop is not None:
-                    finished |= stop
-            if bool(finished.all()):
+                    batch.finished |= stop
+            if bool(batch.finished.all()):
                 break
-            seen[torch.arange(rows), tokens.to(self.device)] = True
-            counts[torch.arange(rows), tokens.to(self.device)] += 1
-            mask = torch.cat([mask, mask.new_ones(rows, 1)], dim=1)
-            positions = positions[:, -1:] + 1
-            out = self.model(
-                input_ids=tokens[:, None].to(self.device),
-                attention_mask=mask,
-                position_ids=positions,
-                use_cache=True,
-                **{cache_name: getattr(out, cache_name)},
-            )
-        return [row[:length] for row, length in zip(generated.tolist(), lengths.tolist())]
+            batch.advance()
+        return batch.tokens
+
+    def start(self, prefixes: list[str], soft_prompts: torch.Tensor | None, generators: list[torch.Generator],
+              settings: DecodingSettings | list[DecodingSettings],
+              logit_bias: list[dict[int, float]] | None = None) -> DecodingBatch:
+        """The rows read [prefix ; soft prompts] (the prefill), ready to be decoded a token at a time."""
+        settings = settings if isinstance(settings, list) else [settings] * len(prefixes)
+        return DecodingBatch(self, prefixes, soft_prompts, generators, settings, logit_bias)
 
     def decode(self, token_ids: list[int]) -> str:
         """Text of generated token ids, cut at the first end-of-sequence token."""
@@ -259,83 +224,3 @@ class SoftPromptDecoder:
         # A continuation with no tokens (the decoder may end at once when it writes targets) has nothing to teach.
         losses = [-mixture[row, ids].mean() for row, ids in enumerate(targets) if ids]
         return torch.stack(losses).mean() if losses else mixture.sum() * 0.0
-
-
-def bias_table(logit_bias: list[dict[int, float]] | None, rows: int, vocab: int,
-               device: torch.device) -> torch.Tensor | None:
-    """The rows' logit biases as one (rows x vocabulary) table; None when no row has any."""
-    if not logit_bias or not any(logit_bias):
-        return None
-    table = torch.zeros(rows, vocab, device=device)
-    for row, biases in enumerate(logit_bias):
-        for token, value in biases.items():
-            if not 0 <= token < vocab:
-                raise DglmError(f"logit_bias names token {token}, but the decoder's vocabulary has "
-                                f"ids 0 to {vocab - 1}",
-                                field="logit_bias")
-            table[row, token] = value
-    return table
-
-
-class RowSettings:
-    """Decoding settings as per-row tensors, so that rows with different settings share one batch; a row is
-    filtered exactly as it would be alone."""
-
-    def __init__(self, settings: list[DecodingSettings], device: torch.device):
-        column = lambda values: torch.tensor(values, dtype=torch.float32, device=device)[:, None]
-        self.max_new_tokens = torch.tensor([s.max_new_tokens for s in settings])
-        self.greedy = [s.temperature == 0 for s in settings]  # these rows take the likeliest token
-        self.divisor = column([s.temperature or 1.0 for s in settings])  # the temperature, 1 for greedy rows
-        self.top_p = column([s.top_p for s in settings])
-        self.penalty = column([s.repetition_penalty for s in settings])
-        self.presence = column([s.presence_penalty for s in settings])
-        self.frequency = column([s.frequency_penalty for s in settings])
-        self.min_p = [s.min_p for s in settings]
-        self.top_k = [s.top_k for s in settings]
-
-    def filter(self, logits: torch.Tensor) -> torch.Tensor:
-        """Top-k, then min-p, each on the rows that ask for it."""
-        for k in sorted(set(self.top_k) - {0}):
-            rows = torch.tensor([row_k == k for row_k in self.top_k], device=logits.device)[:, None]
-            cut = logits < logits.topk(min(k, logits.shape[-1]), dim=-1).values[:, -1:]
-            logits = logits.masked_fill(cut & rows, float("-inf"))
-        if any(self.min_p):
-            logits = min_p_filter(logits, self.min_p)
-        return logits
-
-    def penalise(self, logits: torch.Tensor, seen: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-        """Repetition penalty on the tokens each row has already seen (prefix included), then OpenAI's presence and
-        frequency penalties on the tokens of the continuation."""
-        penalised = torch.where(logits > 0, logits / self.penalty, logits * self.penalty)
-        logits = torch.where(seen & (self.penalty != 1.0), penalised, logits)
-        return logits - self.presence * (counts > 0) - self.frequency * counts
-
-    def top_p_filter(self, probs: torch.Tensor) -> torch.Tensor:
-        keep_all = self.top_p >= 1.0
-        if bool(keep_all.all()):
-            return probs
-        return torch.where(keep_all, probs, top_p_filter(probs, self.top_p))
-
-
-def min_p_filter(logits: torch.Tensor, min_p: float | list[float]) -> torch.Tensor:
-    """Drop the tokens less than min_p times as likely as the most likely one (min-p sampling).
-
-    Unlike top-p, the cut follows the decoder's confidence: where the soft prompts make one word clearly
-    likely, the long tail of unlikely words, which carries little of the requested attribute, is cut off.
-    """
-    values = [min_p] if isinstance(min_p, (int, float)) else min_p
-    log_min_p = torch.tensor([math.log(m) if m > 0 else float("-inf") for m in values], device=logits.device)[:, None]
-    log_probs = F.log_softmax(logits, dim=-1)
-    floor = log_probs.max(dim=-1, keepdim=True).values + log_min_p
-    return logits.masked_fill(log_probs < floor, float("-inf"))
-
-
-def top_p_filter(probs: torch.Tensor, top_p: float | torch.Tensor) -> torch.Tensor:
-    """Keep the smallest set of tokens whose probability mass reaches top_p (a number, or one per row), renormalised."""
-    if not torch.is_tensor(top_p) and top_p >= 1.0:
-        return probs
-    sorted_probs, order = probs.sort(dim=-1, descending=True)
-    outside = sorted_probs.cumsum(-1) - sorted_probs > top_p
-    sorted_probs = sorted_probs.masked_fill(outside, 0.0)
-    filtered = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
-    return filtered / filtered.sum(-1, keepdim=True)

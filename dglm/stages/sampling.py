@@ -1,0 +1,243 @@
+"""Decoding a batch of rows one token at a time: what the decoder runs to the end for a request, and what the server's
+continuous batching steps, letting rows leave and others join between steps.
+
+Each row draws from its own generator and is filtered and penalised with its own settings (`RowSettings`), and rows of
+different lengths are left-padded and masked, so a row's tokens do not depend on the rows it shares the batch with.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+
+from dglm.config import DecodingSettings
+from dglm.errors import DglmError
+
+if TYPE_CHECKING:
+    from dglm.stages.decoder import SoftPromptDecoder
+
+NOT_FINITE = ("the next-token probabilities are not finite numbers: the settings are too extreme (a guidance or "
+              "prefix-guidance scale far too large, a temperature or repetition penalty near 0); use values closer "
+              "to the defaults")
+
+
+class DecodingBatch:
+    """Rows decoded together, with their key-value cache, attention mask, next positions and the logits of their next
+    token. `sample` draws each row's next token, `advance` runs the decoder on the tokens drawn; between the two,
+    rows may leave (`keep`), and after `advance` another batch may `join`."""
+
+    def __init__(self, decoder: SoftPromptDecoder, prefixes: list[str], soft_prompts: torch.Tensor | None,
+                 generators: list[torch.Generator], settings: list[DecodingSettings],
+                 logit_bias: list[dict[int, float]] | None = None):
+        embeds, mask, ids = decoder.left_padded(prefixes, soft_prompts)
+        for row_ids, row_settings in zip(ids, settings):
+            decoder.check_fits(row_ids, 0 if soft_prompts is None else soft_prompts.shape[1],
+                               row_settings.max_new_tokens)
+        self.decoder, self.generators, self.settings = decoder, list(generators), list(settings)
+        self.rows = RowSettings(self.settings, decoder.device)
+        rows, vocab = len(prefixes), decoder.vocab_size
+        self.bias = bias_table(logit_bias, rows, vocab, decoder.device)
+        self.seen = torch.zeros(rows, vocab, dtype=torch.bool, device=decoder.device)  # prefix and written tokens
+        self.counts = torch.zeros(rows, vocab, device=decoder.device)  # each token's count in the continuation so far
+        for row, row_ids in enumerate(ids):
+            self.seen[row, row_ids] = True
+        positions = (mask.cumsum(-1) - 1).clamp_min(0)
+        out = decoder.model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True,
+                            logits_to_keep=1)
+        self.mask, self.positions = mask, positions[:, -1:]
+        self.logits = out.logits[:, -1].float()  # the next token's, as the decoder gives them
+        self.cache = getattr(out, decoder.cache_name)
+        self.tokens: list[list[int]] = [[] for _ in prefixes]  # what each row has written
+        self.finished = torch.zeros(rows, dtype=torch.bool)
+        self.last = torch.zeros(rows, dtype=torch.long)  # the tokens drawn by the last `sample`
+        self.steps = 0
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def written(self) -> torch.Tensor:
+        """What the rows have written, as a (rows x steps) tensor; rows that ended are padded."""
+        pad = self.decoder.tokenizer.pad_token_id
+        return torch.tensor([ids + [pad] * (self.steps - len(ids)) for ids in self.tokens], dtype=torch.long)
+
+    def sample(self, adjust_logits: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+               ) -> torch.Tensor:
+        """Draw each row's next token (the end-of-text token for rows that ended) and note which rows end with it
+        (`finished`). `adjust_logits(logits, written)` may rewrite the logits first (token-level baselines). Returns
+        the rows whose probabilities were not finite (their settings are too extreme); they end at once."""
+        raw = self.logits
+        logits = self.rows.filter(raw if self.bias is None else raw + self.bias)
+        if adjust_logits is not None:
+            logits = adjust_logits(logits, self.written())
+        logits = self.rows.penalise(logits, self.seen, self.counts)
+        probs = self.rows.top_p_filter(F.softmax(logits / self.rows.divisor, dim=-1)).cpu()
+        broken = ~probs.isfinite().all(dim=-1)
+        eos, likeliest = self.decoder.tokenizer.eos_token_id, logits.argmax(dim=-1).tolist()
+        tokens = [eos if done or bad else top if greedy else torch.multinomial(p, 1, generator=g).item()
+                  for p, g, done, bad, greedy, top in zip(probs, self.generators, self.finished, broken,
+                                                          self.rows.greedy, likeliest)]
+        for row, token in enumerate(tokens):
+            if not self.finished[row]:
+                self.tokens[row].append(token)
+        self.last = torch.tensor(tokens, dtype=torch.long)
+        lengths = torch.tensor([len(ids) for ids in self.tokens])
+        self.finished |= (self.last == eos) | (lengths >= self.rows.max_new_tokens) | broken
+        self.steps += 1
+        return broken
+
+    def advance(self) -> None:
+        """Run the decoder on the tokens just drawn: the logits of every row's next token."""
+        rows, device = torch.arange(len(self)), self.decoder.device
+        self.seen[rows, self.last.to(device)] = True
+        self.counts[rows, self.last.to(device)] += 1
+        self.mask = torch.cat([self.mask, self.mask.new_ones(len(self), 1)], dim=1)
+        self.positions = self.positions + 1
+        out = self.decoder.model(input_ids=self.last[:, None].to(device), attention_mask=self.mask,
+                                 position_ids=self.positions, use_cache=True,
+                                 **{self.decoder.cache_name: self.cache})
+        self.logits, self.cache = out.logits[:, -1].float(), getattr(out, self.decoder.cache_name)
+
+    def keep(self, rows: list[int]) -> None:
+        """Keep only these rows, in this order (the others leave the batch); columns that are padding in every row
+        left are dropped."""
+        index = torch.tensor(rows, dtype=torch.long)
+        on_device = index.to(self.decoder.device)
+        self.cache.batch_select_indices(on_device)
+        self.generators = [self.generators[row] for row in rows]
+        self.settings = [self.settings[row] for row in rows]
+        self.tokens = [self.tokens[row] for row in rows]
+        self.rows = RowSettings(self.settings, self.decoder.device)
+        self.finished, self.last = self.finished[index], self.last[index]
+        self.mask, self.positions, self.logits = self.mask[on_device], self.positions[on_device], self.logits[on_device]
+        self.seen, self.counts = self.seen[on_device], self.counts[on_device]
+        self.bias = None if self.bias is None else self.bias[on_device]
+        if rows:
+            padding = int(self.mask.any(dim=0).int().argmax())  # leading columns that no row attends to
+            if padding:
+                self.mask = self.mask[:, padding:]
+                for layer in cache_layers(self.cache):
+                    layer.keys, layer.values = layer.keys[..., padding:, :], layer.values[..., padding:, :]
+
+    def join(self, other: DecodingBatch) -> None:
+        """Add another batch's rows after this one's; the shorter batch is left-padded (and masked) to the longer."""
+        width = max(self.mask.shape[1], other.mask.shape[1])
+        for mine, theirs in zip(cache_layers(self.cache), cache_layers(other.cache)):
+            mine.keys = torch.cat([left_pad(mine.keys, width, -2), left_pad(theirs.keys, width, -2)])
+            mine.values = torch.cat([left_pad(mine.values, width, -2), left_pad(theirs.values, width, -2)])
+        self.mask = torch.cat([left_pad(self.mask, width, -1), left_pad(other.mask, width, -1)])
+        if self.bias is not None or other.bias is not None:
+            self.bias = torch.cat([self.bias if self.bias is not None else torch.zeros_like(self.seen, dtype=torch.float),
+                                   other.bias if other.bias is not None else torch.zeros_like(other.seen,
+                                                                                              dtype=torch.float)])
+        self.positions = torch.cat([self.positions, other.positions])
+        self.logits = torch.cat([self.logits, other.logits])
+        self.seen, self.counts = torch.cat([self.seen, other.seen]), torch.cat([self.counts, other.counts])
+        self.finished, self.last = torch.cat([self.finished, other.finished]), torch.cat([self.last, other.last])
+        self.generators += other.generators
+        self.settings += other.settings
+        self.tokens += other.tokens
+        self.rows = RowSettings(self.settings, self.decoder.device)
+
+
+def cache_layers(cache) -> list:
+    """The layers of a key-value cache whose keys and values rows can be dropped from and added to; a cache of
+    another kind (a sliding window, a quantized cache) is refused rather than batched wrongly."""
+    layers = getattr(cache, "layers", None)
+    if layers is None or any(type(layer).__name__ != "DynamicLayer" for layer in layers):
+        raise DglmError("continuous batching needs a decoder whose key-value cache is a plain dynamic one; serve this "
+                        "decoder with --batching static")
+    return layers
+
+
+def left_pad(tensor: torch.Tensor, width: int, dim: int) -> torch.Tensor:
+    """`tensor` widened to `width` along `dim` by zeros on the left."""
+    missing = width - tensor.shape[dim]
+    if not missing:
+        return tensor
+    shape = list(tensor.shape)
+    shape[dim] = missing
+    return torch.cat([tensor.new_zeros(shape), tensor], dim=dim)
+
+
+def bias_table(logit_bias: list[dict[int, float]] | None, rows: int, vocab: int,
+               device: torch.device) -> torch.Tensor | None:
+    """The rows' logit biases as one (rows x vocabulary) table; None when no row has any."""
+    if not logit_bias or not any(logit_bias):
+        return None
+    table = torch.zeros(rows, vocab, device=device)
+    for row, biases in enumerate(logit_bias):
+        for token, value in biases.items():
+            if not 0 <= token < vocab:
+                raise DglmError(f"logit_bias names token {token}, but the decoder's vocabulary has "
+                                f"ids 0 to {vocab - 1}",
+                                field="logit_bias")
+            table[row, token] = value
+    return table
+
+
+class RowSettings:
+    """Decoding settings as per-row tensors, so that rows with different settings share one batch; a row is
+    filtered exactly as it would be alone."""
+
+    def __init__(self, settings: list[DecodingSettings], device: torch.device):
+        column = lambda values: torch.tensor(values, dtype=torch.float32, device=device)[:, None]
+        self.max_new_tokens = torch.tensor([s.max_new_tokens for s in settings])
+        self.greedy = [s.temperature == 0 for s in settings]  # these rows take the likeliest token
+        self.divisor = column([s.temperature or 1.0 for s in settings])  # the temperature, 1 for greedy rows
+        self.top_p = column([s.top_p for s in settings])
+        self.penalty = column([s.repetition_penalty for s in settings])
+        self.presence = column([s.presence_penalty for s in settings])
+        self.frequency = column([s.frequency_penalty for s in settings])
+        self.min_p = [s.min_p for s in settings]
+        self.top_k = [s.top_k for s in settings]
+
+    def filter(self, logits: torch.Tensor) -> torch.Tensor:
+        """Top-k, then min-p, each on the rows that ask for it."""
+        for k in sorted(set(self.top_k) - {0}):
+            rows = torch.tensor([row_k == k for row_k in self.top_k], device=logits.device)[:, None]
+            cut = logits < logits.topk(min(k, logits.shape[-1]), dim=-1).values[:, -1:]
+            logits = logits.masked_fill(cut & rows, float("-inf"))
+        if any(self.min_p):
+            logits = min_p_filter(logits, self.min_p)
+        return logits
+
+    def penalise(self, logits: torch.Tensor, seen: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        """Repetition penalty on the tokens each row has already seen (prefix included), then OpenAI's presence and
+        frequency penalties on the tokens of the continuation."""
+        penalised = torch.where(logits > 0, logits / self.penalty, logits * self.penalty)
+        logits = torch.where(seen & (self.penalty != 1.0), penalised, logits)
+        return logits - self.presence * (counts > 0) - self.frequency * counts
+
+    def top_p_filter(self, probs: torch.Tensor) -> torch.Tensor:
+        keep_all = self.top_p >= 1.0
+        if bool(keep_all.all()):
+            return probs
+        return torch.where(keep_all, probs, top_p_filter(probs, self.top_p))
+
+
+def min_p_filter(logits: torch.Tensor, min_p: float | list[float]) -> torch.Tensor:
+    """Drop the tokens less than min_p times as likely as the most likely one (min-p sampling).
+
+    Unlike top-p, the cut follows the decoder's confidence: where the soft prompts make one word clearly
+    likely, the long tail of unlikely words, which carries little of the requested attribute, is cut off.
+    """
+    values = [min_p] if isinstance(min_p, (int, float)) else min_p
+    log_min_p = torch.tensor([math.log(m) if m > 0 else float("-inf") for m in values], device=logits.device)[:, None]
+    log_probs = F.log_softmax(logits, dim=-1)
+    floor = log_probs.max(dim=-1, keepdim=True).values + log_min_p
+    return logits.masked_fill(log_probs < floor, float("-inf"))
+
+
+def top_p_filter(probs: torch.Tensor, top_p: float | torch.Tensor) -> torch.Tensor:
+    """Keep the smallest set of tokens whose probability mass reaches top_p (a number, or one per row), renormalised."""
+    if not torch.is_tensor(top_p) and top_p >= 1.0:
+        return probs
+    sorted_probs, order = probs.sort(dim=-1, descending=True)
+    outside = sorted_probs.cumsum(-1) - sorted_probs > top_p
+    sorted_probs = sorted_probs.masked_fill(outside, 0.0)
+    filtered = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+    return filtered / filtered.sum(-1, keepdim=True)
