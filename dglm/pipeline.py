@@ -32,6 +32,7 @@ from dglm.stages.decoder_adapter import load_adapter
 from dglm.stages.encoder import SentenceEncoder
 from dglm.stages.guidance import BatchGuidance, Guide, build_guide, check_guidance_classifier, check_guidance_mode
 from dglm.stages.samplers import diffuse
+from dglm.stages.sampling import DecodingBatch
 from dglm.stages.schedule import CosineSchedule, noise_to_level
 
 SETTINGS = declared_settings()
@@ -78,6 +79,16 @@ class Row:
         """The diffusion settings a batch must share (the rest may differ row by row)."""
         d = self.diffusion
         return d.sampler, d.steps, d.prefix_guidance, d.renoise_alpha2, d.guidance_start, d.segment_tokens
+
+
+@dataclass
+class Writing:
+    """Rows planned and read by the decoder, ready to be decoded (`Pipeline.start_writing`): which row and candidate
+    each of the batch's rows is (`drafts`), and each row's context as the encoder read it (`read`)."""
+
+    drafts: list[tuple[int, int]]
+    read: list[str]
+    batch: DecodingBatch
 
 
 class Pipeline:
@@ -314,14 +325,30 @@ class Pipeline:
 
     def write(self, rows: list[Row], contexts: list[str], seeds: list[int], decodings: list[DecodingSettings],
               on_step=None, recent: bool = False) -> list[list[int]]:
-        """One plan and its text for each row: the diffusion proposes a meaning for what follows its context (the
-        prefix, or the prefix and the text so far), under the row's attributes, from `seeds`, and the decoder writes
-        it with `decodings`; with candidates, each row's are written together and one is kept. With `recent`, the
-        encoder reads the most recent words of a context longer than its window (else, its beginning)."""
-        drafts = [(index, candidate) for index, row in enumerate(rows) for candidate in range(row.diffusion.candidates)]
-        if len(drafts) > len(rows) and on_step is not None:
+        """One plan and its text for each row (`start_writing`, decoded to the end); with candidates, each row's are
+        written together and one is kept (`choose_candidate`)."""
+        if on_step is not None and any(row.diffusion.candidates > 1 for row in rows):
             raise DglmError("candidates above 1 cannot be streamed token by token: the text is known once a candidate "
                             "is chosen", field="candidates")
+        writing = self.start_writing(rows, contexts, seeds, decodings, recent)
+        token_ids = writing.batch.run(on_step=on_step)
+        if len(writing.drafts) == len(rows):
+            return token_ids
+        chosen, start = [], 0
+        for row, context in zip(rows, writing.read):
+            options = token_ids[start:start + row.diffusion.candidates]
+            chosen.append(options[self.choose_candidate(row, [self.decoder.decode(ids) for ids in options], context)])
+            start += row.diffusion.candidates
+        return chosen
+
+    def start_writing(self, rows: list[Row], contexts: list[str], seeds: list[int], decodings: list[DecodingSettings],
+                      recent: bool = False) -> Writing:
+        """One plan for each row, ready to decode: the diffusion proposes a meaning for what follows its context (the
+        prefix, or the prefix and the text so far), under the row's attributes, from `seeds`, and the decoder reads
+        the context and the plan's soft prompts, to write with `decodings`. A row with K candidates has K drafts, one
+        after the other. With `recent`, the encoder reads the most recent words of a context longer than its window
+        (else, its beginning). The rows must share a diffusion schedule (`Row.schedule_key`)."""
+        drafts = [(index, candidate) for index, row in enumerate(rows) for candidate in range(row.diffusion.candidates)]
         read = [self.encoder.keep_recent(context) for context in contexts] if recent else contexts
         texts, diffusion = [contexts[index] for index, _ in drafts], rows[0].diffusion
         generators = sample_generators([candidate_seed(seeds[index], candidate) for index, candidate in drafts])
@@ -329,17 +356,9 @@ class Pipeline:
                                  [rows[index].diffusion.guidance_scale for index, _ in drafts])
         latents = self.propose_latents([read[index] for index, _ in drafts], generators, guidance, diffusion)
         soft_prompts = self.soft_prompts(latents, generators, diffusion.renoise_alpha2)
-        token_ids = self.decoder.generate_tokens(texts, soft_prompts, generators, [decodings[i] for i, _ in drafts],
-                                                 on_step=on_step, logit_bias=[rows[i].logit_bias for i, _ in drafts])
-        if len(drafts) == len(rows):
-            return token_ids
-        chosen, start = [], 0
-        for row, context in zip(rows, read):
-            count = row.diffusion.candidates
-            options = token_ids[start:start + count]
-            chosen.append(options[self.choose_candidate(row, [self.decoder.decode(ids) for ids in options], context)])
-            start += count
-        return chosen
+        batch = self.decoder.start(texts, soft_prompts, generators, [decodings[i] for i, _ in drafts],
+                                   logit_bias=[rows[i].logit_bias for i, _ in drafts])
+        return Writing(drafts, read, batch)
 
     def choose_candidate(self, row: Row, texts: list[str], context: str | None = None) -> int:
         """Which of a sample's decoded candidates to keep: of those whose every probe target the guidance probes read

@@ -28,11 +28,19 @@ def write_in_segments(rows: list[Any], segment_tokens: int, write: Callable, dec
         active = [i for i, row in enumerate(rows) if not ended[i] and len(written[i]) < row.decoding.max_new_tokens]
         if not active:
             return written
-        contexts = [rows[i].prefix + decode(written[i]) for i in active]
-        seeds = [segment_seed(rows[i].seed, segment) for i in active]
-        decodings = [rows[i].decoding.updated(max_new_tokens=min(segment_tokens, rows[i].decoding.max_new_tokens
-                                                                 - len(written[i]))) for i in active]
+        plans = [next_segment(rows[i], written[i], segment, segment_tokens, decode) for i in active]
+        contexts, seeds, decodings = (list(part) for part in zip(*plans))
         for i, ids in zip(active, write([rows[i] for i in active], contexts, seeds, decodings, recent=True)):
             written[i] += ids
             ended[i] = not ids or ids[-1] == end_of_text
         segment += 1
+
+
+def next_segment(row: Any, written: list[int], segment: int, segment_tokens: int,
+                 decode: Callable[[list[int]], str]) -> tuple[str, int, Any]:
+    """What segment `segment` of a row is written from, once `written` is: its context (the prefix and the text so
+    far), its seed, and its decoding settings (at most `segment_tokens` new tokens, within the row's
+    `max_new_tokens`)."""
+    left = row.decoding.max_new_tokens - len(written)
+    return (row.prefix + decode(written), segment_seed(row.seed, segment),
+            row.decoding.updated(max_new_tokens=min(segment_tokens, left)))

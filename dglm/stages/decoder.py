@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from dglm.config import DecodingSettings
 from dglm.errors import DglmError
-from dglm.stages.sampling import NOT_FINITE, DecodingBatch
+from dglm.stages.sampling import DecodingBatch
 
 
 class SoftPromptDecoder:
@@ -126,18 +126,7 @@ class SoftPromptDecoder:
         temperature (what OpenAI's `logprobs` report), and may return a boolean mask of rows to stop (a client that
         went away).
         """
-        batch = self.start(prefixes, soft_prompts, generators, settings, logit_bias)
-        for _ in range(int(batch.rows.max_new_tokens.max())):
-            if bool(batch.sample(adjust_logits).any()):
-                raise DglmError(NOT_FINITE)
-            if on_step is not None:
-                stop = on_step(batch.written(), batch.finished, batch.logits)
-                if stop is not None:
-                    batch.finished |= stop
-            if bool(batch.finished.all()):
-                break
-            batch.advance()
-        return batch.tokens
+        return self.start(prefixes, soft_prompts, generators, settings, logit_bias).run(adjust_logits, on_step)
 
     def start(self, prefixes: list[str], soft_prompts: torch.Tensor | None, generators: list[torch.Generator],
               settings: DecodingSettings | list[DecodingSettings],

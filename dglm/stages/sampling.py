@@ -89,6 +89,22 @@ class DecodingBatch:
         self.steps += 1
         return broken
 
+    def run(self, adjust_logits: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+            on_step: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor | None] | None = None
+            ) -> list[list[int]]:
+        """Decode every row to its end (see `SoftPromptDecoder.generate_tokens`) and return what each wrote."""
+        for _ in range(int(self.rows.max_new_tokens.max())):
+            if bool(self.sample(adjust_logits).any()):
+                raise DglmError(NOT_FINITE)
+            if on_step is not None:
+                stop = on_step(self.written(), self.finished, self.logits)
+                if stop is not None:
+                    self.finished |= stop
+            if bool(self.finished.all()):
+                break
+            self.advance()
+        return self.tokens
+
     def advance(self) -> None:
         """Run the decoder on the tokens just drawn: the logits of every row's next token."""
         rows, device = torch.arange(len(self)), self.decoder.device
