@@ -120,6 +120,91 @@ def test_concurrent_requests_share_batches_and_each_gets_its_text_alone(served, 
     assert texts == [alone(tiny_pipeline, p, seed, a, **settings_of(s)) for p, seed, a, s in jobs]
 
 
+def test_requests_that_join_mid_flight_each_get_their_text_alone(tiny_pipeline, toy_plugin, monkeypatch):
+    """A long request decodes alone; others (plain, guided, choosing among candidates, in segments, with penalties,
+    logit_bias and stop strings) arrive while it runs, join its batch at a token step, and leave when they end: every
+    text is the one the request gets alone from the Python API."""
+    forward = tiny_pipeline.decoder.model.forward
+
+    def slow_forward(*args, **kwargs):
+        time.sleep(0.01)
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(tiny_pipeline.decoder.model, "forward", slow_forward)
+    long = ("The movie", 1, ["toy_sentiment=positive"], {"max_tokens": 60, "repetition_penalty": 1.0, "temperature": 0.5})
+    joining = [("A film", 2, [], {"max_tokens": 5}),
+               ("The match", 3, ["toy_sentiment=negative"], {"max_tokens": 9, "top_k": 5, "frequency_penalty": 1.0}),
+               ("A long and boring film", 4, ["toy_sentiment=positive"], {"max_tokens": 8, "candidates": 3}),
+               ("The film", 5, ["toy_sentiment=positive"], {"max_tokens": 10, "segment_tokens": 4, "temperature": 0.3,
+                                                            "repetition_penalty": 1.0}),
+               ("x", 6, [], {"max_tokens": 6, "temperature": 0, "logit_bias": {"5": 3}})]
+    app = create_app(tiny_pipeline, "tiny", ServerLimits(max_tokens=64))
+    with serve_in_thread(app) as url:
+        def send(job):
+            prompt, seed, attributes, settings = job
+            status, body = request(url, "POST", "/v1/completions", {"prompt": prompt, "seed": seed,
+                                                                     "attributes": attributes, **settings})
+            assert status == 200, body
+            return body["choices"][0]["text"]
+
+        with ThreadPoolExecutor(len(joining) + 1) as pool:
+            first = pool.submit(send, long)
+            deadline = time.monotonic() + 30
+            while app.state.server.engine.decode_steps < 5 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            texts = list(pool.map(send, joining))
+            texts.insert(0, first.result())
+        sizes = list(app.state.server.engine.batch_sizes)
+    assert sizes[:5] == [1] * 5 and max(sizes) > 1, "the requests did not join the running batch"
+    assert sizes[-1] == 1, "rows that ended did not leave the batch"
+
+    def settings_of(settings):
+        settings = {("max_new_tokens" if k == "max_tokens" else k): v for k, v in settings.items()}
+        bias = settings.pop("logit_bias", None)
+        return settings, bias
+
+    for (prompt, seed, attributes, settings), text in zip([long, *joining], texts):
+        settings, bias = settings_of(settings)
+        rows = list(tiny_pipeline.plan([prompt], attributes, 1, seed=seed, logit_bias=bias and {5: 3.0}, **settings))
+        assert text == tiny_pipeline.decoder.decode(tiny_pipeline.generate_rows(rows)[0]), (prompt, settings)
+
+
+def test_a_full_queue_answers_429_with_retry_after_and_the_server_stays_healthy(tiny_pipeline, monkeypatch):
+    forward = tiny_pipeline.decoder.model.forward
+
+    def slow_forward(*args, **kwargs):
+        time.sleep(0.01)
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(tiny_pipeline.decoder.model, "forward", slow_forward)
+    app = create_app(tiny_pipeline, "tiny", ServerLimits(max_batch_size=2, max_queue=2))
+    with serve_in_thread(app) as url:
+        host, port = url.removeprefix("http://").split(":")
+
+        def send(seed):
+            connection = http.client.HTTPConnection(host, int(port), timeout=60)
+            connection.request("POST", "/v1/completions", json.dumps({"prompt": "The movie", "max_tokens": 20,
+                                                                      "seed": seed}),
+                               {"Content-Type": "application/json"})
+            response = connection.getresponse()
+            return response.status, response.getheader("Retry-After"), json.loads(response.read())
+
+        with ThreadPoolExecutor(12) as pool:
+            answers = list(pool.map(send, range(12)))
+        statuses = [status for status, _, _ in answers]
+        assert set(statuses) == {200, 429}, statuses
+        refused = [(retry, body) for status, retry, body in answers if status == 429]
+        assert all(retry == "1" and "requests are waiting (--max-queue)" in body["error"]["message"]
+                   for retry, body in refused)
+        assert request(url, "GET", "/health")[0] == 200
+        assert request(url, "POST", "/v1/completions", {"prompt": "A film", "max_tokens": 3})[0] == 200
+        connection = http.client.HTTPConnection(host, int(port), timeout=10)
+        connection.request("GET", "/metrics")
+        metrics = connection.getresponse().read().decode()
+    assert f'dglm_completion_requests_total{{status="429"}} {float(len(refused))}' in metrics
+    assert "dglm_queue_depth 0.0" in metrics and "dglm_rows_in_flight" in metrics
+
+
 @pytest.mark.parametrize("body, status, message, param", [
     ({"prompt": "x", "attributes": ["mood=happy"]}, 400, "unknown attribute 'mood'; known attributes: ", "attributes"),
     ({"prompt": "x", "attributes": ["toy_sentiment=happy"]}, 400, "known labels: negative, positive", "attributes"),
@@ -633,15 +718,27 @@ def test_a_request_that_chooses_among_candidates_gets_the_python_apis_text_strea
     assert answer["choices"][0]["text"] == want[0][: want[0].find(stop)] and answer["choices"][0]["finish_reason"] == "stop"
 
 
-def test_a_request_written_in_segments_gets_the_python_apis_text_streamed_or_not(served, tiny_pipeline):
+def test_a_request_written_in_segments_gets_the_python_apis_text_streamed_token_by_token(served, tiny_pipeline):
     url = served[0]
-    body = {"prompt": "A film", "max_tokens": 9, "seed": 4, "segment_tokens": 3, "attributes": ["toy_sentiment=positive"]}
-    want = alone(tiny_pipeline, "A film", 4, ["toy_sentiment=positive"], max_new_tokens=9, segment_tokens=3)
+    body = {"prompt": "A film", "max_tokens": 9, "seed": 4, "segment_tokens": 3, "attributes": ["toy_sentiment=positive"],
+            "repetition_penalty": 1.0, "temperature": 0.3}
+    settings = {"max_new_tokens": 9, "segment_tokens": 3, "repetition_penalty": 1.0, "temperature": 0.3}
+    want = alone(tiny_pipeline, "A film", 4, ["toy_sentiment=positive"], **settings)
     status, answer = request(url, "POST", "/v1/completions", body)
     assert status == 200 and answer["choices"][0]["text"] == want
-    assert "".join(e["choices"][0]["text"] for e in stream_events(url, {**body, "stream": True})) == want
+    events = stream_events(url, {**body, "stream": True})
+    assert "".join(e["choices"][0]["text"] for e in events) == want
+    assert sum(bool(e["choices"][0]["text"]) for e in events) > 3, "segments were not streamed as they were decoded"
     status, answer = request(url, "POST", "/v1/completions", {**body, "logprobs": 1})
-    assert status == 400 and "logprobs with segment_tokens" in answer["error"]["message"]
+    assert status == 200 and "".join(answer["choices"][0]["logprobs"]["tokens"]) == want
+    first_segment = tiny_pipeline.decoder.decode(tiny_pipeline.decoder.token_ids([want])[0][:3])
+    stop = want[len(first_segment) - 1: len(first_segment) + 1]  # spans the first segment's end
+    status, answer = request(url, "POST", "/v1/completions", {**body, "stop": stop})
+    assert answer["choices"][0]["text"] == want[: want.find(stop)] and answer["choices"][0]["finish_reason"] == "stop"
+    with serve_in_thread(create_app(tiny_pipeline, "tiny", ServerLimits(batching="static"))) as static_url:
+        assert request(static_url, "POST", "/v1/completions", body)[1]["choices"][0]["text"] == want
+        status, answer = request(static_url, "POST", "/v1/completions", {**body, "logprobs": 1})
+        assert status == 400 and "logprobs with segment_tokens needs continuous batching" in answer["error"]["message"]
 
 
 def test_json_depth_counts_brackets_outside_strings_and_reads_an_unclosed_string_once():

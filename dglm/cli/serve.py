@@ -27,7 +27,8 @@ def add_parser(commands) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG_SERVE,
         description="Load the model once and serve POST /v1/completions (OpenAI's API plus `attributes` and the "
                     "generation settings), GET /v1/models, /v1/attributes, /health, and a playground page at /. "
-                    "Concurrent requests are batched together; each sample's text depends on its seed only.",
+                    "Requests join the batch being decoded at the next token step (continuous batching); each sample's "
+                    "text depends on its seed only.",
     )
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only; "
                                                           "0.0.0.0 opens it to the network, set an API key then)")
@@ -37,9 +38,17 @@ def add_parser(commands) -> None:
                                             "or the folder's name)")
     serve.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     add_threads_argument(serve)
-    serve.add_argument("--max-batch-size", type=int, default=32, help="most samples decoded together (default 32)")
-    serve.add_argument("--max-wait-ms", type=float, default=20.0, help="how long a request waits for others to share "
-                                                                       "its batch (default 20)")
+    serve.add_argument("--batching", choices=["continuous", "static"], default="continuous",
+                       help="continuous (default): a request joins the rows already decoding at the next token step "
+                            "and each row leaves as soon as it ends; static: a batch runs to its end before the next "
+                            "starts (to compare against)")
+    serve.add_argument("--max-batch-size", type=int, default=32, help="most rows decoded together; a sample with K "
+                                                                      "candidates is K rows (default 32)")
+    serve.add_argument("--max-wait-ms", type=float, default=20.0,
+                       help="how long a request waits for others to share its batch (default 20); with continuous "
+                            "batching, only when nothing is decoding: others join a running batch without waiting")
+    serve.add_argument("--max-queue", type=int, default=256, help="most requests waiting to start; more are answered "
+                                                                  "429 with Retry-After (default 256)")
     serve.add_argument("--max-n", type=int, default=16, help="most samples one request may ask for, n x "
                                                              "prompts (default 16)")
     serve.add_argument("--max-tokens", type=int, default=256, help="largest max_tokens a request may "
@@ -73,7 +82,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     from dglm.server.state import parse_alias
 
     limits = ServerLimits(args.max_batch_size, args.max_wait_ms, args.max_n, args.max_tokens, args.max_body_kb,
-                          args.request_timeout_s)
+                          args.request_timeout_s, args.max_queue, args.batching)
     if not 0 < args.port < 65536:
         raise DglmError(f"--port must be between 1 and 65535, got {args.port}")
     api_key = os.environ.get("DGLM_API_KEY") or None

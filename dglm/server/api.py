@@ -2,7 +2,7 @@
 
 FastAPI on uvicorn. `create_app` only assembles: the shared state (`dglm.server.state`), the routes
 (`dglm.server.routes`), the middleware (the API key, draining, metrics, CORS) and the error handlers, which answer
-in OpenAI's shape (`dglm.server.protocol`). The model work is done by `BatchingEngine` on its own thread.
+in OpenAI's shape (`dglm.server.protocol`). The model work is done by a batching engine (`dglm.server.continuous` or `dglm.server.static`) on its own thread.
 """
 
 from __future__ import annotations
@@ -22,10 +22,12 @@ from starlette.staticfiles import StaticFiles
 
 from dglm.pipeline import Pipeline
 from dglm.plugins import attribute_terms
-from dglm.server.engine import BatchingEngine, log
+from dglm.server.continuous import ContinuousEngine
+from dglm.server.engine import log
 from dglm.server.metrics import Metered, ServerMetrics
 from dglm.server.protocol import ApiError, model_settings
 from dglm.server.routes import router
+from dglm.server.static import StaticEngine
 from dglm.server.state import ServedModels, ServerLimits, ServerState
 
 PUBLIC_PATHS = {"/health", "/"}  # the page is static and holds no data; it sends the key with every API call
@@ -75,8 +77,9 @@ def create_app(pipeline: Pipeline, model_name: str | ServedModels = "dglm-defaul
     models = {name: {"id": name, "object": "model", "created": created, "owned_by": "dglm", "settings": settings,
                      "attributes": [dataclasses.asdict(c) for c in served.presets(name)]}
               for name in [served.name, *served.aliases]}
-    server = ServerState(pipeline, BatchingEngine(pipeline, limits.max_batch_size, limits.max_wait_ms, metrics), served,
-                         limits, metrics, models)
+    engine_class = ContinuousEngine if limits.batching == "continuous" else StaticEngine
+    engine = engine_class(pipeline, limits.max_batch_size, limits.max_wait_ms, metrics, limits.max_queue)
+    server = ServerState(pipeline, engine, served, limits, metrics, models)
 
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield

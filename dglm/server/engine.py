@@ -1,10 +1,11 @@
-"""The batching engine behind `dglm serve`: one worker thread that gathers concurrent requests into batches.
+"""What `dglm serve`'s two batching engines share: the events a request's choices produce, the request itself (`Job`),
+the queue of waiting rows with its cap, and a choice's text as it is decoded (streaming, stop strings, logprobs).
 
-Requests arrive from the web server's event loop as `Job`s (one row per sample); the worker takes the rows
-that have waited longest, waits at most `max_wait_ms` for company, and runs up to `max_batch_size` rows that
-share a diffusion schedule through `Pipeline.generate_rows` in one batch. Each row's text depends on its
-seed only (see `dglm.seeding`), so a request gets the same text whether it was served alone or batched.
-All model and tokenizer work happens on the worker thread; the event loop only passes messages.
+The engines differ in when rows run: `dglm.server.continuous` (the default) lets requests join the rows already
+decoding at the next token step, and rows leave as soon as they end; `dglm.server.static` gathers requests into a
+batch that runs to its end. Either way each row's text depends on its seed only (see `dglm.seeding`), so a request
+gets the same text whether it was served alone or beside others. All model and tokenizer work happens on the engine's
+worker thread; the event loop only passes messages.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -73,25 +75,39 @@ class Job:
     cancelled: bool = False  # set by the web layer when the client goes away or time runs out
     prompt_tokens: int = 0  # filled in by the worker (the tokenizer lives on its thread)
     arrived: float = field(default_factory=time.monotonic)
+    started: bool = False  # its first row has been taken from the queue
 
 
 class EngineClosed(Exception):
     """The server is shutting down and takes no new work."""
 
 
-class BatchingEngine:
+class QueueFull(Exception):
+    """Too many requests are waiting; the client should retry after `retry_after` seconds."""
+
+    def __init__(self, message: str, retry_after: int):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class Engine:
+    """The queue both engines take rows from, and the worker thread that runs `_work` (each engine's own).
+
+    `max_batch_size` caps the rows decoded together, `max_queue` the requests waiting (a full queue refuses new ones
+    with `QueueFull`: HTTP 429). Subclasses set up their own state before calling this constructor, which starts the
+    worker."""
+
     def __init__(self, pipeline: Pipeline, max_batch_size: int = 32, max_wait_ms: float = 20.0,
-                 metrics: ServerMetrics | None = None):
+                 metrics: ServerMetrics | None = None, max_queue: int = 256):
         self.pipeline = pipeline
         self.metrics = metrics or ServerMetrics()
-        self.max_batch_size = max_batch_size
-        self.max_wait = max_wait_ms / 1000
+        self.max_batch_size, self.max_wait, self.max_queue = max_batch_size, max_wait_ms / 1000, max_queue
         self.waiting: list[tuple[Job, int]] = []  # (job, row index), oldest first
         self.condition = threading.Condition()
         self.closed = False
-        self.batch_sizes: list[int] = []  # one entry per batch run, for monitoring and tests
+        self.batch_sizes: deque[int] = deque(maxlen=4096)  # rows decoded together, most recent batches or steps
         self.decode_steps = 0  # decoder steps run, all batches together
-        self.running = False  # a batch is being generated
+        self.running = False  # rows are being generated
         self.thread = threading.Thread(target=self._work, name="dglm-batching", daemon=True)
         self.thread.start()
 
@@ -99,11 +115,16 @@ class BatchingEngine:
         with self.condition:
             if self.closed:
                 raise EngineClosed("the server is shutting down; retry against another instance")
+            queued = len(distinct_jobs(self.waiting))
+            if queued >= self.max_queue:
+                raise QueueFull(f"the server is busy: {queued} requests are waiting (--max-queue); retry shortly",
+                                retry_after=1)
             self.waiting += [(job, index) for index in range(len(job.rows))]
+            self.note_queue()
             self.condition.notify()
 
     def close(self, timeout: float | None = None) -> None:
-        """Take no new jobs, fail those still waiting, and let the batch in progress finish."""
+        """Take no new jobs, fail those still waiting, and let the rows in progress finish."""
         with self.condition:
             self.closed = True
             left, self.waiting = self.waiting, []
@@ -113,7 +134,8 @@ class BatchingEngine:
         self.thread.join(timeout)
 
     def wait_idle(self, timeout: float) -> bool:
-        """Wait until no row is waiting and no batch is running (a draining server stops after this); True if idle."""
+        """Wait until no row is waiting and none is being generated (a draining server stops after this); True if
+        idle."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with self.condition:
@@ -122,140 +144,100 @@ class BatchingEngine:
             time.sleep(0.05)
         return False
 
-    # ---- the worker thread ----------------------------------------------------------------
     def _work(self) -> None:
-        while (batch := self._next_batch()) is not None:
-            try:
-                self._run_isolating_failures(batch)
-            finally:
-                self.running = False
+        raise NotImplementedError
 
-    def _run_isolating_failures(self, batch: list[tuple[Job, int]]) -> None:
-        """Run a batch; if it fails and holds several requests, run each alone, so that one request whose settings
-        break generation (a weight that overflows, say) fails by itself and the others are served as usual."""
-        try:
-            self._run(batch)
-            return
-        except Exception as error:  # a request or a bug must fail its requests, never the worker
-            jobs = distinct_jobs(batch)
-            if len(jobs) > 1:
-                for job in jobs:
-                    self._run_isolating_failures([(j, index) for j, index in batch if j is job])
-                return
-            if isinstance(error, DglmError):  # what the request asked for cannot be generated: the client's to fix
-                jobs[0].emit(Failed(str(error), 400))
-                return
-            log.exception("a batch failed")
-            jobs[0].emit(Failed("generation failed inside the server; its log says why"))
-
-    def _next_batch(self) -> list[tuple[Job, int]] | None:
-        """The next rows to run: those sharing the oldest row's schedule, once the batch is full or the oldest
-        row has waited `max_wait`; None when the engine is closed."""
-        with self.condition:
-            while not self.waiting and not self.closed:
-                self.condition.wait()
-            if self.closed:
-                return None
-            self.waiting = [(job, index) for job, index in self.waiting if not job.cancelled]
-            if not self.waiting:
-                return []
-            key = batch_key(self.waiting[0][0].rows[self.waiting[0][1]])
-            deadline = self.waiting[0][0].arrived + self.max_wait
-            while not self.closed and time.monotonic() < deadline and self._count(key) < self.max_batch_size:
-                self.condition.wait(deadline - time.monotonic())
-            batch, rest = [], []
-            for job, index in self.waiting:
-                fits = len(batch) < self.max_batch_size and batch_key(job.rows[index]) == key and not job.cancelled
-                (batch if fits else rest).append((job, index))
-            self.waiting = rest
-            self.running = bool(batch)
-            return batch
-
-    def _count(self, key: tuple) -> int:
-        return sum(batch_key(job.rows[index]) == key for job, index in self.waiting)
-
-    def _run(self, batch: list[tuple[Job, int]]) -> None:
-        decoder = self.pipeline.decoder
-        for job in distinct_jobs(batch):  # a request that cannot run fails alone
+    def start_jobs(self, taken: list[tuple[Job, int]]) -> list[tuple[Job, int]]:
+        """Rows just taken from the queue, less those of requests that cannot run (each such request fails alone,
+        with a 400); a request's prompt tokens and queue wait are counted when its first row is taken."""
+        for job in distinct_jobs(taken):
+            if job.started:
+                continue
+            job.started = True
             try:
                 self.pipeline.check_fits(job.rows)
             except DglmError as error:
                 job.cancelled = True
                 job.emit(Failed(str(error), 400))
-        batch = [(job, index) for job, index in batch if not job.cancelled]
-        if not batch:
-            return
-        for job in [job for job, index in batch if index == 0]:  # each job once: its first row
+                continue
             prompts = dict.fromkeys(row.prefix for row in job.rows)
-            job.prompt_tokens = sum(decoder.count_tokens(prefix) for prefix in prompts)
+            job.prompt_tokens = sum(self.pipeline.decoder.count_tokens(prefix) for prefix in prompts)
             self.metrics.prompt_tokens.inc(job.prompt_tokens)
             self.metrics.queue_wait.observe(time.monotonic() - job.arrived)
-        sent = [""] * len(batch)  # the text streamed so far, per row
-        cut: list[str | None] = [None] * len(batch)  # a row's text up to its stop string, once it wrote one
-        recorders = [LogprobRecorder(decoder.decode, job.logprobs) if job.logprobs is not None else None
-                     for job, _ in batch]
-        eos = decoder.tokenizer.eos_token_id
+        return [(job, index) for job, index in taken if not job.cancelled]
 
-        tokens_sent = [0] * len(batch)  # per row, the logprobs entries streamed so far
+    def note_queue(self) -> None:
+        """Show the requests waiting on /metrics (call with the lock held)."""
+        self.metrics.queue_depth.set(len(distinct_jobs(self.waiting)))
 
-        def on_step(generated: torch.Tensor, finished: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-            self.decode_steps += 1
-            for row, recorder in enumerate(recorders):
-                token = int(generated[row, -1])
-                if recorder is not None and cut[row] is None and token != eos:  # eos: the row has ended
-                    recorder.add(token, torch.log_softmax(logits[row].float(), dim=-1).cpu())
-            for row, (job, index) in enumerate(batch):
-                if job.cancelled or cut[row] is not None or not (job.stream or job.stop):
-                    continue
-                text = decoder.decode(generated[row].tolist()).rstrip("\ufffd")  # wait for a character's last byte
-                if job.stop:
-                    at = first_stop(text, job.stop)
-                    if at is not None:
-                        text = cut[row] = text[:at]
-                    else:  # hold back what could be the start of a stop string
-                        text = text[: len(text) - held_back(text, job.stop)]
-                if job.stream and len(text) > len(sent[row]) and text.startswith(sent[row]):
-                    whole = recorders[row].tokens(text, complete=True)[tokens_sent[row]:] if recorders[row] else None
-                    tokens_sent[row] += len(whole or [])
-                    job.emit(Delta(index, text[len(sent[row]):], whole))
-                    sent[row] = text
-            return torch.tensor([job.cancelled or cut[row] is not None for row, (job, _) in enumerate(batch)])
+    def note_step(self, rows: int) -> None:
+        """Count a decoder step over `rows` rows."""
+        self.decode_steps += 1
+        self.metrics.rows_in_flight.set(rows)
 
-        self.batch_sizes.append(len(batch))
-        self.metrics.batch_size.observe(len(batch))
-        rows = [job.rows[index] for job, index in batch]
-        whole = written_whole(rows[0])  # a batch holds rows written whole, or none (`batch_key`)
-        token_ids = self.pipeline.generate_rows(rows, on_step=None if whole else on_step)
-        texts = [decoder.decode(ids) if cut[row] is None else cut[row] for row, ids in enumerate(token_ids)]
-        if whole:  # the text is known only now: stop strings cut it whole, and a stream gets it in one piece
-            for row, (job, _) in enumerate(batch):
-                at = first_stop(texts[row], job.stop)
-                if at is not None:
-                    texts[row] = cut[row] = texts[row][:at]
-        wanted = [row for row, (job, _) in enumerate(batch) if job.scores and not job.cancelled]
-        scores = dict(zip(wanted, self.pipeline.attribute_scores([texts[row] for row in wanted]))) if wanted else {}
-        for row, (job, index) in enumerate(batch):
-            if job.cancelled:
+    def note_batch(self, rows: int) -> None:
+        """Count `rows` rows decoded together (a static batch, or a continuous batch's step)."""
+        self.batch_sizes.append(rows)
+        self.metrics.batch_size.observe(rows)
+
+    def finish(self, choices: list[ChoiceText], token_ids: list[list[int]], whole: list[bool]) -> None:
+        """Send each choice's `Finished`: its text (cut at a stop string; a choice written `whole` is cut only now,
+        once its text is known), token count, finish reason, and the scores and logprobs it asked for."""
+        decoder, eos = self.pipeline.decoder, self.pipeline.decoder.tokenizer.eos_token_id
+        texts = [decoder.decode(ids) if choice.cut is None else choice.cut for choice, ids in zip(choices, token_ids)]
+        for i, choice in enumerate(choices):
+            at = first_stop(texts[i], choice.job.stop) if whole[i] else None
+            if at is not None:
+                texts[i] = choice.cut = texts[i][:at]
+        wanted = [i for i, choice in enumerate(choices) if choice.job.scores and not choice.job.cancelled]
+        scores = dict(zip(wanted, self.pipeline.attribute_scores([texts[i] for i in wanted]))) if wanted else {}
+        for i, (choice, ids) in enumerate(zip(choices, token_ids)):
+            if choice.job.cancelled:
                 continue
-            ids = token_ids[row]
             stopped = bool(ids) and ids[-1] == eos
             self.metrics.completion_tokens.inc(len(ids) - stopped)
-            reason = "stop" if stopped or cut[row] is not None else "length"
-            recorder = recorders[row]
-            job.emit(Finished(index, texts[row], len(ids) - stopped, reason, scores.get(row),
-                              recorder and recorder.tokens(texts[row])))
+            reason = "stop" if stopped or choice.cut is not None else "length"
+            recorder = choice.recorder
+            choice.job.emit(Finished(choice.index, texts[i], len(ids) - stopped, reason, scores.get(i),
+                                     recorder and recorder.tokens(texts[i])))
 
 
-def batch_key(row: Row) -> tuple:
-    """What rows must share to be decoded together: the diffusion schedule, and whether they are written whole."""
-    return row.schedule_key, written_whole(row)
+class ChoiceText:
+    """One choice's text while it is decoded: the tokens' log-probabilities (when asked for), where a stop string cut
+    it, and what has been streamed."""
 
+    def __init__(self, job: Job, index: int, decode: Callable[[list[int]], str]):
+        self.job, self.index, self.decode = job, index, decode
+        self.recorder = LogprobRecorder(decode, job.logprobs) if job.logprobs is not None else None
+        self.cut: str | None = None  # the text up to its stop string, once it wrote one
+        self.sent = ""  # the text streamed so far
+        self.tokens_sent = 0  # the logprobs entries streamed so far
 
-def written_whole(row: Row) -> bool:
-    """Whether a row's text is known only once it is written: it chooses among candidates, or is written in segments
-    (each planned after the last is written). Such rows are decoded without streaming; a stream gets the text in one
-    piece at the end."""
-    return row.diffusion.candidates > 1 or row.diffusion.segment_tokens > 0
+    @property
+    def ended(self) -> bool:
+        """The client went away, or the choice wrote a stop string: decoding it further is waste."""
+        return self.job.cancelled or self.cut is not None
+
+    def add(self, ids: list[int], token: int, logits: torch.Tensor, eos: int) -> None:
+        """A step's `token` (the last of the choice's `ids`), drawn from the decoder's `logits`: record its
+        log-probability, look for a stop string, and stream the new text."""
+        if self.recorder is not None and self.cut is None and token != eos:
+            self.recorder.add(token, torch.log_softmax(logits.float(), dim=-1).cpu())
+        job = self.job
+        if self.ended or not (job.stream or job.stop):
+            return
+        text = self.decode(ids).rstrip("\ufffd")  # wait for a character's last byte
+        if job.stop:
+            at = first_stop(text, job.stop)
+            if at is not None:
+                text = self.cut = text[:at]
+            else:  # hold back what could be the start of a stop string
+                text = text[: len(text) - held_back(text, job.stop)]
+        if job.stream and len(text) > len(self.sent) and text.startswith(self.sent):
+            whole = self.recorder.tokens(text, complete=True)[self.tokens_sent:] if self.recorder else None
+            self.tokens_sent += len(whole or [])
+            job.emit(Delta(self.index, text[len(self.sent):], whole))
+            self.sent = text
 
 
 def held_back(text: str, stops: list[str]) -> int:

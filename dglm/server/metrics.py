@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 SECONDS_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -27,6 +27,11 @@ class ServerMetrics:
         self.latency = Histogram("dglm_completion_seconds", "time from a completion request's arrival to the end of "
                                                             "its answer (streamed "
                                                             "or not)", buckets=SECONDS_BUCKETS, registry=self.registry)
+
+        self.queue_depth = Gauge("dglm_queue_depth", "requests waiting to start (a full queue answers 429, "
+                                                     "counted in dglm_completion_requests_total)",
+                                 registry=self.registry)
+        self.rows_in_flight = Gauge("dglm_rows_in_flight", "rows decoded at the last decoder step", registry=self.registry)
 
     def exposition(self) -> bytes:
         """The metrics in Prometheus' text format."""

@@ -18,7 +18,7 @@ from dglm.errors import DglmError
 from dglm.inputs import check_prefix
 from dglm.pipeline import Row
 from dglm.plugins import get_attributes
-from dglm.server.engine import EngineClosed, Job
+from dglm.server.engine import EngineClosed, Job, QueueFull
 from dglm.server.protocol import (SETTINGS, ApiError, CompletionRequest, read_json, refuse_unsupported,
                                   request_constraint, request_field, request_stops, token_biases, validation_message)
 from dglm.server.reply import Reply
@@ -107,6 +107,9 @@ async def completions(request: Request) -> Response:
         server.engine.submit(job)
     except EngineClosed as error:
         raise ApiError(503, str(error), kind="server_error") from None
+    except QueueFull as error:
+        raise ApiError(429, str(error), kind="server_error", code="queue_full",
+                       headers={"Retry-After": str(error.retry_after)}) from None
     reply = Reply(job, events, completion.model or server.served.name, time.monotonic() + limits.request_timeout_s,
                   limits.request_timeout_s, echo=bool(completion.echo))
     if completion.stream:
@@ -152,9 +155,9 @@ def plan_rows(completion: Any, server: ServerState) -> list[Row]:
             raise DglmError(f"logprobs with candidates above 1 is not supported: a candidate is chosen after it is "
                             f"written; send candidates 1 with logprobs (this model's default is "
                             f"{pipeline.config.diffusion.candidates})", field="candidates")
-        if rows[0].diffusion.segment_tokens and completion.logprobs is not None:
-            raise DglmError("logprobs with segment_tokens is not supported yet; send segment_tokens 0 with logprobs",
-                            field="segment_tokens")
+        if rows[0].diffusion.segment_tokens and completion.logprobs is not None and not server.engine.streams_segments:
+            raise DglmError("logprobs with segment_tokens needs continuous batching (this server runs --batching "
+                            "static); send segment_tokens 0 with logprobs", field="segment_tokens")
     except DglmError as error:  # an error without a field is about the attributes (resolving them, their probes)
         raise ApiError(400, str(error), param=request_field(error.field) if error.field else "attributes") from None
     return rows

@@ -8,9 +8,12 @@ from typing import Any
 from dglm.constraints import Constraint, parse_constraint
 from dglm.errors import DglmError
 from dglm.pipeline import Pipeline
-from dglm.server.engine import BatchingEngine
+from dglm.server.engine import Engine
 from dglm.server.metrics import ServerMetrics
 from dglm.server.protocol import ApiError
+
+
+BATCHING = ("continuous", "static")
 
 
 @dataclass
@@ -23,9 +26,15 @@ class ServerLimits:
     max_tokens: int = 256
     max_body_kb: int = 64
     request_timeout_s: float = 300.0
+    max_queue: int = 256  # requests waiting to start; more are answered 429
+    batching: str = "continuous"  # or "static": a batch runs to its end before the next starts
 
     def __post_init__(self) -> None:
+        if self.batching not in BATCHING:
+            raise DglmError(f"--batching must be one of {', '.join(BATCHING)}, got {self.batching!r}")
         for name, value in vars(self).items():
+            if name == "batching":
+                continue
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or value == float("inf"):
                 raise DglmError(f"--{name.replace('_', '-')} must be a positive number, got {value!r}")
 
@@ -65,7 +74,7 @@ class ServerState:
     limits, the metrics, the /v1/models entries, and whether the server is draining."""
 
     pipeline: Pipeline
-    engine: BatchingEngine
+    engine: Engine
     served: ServedModels
     limits: ServerLimits
     metrics: ServerMetrics

@@ -1,0 +1,205 @@
+"""Continuous batching for `dglm serve` (the default): requests join the rows already decoding at the next token
+step, and a row leaves the batch as soon as it ends.
+
+Each turn of the worker: the requests waiting are taken, as many rows as fit under `max_batch_size`; their plans are
+proposed by the diffusion and read by the decoder (the prefill) in groups that share a diffusion schedule, and join
+the running `DecodingBatch` (left-padded to its length); then every row draws one token. A row that ends (its length,
+end of text, a stop string, its client gone, its request timed out) leaves at once. With candidates, each of a
+sample's drafts is a row, and the sample is chosen when its last draft ends; with segments, a sample whose segment
+ended is planned again from its text so far and joins again at the next turn. `max_wait_ms` matters only when
+nothing is decoding: the first request then waits that long for others to be prefilled with it.
+
+A row's text depends on its seed and settings only: it draws from its own generator, and is filtered and penalised
+alone (`dglm.stages.sampling`).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from dglm.errors import DglmError
+from dglm.pipeline import Row
+from dglm.segments import next_segment
+from dglm.server.engine import ChoiceText, Engine, Failed, distinct_jobs, log
+from dglm.stages.sampling import NOT_FINITE, DecodingBatch
+
+
+@dataclass
+class InFlight:
+    """One choice of a request while it is written: the tokens of its segments so far, the segment being written,
+    the drafts of that segment that have ended (with candidates), and its text as streamed."""
+
+    text: ChoiceText
+    written: list[int] = field(default_factory=list)
+    segment: int = 0
+    drafts: dict[int, list[int]] = field(default_factory=dict)  # candidate -> its tokens
+    read: str = ""  # the segment's context as the encoder read it (what choosing compares with)
+
+    @property
+    def row(self) -> Row:
+        return self.text.job.rows[self.text.index]
+
+    @property
+    def candidates(self) -> int:
+        return self.row.diffusion.candidates
+
+    @property
+    def in_segments(self) -> bool:
+        segment = self.row.diffusion.segment_tokens
+        return bool(segment) and self.row.decoding.max_new_tokens > segment
+
+
+class ContinuousEngine(Engine):
+    streams_segments = True  # a choice with one candidate streams token by token, in segments or not
+
+    def __init__(self, *args, **kwargs):
+        self.batch: DecodingBatch | None = None
+        self.slots: list[tuple[InFlight, int]] = []  # the batch's rows: (choice, candidate)
+        self.replanning: list[InFlight] = []  # choices whose next segment is to be planned
+        super().__init__(*args, **kwargs)
+
+    # ---- the worker thread ----------------------------------------------------------------
+    def _work(self) -> None:
+        while (taken := self._take()) is not None:
+            try:
+                with torch.no_grad():
+                    self._plan(taken)
+                    if self.slots:
+                        self._step()
+            except Exception:  # a bug must fail the requests in flight, never the worker
+                log.exception("continuous batching failed")
+                for job in {id(c.text.job): c.text.job for c, _ in self.slots}.values():
+                    job.cancelled = True
+                    job.emit(Failed("generation failed inside the server; its log says why"))
+                self.batch, self.slots = None, []
+            finally:
+                with self.condition:
+                    self.running = bool(self.slots or self.replanning)
+
+    def _take(self) -> list[InFlight] | None:
+        """The choices to plan this turn: those starting a new segment, then waiting rows in arrival order, as many as
+        fit beside the rows decoding; None when the engine is closed and nothing is left in flight."""
+        with self.condition:
+            while not (self.waiting or self.replanning or self.slots or self.closed):
+                self.condition.wait()
+            if self.closed and not (self.replanning or self.slots):
+                return None
+            if not self.slots and not self.replanning and self.waiting:  # idle: wait a little for company
+                deadline = self.waiting[0][0].arrived + self.max_wait
+                while not self.closed and time.monotonic() < deadline and len(self.waiting) < self.max_batch_size:
+                    self.condition.wait(deadline - time.monotonic())
+            taken, self.replanning = self.replanning, []
+            free = self.max_batch_size - len(self.slots) - sum(choice.candidates for choice in taken)
+            rows = []
+            while self.waiting and not self.closed:
+                job, index = self.waiting[0]
+                need = job.rows[index].diffusion.candidates
+                if not job.cancelled and need > free and (self.slots or taken or rows):
+                    break  # the oldest waits for room; those behind it wait too, in order
+                self.waiting.pop(0)
+                if not job.cancelled:
+                    rows.append((job, index))
+                    free -= need
+            self.note_queue()
+            self.running = True
+        decode = self.pipeline.decoder.decode
+        return taken + [InFlight(ChoiceText(job, index, decode)) for job, index in self.start_jobs(rows)]
+
+    def _plan(self, choices: list[InFlight]) -> None:
+        """Propose and prefill the choices' next plans, in groups that share a diffusion schedule, and add them to the
+        running batch."""
+        groups: dict[tuple, list[InFlight]] = {}
+        for choice in choices:
+            if not choice.text.ended:
+                groups.setdefault((choice.row.schedule_key, choice.in_segments), []).append(choice)
+        for (_, in_segments), group in groups.items():
+            self._plan_isolating_failures(group, in_segments)
+
+    def _plan_isolating_failures(self, group: list[InFlight], in_segments: bool) -> None:
+        """Plan a group; if that fails and the group holds several requests, plan each alone, so that one request
+        whose settings break generation fails by itself."""
+        try:
+            self._plan_group(group, in_segments)
+        except Exception as error:
+            jobs = distinct_jobs([(choice.text.job, 0) for choice in group])
+            if len(jobs) > 1:
+                for job in jobs:
+                    self._plan_isolating_failures([c for c in group if c.text.job is job], in_segments)
+                return
+            jobs[0].cancelled = True
+            if isinstance(error, DglmError):
+                jobs[0].emit(Failed(str(error), 400))
+                return
+            log.exception("planning a request failed")
+            jobs[0].emit(Failed("generation failed inside the server; its log says why"))
+
+    def _plan_group(self, group: list[InFlight], in_segments: bool) -> None:
+        decode = self.pipeline.decoder.decode
+        if in_segments:
+            plans = [next_segment(c.row, c.written, c.segment, c.row.diffusion.segment_tokens, decode) for c in group]
+        else:
+            plans = [(c.row.prefix, c.row.seed, c.row.decoding) for c in group]
+        contexts, seeds, decodings = (list(part) for part in zip(*plans))
+        writing = self.pipeline.start_writing([c.row for c in group], contexts, seeds, decodings, recent=in_segments)
+        for choice, read in zip(group, writing.read):
+            choice.read = read
+        self.slots += [(group[index], candidate) for index, candidate in writing.drafts]
+        if self.batch is None:
+            self.batch = writing.batch
+        else:
+            self.batch.join(writing.batch)
+
+    def _step(self) -> None:
+        """Every row draws a token; rows that end leave, choices that are complete are sent."""
+        batch, eos = self.batch, self.pipeline.decoder.tokenizer.eos_token_id
+        broken = batch.sample()
+        self.note_step(len(batch))
+        self.note_batch(len(batch))
+        ended = []
+        for row, (choice, _) in enumerate(self.slots):
+            job = choice.text.job
+            if bool(broken[row]) and not job.cancelled:
+                job.cancelled = True
+                job.emit(Failed(NOT_FINITE, 400))
+            if choice.candidates == 1 and not job.cancelled:
+                choice.text.add(choice.written + batch.tokens[row], int(batch.last[row]), batch.logits[row], eos)
+            if bool(batch.finished[row]) or choice.text.ended:
+                ended.append(row)
+        complete = [done for row in ended if (done := self._ended(row)) is not None]
+        if complete:
+            self.finish([c.text for c in complete], [c.written for c in complete],
+                        [c.candidates > 1 for c in complete])
+        keep = sorted(set(range(len(self.slots))) - set(ended))
+        batch.keep(keep)
+        self.slots = [self.slots[row] for row in keep]
+        if self.slots:
+            batch.advance()
+        else:
+            self.batch = None
+
+    def _ended(self, row: int) -> InFlight | None:
+        """A row has ended: keep its tokens, choose among a sample's drafts once all have ended, and say whether the
+        choice is complete (returned) or goes on to its next segment."""
+        choice, candidate = self.slots[row]
+        if choice.text.job.cancelled:
+            return None
+        tokens = self.batch.tokens[row]
+        if choice.candidates > 1:
+            choice.drafts[candidate] = tokens
+            if len(choice.drafts) < choice.candidates:
+                return None
+            options = [choice.drafts[c] for c in range(choice.candidates)]
+            choice.drafts = {}
+            decode = self.pipeline.decoder.decode
+            tokens = options[self.pipeline.choose_candidate(choice.row, [decode(ids) for ids in options], choice.read)]
+        choice.written += tokens
+        eos = self.pipeline.decoder.tokenizer.eos_token_id
+        if (choice.in_segments and choice.text.cut is None and tokens and tokens[-1] != eos
+                and len(choice.written) < choice.row.decoding.max_new_tokens):
+            choice.segment += 1
+            self.replanning.append(choice)
+            return None
+        return choice
