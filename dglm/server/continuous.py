@@ -172,9 +172,10 @@ class ContinuousEngine(Engine):
         if complete:
             self.finish([c.text for c in complete], [c.written for c in complete],
                         [c.candidates > 1 for c in complete])
-        keep = sorted(set(range(len(self.slots))) - set(ended))
-        batch.keep(keep)
-        self.slots = [self.slots[row] for row in keep]
+        if ended:  # leaving copies the cache: only when some row leaves
+            keep = sorted(set(range(len(self.slots))) - set(ended))
+            batch.keep(keep)
+            self.slots = [self.slots[row] for row in keep]
         if self.slots:
             batch.advance()
         else:
