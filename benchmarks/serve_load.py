@@ -8,8 +8,8 @@ and the same requests are sent:
 - as open-loop Poisson arrivals at `--loads` (fractions, e.g. 0.5 0.7 0.9) of the capacity continuous batching
   reached closed-loop (the same arrival rates for both modes).
 Requests mix short and long ones (`--short-tokens`, `--long-tokens`, one in `--long-every` long), with different
-prompts, attributes and seeds; all stream, so that time to first token (TTFT) is seen. Every answer at every level
-must equal that request's text alone: nothing lost, duplicated or mixed up. Optionally (`--overload CLIENTS`) the
+prompts, attributes and seeds; one in `--stream-every` streams, so that time to first token (TTFT) is seen. Every
+answer at every level must equal that request's text alone: nothing lost, duplicated or mixed up. Optionally (`--overload CLIENTS`) the
 continuous server is restarted with `--max-queue 32` and overloaded: every answer must be a 200 or a 429, and the
 server healthy afterwards. Reports p50 / p95 latency and TTFT, throughput and the server's peak memory (VmHWM), as
 JSON and a plot. Run it on an otherwise idle CPU:
@@ -24,7 +24,6 @@ import http.client
 import json
 import random
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -46,16 +45,17 @@ def free_port() -> int:
 
 
 def send(port: int, body: dict) -> dict:
-    """One streamed completion: its status, text, latency (to the end of the stream) and time to first token."""
+    """One completion: its status, text, latency (to the end of the answer) and, when it streams, its time to first
+    token."""
     start = time.perf_counter()
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=900)
-    connection.request("POST", "/v1/completions", json.dumps({**body, "stream": True}),
-                       {"Content-Type": "application/json"})
+    connection.request("POST", "/v1/completions", json.dumps(body), {"Content-Type": "application/json"})
     response = connection.getresponse()
-    if response.status != 200:
+    if response.status != 200 or not body.get("stream"):
         answer = json.loads(response.read() or b"{}")
-        return {"status": response.status, "text": None, "latency": time.perf_counter() - start, "ttft": None,
-                "error": answer}
+        text = answer["choices"][0]["text"] if response.status == 200 else None
+        return {"status": response.status, "text": text, "latency": time.perf_counter() - start, "ttft": None,
+                **({} if response.status == 200 else {"error": answer})}
     text, first = "", None
     for line in response:
         if not line.startswith(b"data: {"):
@@ -159,10 +159,8 @@ def run_mode(batching: str, args, bodies: list[dict], capacity: float | None) ->
         alone = [send(server.port, body) for body in bodies]
         reference = [a["text"] for a in alone]
         short = [a["latency"] for a, body in zip(alone, bodies) if body["max_tokens"] == args.short_tokens]
-        report = {"alone": {"p50_s": quantile(short, 0.5), "ttft_p50_s": quantile([a["ttft"] for a, body in
-                                                                                   zip(alone, bodies) if
-                                                                                   body["max_tokens"] ==
-                                                                                   args.short_tokens], 0.5)},
+        first = [a["ttft"] for a, body in zip(alone, bodies) if body["max_tokens"] == args.short_tokens and a["ttft"]]
+        report = {"alone": {"p50_s": quantile(short, 0.5), "ttft_p50_s": quantile(first, 0.5)},
                   "closed_loop": [], "poisson": []}
         for clients in args.clients:
             wall, results = closed_loop(server.port, bodies, clients, args.per_client)
@@ -237,6 +235,8 @@ def main() -> None:
     parser.add_argument("--long-tokens", type=int, default=60)
     parser.add_argument("--long-every", type=int, default=4, help="one request in this many is long")
     parser.add_argument("--candidates", type=int, help="candidates a sample (default: the model's)")
+    parser.add_argument("--stream-every", type=int, default=2, help="one request in this many streams (its time to "
+                                                                    "first token is measured); 0: none")
     parser.add_argument("--overload", type=int, default=0, help="then this many clients against a queue of 32")
     parser.add_argument("--model", help="checkpoint folder (default: the bundled model)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/serve-load.json"))
@@ -244,8 +244,10 @@ def main() -> None:
 
     bodies = [{"prompt": PROMPTS[i % len(PROMPTS)], "attributes": TARGETS[(i // len(PROMPTS) + i) % len(TARGETS)],
                "seed": 1000 + i, "max_tokens": args.long_tokens if i % args.long_every == 1 else args.short_tokens,
+               "stream": bool(args.stream_every) and i % args.stream_every == 0,
                **({"candidates": args.candidates} if args.candidates else {})} for i in range(args.distinct)]
-    report = {"candidates": args.candidates or "model default", "short_tokens": args.short_tokens,
+    report = {"candidates": args.candidates or "model default", "stream_every": args.stream_every,
+              "short_tokens": args.short_tokens,
               "long_tokens": args.long_tokens, "long_every": args.long_every, "per_client": args.per_client,
               "modes": {}}
     capacity = None

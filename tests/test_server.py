@@ -205,6 +205,22 @@ def test_a_full_queue_answers_429_with_retry_after_and_the_server_stays_healthy(
     assert "dglm_queue_depth 0.0" in metrics and "dglm_rows_in_flight" in metrics
 
 
+def test_replicas_behind_a_balancer_answer_as_one_server(tiny_checkpoint, toy_plugin):
+    """The server keeps nothing between requests but the model: two replicas loaded from one checkpoint, sent requests
+    in turn as a round-robin balancer would, give every request the text one server gives it."""
+    from dglm.pipeline import Pipeline
+
+    replicas = [create_app(Pipeline.from_pretrained(tiny_checkpoint), "tiny") for _ in range(2)]
+    bodies = [{"prompt": prompt, "seed": seed, "max_tokens": 6, "attributes": attributes}
+              for seed, (prompt, attributes) in enumerate([("The movie", ["toy_sentiment=positive"]), ("A film", []),
+                                                           ("The match", ["toy_sentiment=negative:2"])] * 2)]
+    with serve_in_thread(replicas[0]) as first, serve_in_thread(replicas[1]) as second:
+        by_balancer = [request([first, second][k % 2], "POST", "/v1/completions", body) for k, body in enumerate(bodies)]
+        by_one = [request(first, "POST", "/v1/completions", body) for body in bodies]
+    assert all(status == 200 for status, _ in by_balancer + by_one)
+    assert [a["choices"][0]["text"] for _, a in by_balancer] == [a["choices"][0]["text"] for _, a in by_one]
+
+
 @pytest.mark.parametrize("body, status, message, param", [
     ({"prompt": "x", "attributes": ["mood=happy"]}, 400, "unknown attribute 'mood'; known attributes: ", "attributes"),
     ({"prompt": "x", "attributes": ["toy_sentiment=happy"]}, 400, "known labels: negative, positive", "attributes"),

@@ -224,9 +224,13 @@ class RowSettings:
     def penalise(self, logits: torch.Tensor, seen: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
         """Repetition penalty on the tokens each row has already seen (prefix included), then OpenAI's presence and
         frequency penalties on the tokens of the continuation."""
-        penalised = torch.where(logits > 0, logits / self.penalty, logits * self.penalty)
-        logits = torch.where(seen & (self.penalty != 1.0), penalised, logits)
-        return logits - self.presence * (counts > 0) - self.frequency * counts
+        rows, tokens = (seen & (self.penalty != 1.0)).nonzero(as_tuple=True)  # a few tokens a row: not the vocabulary
+        if len(rows):
+            values, penalty = logits[rows, tokens], self.penalty[rows, 0]
+            logits = logits.index_put((rows, tokens), torch.where(values > 0, values / penalty, values * penalty))
+        if bool((self.presence != 0).any() or (self.frequency != 0).any()):
+            logits = logits - self.presence * (counts > 0) - self.frequency * counts
+        return logits
 
     def top_p_filter(self, probs: torch.Tensor) -> torch.Tensor:
         keep_all = self.top_p >= 1.0
