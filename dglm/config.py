@@ -41,19 +41,23 @@ class AdapterConfig:
 
 
 def setting(default: Any, help: str, *, at_least: float | None = None, above: float | None = None,
-            at_most: float | None = None, below: float | None = None, alias: str | None = None) -> Any:
+            at_most: float | None = None, below: float | None = None, alias: str | None = None,
+            choices: tuple[str, ...] | None = None) -> Any:
     """Declare a generation setting once: its default, its help text and its valid range.
 
     From this one declaration come the validation and its message, the `dglm generate` flag, the server's
     request field (`alias` is the OpenAI name, when it differs) and the model card's line; `Pipeline.generate`
-    takes the same names as typed keyword arguments (a test keeps them in step).
+    takes the same names as typed keyword arguments (a test keeps them in step). A name setting may list its
+    `choices`.
     """
     bounds = {"at_least": at_least, "above": above, "at_most": at_most, "below": below}
-    return field(default=default, metadata={"help": help, "alias": alias, **bounds})
+    return field(default=default, metadata={"help": help, "alias": alias, "choices": choices, **bounds})
 
 
 def accepted(spec: dataclasses.Field, kind: type) -> str:
-    """What a setting accepts, in words: "an integer >= 1", "a number in (0, 1]"."""
+    """What a setting accepts, in words: "an integer >= 1", "a number in (0, 1]", "one of length, sentence"."""
+    if spec.metadata["choices"]:
+        return f"one of {', '.join(spec.metadata['choices'])}"
     low = ("[", spec.metadata["at_least"]) if spec.metadata["at_least"] is not None else ("(", spec.metadata["above"])
     high = ("]", spec.metadata["at_most"]) if spec.metadata["at_most"] is not None else (")", spec.metadata["below"])
     noun = "a name" if kind is str else type_name(kind)
@@ -80,7 +84,7 @@ def check_setting(spec: dataclasses.Field, kind: type, value: Any) -> Any:
                  and (meta["at_most"] is None or value <= meta["at_most"])
                  and (meta["below"] is None or value < meta["below"]))
     if valid and kind is str:
-        valid = bool(value.strip())
+        valid = bool(value.strip()) and (not meta["choices"] or value in meta["choices"])
     if not valid:
         raise DglmError(f"{spec.name} must be {accepted(spec, kind)}, got {value!r}", field=spec.name)
     return value
@@ -164,6 +168,9 @@ class DecodingSettings(Settings):
                                            "already holds; 0 turns it off", at_least=-2, at_most=2)
     frequency_penalty: float = setting(0.0, "OpenAI's: subtracted from a token's logit once for each time the "
                                             "continuation already holds it; 0 turns it off", at_least=-2, at_most=2)
+    end_at: str = setting("length", "where each continuation ends: length (after max_new_tokens tokens, or at the end "
+                                    "of text) or sentence (then cut after its last complete sentence, if it has one; "
+                                    "max_new_tokens stays the cap)", choices=("length", "sentence"))
 
 
 SETTINGS_SECTIONS: dict[str, type[Settings]] = {"diffusion": DiffusionSettings, "decoding": DecodingSettings}
@@ -196,6 +203,7 @@ class GenerationSettings(TypedDict, total=False):
     repetition_penalty: float | None
     presence_penalty: float | None
     frequency_penalty: float | None
+    end_at: str | None
 
 
 def declared_settings() -> dict[str, tuple[str, dataclasses.Field, type]]:
@@ -331,12 +339,14 @@ class EvalConfig:
     batch_size: int = 25
     model: str | None = None
     conditions: list[str] = field(default_factory=lambda: ["none", "sentiment=positive", "sentiment=negative"])
-    methods: dict = field(default_factory=lambda: {"dglm": {}, "plain": {}})  # name -> options, checked per method
+    # method -> options, checked per method; "NAME:VARIANT" runs method NAME again under another name and options
+    methods: dict = field(default_factory=lambda: {"dglm": {}, "plain": {}})
     judges: dict[str, str] = field(default_factory=lambda: {"sentiment": "data/sentiment-judge.csv",
                                                             "topic": "data/topic-judge.csv"})
     perplexity: str | None = "gemma-3-270m"
     training_pairs: str | None = None  # JSONL pairs to check samples against for 8-word verbatim copies
     collapse_encoder: str | None = "all-mpnet-base-v2"  # measures collapse (not the guidance's encoder); null: off
+    long_text: bool = False  # also measure repetition, length and each continuation's last third judged alone
     tradeoff_condition: str | None = None
     tradeoff_scales: list[float] = field(default_factory=lambda: [0.0, 2.0, 4.0, 8.0])
     out: str = "benchmarks/results/eval"

@@ -21,6 +21,7 @@ from dglm.checkpoint import (TrainableParts, build_parts, check_compatible, defa
 from dglm.config import (SETTINGS_SECTIONS, DecodingSettings, DiffusionSettings, GenerationSettings, PipelineConfig,
                          check_setting, declared_settings)
 from dglm.constraints import AttributeSpec, Constraint, as_constraints
+from dglm.endings import whole_sentences
 from dglm.errors import DglmError
 from dglm.inputs import check_counts, check_generation_inputs, check_prefix, check_seed, cut_at_stop, stop_strings
 from dglm.plugins import attribute_terms, get_attributes, get_sampler
@@ -306,7 +307,8 @@ class Pipeline:
 
         The rows must share a diffusion schedule (`Row.schedule_key`); attributes, guidance scale and decoding
         settings may differ row by row. `on_step` is passed to the decoder (streaming, see `generate_tokens`). Rows
-        longer than their `segment_tokens` are written in segments (`dglm.segments`), each planned by `write`.
+        longer than their `segment_tokens` are written in segments (`dglm.segments`), each planned by `write`; rows
+        that ask to `end_at` a sentence are cut after their last complete one (`ended`).
         """
         if len({row.schedule_key for row in rows}) > 1:
             raise DglmError("rows in one batch must share sampler, steps, prefix_guidance, renoise_alpha2, "
@@ -318,10 +320,18 @@ class Pipeline:
                 raise DglmError("text written in segments cannot be streamed token by token yet; send "
                                 "segment_tokens 0 to stream", field="segment_tokens")
             end_of_text = self.decoder.tokenizer.eos_token_id
-            return write_in_segments(rows, segment, self.write, self.decoder.decode, end_of_text)
-        self.encoder.warn_if_cut([row.prefix for row in rows])
-        return self.write(rows, [row.prefix for row in rows], [row.seed for row in rows],
-                          [row.decoding for row in rows], on_step)
+            token_ids = write_in_segments(rows, segment, self.write, self.decoder.decode, end_of_text)
+        else:
+            self.encoder.warn_if_cut([row.prefix for row in rows])
+            token_ids = self.write(rows, [row.prefix for row in rows], [row.seed for row in rows],
+                                   [row.decoding for row in rows], on_step)
+        return [self.ended(row, ids) for row, ids in zip(rows, token_ids)]
+
+    def ended(self, row: Row, token_ids: list[int]) -> list[int]:
+        """A row's tokens as it asked to end: as written, or after their last complete sentence (`end_at`)."""
+        if row.decoding.end_at != "sentence":
+            return token_ids
+        return whole_sentences(token_ids, self.decoder.decode, self.decoder.tokenizer.eos_token_id)
 
     def write(self, rows: list[Row], contexts: list[str], seeds: list[int], decodings: list[DecodingSettings],
               on_step=None, recent: bool = False) -> list[list[int]]:

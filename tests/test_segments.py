@@ -60,3 +60,42 @@ def test_the_encoder_reads_the_most_recent_words_of_a_long_text(tiny_pipeline):
     assert text.endswith(kept) and kept.startswith("word") and len(kept) < len(text)
     assert len(encoder.model.tokenizer(kept, add_special_tokens=False)["input_ids"]) <= window - 2
     assert encoder.keep_recent("A short text.") == "A short text."
+
+
+def test_whole_sentences_cut_after_the_last_complete_sentence_and_only_then():
+    from dglm.endings import last_sentence_end, whole_sentences
+
+    pieces = ["He", " paid", " $3", ".", "5", " million", ".\"", " Then", " he", "<eos>"]
+    decode = lambda ids: "".join(pieces[i] for i in ids if pieces[i] != "<eos>")
+    eos = pieces.index("<eos>")
+    assert whole_sentences(list(range(9)), decode, eos) == list(range(7))  # after 'million."', not after '$3.'
+    assert whole_sentences(list(range(7)), decode, eos) == list(range(7))  # it already ends a sentence
+    assert whole_sentences(list(range(5)), decode, eos) == list(range(5))  # '$3.5' ends no sentence
+    assert whole_sentences([*range(9), eos], decode, eos) == [*range(9), eos]  # the decoder ended the text itself
+    assert last_sentence_end("He paid $3.") == len("He paid $3.") and last_sentence_end("He paid $3.", settled=True) is None
+    assert last_sentence_end("Yes! No? Fine\u2026 ok") == len("Yes! No? Fine\u2026")
+
+
+def test_ending_at_a_sentence_cuts_the_same_text_after_its_last_full_stop(tiny_pipeline):
+    from dglm.endings import last_sentence_end
+
+    decoder = tiny_pipeline.decoder
+    full_stop, word = decoder.token_ids(["."])[0][0], decoder.token_ids([" the"])[0][0]
+    bias = {full_stop: 4.0, word: 4.0}  # a random decoder writes bytes: make it write ". the" often
+
+    def continuations(**settings) -> list[str]:
+        rows = list(tiny_pipeline.plan(["The movie"], None, 12, seed=3, logit_bias=bias, max_new_tokens=30,
+                                       **settings))
+        return [decoder.decode(ids) for ids in tiny_pipeline.generate_rows(rows)]
+
+    whole, ended = continuations(), continuations(end_at="sentence")
+    cut = 0
+    for text, short in zip(whole, ended):
+        assert text.startswith(short)
+        if short != text:  # cut: it holds the text up to its last sentence end (and at most some white space)
+            cut += 1
+            end = last_sentence_end(text)
+            assert end is not None and len(short) >= end and not short[end:].strip()
+    assert cut >= 3, "too few samples had a sentence to end at for the test to mean anything"
+    with pytest.raises(DglmError, match="end_at must be one of length, sentence, got 'paragraph'"):
+        tiny_pipeline.generate("The movie", end_at="paragraph")

@@ -757,6 +757,29 @@ def test_a_request_written_in_segments_gets_the_python_apis_text_streamed_token_
         assert status == 400 and "logprobs with segment_tokens needs continuous batching" in answer["error"]["message"]
 
 
+def test_a_request_that_ends_at_a_sentence_streams_only_whole_sentences(served, tiny_pipeline):
+    url, decoder = served[0], tiny_pipeline.decoder
+    bias = {decoder.token_ids(["."])[0][0]: 4.0, decoder.token_ids([" the"])[0][0]: 4.0}  # write ". the" often
+
+    def alone_ending(seed, **settings):
+        rows = list(tiny_pipeline.plan(["The movie"], None, 1, seed=seed, logit_bias=bias, max_new_tokens=30,
+                                       **settings))
+        return decoder.decode(tiny_pipeline.generate_rows(rows)[0])
+
+    cut = 0
+    for seed in range(6):
+        body = {"prompt": "The movie", "max_tokens": 30, "seed": seed, "end_at": "sentence",
+                "logit_bias": {str(token): value for token, value in bias.items()}}
+        want = alone_ending(seed, end_at="sentence")
+        status, answer = request(url, "POST", "/v1/completions", body)
+        assert status == 200 and answer["choices"][0]["text"] == want
+        assert "".join(e["choices"][0]["text"] for e in stream_events(url, body)) == want
+        if want != alone_ending(seed):
+            cut += 1
+            assert answer["choices"][0]["finish_reason"] == "stop"
+    assert cut >= 2, "too few answers were cut for the test to show anything"
+
+
 def test_json_depth_counts_brackets_outside_strings_and_reads_an_unclosed_string_once():
     from dglm.server.protocol import json_depth
 

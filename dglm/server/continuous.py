@@ -203,4 +203,5 @@ class ContinuousEngine(Engine):
             choice.segment += 1
             self.replanning.append(choice)
             return None
+        choice.written = self.pipeline.ended(choice.row, choice.written)
         return choice

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from dglm.endings import last_sentence_end
 from dglm.errors import DglmError
 from dglm.inputs import first_stop
 from dglm.pipeline import Pipeline, Row
@@ -196,7 +197,8 @@ class Engine:
                 continue
             stopped = bool(ids) and ids[-1] == eos
             self.metrics.completion_tokens.inc(len(ids) - stopped)
-            reason = "stop" if stopped or choice.cut is not None else "length"
+            short = len(ids) < choice.job.rows[choice.index].decoding.max_new_tokens  # ended at a sentence's end
+            reason = "stop" if stopped or short or choice.cut is not None else "length"
             recorder = choice.recorder
             choice.job.emit(Finished(choice.index, texts[i], len(ids) - stopped, reason, scores.get(i),
                                      recorder and recorder.tokens(texts[i])))
@@ -233,6 +235,8 @@ class ChoiceText:
                 text = self.cut = text[:at]
             else:  # hold back what could be the start of a stop string
                 text = text[: len(text) - held_back(text, job.stop)]
+        if self.cut is None and job.rows[self.index].decoding.end_at == "sentence":
+            text = text[: last_sentence_end(text, settled=True) or 0]  # what follows may be cut off at the end
         if job.stream and len(text) > len(self.sent) and text.startswith(self.sent):
             whole = self.recorder.tokens(text, complete=True)[self.tokens_sent:] if self.recorder else None
             self.tokens_sent += len(whole or [])
