@@ -19,23 +19,8 @@ import json
 
 from dglm.evaluation.bench import SentimentBench, add_common_arguments
 from dglm.evaluation.harness import parse_condition
+from dglm.evaluation.metrics import last_third, repetition
 from dglm.plugins import get_methods
-
-
-def repetition(text: str) -> tuple[bool, float]:
-    """(whether some lowercased word 4-gram occurs twice, the share of 4-grams that repeat an earlier one)."""
-    words = text.lower().split()
-    grams = [tuple(words[i:i + 4]) for i in range(len(words) - 3)]
-    seen, repeats = set(), 0
-    for gram in grams:
-        repeats += gram in seen
-        seen.add(gram)
-    return repeats > 0, repeats / len(grams) if grams else 0.0
-
-
-def last_third(text: str) -> str:
-    words = text.split()
-    return " ".join(words[len(words) - len(words) // 3:]) if len(words) >= 3 else text
 
 
 def relative_to(result: dict, plain: dict) -> None:

@@ -215,3 +215,30 @@ def test_max_prefixes_runs_the_first_prefixes_only(eval_config, toy_plugin):
     eval_config.write_text(yaml.safe_dump({**data, "max_prefixes": -1}))
     with pytest.raises(DglmError, match="max_prefixes must be 0"):
         run_eval(EvalConfig.from_yaml(eval_config))
+
+
+def test_long_text_measures_repetition_length_and_the_last_third_and_runs_variants(eval_config, toy_plugin):
+    data = yaml.safe_load(eval_config.read_text())
+    data.update(methods={"dglm": {}, "dglm:segments": {"segment_tokens": 3}, "plain": {}}, max_new_tokens=9,
+                conditions=["toy_sentiment=positive"], tradeoff_condition=None, long_text=True)
+    eval_config.write_text(yaml.safe_dump(data))
+    report = run_eval(EvalConfig.from_yaml(eval_config))
+    one_plan, segments = report["results"]["dglm | toy_sentiment=positive"], report["results"][
+        "dglm:segments | toy_sentiment=positive"]
+    for result in (one_plan, segments):
+        assert {"repeating_share", "repeated_4gram_share", "words", "words_x_plain", "seconds_x_plain"} <= result.keys()
+        assert {"toy_sentiment=positive", "homogeneity", "prefix_relevance"} <= result["last_third"].keys()
+    assert report["results"]["plain | toy_sentiment=positive"]["last_third"]["homogeneity"] == 1.0
+    assert one_plan["examples"] != segments["examples"], "the variant ran with the same options"
+    samples = [json.loads(line) for line in gzip.open(eval_config.parent / "report.samples.jsonl.gz", "rt")]
+    assert {s["method"] for s in samples} == {"dglm", "dglm:segments", "plain"}
+    table = (eval_config.parent / "report.md").read_text()
+    assert "| dglm:segments | toy_sentiment=positive |" in table and "last third homogeneity" in table
+
+
+def test_repetition_counts_repeated_word_4grams_and_the_last_third_is_the_last_words():
+    from dglm.evaluation.metrics import last_third, repetition
+
+    assert repetition("a b c d a b c d") == (True, 1 / 5)
+    assert repetition("one two three four five") == (False, 0.0)
+    assert last_third("1 2 3 4 5 6 7 8 9") == "7 8 9"

@@ -81,8 +81,14 @@ class CollapseJudge:
 
 
 def relative_to_plain(results: list[dict], plain: dict) -> None:
-    """Add `homogeneity` and `prefix_relevance` to each result: its cosines divided by plain sampling's."""
+    """Add `homogeneity` and `prefix_relevance` to each result (and to its `last_third`, for long text): its cosines
+    divided by plain sampling's; and, for long text, its length and time a sample as multiples of plain sampling's."""
     for result in results:
         if "cross_prefix_cosine" in result and "cross_prefix_cosine" in plain:
             result["homogeneity"] = result["cross_prefix_cosine"] / plain["cross_prefix_cosine"]
             result["prefix_relevance"] = result["prefix_cosine"] / plain["prefix_cosine"]
+        for measure, ratio in (("words", "words_x_plain"), ("seconds_per_sample", "seconds_x_plain")):
+            if "words" in result and measure in result and plain.get(measure):  # long text (`long_text`) only
+                result[ratio] = result[measure] / plain[measure]
+        if "last_third" in result and "last_third" in plain:
+            relative_to_plain([result["last_third"]], plain["last_third"])

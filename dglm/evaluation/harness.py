@@ -23,7 +23,7 @@ from dglm.errors import DglmError
 from dglm.evaluation.baselines import PlainSampling
 from dglm.evaluation.collapse import CollapseJudge, relative_to_plain
 from dglm.evaluation.judges import PerplexityJudge, TextJudge
-from dglm.evaluation.metrics import CopyDetector, distinct_n, label_shares, median
+from dglm.evaluation.metrics import CopyDetector, distinct_n, label_shares, last_third, median, repetition
 from dglm.pipeline import Pipeline
 from dglm.plugins import get_methods
 from dglm.seeding import seeded_rows
@@ -49,6 +49,7 @@ class Scorer:
         self.copies = CopyDetector(config.training_pairs) if config.training_pairs else None
         self.collapse = CollapseJudge(config.collapse_encoder) if config.collapse_encoder else None
         self.num_samples = config.num_samples
+        self.long_text = config.long_text
 
     def __call__(self, prefixes: list[str], continuations: list[str], constraints: list[Constraint]) -> dict:
         result: dict = {}
@@ -74,7 +75,23 @@ class Scorer:
             result["perplexity_median"] = median(self.perplexity(prefixes, continuations))
         if self.copies is not None:
             result["copied_8_words"] = self.copies.share_copied(continuations)
+        if self.long_text:
+            result.update(self.long_text_measures(prefixes, continuations))
         return result
+
+    def long_text_measures(self, prefixes: list[str], continuations: list[str]) -> dict:
+        """Repetition (the share of samples that repeat a word 4-gram, the mean share of repeated 4-grams), the mean
+        length in words, and the last third of each continuation judged alone: its labels, and its relevance to the
+        prefix and homogeneity across prefixes (`last_third`)."""
+        repeated = [repetition(text) for text in continuations]
+        ends = [last_third(text) for text in continuations]
+        tail = {f"{name}={label}": share for name, judge in self.judges.items()
+                for label, share in label_shares(judge.predict(ends), judge.model.classes_).items()}
+        if self.collapse is not None:
+            tail.update(self.collapse(prefixes, ends))
+        return {"repeating_share": sum(flag for flag, _ in repeated) / len(repeated),
+                "repeated_4gram_share": sum(share for _, share in repeated) / len(repeated),
+                "words": sum(len(text.split()) for text in continuations) / len(continuations), "last_third": tail}
 
     def judge_families(self) -> list[str]:
         """The suffixes of the judge families: "" for the TF-IDF judges, "@ENCODER" for those on an encoder."""
@@ -117,11 +134,18 @@ def continue_all(method, rows: list[tuple[str, int]], constraints: list[Constrai
 def check_methods(config: EvalConfig, config_path: str = "") -> None:
     """Refuse an unknown method, or a misspelt or mistyped option, before any model loads."""
     methods, where = get_methods(), f" in {config_path}" if config_path else ""
-    unknown = sorted(set(config.methods) - set(methods))
+    unknown = sorted(name for name in config.methods if method_plugin(name) not in methods)
     if unknown:
-        raise DglmError(f"unknown method(s) {unknown}{where}; known: {', '.join(methods)}")
+        raise DglmError(f"unknown method(s) {unknown}{where}; known: {', '.join(methods)} (a variant is NAME:VARIANT)")
     for name, options in config.methods.items():
-        build_dataclass(methods[name].Options, options or {}, f"{config_path or 'the config'}: methods.{name}")
+        build_dataclass(methods[method_plugin(name)].Options, options or {},
+                        f"{config_path or 'the config'}: methods.{name}")
+
+
+def method_plugin(name: str) -> str:
+    """The registered method a config's method runs: NAME, or NAME of NAME:VARIANT (the same method, other options,
+    reported under the whole name)."""
+    return name.partition(":")[0]
 
 
 def read_saved_samples(path: Path) -> dict[tuple, dict[tuple[str, int], str]]:
@@ -193,7 +217,8 @@ def run_eval(config: EvalConfig, config_path: str = "", generate_only: bool = Fa
 
     methods, plain = get_methods(), None
     for name, options in config.methods.items():
-        method = methods[name](pipeline, **(options or {}))
+        method = methods[method_plugin(name)](pipeline, **(options or {}))
+        method.name = name
         unsteered = None
         for condition in config.conditions:
             if isinstance(method, PlainSampling) and unsteered is not None:
@@ -245,6 +270,8 @@ def markdown_table(report: dict) -> str:
              "prefix_relevance: mean prefix-continuation cosine, relative likewise; top_word_share: the share of "
              "samples containing the condition's commonest content word (the word in brackets); dist3: within each "
              "prefix, dist3_all: over the whole condition.\n")
+    if any("last_third" in result for result in results.values()):
+        text += long_text_table(results)
     if "tradeoff" in report:
         text += "\n| guidance scale | targets met | perplexity (median) | homogeneity | top_word_share | dist3 |\n"
         text += "|---|---|---|---|---|---|\n"
@@ -252,6 +279,23 @@ def markdown_table(report: dict) -> str:
             text += (f"| {scale} | {cell(r, 'all_targets_met')} | {cell(r, 'perplexity_median')} | "
                      f"{cell(r, 'homogeneity')} | {cell(r, 'top_word_share')} | {cell(r, 'dist3')} |\n")
     return text
+
+
+def long_text_table(results: dict) -> str:
+    """Repetition, length and time against plain sampling, and the last third judged alone, a row a run."""
+    tails = sorted({key for result in results.values() for key in result.get("last_third", {}) if "=" in key})
+    columns = ["repeating_share", "repeated_4gram_share", "words_x_plain", "seconds_x_plain"]
+    lines = ["| method | condition | " + " | ".join(columns + [f"last third {t}" for t in tails]) +
+             " | last third homogeneity | last third prefix_relevance |", "|---|---|" + "---|" * (len(columns) +
+                                                                                          len(tails) + 2)]
+    for key, result in results.items():
+        tail = result.get("last_third", {})
+        cells = [cell(result, c) for c in columns] + [cell(tail, c) for c in [*tails, "homogeneity",
+                                                                               "prefix_relevance"]]
+        lines.append(f"| {key} | " + " | ".join(cells) + " |")
+    return ("\nLong text: repeating_share, the share of samples in which a word 4-gram occurs twice; "
+            "repeated_4gram_share, the mean share of 4-grams that repeat an earlier one; the last third of each "
+            "continuation's words judged alone.\n\n" + "\n".join(lines) + "\n")
 
 
 def cell(result: dict, column: str) -> str:

@@ -1,5 +1,5 @@
-"""Measurements of generated text that need no model: label shares, diversity (Dist-n), verbatim copies
-of the training pairs, and the median that skips unscorable samples."""
+"""Measurements of generated text that need no model: label shares, diversity (Dist-n), repeated phrases and the last
+third of a long text, verbatim copies of the training pairs, and the median that skips unscorable samples."""
 
 from __future__ import annotations
 
@@ -21,6 +21,24 @@ def distinct_n(texts: list[str], n: int) -> float:
     """Unique n-grams over all n-grams of whitespace tokens (Dist-n of Li et al. 2016)."""
     grams = [tuple(words[i : i + n]) for words in (t.split() for t in texts) for i in range(len(words) - n + 1)]
     return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def repetition(text: str) -> tuple[bool, float]:
+    """(whether some lowercased word 4-gram occurs twice, the share of 4-grams that repeat an earlier one): how much a
+    long text loops."""
+    words = text.lower().split()
+    grams = [tuple(words[i:i + 4]) for i in range(len(words) - 3)]
+    seen, repeats = set(), 0
+    for gram in grams:
+        repeats += gram in seen
+        seen.add(gram)
+    return repeats > 0, repeats / len(grams) if grams else 0.0
+
+
+def last_third(text: str) -> str:
+    """The last third of a text's words: what a long text ends on, judged alone."""
+    words = text.split()
+    return " ".join(words[len(words) - len(words) // 3:]) if len(words) >= 3 else text
 
 
 def word_ngram_hashes(text: str, n: int) -> list[int]:
