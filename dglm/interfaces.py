@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 import torch
 
-from dglm.config import build_dataclass
+from dglm.config_files import build_dataclass
 from dglm.constraints import Constraint
 from dglm.seeding import sample_generators
 

@@ -9,7 +9,8 @@ import torch
 import yaml
 
 from dglm.checkpoint import TrainableParts, read_checkpoint, render_model_card
-from dglm.config import DataConfig, EvalConfig, TrainConfig, read_yaml_mapping
+from dglm.config import DataConfig, EvalConfig, TrainConfig
+from dglm.config_files import read_yaml_mapping
 from dglm.errors import DglmError
 from dglm.evaluation.harness import check_methods
 from dglm.training.stages import same_stage_config

@@ -57,6 +57,17 @@ def stream_events(url: str, body: dict) -> list[dict]:
             if line.startswith("data: {")]
 
 
+def slow_decoder(pipeline, monkeypatch, seconds: float) -> None:
+    """Make each decoder step take `seconds` longer, so that what happens mid-generation can be seen."""
+    forward = pipeline.decoder.model.forward
+
+    def slow_forward(*args, **kwargs):
+        time.sleep(seconds)
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline.decoder.model, "forward", slow_forward)
+
+
 def test_the_openai_client_gets_guided_completions_equal_to_the_python_api(served, tiny_pipeline):
     url, _ = served
     client = openai.OpenAI(base_url=url + "/v1", api_key="unused")
@@ -124,13 +135,7 @@ def test_requests_that_join_mid_flight_each_get_their_text_alone(tiny_pipeline, 
     """A long request decodes alone; others (plain, guided, choosing among candidates, in segments, with penalties,
     logit_bias and stop strings) arrive while it runs, join its batch at a token step, and leave when they end: every
     text is the one the request gets alone from the Python API."""
-    forward = tiny_pipeline.decoder.model.forward
-
-    def slow_forward(*args, **kwargs):
-        time.sleep(0.01)
-        return forward(*args, **kwargs)
-
-    monkeypatch.setattr(tiny_pipeline.decoder.model, "forward", slow_forward)
+    slow_decoder(tiny_pipeline, monkeypatch, 0.01)
     long = ("The movie", 1, ["toy_sentiment=positive"], {"max_tokens": 60, "repetition_penalty": 1.0, "temperature": 0.5})
     joining = [("A film", 2, [], {"max_tokens": 5}),
                ("The match", 3, ["toy_sentiment=negative"], {"max_tokens": 9, "top_k": 5, "frequency_penalty": 1.0}),
@@ -170,13 +175,7 @@ def test_requests_that_join_mid_flight_each_get_their_text_alone(tiny_pipeline, 
 
 
 def test_a_full_queue_answers_429_with_retry_after_and_the_server_stays_healthy(tiny_pipeline, monkeypatch):
-    forward = tiny_pipeline.decoder.model.forward
-
-    def slow_forward(*args, **kwargs):
-        time.sleep(0.01)
-        return forward(*args, **kwargs)
-
-    monkeypatch.setattr(tiny_pipeline.decoder.model, "forward", slow_forward)
+    slow_decoder(tiny_pipeline, monkeypatch, 0.01)
     app = create_app(tiny_pipeline, "tiny", ServerLimits(max_batch_size=2, max_queue=2))
     with serve_in_thread(app) as url:
         host, port = url.removeprefix("http://").split(":")
@@ -309,13 +308,7 @@ def test_with_an_api_key_every_endpoint_but_health_needs_it(tiny_pipeline):
 
 def test_a_client_that_leaves_mid_stream_frees_its_rows_and_others_are_undisturbed(served, tiny_pipeline, monkeypatch):
     url, app = served
-    model, forward = tiny_pipeline.decoder.model, tiny_pipeline.decoder.model.forward
-
-    def slow_forward(*args, **kwargs):  # 64 steps take over a second, so leaving early shows
-        time.sleep(0.02)
-        return forward(*args, **kwargs)
-
-    monkeypatch.setattr(model, "forward", slow_forward)
+    slow_decoder(tiny_pipeline, monkeypatch, 0.02)  # 64 steps take over a second, so leaving early shows
     host, port = url.removeprefix("http://").split(":")
     leaving = socket.create_connection((host, int(port)))
     body = json.dumps({"prompt": "The movie", "max_tokens": 64, "seed": 1, "stream": True, "repetition_penalty": 1.0,
@@ -366,13 +359,7 @@ def test_sigterm_answers_503_finishes_the_request_in_flight_then_exits(tiny_chec
 
 
 def test_a_request_over_the_time_limit_gets_a_504_and_leaves_the_batch(tiny_pipeline, monkeypatch):
-    forward = tiny_pipeline.decoder.model.forward
-
-    def slow_forward(*args, **kwargs):
-        time.sleep(0.05)
-        return forward(*args, **kwargs)
-
-    monkeypatch.setattr(tiny_pipeline.decoder.model, "forward", slow_forward)
+    slow_decoder(tiny_pipeline, monkeypatch, 0.05)
     app = create_app(tiny_pipeline, "tiny", ServerLimits(request_timeout_s=0.5))
     with serve_in_thread(app) as url:
         status, answer = request(url, "POST", "/v1/completions", {"prompt": "The movie", "max_tokens": 60,

@@ -16,7 +16,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from dglm.config import EvalConfig, build_dataclass
+from dglm.config import EvalConfig
+from dglm.config_files import build_dataclass
 from dglm.constraints import Constraint, parse_constraint
 from dglm.data.prefixes import read_prefixes
 from dglm.errors import DglmError

@@ -2,7 +2,8 @@
 
 FastAPI on uvicorn. `create_app` only assembles: the shared state (`dglm.server.state`), the routes
 (`dglm.server.routes`), the middleware (the API key, draining, metrics, CORS) and the error handlers, which answer
-in OpenAI's shape (`dglm.server.protocol`). The model work is done by a batching engine (`dglm.server.continuous` or `dglm.server.static`) on its own thread.
+in OpenAI's shape (`dglm.server.protocol`). The model work is done by a batching engine (`dglm.server.continuous` or
+`dglm.server.static`) on its own thread.
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ from dglm.server.engine import log
 from dglm.server.metrics import Metered, ServerMetrics
 from dglm.server.protocol import ApiError, model_settings
 from dglm.server.routes import router
-from dglm.server.static import StaticEngine
 from dglm.server.state import ServedModels, ServerLimits, ServerState
+from dglm.server.static import StaticEngine
 
 PUBLIC_PATHS = {"/health", "/"}  # the page is static and holds no data; it sends the key with every API call
 DOCS_PATHS = ("/docs", "/openapi.json")  # public only when the operator says so (--public-docs)

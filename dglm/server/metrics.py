@@ -31,7 +31,8 @@ class ServerMetrics:
         self.queue_depth = Gauge("dglm_queue_depth", "requests waiting to start (a full queue answers 429, "
                                                      "counted in dglm_completion_requests_total)",
                                  registry=self.registry)
-        self.rows_in_flight = Gauge("dglm_rows_in_flight", "rows decoded at the last decoder step", registry=self.registry)
+        self.rows_in_flight = Gauge("dglm_rows_in_flight", "rows decoded at the last decoder step",
+                                    registry=self.registry)
 
     def exposition(self) -> bytes:
         """The metrics in Prometheus' text format."""

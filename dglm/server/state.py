@@ -12,7 +12,6 @@ from dglm.server.engine import Engine
 from dglm.server.metrics import ServerMetrics
 from dglm.server.protocol import ApiError
 
-
 BATCHING = ("continuous", "static")
 
 

@@ -9,16 +9,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from dglm.config import DecodingSettings
 from dglm.errors import DglmError
-
-if TYPE_CHECKING:
-    from dglm.stages.decoder import SoftPromptDecoder
 
 NOT_FINITE = ("the next-token probabilities are not finite numbers: the settings are too extreme (a guidance or "
               "prefix-guidance scale far too large, a temperature or repetition penalty near 0); use values closer "
@@ -28,9 +25,10 @@ NOT_FINITE = ("the next-token probabilities are not finite numbers: the settings
 class DecodingBatch:
     """Rows decoded together, with their key-value cache, attention mask, next positions and the logits of their next
     token. `sample` draws each row's next token, `advance` runs the decoder on the tokens drawn; between the two,
-    rows may leave (`keep`), and after `advance` another batch may `join`."""
+    rows may leave (`keep`), and after `advance` another batch may `join`. `decoder` is the `SoftPromptDecoder` that
+    starts it (typed loosely: the decoder module builds on this one)."""
 
-    def __init__(self, decoder: SoftPromptDecoder, prefixes: list[str], soft_prompts: torch.Tensor | None,
+    def __init__(self, decoder: Any, prefixes: list[str], soft_prompts: torch.Tensor | None,
                  generators: list[torch.Generator], settings: list[DecodingSettings],
                  logit_bias: list[dict[int, float]] | None = None):
         embeds, mask, ids = decoder.left_padded(prefixes, soft_prompts)
@@ -146,9 +144,8 @@ class DecodingBatch:
             mine.values = torch.cat([left_pad(mine.values, width, -2), left_pad(theirs.values, width, -2)])
         self.mask = torch.cat([left_pad(self.mask, width, -1), left_pad(other.mask, width, -1)])
         if self.bias is not None or other.bias is not None:
-            self.bias = torch.cat([self.bias if self.bias is not None else torch.zeros_like(self.seen, dtype=torch.float),
-                                   other.bias if other.bias is not None else torch.zeros_like(other.seen,
-                                                                                              dtype=torch.float)])
+            zeros = lambda part: torch.zeros_like(part.seen, dtype=torch.float)
+            self.bias = torch.cat([part.bias if part.bias is not None else zeros(part) for part in (self, other)])
         self.positions = torch.cat([self.positions, other.positions])
         self.logits = torch.cat([self.logits, other.logits])
         self.seen, self.counts = torch.cat([self.seen, other.seen]), torch.cat([self.counts, other.counts])
