@@ -238,6 +238,8 @@ def main() -> None:
     parser.add_argument("--stream-every", type=int, default=2, help="one request in this many streams (its time to "
                                                                     "first token is measured); 0: none")
     parser.add_argument("--overload", type=int, default=0, help="then this many clients against a queue of 32")
+    parser.add_argument("--capacity", type=float, help="samples/s the Poisson loads are fractions of (default: what "
+                                                       "continuous batching reached closed-loop in this run)")
     parser.add_argument("--model", help="checkpoint folder (default: the bundled model)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/serve-load.json"))
     args = parser.parse_args()
@@ -250,7 +252,7 @@ def main() -> None:
               "short_tokens": args.short_tokens,
               "long_tokens": args.long_tokens, "long_every": args.long_every, "per_client": args.per_client,
               "modes": {}}
-    capacity = None
+    capacity = args.capacity
     for mode in sorted(args.modes, key=lambda m: m != "continuous"):  # continuous first: its capacity sets the rates
         report["modes"][mode] = run_mode(mode, args, bodies, capacity)
         capacity = capacity or max(level["samples_per_s"] for level in report["modes"][mode]["closed_loop"])

@@ -351,6 +351,7 @@ class Pipeline:
             start += row.diffusion.candidates
         return chosen
 
+    @torch.no_grad()
     def start_writing(self, rows: list[Row], contexts: list[str], seeds: list[int], decodings: list[DecodingSettings],
                       recent: bool = False) -> Writing:
         """One plan for each row, ready to decode: the diffusion proposes a meaning for what follows its context (the

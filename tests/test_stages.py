@@ -110,3 +110,15 @@ def test_an_empty_continuation_adds_nothing_to_the_training_losses(tiny_pipeline
     assert float(nothing) == 0.0
     nothing.backward()  # a training step on such a batch goes through, and moves nothing
     assert not soft.grad.any()
+
+
+def test_planned_rows_decode_without_building_a_graph(tiny_pipeline):
+    """Generation outside `torch.no_grad` (the server's worker, the evaluation) must not record autograd graphs: one
+    kept through every step holds every step's activations (gigabytes at batch 32) and slows each step."""
+    rows = list(tiny_pipeline.plan(["The movie", "A film"], None, 1, seed=1, max_new_tokens=3))
+    writing = tiny_pipeline.start_writing(rows, [r.prefix for r in rows], [r.seed for r in rows],
+                                          [r.decoding for r in rows])
+    writing.batch.sample()
+    writing.batch.advance()
+    assert not writing.batch.logits.requires_grad
+    assert not any(layer.keys.requires_grad for layer in writing.batch.cache.layers)

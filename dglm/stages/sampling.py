@@ -28,6 +28,7 @@ class DecodingBatch:
     rows may leave (`keep`), and after `advance` another batch may `join`. `decoder` is the `SoftPromptDecoder` that
     starts it (typed loosely: the decoder module builds on this one)."""
 
+    @torch.no_grad()
     def __init__(self, decoder: Any, prefixes: list[str], soft_prompts: torch.Tensor | None,
                  generators: list[torch.Generator], settings: list[DecodingSettings],
                  logit_bias: list[dict[int, float]] | None = None):
@@ -103,6 +104,7 @@ class DecodingBatch:
             self.advance()
         return self.tokens
 
+    @torch.no_grad()
     def advance(self) -> None:
         """Run the decoder on the tokens just drawn: the logits of every row's next token."""
         rows, device = torch.arange(len(self)), self.decoder.device
