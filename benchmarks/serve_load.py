@@ -217,7 +217,8 @@ def plot(report: dict, path: Path) -> None:
     for axis in (left, middle, right):
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)
-    figure.suptitle(f"dglm serve, static against continuous batching (candidates {report['candidates']}, "
+    modes = " against ".join(report["modes"])
+    figure.suptitle(f"dglm serve, {modes} batching (candidates {report['candidates']}, "
                     f"{report['short_tokens']}/{report['long_tokens']} tokens)")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
