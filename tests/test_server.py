@@ -174,6 +174,34 @@ def test_requests_that_join_mid_flight_each_get_their_text_alone(tiny_pipeline, 
         assert text == tiny_pipeline.decoder.decode(tiny_pipeline.generate_rows(rows)[0]), (prompt, settings)
 
 
+def test_rows_keep_decoding_while_an_arriving_request_is_planned(tiny_pipeline, monkeypatch):
+    """Planning a request that joins (the diffusion and the prefill) runs beside the decoding, not in its way: a slow
+    plan leaves the running request's steps going on, and the joining request still gets its text alone."""
+    slow_decoder(tiny_pipeline, monkeypatch, 0.01)
+    app = create_app(tiny_pipeline, "tiny", ServerLimits(max_tokens=128))
+    engine, start_writing, steps_while_planning = app.state.server.engine, tiny_pipeline.start_writing, []
+
+    def slow_start_writing(rows, *args, **kwargs):
+        if rows[0].prefix == "A film":
+            before = engine.decode_steps
+            time.sleep(0.5)
+            steps_while_planning.append(engine.decode_steps - before)
+        return start_writing(rows, *args, **kwargs)
+
+    monkeypatch.setattr(tiny_pipeline, "start_writing", slow_start_writing)
+    with serve_in_thread(app) as url, ThreadPoolExecutor(2) as pool:
+        first = pool.submit(request, url, "POST", "/v1/completions", {"prompt": "The movie", "max_tokens": 120})
+        deadline = time.monotonic() + 30
+        while engine.decode_steps < 5 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        status, body = request(url, "POST", "/v1/completions", {"prompt": "A film", "max_tokens": 5, "seed": 3})
+        assert first.result()[0] == status == 200, body
+    assert steps_while_planning[0] >= 10, f"only {steps_while_planning[0]} steps ran while a request was planned"
+    monkeypatch.undo()
+    rows = list(tiny_pipeline.plan(["A film"], None, 1, seed=3, max_new_tokens=5))
+    assert body["choices"][0]["text"] == tiny_pipeline.decoder.decode(tiny_pipeline.generate_rows(rows)[0])
+
+
 def test_a_full_queue_answers_429_with_retry_after_and_the_server_stays_healthy(tiny_pipeline, monkeypatch):
     slow_decoder(tiny_pipeline, monkeypatch, 0.01)
     app = create_app(tiny_pipeline, "tiny", ServerLimits(max_batch_size=2, max_queue=2))

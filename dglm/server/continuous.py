@@ -1,13 +1,16 @@
 """Continuous batching for `dglm serve` (the default): requests join the rows already decoding at the next token
 step, and a row leaves the batch as soon as it ends.
 
-Each turn of the worker: the requests waiting are taken, as many rows as fit under `max_batch_size`; their plans are
-proposed by the diffusion and read by the decoder (the prefill) in groups that share a diffusion schedule, and join
-the running `DecodingBatch` (left-padded to its length); then every row draws one token. A row that ends (its length,
-end of text, a stop string, its client gone, its request timed out) leaves at once. With candidates, each of a
-sample's drafts is a row, and the sample is chosen when its last draft ends; with segments, a sample whose segment
-ended is planned again from its text so far and joins again at the next turn. `max_wait_ms` matters only when
-nothing is decoding: the first request then waits that long for others to be prefilled with it.
+Each turn of the worker: the requests waiting are taken, as many rows as fit under `max_batch_size`, and handed to
+the planning thread, which proposes their plans by the diffusion and has the decoder read them (the prefill), in
+groups that share a diffusion schedule; meanwhile every row already decoding draws a token, turn after turn. Once a
+group is planned it joins the running `DecodingBatch` (left-padded to its length) at the next turn, and the requests
+that arrived while it was planned are taken together. Planning beside decoding uses a second core (the server
+decodes with one torch thread by default) instead of stalling every row for each arrival. A row that ends (its
+length, end of text, a stop string, its client gone, its request timed out) leaves at once. With candidates, each of
+a sample's drafts is a row, and the sample is chosen when its last draft ends; with segments, a sample whose segment
+ended is planned again from its text so far and joins again. `max_wait_ms` matters only when nothing is decoding:
+the first request then waits that long for others to be prefilled with it.
 
 A row's text depends on its seed and settings only: it draws from its own generator, and is filtered and penalised
 alone (`dglm.stages.sampling`).
@@ -16,12 +19,13 @@ alone (`dglm.stages.sampling`).
 from __future__ import annotations
 
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import torch
 
 from dglm.errors import DglmError
-from dglm.pipeline import Row
+from dglm.pipeline import Row, Writing
 from dglm.segments import next_segment
 from dglm.server.engine import ChoiceText, Engine, Failed, distinct_jobs, log
 from dglm.stages.sampling import NOT_FINITE, DecodingBatch
@@ -59,34 +63,42 @@ class ContinuousEngine(Engine):
         self.batch: DecodingBatch | None = None
         self.slots: list[tuple[InFlight, int]] = []  # the batch's rows: (choice, candidate)
         self.replanning: list[InFlight] = []  # choices whose next segment is to be planned
+        self.planner = ThreadPoolExecutor(1, thread_name_prefix="dglm-planning")
+        self.planning: tuple[list[InFlight], Future] | None = None  # the choices being planned, and their plans
         super().__init__(*args, **kwargs)
 
     # ---- the worker thread ----------------------------------------------------------------
     def _work(self) -> None:
         while (taken := self._take()) is not None:
             try:
+                if taken:
+                    self.planning = taken, self.planner.submit(self._plan, taken)
                 with torch.no_grad():
-                    self._plan(taken)
+                    self._join_planned()
                     if self.slots:
                         self._step()
             except Exception:  # a bug must fail the requests in flight, never the worker
                 log.exception("continuous batching failed")
-                for job in {id(c.text.job): c.text.job for c, _ in self.slots}.values():
+                in_flight = [c for c, _ in self.slots] + (self.planning[0] if self.planning else [])
+                for job in {id(c.text.job): c.text.job for c in in_flight}.values():
                     job.cancelled = True
                     job.emit(Failed("generation failed inside the server; its log says why"))
-                self.batch, self.slots = None, []
+                self.batch, self.slots, self.planning = None, [], None
             finally:
                 with self.condition:
-                    self.running = bool(self.slots or self.replanning)
+                    self.running = bool(self.slots or self.replanning or self.planning)
+        self.planner.shutdown()
 
     def _take(self) -> list[InFlight] | None:
         """The choices to plan this turn: those starting a new segment, then waiting rows in arrival order, as many as
         fit beside the rows decoding; None when the engine is closed and nothing is left in flight."""
         with self.condition:
-            while not (self.waiting or self.replanning or self.slots or self.closed):
+            while not (self.waiting or self.replanning or self.slots or self.planning or self.closed):
                 self.condition.wait()
-            if self.closed and not (self.replanning or self.slots):
+            if self.closed and not (self.replanning or self.slots or self.planning):
                 return None
+            if self.planning:  # those arriving meanwhile are planned together once it is done
+                return []
             if not self.slots and not self.replanning and self.waiting:  # idle: wait a little for company
                 deadline = self.waiting[0][0].arrived + self.max_wait
                 while not self.closed and time.monotonic() < deadline and len(self.waiting) < self.max_batch_size:
@@ -108,49 +120,19 @@ class ContinuousEngine(Engine):
         decode = self.pipeline.decoder.decode
         return taken + [InFlight(ChoiceText(job, index, decode)) for job, index in self.start_jobs(rows)]
 
-    def _plan(self, choices: list[InFlight]) -> None:
-        """Propose and prefill the choices' next plans, in groups that share a diffusion schedule, and add them to the
-        running batch."""
-        groups: dict[tuple, list[InFlight]] = {}
-        for choice in choices:
-            if not choice.text.ended:
-                groups.setdefault((choice.row.schedule_key, choice.in_segments), []).append(choice)
-        for (_, in_segments), group in groups.items():
-            self._plan_isolating_failures(group, in_segments)
-
-    def _plan_isolating_failures(self, group: list[InFlight], in_segments: bool) -> None:
-        """Plan a group; if that fails and the group holds several requests, plan each alone, so that one request
-        whose settings break generation fails by itself."""
-        try:
-            self._plan_group(group, in_segments)
-        except Exception as error:
-            jobs = distinct_jobs([(choice.text.job, 0) for choice in group])
-            if len(jobs) > 1:
-                for job in jobs:
-                    self._plan_isolating_failures([c for c in group if c.text.job is job], in_segments)
-                return
-            jobs[0].cancelled = True
-            if isinstance(error, DglmError):
-                jobs[0].emit(Failed(str(error), 400))
-                return
-            log.exception("planning a request failed")
-            jobs[0].emit(Failed("generation failed inside the server; its log says why"))
-
-    def _plan_group(self, group: list[InFlight], in_segments: bool) -> None:
-        decode = self.pipeline.decoder.decode
-        if in_segments:
-            plans = [next_segment(c.row, c.written, c.segment, c.row.diffusion.segment_tokens, decode) for c in group]
-        else:
-            plans = [(c.row.prefix, c.row.seed, c.row.decoding) for c in group]
-        contexts, seeds, decodings = (list(part) for part in zip(*plans))
-        writing = self.pipeline.start_writing([c.row for c in group], contexts, seeds, decodings, recent=in_segments)
-        for choice, read in zip(group, writing.read):
-            choice.read = read
-        self.slots += [(group[index], candidate) for index, candidate in writing.drafts]
-        if self.batch is None:
-            self.batch = writing.batch
-        else:
-            self.batch.join(writing.batch)
+    def _join_planned(self) -> None:
+        """Add the planned rows to the running batch once their plans are ready (waiting for them when nothing else
+        is decoding)."""
+        if self.planning is None or (self.slots and not self.planning[1].done()):
+            return
+        planned = self.planning[1].result()
+        self.planning = None
+        for group, writing in planned:
+            self.slots += [(group[index], candidate) for index, candidate in writing.drafts]
+            if self.batch is None:
+                self.batch = writing.batch
+            else:
+                self.batch.join(writing.batch)
 
     def _step(self) -> None:
         """Every row draws a token; rows that end leave, choices that are complete are sent."""
@@ -205,3 +187,47 @@ class ContinuousEngine(Engine):
             return None
         choice.written = self.pipeline.ended(choice.row, choice.written)
         return choice
+
+    # ---- the planning thread --------------------------------------------------------------
+    def _plan(self, choices: list[InFlight]) -> list[tuple[list[InFlight], Writing]]:
+        """Propose and prefill the choices' next plans, in groups that share a diffusion schedule: each group, and its
+        rows ready to decode."""
+        groups: dict[tuple, list[InFlight]] = {}
+        for choice in choices:
+            if not choice.text.ended:
+                groups.setdefault((choice.row.schedule_key, choice.in_segments), []).append(choice)
+        with torch.no_grad():  # a thread's own switch: the worker's does not reach here
+            return [planned for (_, in_segments), group in groups.items()
+                    for planned in self._plan_isolating_failures(group, in_segments)]
+
+    def _plan_isolating_failures(self, group: list[InFlight],
+                                 in_segments: bool) -> list[tuple[list[InFlight], Writing]]:
+        """Plan a group; if that fails and the group holds several requests, plan each alone, so that one request
+        whose settings break generation fails by itself."""
+        try:
+            return [(group, self._plan_group(group, in_segments))]
+        except Exception as error:
+            jobs = distinct_jobs([(choice.text.job, 0) for choice in group])
+            if len(jobs) > 1:
+                return [planned for job in jobs
+                        for planned in self._plan_isolating_failures([c for c in group if c.text.job is job],
+                                                                     in_segments)]
+            jobs[0].cancelled = True
+            if isinstance(error, DglmError):
+                jobs[0].emit(Failed(str(error), 400))
+                return []
+            log.exception("planning a request failed")
+            jobs[0].emit(Failed("generation failed inside the server; its log says why"))
+            return []
+
+    def _plan_group(self, group: list[InFlight], in_segments: bool) -> Writing:
+        decode = self.pipeline.decoder.decode
+        if in_segments:
+            plans = [next_segment(c.row, c.written, c.segment, c.row.diffusion.segment_tokens, decode) for c in group]
+        else:
+            plans = [(c.row.prefix, c.row.seed, c.row.decoding) for c in group]
+        contexts, seeds, decodings = (list(part) for part in zip(*plans))
+        writing = self.pipeline.start_writing([c.row for c in group], contexts, seeds, decodings, recent=in_segments)
+        for choice, read in zip(group, writing.read):
+            choice.read = read
+        return writing

@@ -26,7 +26,7 @@ class SentenceEncoder:
         dimension = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
         self.dim = int(dimension())
         self.warned_about_window = False
-        self.lock = threading.Lock()  # a server encodes phrases on its event loop while the batching thread encodes
+        self.lock = threading.Lock()  # a server's event loop, batching and planning threads all encode
 
     @torch.no_grad()
     def encode(self, texts: list[str], batch_size: int = 64, progress: bool = False) -> torch.Tensor:
@@ -42,7 +42,9 @@ class SentenceEncoder:
         window = getattr(self.model, "max_seq_length", None)
         if not window or len(text) <= window - 2:
             return text
-        offsets = self.model.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        with self.lock:
+            offsets = self.model.tokenizer(text, add_special_tokens=False,
+                                           return_offsets_mapping=True)["offset_mapping"]
         if len(offsets) <= window - 2:
             return text
         start = offsets[-(window - 2)][0]
@@ -57,7 +59,11 @@ class SentenceEncoder:
         if self.warned_about_window or not window:
             return
         for text in texts:
-            if len(text) > window - 2 and len(self.model.tokenizer(text)["input_ids"]) > window:
+            if len(text) <= window - 2:
+                continue
+            with self.lock:
+                pieces = len(self.model.tokenizer(text)["input_ids"])
+            if pieces > window:
                 print(f"dglm: warning: a prefix is longer than the encoder's window of {window} word pieces; the "
                       "diffusion is conditioned on its beginning only (the decoder reads it whole)", file=sys.stderr)
                 self.warned_about_window = True
