@@ -142,6 +142,9 @@ class DiffusionSettings(Settings):
                                  "every attribute the guidance probes read at GUIDANCE_TARGET or more on the written "
                                  "text, the one closest to the prefix; when none is, the one that carries the "
                                  "attributes best. 1 keeps the first (the sample's own draw)", at_least=1, at_most=64)
+    particles: int = setting(1, "latent particles the diffusion runs for each proposal, resampled a few times by how "
+                                "far the attribute probes read their targets and drawn from at the end (sequential "
+                                "Monte Carlo; the ddim sampler only); 1 runs one", at_least=1, at_most=64)
     segment_tokens: int = setting(0, "write long text in segments of this many tokens, each planned anew from the text "
                                      "so far (under the same attributes); 0 plans the whole continuation once. The "
                                      "encoder reads the most recent words of a long text", at_least=0, at_most=4096)
@@ -192,6 +195,7 @@ class GenerationSettings(TypedDict, total=False):
     prefix_guidance: float | None
     mc_draws: int | None
     candidates: int | None
+    particles: int | None
     segment_tokens: int | None
     renoise_alpha2: float | None
     max_new_tokens: int | None

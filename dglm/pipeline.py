@@ -37,6 +37,8 @@ from dglm.stages.sampling import DecodingBatch
 from dglm.stages.schedule import CosineSchedule, noise_to_level
 
 SETTINGS = declared_settings()
+SCHEDULE_SETTINGS = ("sampler", "steps", "prefix_guidance", "renoise_alpha2", "guidance_start", "segment_tokens",
+                     "particles")  # the diffusion settings a batch's rows must share (`Row.schedule_key`)
 
 
 @dataclass
@@ -72,14 +74,12 @@ class Row:
     diffusion: DiffusionSettings
     decoding: DecodingSettings
     logit_bias: dict[int, float] = field(default_factory=dict)  # {token id: bias}, added to the decoder's logits
-    prefix_index: int = 0  # which prefix of its request (from 0), and which of that prefix's samples
-    sample_index: int = 0
+    prefix_index: int = 0  # which prefix of its request (from 0)
+    sample_index: int = 0  # which of that prefix's samples
 
     @property
     def schedule_key(self) -> tuple:
-        """The diffusion settings a batch must share (the rest may differ row by row)."""
-        d = self.diffusion
-        return d.sampler, d.steps, d.prefix_guidance, d.renoise_alpha2, d.guidance_start, d.segment_tokens
+        return tuple(getattr(self.diffusion, name) for name in SCHEDULE_SETTINGS)
 
 
 @dataclass
@@ -406,9 +406,9 @@ class Pipeline:
         """The guided diffusion alone: one clean continuation latent per prefix and generator."""
         diffusion = diffusion or self.config.diffusion
         prefix_latents = self.parts.normalizer.to_latent(self.encoder.encode(prefixes).to(self.decoder.device))
-        sampler = get_sampler(diffusion.sampler)(self.schedule)
-        return diffuse(self.parts.denoiser, sampler, prefix_latents, generators, diffusion.steps, guidance=guidance,
-                       prefix_guidance=diffusion.prefix_guidance, guidance_start=diffusion.guidance_start)
+        return diffuse(self.parts.denoiser, get_sampler(diffusion.sampler)(self.schedule), prefix_latents, generators,
+                       diffusion.steps, guidance=guidance, prefix_guidance=diffusion.prefix_guidance,
+                       guidance_start=diffusion.guidance_start, particles=diffusion.particles)
 
     def soft_prompts(self, latents: torch.Tensor, generators: list[torch.Generator],
                      renoise_alpha2: float | None = None) -> torch.Tensor:

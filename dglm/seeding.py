@@ -47,6 +47,12 @@ def segment_seed(seed: int, segment: int) -> int:
     return derived_seed(seed, "segment", segment)
 
 
+def particle_seed(seed: int, particle: int) -> int:
+    """The seed of latent particle `particle` of the draft seeded `seed` (the `particles` setting): particle 0 is the
+    draft's own stream, the others are derived from it."""
+    return derived_seed(seed, "particle", particle)
+
+
 def derived_seed(seed: int, stream: str, index: int) -> int:
     """`seed` itself for index 0; otherwise a hash of (stream, index, seed) into [2**63, 2**64)."""
     if index == 0:

@@ -245,6 +245,23 @@ class BatchGuidance:
     def __bool__(self) -> bool:
         return bool(self.groups)
 
+    def repeated(self, times: int) -> "BatchGuidance":
+        """The same guidance for a batch in which each row is repeated `times` times in place (row r becomes rows
+        r * times to r * times + times - 1: a draft's particles)."""
+        repeated = BatchGuidance([], [])
+        repeated.guides = self.guides
+        repeated.groups = {key: [row * times + copy for row in rows for copy in range(times)]
+                           for key, rows in self.groups.items()}
+        return repeated
+
+    def log_prob(self, x0: torch.Tensor) -> torch.Tensor:
+        """Each row's targets' weighted log-probability under its guide (zero when unguided)."""
+        total = torch.zeros(x0.shape[0], device=x0.device)
+        for (guide_id, _), rows in self.groups.items():
+            index = torch.tensor(rows, device=x0.device)
+            total[index] = self.guides[guide_id].log_prob(x0[index])
+        return total
+
     def delta(self, x0: torch.Tensor, blur: float, generators: list[torch.Generator],
               prefix_latents: torch.Tensor | None = None) -> torch.Tensor:
         """What each row's clean estimate moves by under its guide and scale (zero when unguided)."""

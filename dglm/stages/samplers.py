@@ -21,6 +21,7 @@ from dglm.interfaces import Sampler
 from dglm.seeding import per_sample_randn
 from dglm.stages.denoiser import Denoiser
 from dglm.stages.guidance import BatchGuidance
+from dglm.stages.particles import Particles
 
 
 class DDIMSampler(Sampler):
@@ -83,18 +84,24 @@ def diffuse(
     guidance: BatchGuidance | None = None,
     prefix_guidance: float = 1.0,
     guidance_start: float = 1.0,
+    particles: int = 1,
 ) -> torch.Tensor:
     """Clean latents (B, D), one per generator, conditioned on the prefix latents.
 
     Each step predicts v (self-conditioned on the last clean estimate; with `prefix_guidance` != 1,
     extrapolated away from the prediction without the prefix), turns it into x0, moves it along each row's
     guidance gradient (`BatchGuidance`) once the time t (1: pure noise, 0: clean) is at most `guidance_start`, and
-    lets the sampler move to the next noise level.
+    lets the sampler move to the next noise level. With `particles` above 1, each row runs that many latent
+    particles, resampled by the guides' log-probability (`dglm.stages.particles`), and one is kept.
     """
+    sampler.set_timesteps(steps)
+    swarm = None if particles == 1 else Particles(particles, generators, guidance or BatchGuidance([], []), sampler,
+                                                  steps)
+    if swarm is not None:
+        prefix_latents, generators, guidance = swarm.spread(prefix_latents), swarm.generators, swarm.guidance
     batch, dim = prefix_latents.shape
     device = prefix_latents.device
     schedule = sampler.schedule
-    sampler.set_timesteps(steps)
     z = per_sample_randn(generators, (dim,), device=device)
     x0 = None
     for index, t in enumerate(sampler.timesteps[:-1].to(device)):
@@ -109,4 +116,6 @@ def diffuse(
         if guidance and float(t) <= guidance_start:
             x0 = x0 + guidance.delta(x0, float(sigma / alpha), generators, prefix_latents)
         z = sampler.step(x0, index, z)
-    return x0
+        if swarm is not None:
+            z, x0 = swarm.step(z, x0, index)
+    return x0 if swarm is None else swarm.pick(x0)
