@@ -136,11 +136,12 @@ def plot_frontiers(results: dict, path) -> None:
         families.setdefault(family, []).append((float(strength.strip("x")), point))
     figure, axes = plt.subplots(1, 3, figsize=(16, 4.8))
     for axis, x in zip(axes, ("homogeneity", "perplexity", "cost")):
-        for family, points in families.items():
+        for number, (family, points) in enumerate(families.items()):
             shown = sorted((item for item in points if item[1][x] is not None), key=lambda item: item[0])
             if not shown:
                 continue
-            axis.plot([p[x] for _, p in shown], [p["control"] for _, p in shown], "o-", label=family)
+            axis.plot([p[x] for _, p in shown], [p["control"] for _, p in shown], "os^D"[number // 10 % 4] + "-",
+                      color=plt.get_cmap("tab10").colors[number % 10], label=family)
             for strength, p in shown:
                 axis.annotate(f"{strength:g}", (p[x], p["control"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
         default = next((p for strength, p in families.get("gradient", []) if strength == 256.0), None)
