@@ -14,10 +14,12 @@ from dglm.stages.guidance import BatchGuidance
 from dglm.stages.particles import Particles
 
 
-def proposals(pipeline, seeds: list[int], scale: float = 1.0, **settings) -> torch.Tensor:
+def proposals(pipeline, seeds: list[int], scale: float = 1.0, guided: list[bool] | None = None,
+              **settings) -> torch.Tensor:
     diffusion, _ = pipeline.settings(guidance_scale=scale, **settings)
     guide = pipeline.make_guide(as_constraints(["toy_sentiment=positive"]), diffusion)
-    guidance = BatchGuidance([guide] * len(seeds), [scale] * len(seeds))
+    guides = [guide if keep else None for keep in guided or [True] * len(seeds)]
+    guidance = BatchGuidance(guides, [scale] * len(seeds))
     return pipeline.propose_latents(["The film"] * len(seeds), sample_generators(seeds), guidance, diffusion)
 
 
@@ -31,6 +33,9 @@ def test_one_particle_is_todays_proposal_and_several_depend_on_the_seed_alone(ti
     alone = proposals(tiny_pipeline, [4], particles=4)
     assert torch.allclose(together[1], alone[0], atol=1e-5)
     assert not torch.allclose(together[1], proposals(tiny_pipeline, [4])[0], atol=1e-3)
+    mixed = proposals(tiny_pipeline, [3, 4], guided=[True, False], particles=4)  # an unguided draft draws no weights
+    assert torch.allclose(mixed[1], proposals(tiny_pipeline, [4], guided=[False], particles=4)[0], atol=1e-5)
+    assert torch.allclose(mixed[0], proposals(tiny_pipeline, [3], particles=4)[0], atol=1e-5)
 
 
 def test_resampling_keeps_the_particles_the_probe_reads_on_target_and_picks_among_them(tiny_pipeline, toy_plugin):

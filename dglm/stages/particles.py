@@ -38,6 +38,7 @@ class Particles:
                            sample_generators([particle_seed(generator.initial_seed(), particle)])[0]
                            for generator in generators for particle in range(count)]
         self.guidance = guidance.repeated(count)
+        self.guided = {row for rows in guidance.groups.values() for row in rows}  # drafts the probes weigh
         self.resample_after = {max(0, round(steps * fraction) - 1) for fraction in RESAMPLE_AT}
         self.potential = torch.zeros(len(self.generators))  # each particle's log-probability when last weighed
 
@@ -56,29 +57,29 @@ class Particles:
             eps = (z - alpha_next * x0) / sigma_next
             fresh = per_sample_randn(self.generators, (z.shape[-1],), device=z.device)
             z = alpha_next * x0 + (sigma_next**2 - noise_scale**2).clamp_min(0).sqrt() * eps + noise_scale * fresh
-        if index not in self.resample_after or not self.guidance:
+        if index not in self.resample_after or not self.guided:
             return z, x0
         order = self._resample(self.guidance.log_prob(x0).cpu())
         return z[order.to(z.device)], x0[order.to(x0.device)]
 
     def pick(self, x0: torch.Tensor) -> torch.Tensor:
-        """One clean latent a draft: a particle drawn by its weight since the last resampling."""
-        if not self.guidance:
-            return x0[:: self.count]
-        chosen = self._draw(self.guidance.log_prob(x0).cpu() - self.potential)
-        return x0[(torch.arange(len(self.drafts)) * self.count + chosen).to(x0.device)]
+        """One clean latent a draft: a particle drawn by its weight since the last resampling (an unguided draft's
+        first)."""
+        log_weights = (self.guidance.log_prob(x0).cpu() - self.potential).view(-1, self.count)
+        chosen = [int(torch.multinomial(torch.softmax(log_weights[draft], dim=0), 1, generator=self.drafts[draft]))
+                  if draft in self.guided else 0 for draft in range(len(self.drafts))]
+        return x0[torch.tensor([draft * self.count + particle for draft, particle in enumerate(chosen)],
+                               device=x0.device)]
 
     def _resample(self, potential: torch.Tensor) -> torch.Tensor:
-        """The particles' new order: within each draft, ancestors drawn by exp(rise of the potential)."""
+        """The particles' new order: within each guided draft, ancestors drawn by exp(rise of the potential) from the
+        draft's own stream; an unguided draft's particles keep their places and draw nothing, so that a draft comes
+        out the same batched or alone."""
         weights = (potential - self.potential).view(-1, self.count)
-        ancestors = torch.stack([torch.multinomial(torch.softmax(row, dim=0), self.count, replacement=True,
-                                                   generator=generator)
-                                 for row, generator in zip(weights, self.drafts)])
-        order = (ancestors + torch.arange(len(self.drafts))[:, None] * self.count).flatten()
+        kept = torch.arange(self.count)
+        order = torch.cat([draft * self.count + (torch.multinomial(torch.softmax(weights[draft], dim=0), self.count,
+                                                                   replacement=True, generator=self.drafts[draft])
+                                                 if draft in self.guided else kept)
+                           for draft in range(len(self.drafts))])
         self.potential = potential[order]
         return order
-
-    def _draw(self, log_weights: torch.Tensor) -> torch.Tensor:
-        """One particle index a draft, drawn by softmax of its particles' log-weights from the draft's stream."""
-        return torch.stack([torch.multinomial(torch.softmax(row, dim=0), 1, generator=generator)[0]
-                            for row, generator in zip(log_weights.view(-1, self.count), self.drafts)])
