@@ -311,8 +311,7 @@ class Pipeline:
         that ask to `end_at` a sentence are cut after their last complete one (`ended`).
         """
         if len({row.schedule_key for row in rows}) > 1:
-            raise DglmError("rows in one batch must share sampler, steps, prefix_guidance, renoise_alpha2, "
-                            "guidance_start and segment_tokens")
+            raise DglmError(f"rows in one batch must share {', '.join(SCHEDULE_SETTINGS)}")
         self.check_fits(rows)  # before any model runs, and before the encoder's warning
         segment = rows[0].diffusion.segment_tokens
         if segment and any(row.decoding.max_new_tokens > segment for row in rows):

@@ -202,6 +202,27 @@ def test_rows_keep_decoding_while_an_arriving_request_is_planned(tiny_pipeline, 
     assert body["choices"][0]["text"] == tiny_pipeline.decoder.decode(tiny_pipeline.generate_rows(rows)[0])
 
 
+def test_a_request_that_cannot_join_the_running_batch_fails_alone_with_the_reason(tiny_pipeline, monkeypatch):
+    from dglm.stages.sampling import DecodingBatch
+
+    def refuse(self, other):
+        raise DglmError("this decoder's cache cannot be joined; serve it with --batching static")
+
+    slow_decoder(tiny_pipeline, monkeypatch, 0.01)
+    monkeypatch.setattr(DecodingBatch, "join", refuse)
+    app = create_app(tiny_pipeline, "tiny", ServerLimits(max_tokens=128))
+    engine = app.state.server.engine
+    with serve_in_thread(app) as url, ThreadPoolExecutor(2) as pool:
+        first = pool.submit(request, url, "POST", "/v1/completions", {"prompt": "The movie", "max_tokens": 60})
+        deadline = time.monotonic() + 30
+        while engine.decode_steps < 5 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        status, body = request(url, "POST", "/v1/completions", {"prompt": "A film", "max_tokens": 5})
+        assert status == 400 and "--batching static" in body["error"]["message"], body
+        assert first.result()[0] == 200
+        assert request(url, "GET", "/health")[0] == 200
+
+
 def test_a_full_queue_answers_429_with_retry_after_and_the_server_stays_healthy(tiny_pipeline, monkeypatch):
     slow_decoder(tiny_pipeline, monkeypatch, 0.01)
     app = create_app(tiny_pipeline, "tiny", ServerLimits(max_batch_size=2, max_queue=2))

@@ -19,7 +19,7 @@ alone (`dglm.stages.sampling`).
 from __future__ import annotations
 
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 import torch
@@ -79,10 +79,12 @@ class ContinuousEngine(Engine):
                         self._step()
             except Exception:  # a bug must fail the requests in flight, never the worker
                 log.exception("continuous batching failed")
-                in_flight = [c for c, _ in self.slots] + (self.planning[0] if self.planning else [])
+                in_flight = [c for c, _ in self.slots] + (self.planning[0] if self.planning else []) + taken
                 for job in {id(c.text.job): c.text.job for c in in_flight}.values():
                     job.cancelled = True
                     job.emit(Failed("generation failed inside the server; its log says why"))
+                if self.planning:
+                    wait([self.planning[1]])  # let a plan in progress end before the engine counts as idle
                 self.batch, self.slots, self.planning = None, [], None
             finally:
                 with self.condition:
@@ -125,14 +127,19 @@ class ContinuousEngine(Engine):
         is decoding)."""
         if self.planning is None or (self.slots and not self.planning[1].done()):
             return
-        planned = self.planning[1].result()
-        self.planning = None
-        for group, writing in planned:
+        for group, writing in self.planning[1].result():
+            try:
+                if self.batch is None:
+                    self.batch = writing.batch
+                else:
+                    self.batch.join(writing.batch)
+            except DglmError as error:  # a decoder whose cache cannot be joined: these requests fail, others go on
+                for job in distinct_jobs([(choice.text.job, 0) for choice in group]):
+                    job.cancelled = True
+                    job.emit(Failed(str(error), 400))
+                continue
             self.slots += [(group[index], candidate) for index, candidate in writing.drafts]
-            if self.batch is None:
-                self.batch = writing.batch
-            else:
-                self.batch.join(writing.batch)
+        self.planning = None  # only now: until every group has joined, a failure fails them all
 
     def _step(self) -> None:
         """Every row draws a token; rows that end leave, choices that are complete are sent."""

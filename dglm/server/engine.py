@@ -5,7 +5,7 @@ The engines differ in when rows run: `dglm.server.continuous` (the default) lets
 decoding at the next token step, and rows leave as soon as they end; `dglm.server.static` gathers requests into a
 batch that runs to its end. Either way each row's text depends on its seed only (see `dglm.seeding`), so a request
 gets the same text whether it was served alone or beside others. All model and tokenizer work happens on the engine's
-worker thread; the event loop only passes messages.
+threads (the worker, and for continuous batching its planning thread); the event loop only passes messages.
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ class Job:
     stop: list[str] = field(default_factory=list)  # a choice ends before the first of these it writes
     logprobs: int | None = None  # report each token's log-probability and this many alternatives (None: don't)
     cancelled: bool = False  # set by the web layer when the client goes away or time runs out
-    prompt_tokens: int = 0  # filled in by the worker (the tokenizer lives on its thread)
+    prompt_tokens: int = 0  # filled in by the worker, which takes the job from the queue
     arrived: float = field(default_factory=time.monotonic)
     started: bool = False  # its first row has been taken from the queue
 

@@ -38,7 +38,8 @@ class Particles:
                            sample_generators([particle_seed(generator.initial_seed(), particle)])[0]
                            for generator in generators for particle in range(count)]
         self.guidance = guidance.repeated(count)
-        self.guided = {row for rows in guidance.groups.values() for row in rows}  # drafts the probes weigh
+        self.guided = {row for (guide, _), rows in guidance.groups.items() if guidance.guides[guide].terms
+                       for row in rows}  # the drafts that probes weigh (a phrase alone weighs nothing)
         self.resample_after = {max(0, round(steps * fraction) - 1) for fraction in RESAMPLE_AT}
         self.potential = torch.zeros(len(self.generators))  # each particle's log-probability when last weighed
 
@@ -59,17 +60,25 @@ class Particles:
             z = alpha_next * x0 + (sigma_next**2 - noise_scale**2).clamp_min(0).sqrt() * eps + noise_scale * fresh
         if index not in self.resample_after or not self.guided:
             return z, x0
-        order = self._resample(self.guidance.log_prob(x0).cpu())
+        order = self._resample(self._potential(x0))
         return z[order.to(z.device)], x0[order.to(x0.device)]
 
     def pick(self, x0: torch.Tensor) -> torch.Tensor:
         """One clean latent a draft: a particle drawn by its weight since the last resampling (an unguided draft's
         first)."""
-        log_weights = (self.guidance.log_prob(x0).cpu() - self.potential).view(-1, self.count)
+        log_weights = (self._potential(x0) - self.potential).view(-1, self.count)
         chosen = [int(torch.multinomial(torch.softmax(log_weights[draft], dim=0), 1, generator=self.drafts[draft]))
                   if draft in self.guided else 0 for draft in range(len(self.drafts))]
         return x0[torch.tensor([draft * self.count + particle for draft, particle in enumerate(chosen)],
                                device=x0.device)]
+
+    def _potential(self, x0: torch.Tensor) -> torch.Tensor:
+        """Each particle's targets' log-probability, which must be a number to weigh by."""
+        potential = self.guidance.log_prob(x0).cpu()
+        if not bool(torch.isfinite(potential).all()):
+            raise DglmError("the attribute probes' reading of a latent particle is not a finite number; lower the "
+                            "guidance scale or the attribute weights", field="particles")
+        return potential
 
     def _resample(self, potential: torch.Tensor) -> torch.Tensor:
         """The particles' new order: within each guided draft, ancestors drawn by exp(rise of the potential) from the
