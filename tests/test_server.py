@@ -68,6 +68,13 @@ def slow_decoder(pipeline, monkeypatch, seconds: float) -> None:
     monkeypatch.setattr(pipeline.decoder.model, "forward", slow_forward)
 
 
+def wait_for_steps(engine, steps: int = 5) -> None:
+    """Wait (at most 30 s) until the engine has run `steps` decoder steps: a request is mid-generation."""
+    deadline = time.monotonic() + 30
+    while engine.decode_steps < steps and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
 def test_the_openai_client_gets_guided_completions_equal_to_the_python_api(served, tiny_pipeline):
     url, _ = served
     client = openai.OpenAI(base_url=url + "/v1", api_key="unused")
@@ -154,9 +161,7 @@ def test_requests_that_join_mid_flight_each_get_their_text_alone(tiny_pipeline, 
 
         with ThreadPoolExecutor(len(joining) + 1) as pool:
             first = pool.submit(send, long)
-            deadline = time.monotonic() + 30
-            while app.state.server.engine.decode_steps < 5 and time.monotonic() < deadline:
-                time.sleep(0.01)
+            wait_for_steps(app.state.server.engine)
             texts = list(pool.map(send, joining))
             texts.insert(0, first.result())
         sizes = list(app.state.server.engine.batch_sizes)
@@ -191,9 +196,7 @@ def test_rows_keep_decoding_while_an_arriving_request_is_planned(tiny_pipeline, 
     monkeypatch.setattr(tiny_pipeline, "start_writing", slow_start_writing)
     with serve_in_thread(app) as url, ThreadPoolExecutor(2) as pool:
         first = pool.submit(request, url, "POST", "/v1/completions", {"prompt": "The movie", "max_tokens": 120})
-        deadline = time.monotonic() + 30
-        while engine.decode_steps < 5 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_for_steps(engine)
         status, body = request(url, "POST", "/v1/completions", {"prompt": "A film", "max_tokens": 5, "seed": 3})
         assert first.result()[0] == status == 200, body
     assert steps_while_planning[0] >= 10, f"only {steps_while_planning[0]} steps ran while a request was planned"
@@ -214,9 +217,7 @@ def test_a_request_that_cannot_join_the_running_batch_fails_alone_with_the_reaso
     engine = app.state.server.engine
     with serve_in_thread(app) as url, ThreadPoolExecutor(2) as pool:
         first = pool.submit(request, url, "POST", "/v1/completions", {"prompt": "The movie", "max_tokens": 60})
-        deadline = time.monotonic() + 30
-        while engine.decode_steps < 5 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_for_steps(engine)
         status, body = request(url, "POST", "/v1/completions", {"prompt": "A film", "max_tokens": 5})
         assert status == 400 and "--batching static" in body["error"]["message"], body
         assert first.result()[0] == 200

@@ -27,7 +27,7 @@ import torch
 from dglm.errors import DglmError
 from dglm.pipeline import Row, Writing
 from dglm.segments import next_segment
-from dglm.server.engine import ChoiceText, Engine, Failed, distinct_jobs, log
+from dglm.server.engine import ChoiceText, Engine, distinct_jobs, log
 from dglm.stages.sampling import NOT_FINITE, DecodingBatch
 
 
@@ -81,8 +81,7 @@ class ContinuousEngine(Engine):
                 log.exception("continuous batching failed")
                 in_flight = [c for c, _ in self.slots] + (self.planning[0] if self.planning else []) + taken
                 for job in {id(c.text.job): c.text.job for c in in_flight}.values():
-                    job.cancelled = True
-                    job.emit(Failed("generation failed inside the server; its log says why"))
+                    job.fail()
                 if self.planning:
                     wait([self.planning[1]])  # let a plan in progress end before the engine counts as idle
                 self.batch, self.slots, self.planning = None, [], None
@@ -135,8 +134,7 @@ class ContinuousEngine(Engine):
                     self.batch.join(writing.batch)
             except DglmError as error:  # a decoder whose cache cannot be joined: these requests fail, others go on
                 for job in distinct_jobs([(choice.text.job, 0) for choice in group]):
-                    job.cancelled = True
-                    job.emit(Failed(str(error), 400))
+                    job.fail(str(error), 400)
                 continue
             self.slots += [(group[index], candidate) for index, candidate in writing.drafts]
         self.planning = None  # only now: until every group has joined, a failure fails them all
@@ -151,8 +149,7 @@ class ContinuousEngine(Engine):
         for row, (choice, _) in enumerate(self.slots):
             job = choice.text.job
             if bool(broken[row]) and not job.cancelled:
-                job.cancelled = True
-                job.emit(Failed(NOT_FINITE, 400))
+                job.fail(NOT_FINITE, 400)
             if choice.candidates == 1 and not job.cancelled:
                 choice.text.add(choice.written + batch.tokens[row], int(batch.last[row]), batch.logits[row], eos)
             if bool(batch.finished[row]) or choice.text.ended:
@@ -219,12 +216,11 @@ class ContinuousEngine(Engine):
                 return [planned for job in jobs
                         for planned in self._plan_isolating_failures([c for c in group if c.text.job is job],
                                                                      in_segments)]
-            jobs[0].cancelled = True
             if isinstance(error, DglmError):
-                jobs[0].emit(Failed(str(error), 400))
+                jobs[0].fail(str(error), 400)
                 return []
             log.exception("planning a request failed")
-            jobs[0].emit(Failed("generation failed inside the server; its log says why"))
+            jobs[0].fail()
             return []
 
     def _plan_group(self, group: list[InFlight], in_segments: bool) -> Writing:

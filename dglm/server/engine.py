@@ -59,6 +59,7 @@ class Failed:
 
 
 Event = Delta | Finished | Failed
+INTERNAL_FAILURE = "generation failed inside the server; its log says why"  # what a client hears of a bug
 
 
 @dataclass
@@ -77,6 +78,11 @@ class Job:
     prompt_tokens: int = 0  # filled in by the worker, which takes the job from the queue
     arrived: float = field(default_factory=time.monotonic)
     started: bool = False  # its first row has been taken from the queue
+
+    def fail(self, message: str = INTERNAL_FAILURE, status: int = 500) -> None:
+        """End the request with an error: its rows stop being generated and the client is answered `status`."""
+        self.cancelled = True
+        self.emit(Failed(message, status))
 
 
 class EngineClosed(Exception):
@@ -158,8 +164,7 @@ class Engine:
             try:
                 self.pipeline.check_fits(job.rows)
             except DglmError as error:
-                job.cancelled = True
-                job.emit(Failed(str(error), 400))
+                job.fail(str(error), 400)
                 continue
             prompts = dict.fromkeys(row.prefix for row in job.rows)
             job.prompt_tokens = sum(self.pipeline.decoder.count_tokens(prefix) for prefix in prompts)

@@ -12,7 +12,7 @@ import torch
 
 from dglm.errors import DglmError
 from dglm.pipeline import Row
-from dglm.server.engine import ChoiceText, Engine, Failed, Job, distinct_jobs, log
+from dglm.server.engine import INTERNAL_FAILURE, ChoiceText, Engine, Failed, Job, distinct_jobs, log
 
 
 class StaticEngine(Engine):
@@ -41,7 +41,7 @@ class StaticEngine(Engine):
                 jobs[0].emit(Failed(str(error), 400))
                 return
             log.exception("a batch failed")
-            jobs[0].emit(Failed("generation failed inside the server; its log says why"))
+            jobs[0].emit(Failed(INTERNAL_FAILURE))
 
     def _next_batch(self) -> list[tuple[Job, int]] | None:
         """The next rows to run: those sharing the oldest row's schedule, once the batch is full or the oldest
