@@ -4,7 +4,7 @@ import torch
 
 from dglm.config import DecodingSettings
 from dglm.seeding import sample_generators
-from dglm.stages.sampling import top_p_filter
+from dglm.stages.sampling import min_p_filter, top_p_filter
 from dglm.stages.schedule import CosineSchedule, noise_to_level
 
 
@@ -82,6 +82,24 @@ def test_top_p_keeps_the_nucleus():
     kept = top_p_filter(probs, 0.7)
     assert torch.allclose(kept, torch.tensor([[0.625, 0.375, 0.0, 0.0]]))
     assert torch.equal(top_p_filter(probs, 1.0), probs)
+
+
+def test_top_p_keeps_the_same_tokens_whether_the_likeliest_decide_or_the_whole_vocabulary_is_sorted():
+    """The filter sorts only a row's likeliest tokens when they decide the cut; the result must be the full sort's."""
+    def fully_sorted(probs, top_p):
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        sorted_probs = sorted_probs.masked_fill(sorted_probs.cumsum(-1) - sorted_probs > top_p, 0.0)
+        filtered = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+        return filtered / filtered.sum(-1, keepdim=True)
+
+    generator = torch.Generator().manual_seed(0)
+    peaked = torch.randn(8, 3000, generator=generator) * 6  # a nucleus of a few tokens: the likeliest decide
+    flat = torch.randn(8, 3000, generator=generator) * 0.1  # a nucleus of thousands: the whole row is sorted
+    cut = min_p_filter(torch.randn(8, 3000, generator=generator) * 3, 0.2)  # zeros past a short head
+    for logits in (peaked, flat, cut, torch.cat([peaked, flat])):
+        probs = torch.softmax(logits, dim=-1)
+        for top_p in (0.5, 0.9, torch.rand(len(probs), 1, generator=generator)):
+            assert torch.equal(top_p_filter(probs, top_p), fully_sorted(probs, top_p))
 
 
 def test_bag_of_words_loss_rewards_soft_prompts_on_the_continuations_words(tiny_pipeline):
