@@ -33,7 +33,7 @@ from dglm.stages.decoder_adapter import load_adapter
 from dglm.stages.encoder import SentenceEncoder
 from dglm.stages.guidance import BatchGuidance, Guide, build_guide, check_guidance_classifier, check_guidance_mode
 from dglm.stages.samplers import diffuse
-from dglm.stages.sampling import DecodingBatch
+from dglm.stages.sampling import Continued, DecodingBatch, ReadContext
 from dglm.stages.schedule import CosineSchedule, noise_to_level
 
 SETTINGS = declared_settings()
@@ -322,8 +322,8 @@ class Pipeline:
             token_ids = write_in_segments(rows, segment, self.write, self.decoder.decode, end_of_text)
         else:
             self.encoder.warn_if_cut([row.prefix for row in rows])
-            token_ids = self.write(rows, [row.prefix for row in rows], [row.seed for row in rows],
-                                   [row.decoding for row in rows], on_step)
+            token_ids, _ = self.write(rows, [row.prefix for row in rows], [row.seed for row in rows],
+                                      [row.decoding for row in rows], on_step)
         return [self.ended(row, ids) for row, ids in zip(rows, token_ids)]
 
     def ended(self, row: Row, token_ids: list[int]) -> list[int]:
@@ -333,34 +333,34 @@ class Pipeline:
         return whole_sentences(token_ids, self.decoder.decode, self.decoder.tokenizer.eos_token_id)
 
     def write(self, rows: list[Row], contexts: list[str], seeds: list[int], decodings: list[DecodingSettings],
-              on_step=None, recent: bool = False) -> list[list[int]]:
-        """One plan and its text for each row (`start_writing`, decoded to the end); with candidates, each row's are
-        written together and one is kept (`choose_candidate`)."""
+              on_step=None, recent: bool = False, reading: list[str | Continued] | None = None
+              ) -> tuple[list[list[int]], list[ReadContext]]:
+        """One plan and its text for each row (`start_writing`, decoded to the end), and what the decoder read of
+        each row's context (a next segment continues it); with candidates, one is kept (`choose_candidate`)."""
         if on_step is not None and any(row.diffusion.candidates > 1 for row in rows):
             raise DglmError("candidates above 1 cannot be streamed token by token: the text is known once a candidate "
                             "is chosen", field="candidates")
-        writing = self.start_writing(rows, contexts, seeds, decodings, recent)
-        token_ids = writing.batch.run(on_step=on_step)
-        if len(writing.drafts) == len(rows):
-            return token_ids
-        chosen, start = [], 0
+        writing = self.start_writing(rows, contexts, seeds, decodings, recent, reading)
+        token_ids, chosen = iter(writing.batch.run(on_step=on_step)), []
+        read = [writing.batch.contexts[draft] for draft, (_, candidate) in enumerate(writing.drafts) if candidate == 0]
         for row, context in zip(rows, writing.read):
-            options = token_ids[start:start + row.diffusion.candidates]
-            chosen.append(options[self.choose_candidate(row, [self.decoder.decode(ids) for ids in options], context)])
-            start += row.diffusion.candidates
-        return chosen
+            options = [next(token_ids) for _ in range(row.diffusion.candidates)]
+            texts = [self.decoder.decode(ids) for ids in options] if len(options) > 1 else []
+            chosen.append(options[self.choose_candidate(row, texts, context)] if texts else options[0])
+        return chosen, read
 
     @torch.no_grad()
     def start_writing(self, rows: list[Row], contexts: list[str], seeds: list[int], decodings: list[DecodingSettings],
-                      recent: bool = False) -> Writing:
+                      recent: bool = False, reading: list[str | Continued] | None = None) -> Writing:
         """One plan for each row, ready to decode: the diffusion proposes a meaning for what follows its context (the
         prefix, or the prefix and the text so far), under the row's attributes, from `seeds`, and the decoder reads
         the context and the plan's soft prompts, to write with `decodings`. A row with K candidates has K drafts, one
         after the other. With `recent`, the encoder reads the most recent words of a context longer than its window
-        (else, its beginning). The rows must share a diffusion schedule (`Row.schedule_key`)."""
+        (else, its beginning); the decoder reads `reading` instead when given (`dglm.segments.segment_context`).
+        The rows must share a diffusion schedule (`Row.schedule_key`)."""
         drafts = [(index, candidate) for index, row in enumerate(rows) for candidate in range(row.diffusion.candidates)]
         read = [self.encoder.keep_recent(context) for context in contexts] if recent else contexts
-        texts, diffusion = [contexts[index] for index, _ in drafts], rows[0].diffusion
+        texts, diffusion = [(reading or contexts)[index] for index, _ in drafts], rows[0].diffusion
         generators = sample_generators([candidate_seed(seeds[index], candidate) for index, candidate in drafts])
         guidance = BatchGuidance([rows[index].guide for index, _ in drafts],
                                  [rows[index].diffusion.guidance_scale for index, _ in drafts])

@@ -5,7 +5,9 @@ it, nothing plans the text. With `segment_tokens`, a continuation longer than th
 segment's meaning is proposed anew by the diffusion, under the same attributes, conditioned on the prefix and the
 text so far (its most recent words, past the encoder's window), and the decoder writes the segment with that whole
 text as its context and the new segment's soft prompts after it (the earlier segments' soft prompts are not kept:
-they were read while writing their own segment). Segment s of a sample draws from `seeding.segment_seed(seed, s)`,
+they were read while writing their own segment). The decoder's context is what it read before the last segment
+followed by the tokens it wrote in it (`segment_context`): it reads only those, not the whole text again, and reads
+its own tokens rather than the text tokenized anew. Segment s of a sample draws from `seeding.segment_seed(seed, s)`,
 so its text still depends on its seed alone; segment 0 is what one plan draws.
 """
 
@@ -15,13 +17,16 @@ from collections.abc import Callable
 from typing import Any
 
 from dglm.seeding import segment_seed
+from dglm.stages.sampling import Continued, ReadContext
 
 
 def write_in_segments(rows: list[Any], segment_tokens: int, write: Callable, decode: Callable[[list[int]], str],
                       end_of_text: int) -> list[list[int]]:
     """Each row's token ids, written `segment_tokens` at a time by `write(rows, contexts, seeds, decodings,
-    recent=True)` (`Pipeline.write`) until the row's `max_new_tokens` or its end-of-text token."""
+    recent=True, reading=...)` (`Pipeline.write`) until the row's `max_new_tokens` or its end-of-text token."""
     written: list[list[int]] = [[] for _ in rows]
+    last: list[list[int]] = [[] for _ in rows]  # each row's last segment
+    read: list[ReadContext | None] = [None] * len(rows)  # what the decoder read before it
     ended = [False] * len(rows)
     segment = 0
     while True:
@@ -30,8 +35,11 @@ def write_in_segments(rows: list[Any], segment_tokens: int, write: Callable, dec
             return written
         plans = [next_segment(rows[i], written[i], segment, segment_tokens, decode) for i in active]
         contexts, seeds, decodings = (list(part) for part in zip(*plans))
-        for i, ids in zip(active, write([rows[i] for i in active], contexts, seeds, decodings, recent=True)):
+        reading = [segment_context(context, read[i], last[i]) for i, context in zip(active, contexts)]
+        token_ids, reads = write([rows[i] for i in active], contexts, seeds, decodings, recent=True, reading=reading)
+        for i, ids, row_read in zip(active, token_ids, reads):
             written[i] += ids
+            last[i], read[i] = ids, row_read
             ended[i] = not ids or ids[-1] == end_of_text
         segment += 1
 
@@ -44,3 +52,9 @@ def next_segment(row: Any, written: list[int], segment: int, segment_tokens: int
     left = row.decoding.max_new_tokens - len(written)
     return (row.prefix + decode(written), segment_seed(row.seed, segment),
             row.decoding.updated(max_new_tokens=min(segment_tokens, left)))
+
+
+def segment_context(text: str, read: ReadContext | None, last: list[int]) -> str | Continued:
+    """What the decoder reads before a segment: what it read before the last segment, then the last segment's tokens;
+    the text itself for the first segment, or when the decoder's key-value cache cannot be kept."""
+    return text if read is None or read.keys is None else Continued(read, last)

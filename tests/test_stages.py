@@ -140,3 +140,46 @@ def test_planned_rows_decode_without_building_a_graph(tiny_pipeline):
     writing.batch.advance()
     assert not writing.batch.logits.requires_grad
     assert not any(layer.keys.requires_grad for layer in writing.batch.cache.layers)
+
+
+def reading_widths(decoder, monkeypatch) -> list[tuple[int, int]]:
+    """Record the (rows, positions) of every input the decoder's model reads from now on."""
+    widths, forward = [], decoder.model.forward
+
+    def recorded(*args, **kwargs):
+        inputs = kwargs.get("inputs_embeds") if kwargs.get("inputs_embeds") is not None else kwargs["input_ids"]
+        widths.append(tuple(inputs.shape[:2]))
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(decoder.model, "forward", recorded)
+    return widths
+
+
+def test_rows_with_the_same_context_share_one_reading_of_it_and_write_as_they_would_alone(tiny_pipeline,
+                                                                                           monkeypatch):
+    decoder, settings = tiny_pipeline.decoder, DecodingSettings(max_new_tokens=5, min_p=0.0, top_p=0.95)
+    soft = torch.randn(3, 2, 32, generator=torch.Generator().manual_seed(0))
+    alone = [decoder.generate_tokens([prefix], soft[row:row + 1], sample_generators([row]), settings)[0]
+             for row, prefix in enumerate(["The movie", "The movie", "A film about the sea"])]
+    widths = reading_widths(decoder, monkeypatch)
+    together = decoder.generate_tokens(["The movie", "The movie", "A film about the sea"], soft,
+                                       sample_generators([0, 1, 2]), settings)
+    assert together == alone
+    assert widths[0][0] == 2 and widths[1] == (3, 2)  # two contexts read, then each row's soft prompts
+
+
+def test_a_continued_context_reads_only_its_new_tokens_and_reads_as_the_whole_text_would(tiny_pipeline, monkeypatch):
+    from dglm.stages.sampling import Continued, read_contexts
+
+    decoder = tiny_pipeline.decoder
+    before, new = decoder.token_ids(["The film was long"])[0], decoder.token_ids([" and the ending was sad"])[0]
+    whole = decoder.tokenizer.decode(before + new)
+    assert decoder.token_ids([whole])[0] == before + new
+    _, _, _, (read, _) = read_contexts(decoder, ["The film was long", "A much longer prefix than that one, by far"])
+    widths = reading_widths(decoder, monkeypatch)
+    continued, _, _, (continued_read, other) = read_contexts(decoder, [Continued(read, new), "A"])
+    assert widths == [(2, len(new))]  # the earlier tokens are not read again
+    fresh, _, _, (fresh_read, _) = read_contexts(decoder, [whole, "A"])
+    assert continued_read.ids == fresh_read.ids == before + new and other.ids == decoder.token_ids(["A"])[0]
+    assert torch.allclose(continued.logits[0, -1], fresh.logits[0, -1], atol=1e-5)
+    assert torch.allclose(continued.logits[1, -1], fresh.logits[1, -1], atol=1e-5)  # the row beside it, unaffected

@@ -26,9 +26,9 @@ import torch
 
 from dglm.errors import DglmError
 from dglm.pipeline import Row, Writing
-from dglm.segments import next_segment
+from dglm.segments import next_segment, segment_context
 from dglm.server.engine import ChoiceText, Engine, distinct_jobs, log
-from dglm.stages.sampling import NOT_FINITE, DecodingBatch
+from dglm.stages.sampling import NOT_FINITE, DecodingBatch, ReadContext
 
 
 @dataclass
@@ -41,6 +41,8 @@ class InFlight:
     segment: int = 0
     drafts: dict[int, list[int]] = field(default_factory=dict)  # candidate -> its tokens
     read: str = ""  # the segment's context as the encoder read it (what choosing compares with)
+    context: ReadContext | None = None  # what the decoder read before the last segment
+    last: list[int] = field(default_factory=list)  # the last segment's tokens
 
     @property
     def row(self) -> Row:
@@ -187,6 +189,7 @@ class ContinuousEngine(Engine):
         if (choice.in_segments and choice.text.cut is None and tokens and tokens[-1] != eos
                 and len(choice.written) < choice.row.decoding.max_new_tokens):
             choice.segment += 1
+            choice.context, choice.last = self.batch.contexts[row], tokens
             self.replanning.append(choice)
             return None
         choice.written = self.pipeline.ended(choice.row, choice.written)
@@ -230,7 +233,9 @@ class ContinuousEngine(Engine):
         else:
             plans = [(c.row.prefix, c.row.seed, c.row.decoding) for c in group]
         contexts, seeds, decodings = (list(part) for part in zip(*plans))
-        writing = self.pipeline.start_writing([c.row for c in group], contexts, seeds, decodings, recent=in_segments)
+        reading = [segment_context(text, c.context, c.last) for c, text in zip(group, contexts)]
+        writing = self.pipeline.start_writing([c.row for c in group], contexts, seeds, decodings, recent=in_segments,
+                                              reading=reading)
         for choice, read in zip(group, writing.read):
             choice.read = read
         return writing

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from dglm.config import DecodingSettings
 from dglm.errors import DglmError
-from dglm.stages.sampling import DecodingBatch
+from dglm.stages.sampling import Continued, DecodingBatch
 
 
 class SoftPromptDecoder:
@@ -76,21 +76,6 @@ class SoftPromptDecoder:
                             f"{soft_prompts} soft prompts and {max_new_tokens} new tokens overruns the decoder's "
                             f"context of {context} tokens; shorten the prefix or ask for fewer tokens")
 
-    def left_padded(self, prefixes: list[str], soft_prompts: torch.Tensor | None):
-        """Embeddings, attention mask and token ids of [pad ; prefix ; soft prompts], left-padded."""
-        ids = self.token_ids(prefixes)
-        if any(len(row) == 0 for row in ids):
-            raise DglmError("a prefix produced no tokens; give a non-empty prefix")
-        width = max(map(len, ids))
-        pad = self.tokenizer.pad_token_id
-        padded = torch.tensor([[pad] * (width - len(row)) + row for row in ids], device=self.device)
-        mask = torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in ids], device=self.device)
-        embeds = self.model.get_input_embeddings()(padded)
-        if soft_prompts is not None:
-            embeds = torch.cat([embeds, soft_prompts.to(embeds.dtype)], dim=1)
-            mask = torch.cat([mask, mask.new_ones(mask.shape[0], soft_prompts.shape[1])], dim=1)
-        return embeds, mask, ids
-
     def generate(
         self,
         prefixes: list[str],
@@ -128,10 +113,11 @@ class SoftPromptDecoder:
         """
         return self.start(prefixes, soft_prompts, generators, settings, logit_bias).run(adjust_logits, on_step)
 
-    def start(self, prefixes: list[str], soft_prompts: torch.Tensor | None, generators: list[torch.Generator],
-              settings: DecodingSettings | list[DecodingSettings],
+    def start(self, prefixes: list[str | Continued], soft_prompts: torch.Tensor | None,
+              generators: list[torch.Generator], settings: DecodingSettings | list[DecodingSettings],
               logit_bias: list[dict[int, float]] | None = None) -> DecodingBatch:
-        """The rows read [prefix ; soft prompts] (the prefill), ready to be decoded a token at a time."""
+        """The rows read [prefix ; soft prompts] (the prefill), ready to be decoded a token at a time. A prefix may
+        continue what the decoder read before (`Continued`: a next segment)."""
         settings = settings if isinstance(settings, list) else [settings] * len(prefixes)
         return DecodingBatch(self, prefixes, soft_prompts, generators, settings, logit_bias)
 

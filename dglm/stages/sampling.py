@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -23,6 +24,30 @@ NOT_FINITE = ("the next-token probabilities are not finite numbers: the settings
               "to the defaults")
 
 
+@dataclass
+class ReadContext:
+    """What the decoder read of a row's context before its soft prompts: the token ids, and each layer's keys and
+    values for them (views into the batch that read them, with its padding, marked by `mask`). A next segment
+    continues from it (`Continued`), so that the decoder reads only the text written since."""
+
+    ids: list[int]
+    mask: torch.Tensor  # (width,), 1 where a column holds one of the ids
+    keys: list[torch.Tensor] | None  # per layer: (heads, width, head size); None when the cache cannot be kept
+    values: list[torch.Tensor] | None
+
+
+@dataclass
+class Continued:
+    """A context that is an earlier one the decoder read, followed by more tokens (the segment just written)."""
+
+    read: ReadContext
+    new_ids: list[int]
+
+    @property
+    def ids(self) -> list[int]:
+        return self.read.ids + self.new_ids
+
+
 class DecodingBatch:
     """Rows decoded together, with their key-value cache, attention mask, next positions and the logits of their next
     token. `sample` draws each row's next token, `advance` runs the decoder on the tokens drawn; between the two,
@@ -30,12 +55,16 @@ class DecodingBatch:
     starts it (typed loosely: the decoder module builds on this one)."""
 
     @torch.no_grad()
-    def __init__(self, decoder: Any, prefixes: list[str], soft_prompts: torch.Tensor | None,
+    def __init__(self, decoder: Any, prefixes: list[str | Continued], soft_prompts: torch.Tensor | None,
                  generators: list[torch.Generator], settings: list[DecodingSettings],
                  logit_bias: list[dict[int, float]] | None = None):
-        embeds, mask, ids = decoder.left_padded(prefixes, soft_prompts)
-        for row_ids, row_settings in zip(ids, settings):
-            decoder.check_fits(row_ids, 0 if soft_prompts is None else soft_prompts.shape[1],
+        keys = [prefix if isinstance(prefix, str) else (id(prefix.read), tuple(prefix.ids)) for prefix in prefixes]
+        distinct = list(dict.fromkeys(keys))  # a context is read once and shared by its rows (candidates, n)
+        which = [distinct.index(key) for key in keys]
+        out, mask, positions, contexts = read_contexts(decoder, [prefixes[keys.index(key)] for key in distinct])
+        self.contexts = [contexts[index] for index in which]  # what each row read before its soft prompts
+        for context, row_settings in zip(self.contexts, settings):
+            decoder.check_fits(context.ids, 0 if soft_prompts is None else soft_prompts.shape[1],
                                row_settings.max_new_tokens)
         self.decoder, self.generators, self.settings = decoder, list(generators), list(settings)
         self.rows = RowSettings(self.settings, decoder.device)
@@ -43,18 +72,32 @@ class DecodingBatch:
         self.bias = bias_table(logit_bias, rows, vocab, decoder.device)
         self.seen = torch.zeros(rows, vocab, dtype=torch.bool, device=decoder.device)  # prefix and written tokens
         self.counts = torch.zeros(rows, vocab, device=decoder.device)  # each token's count in the continuation so far
-        for row, row_ids in enumerate(ids):
-            self.seen[row, row_ids] = True
-        positions = (mask.cumsum(-1) - 1).clamp_min(0)
-        out = decoder.model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True,
-                            logits_to_keep=1)
-        self.mask, self.positions = mask, positions[:, -1:]
-        self.logits = out.logits[:, -1].float()  # the next token's, as the decoder gives them
+        for row, context in enumerate(self.contexts):
+            self.seen[row, context.ids] = True
         self.cache = getattr(out, decoder.cache_name)
+        rows_of = torch.tensor(which, device=decoder.device)
+        if len(distinct) < rows:
+            self.cache.batch_select_indices(rows_of)
+        self.mask, self.positions = mask[rows_of], positions[rows_of, -1:]
+        self.logits = out.logits[rows_of, -1].float()  # the next token's, as the decoder gives them
         self.tokens: list[list[int]] = [[] for _ in prefixes]  # what each row has written
         self.finished = torch.zeros(rows, dtype=torch.bool)
         self.last = torch.zeros(rows, dtype=torch.long)  # the tokens drawn by the last `sample`
         self.steps = 0
+        if soft_prompts is not None:
+            self.read(soft_prompts)
+
+    @torch.no_grad()
+    def read(self, soft_prompts: torch.Tensor) -> None:
+        """Run the decoder on one row of soft prompts per row, after what each row has read."""
+        count, device = soft_prompts.shape[1], self.decoder.device
+        self.mask = torch.cat([self.mask, self.mask.new_ones(len(self), count)], dim=1)
+        positions = self.positions + torch.arange(1, count + 1, device=device)
+        embeds = soft_prompts.to(device=device, dtype=self.decoder.model.get_input_embeddings().weight.dtype)
+        out = self.decoder.model(inputs_embeds=embeds, attention_mask=self.mask, position_ids=positions,
+                                 use_cache=True, logits_to_keep=1, **{self.decoder.cache_name: self.cache})
+        self.positions = positions[:, -1:]
+        self.logits, self.cache = out.logits[:, -1].float(), getattr(out, self.decoder.cache_name)
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -125,6 +168,7 @@ class DecodingBatch:
         on_device = index.to(self.decoder.device)
         self.cache.batch_select_indices(on_device)
         self.generators = [self.generators[row] for row in rows]
+        self.contexts = [self.contexts[row] for row in rows]
         self.settings = [self.settings[row] for row in rows]
         self.tokens = [self.tokens[row] for row in rows]
         self.rows = RowSettings(self.settings, self.decoder.device)
@@ -154,16 +198,74 @@ class DecodingBatch:
         self.seen, self.counts = torch.cat([self.seen, other.seen]), torch.cat([self.counts, other.counts])
         self.finished, self.last = torch.cat([self.finished, other.finished]), torch.cat([self.last, other.last])
         self.generators += other.generators
+        self.contexts += other.contexts
         self.settings += other.settings
         self.tokens += other.tokens
         self.rows = RowSettings(self.settings, self.decoder.device)
 
 
-def cache_layers(cache) -> list:
-    """The layers of a key-value cache whose keys and values rows can be dropped from and added to; a cache of
-    another kind (a sliding window, a quantized cache) is refused rather than batched wrongly."""
+@torch.no_grad()
+def read_contexts(decoder: Any, contexts: list[str | Continued]) -> tuple[Any, torch.Tensor, torch.Tensor,
+                                                                          list[ReadContext]]:
+    """The decoder's prefill of each context: a text is read whole; a continued context reads only its new tokens,
+    after the keys and values of what was read before. Rows are aligned on the right: [pad ; earlier ; pad ; new].
+    Returns the model's output, the attention mask, the positions, and what each row has now read."""
+    earlier = [None if isinstance(context, str) else context.read for context in contexts]
+    fresh = iter(decoder.token_ids([context for context in contexts if isinstance(context, str)]))
+    new_ids = [next(fresh) if isinstance(context, str) else context.new_ids for context in contexts]
+    if any(not ids for ids in new_ids):
+        raise DglmError("a prefix produced no tokens; give a non-empty prefix")
+    device, pad = decoder.device, decoder.tokenizer.pad_token_id
+    width = max(len(ids) for ids in new_ids)
+    ids = torch.tensor([[pad] * (width - len(row)) + row for row in new_ids], device=device)
+    mask = torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in new_ids], device=device)
+    positions = (mask.cumsum(-1) - 1).clamp_min(0)
+    past = None
+    if any(read is not None for read in earlier):
+        past_width = max(read.mask.shape[0] for read in earlier if read is not None)
+        past_mask = torch.stack([left_pad(read.mask, past_width, -1) if read is not None
+                                 else mask.new_zeros(past_width) for read in earlier])
+        positions = positions + past_mask.sum(-1, keepdim=True)
+        mask = torch.cat([past_mask, mask], dim=1)
+        past = past_cache(decoder, earlier, past_width)
+    out = decoder.model(inputs_embeds=decoder.model.get_input_embeddings()(ids), attention_mask=mask,
+                        position_ids=positions, use_cache=True, logits_to_keep=1,
+                        **({} if past is None else {decoder.cache_name: past}))
+    layers = dynamic_layers(getattr(out, decoder.cache_name))
+    read = [ReadContext(([] if before is None else before.ids) + row_ids, mask[row],
+                        None if layers is None else [layer.keys[row] for layer in layers],
+                        None if layers is None else [layer.values[row] for layer in layers])
+            for row, (before, row_ids) in enumerate(zip(earlier, new_ids))]
+    return out, mask, positions, read
+
+
+def past_cache(decoder: Any, earlier: list[ReadContext | None], width: int) -> Any:
+    """A key-value cache of what the rows read before, each left-padded to `width` (zeros for rows that read
+    nothing before)."""
+    from transformers import DynamicCache
+
+    cache, sample = DynamicCache(), next(read for read in earlier if read is not None)
+    for layer, (keys, values) in enumerate(zip(sample.keys, sample.values)):
+        rows = [(left_pad(read.keys[layer], width, -2), left_pad(read.values[layer], width, -2)) if read is not None
+                else (keys.new_zeros(keys.shape[0], width, keys.shape[-1]),
+                      values.new_zeros(values.shape[0], width, values.shape[-1])) for read in earlier]
+        cache.update(torch.stack([k for k, _ in rows]), torch.stack([v for _, v in rows]), layer)
+    return cache
+
+
+def dynamic_layers(cache) -> list | None:
+    """The layers of a key-value cache whose keys and values rows can be dropped from and added to; None for a
+    cache of another kind (a sliding window, a quantized cache)."""
     layers = getattr(cache, "layers", None)
     if layers is None or any(type(layer).__name__ != "DynamicLayer" for layer in layers):
+        return None
+    return layers
+
+
+def cache_layers(cache) -> list:
+    """`dynamic_layers`, or a clear refusal rather than batching another kind of cache wrongly."""
+    layers = dynamic_layers(cache)
+    if layers is None:
         raise DglmError("continuous batching needs a decoder whose key-value cache is a plain dynamic one; serve this "
                         "decoder with --batching static")
     return layers
