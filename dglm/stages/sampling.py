@@ -3,6 +3,8 @@ continuous batching steps, letting rows leave and others join between steps.
 
 Each row draws from its own generator and is filtered and penalised with its own settings (`RowSettings`), and rows of
 different lengths are left-padded and masked, so a row's tokens do not depend on the rows it shares the batch with.
+The decoder reads each distinct context once (`read_contexts`), however many rows share it, and each row's soft
+prompts after it; a next segment's context continues what was read before (`Continued`) instead of reading it again.
 """
 
 from __future__ import annotations
