@@ -333,14 +333,14 @@ class Pipeline:
         return whole_sentences(token_ids, self.decoder.decode, self.decoder.tokenizer.eos_token_id)
 
     def write(self, rows: list[Row], contexts: list[str], seeds: list[int], decodings: list[DecodingSettings],
-              on_step=None, recent: bool = False, reading: list[str | Continued] | None = None
+              on_step=None, in_segments: bool = False, reading: list[str | Continued] | None = None
               ) -> tuple[list[list[int]], list[ReadContext]]:
         """One plan and its text for each row (`start_writing`, decoded to the end), and what the decoder read of
         each row's context (a next segment continues it); with candidates, one is kept (`choose_candidate`)."""
         if on_step is not None and any(row.diffusion.candidates > 1 for row in rows):
             raise DglmError("candidates above 1 cannot be streamed token by token: the text is known once a candidate "
                             "is chosen", field="candidates")
-        writing = self.start_writing(rows, contexts, seeds, decodings, recent, reading)
+        writing = self.start_writing(rows, contexts, seeds, decodings, in_segments, reading)
         token_ids, chosen = iter(writing.batch.run(on_step=on_step)), []
         read = [writing.batch.contexts[draft] for draft, (_, candidate) in enumerate(writing.drafts) if candidate == 0]
         for row, context in zip(rows, writing.read):
@@ -351,15 +351,16 @@ class Pipeline:
 
     @torch.no_grad()
     def start_writing(self, rows: list[Row], contexts: list[str], seeds: list[int], decodings: list[DecodingSettings],
-                      recent: bool = False, reading: list[str | Continued] | None = None) -> Writing:
+                      in_segments: bool = False, reading: list[str | Continued] | None = None) -> Writing:
         """One plan for each row, ready to decode: the diffusion proposes a meaning for what follows its context (the
         prefix, or the prefix and the text so far), under the row's attributes, from `seeds`, and the decoder reads
         the context and the plan's soft prompts, to write with `decodings`. A row with K candidates has K drafts, one
-        after the other. With `recent`, the encoder reads the most recent words of a context longer than its window
-        (else, its beginning); the decoder reads `reading` instead when given (`dglm.segments.segment_context`).
-        The rows must share a diffusion schedule (`Row.schedule_key`)."""
+        after the other. For a segment of long text (`in_segments`), the encoder reads the most recent words of a
+        context longer than its window (else, its beginning), the decoder reads `reading` when given
+        (`dglm.segments.segment_context`) and keeps what it read for the next segment. The rows must share a
+        diffusion schedule (`Row.schedule_key`)."""
         drafts = [(index, candidate) for index, row in enumerate(rows) for candidate in range(row.diffusion.candidates)]
-        read = [self.encoder.keep_recent(context) for context in contexts] if recent else contexts
+        read = [self.encoder.keep_recent(context) for context in contexts] if in_segments else contexts
         texts, diffusion = [(reading or contexts)[index] for index, _ in drafts], rows[0].diffusion
         generators = sample_generators([candidate_seed(seeds[index], candidate) for index, candidate in drafts])
         guidance = BatchGuidance([rows[index].guide for index, _ in drafts],
@@ -367,7 +368,7 @@ class Pipeline:
         latents = self.propose_latents([read[index] for index, _ in drafts], generators, guidance, diffusion)
         soft_prompts = self.soft_prompts(latents, generators, diffusion.renoise_alpha2)
         batch = self.decoder.start(texts, soft_prompts, generators, [decodings[i] for i, _ in drafts],
-                                   logit_bias=[rows[i].logit_bias for i, _ in drafts])
+                                   logit_bias=[rows[i].logit_bias for i, _ in drafts], keep_read=in_segments)
         return Writing(drafts, read, batch)
 
     def choose_candidate(self, row: Row, texts: list[str], context: str | None = None) -> int:

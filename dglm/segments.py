@@ -23,7 +23,7 @@ from dglm.stages.sampling import Continued, ReadContext
 def write_in_segments(rows: list[Any], segment_tokens: int, write: Callable, decode: Callable[[list[int]], str],
                       end_of_text: int) -> list[list[int]]:
     """Each row's token ids, written `segment_tokens` at a time by `write(rows, contexts, seeds, decodings,
-    recent=True, reading=...)` (`Pipeline.write`) until the row's `max_new_tokens` or its end-of-text token."""
+    in_segments=True, reading=...)` (`Pipeline.write`) until the row's `max_new_tokens` or its end-of-text token."""
     written: list[list[int]] = [[] for _ in rows]
     last: list[list[int]] = [[] for _ in rows]  # each row's last segment
     read: list[ReadContext | None] = [None] * len(rows)  # what the decoder read before it
@@ -36,7 +36,8 @@ def write_in_segments(rows: list[Any], segment_tokens: int, write: Callable, dec
         plans = [next_segment(rows[i], written[i], segment, segment_tokens, decode) for i in active]
         contexts, seeds, decodings = (list(part) for part in zip(*plans))
         reading = [segment_context(context, read[i], last[i]) for i, context in zip(active, contexts)]
-        token_ids, reads = write([rows[i] for i in active], contexts, seeds, decodings, recent=True, reading=reading)
+        token_ids, reads = write([rows[i] for i in active], contexts, seeds, decodings, in_segments=True,
+                                 reading=reading)
         for i, ids, row_read in zip(active, token_ids, reads):
             written[i] += ids
             last[i], read[i] = ids, row_read

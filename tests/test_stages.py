@@ -175,11 +175,13 @@ def test_a_continued_context_reads_only_its_new_tokens_and_reads_as_the_whole_te
     before, new = decoder.token_ids(["The film was long"])[0], decoder.token_ids([" and the ending was sad"])[0]
     whole = decoder.tokenizer.decode(before + new)
     assert decoder.token_ids([whole])[0] == before + new
-    _, _, _, (read, _) = read_contexts(decoder, ["The film was long", "A much longer prefix than that one, by far"])
+    _, _, _, (read, _) = read_contexts(decoder, ["The film was long", "A much longer prefix than that one, by far"],
+                                      keep=True)
     widths = reading_widths(decoder, monkeypatch)
-    continued, _, _, (continued_read, other) = read_contexts(decoder, [Continued(read, new), "A"])
+    continued, _, _, (continued_read, other) = read_contexts(decoder, [Continued(read, new), "A"], keep=True)
     assert widths == [(2, len(new))]  # the earlier tokens are not read again
     fresh, _, _, (fresh_read, _) = read_contexts(decoder, [whole, "A"])
     assert continued_read.ids == fresh_read.ids == before + new and other.ids == decoder.token_ids(["A"])[0]
+    assert fresh_read.keys is None and continued_read.keys is not None  # kept only when asked (segments)
     assert torch.allclose(continued.logits[0, -1], fresh.logits[0, -1], atol=1e-5)
     assert torch.allclose(continued.logits[1, -1], fresh.logits[1, -1], atol=1e-5)  # the row beside it, unaffected

@@ -234,7 +234,7 @@ class ContinuousEngine(Engine):
             plans = [(c.row.prefix, c.row.seed, c.row.decoding) for c in group]
         contexts, seeds, decodings = (list(part) for part in zip(*plans))
         reading = [segment_context(text, c.context, c.last) for c, text in zip(group, contexts)]
-        writing = self.pipeline.start_writing([c.row for c in group], contexts, seeds, decodings, recent=in_segments,
+        writing = self.pipeline.start_writing([c.row for c in group], contexts, seeds, decodings, in_segments,
                                               reading=reading)
         for choice, read in zip(group, writing.read):
             choice.read = read

@@ -115,11 +115,12 @@ class SoftPromptDecoder:
 
     def start(self, prefixes: list[str | Continued], soft_prompts: torch.Tensor | None,
               generators: list[torch.Generator], settings: DecodingSettings | list[DecodingSettings],
-              logit_bias: list[dict[int, float]] | None = None) -> DecodingBatch:
+              logit_bias: list[dict[int, float]] | None = None, keep_read: bool = False) -> DecodingBatch:
         """The rows read [prefix ; soft prompts] (the prefill), ready to be decoded a token at a time. A prefix may
-        continue what the decoder read before (`Continued`: a next segment)."""
+        continue what the decoder read before (`Continued`: a next segment); `keep_read` keeps what each row read
+        for that."""
         settings = settings if isinstance(settings, list) else [settings] * len(prefixes)
-        return DecodingBatch(self, prefixes, soft_prompts, generators, settings, logit_bias)
+        return DecodingBatch(self, prefixes, soft_prompts, generators, settings, logit_bias, keep_read)
 
     def decode(self, token_ids: list[int]) -> str:
         """Text of generated token ids, cut at the first end-of-sequence token."""

@@ -34,7 +34,7 @@ class ReadContext:
 
     ids: list[int]
     mask: torch.Tensor  # (width,), 1 where a column holds one of the ids
-    keys: list[torch.Tensor] | None  # per layer: (heads, width, head size); None when the cache cannot be kept
+    keys: list[torch.Tensor] | None  # per layer: (heads, width, head size); None when not kept, or cannot be
     values: list[torch.Tensor] | None
 
 
@@ -59,11 +59,12 @@ class DecodingBatch:
     @torch.no_grad()
     def __init__(self, decoder: Any, prefixes: list[str | Continued], soft_prompts: torch.Tensor | None,
                  generators: list[torch.Generator], settings: list[DecodingSettings],
-                 logit_bias: list[dict[int, float]] | None = None):
+                 logit_bias: list[dict[int, float]] | None = None, keep_read: bool = False):
         keys = [prefix if isinstance(prefix, str) else (id(prefix.read), tuple(prefix.ids)) for prefix in prefixes]
         distinct = list(dict.fromkeys(keys))  # a context is read once and shared by its rows (candidates, n)
         which = [distinct.index(key) for key in keys]
-        out, mask, positions, contexts = read_contexts(decoder, [prefixes[keys.index(key)] for key in distinct])
+        out, mask, positions, contexts = read_contexts(decoder, [prefixes[keys.index(key)] for key in distinct],
+                                                       keep_read)
         self.contexts = [contexts[index] for index in which]  # what each row read before its soft prompts
         for context, row_settings in zip(self.contexts, settings):
             decoder.check_fits(context.ids, 0 if soft_prompts is None else soft_prompts.shape[1],
@@ -207,11 +208,12 @@ class DecodingBatch:
 
 
 @torch.no_grad()
-def read_contexts(decoder: Any, contexts: list[str | Continued]) -> tuple[Any, torch.Tensor, torch.Tensor,
-                                                                          list[ReadContext]]:
+def read_contexts(decoder: Any, contexts: list[str | Continued], keep: bool = False
+                  ) -> tuple[Any, torch.Tensor, torch.Tensor, list[ReadContext]]:
     """The decoder's prefill of each context: a text is read whole; a continued context reads only its new tokens,
     after the keys and values of what was read before. Rows are aligned on the right: [pad ; earlier ; pad ; new].
-    Returns the model's output, the attention mask, the positions, and what each row has now read."""
+    Returns the model's output, the attention mask, the positions, and what each row has now read (with its keys and
+    values if `keep`: holding them keeps the prefill's cache in memory beside the batch's, so only segments do)."""
     earlier = [None if isinstance(context, str) else context.read for context in contexts]
     fresh = iter(decoder.token_ids([context for context in contexts if isinstance(context, str)]))
     new_ids = [next(fresh) if isinstance(context, str) else context.new_ids for context in contexts]
@@ -233,7 +235,7 @@ def read_contexts(decoder: Any, contexts: list[str | Continued]) -> tuple[Any, t
     out = decoder.model(inputs_embeds=decoder.model.get_input_embeddings()(ids), attention_mask=mask,
                         position_ids=positions, use_cache=True, logits_to_keep=1,
                         **({} if past is None else {decoder.cache_name: past}))
-    layers = dynamic_layers(getattr(out, decoder.cache_name))
+    layers = dynamic_layers(getattr(out, decoder.cache_name)) if keep else None
     read = [ReadContext(([] if before is None else before.ids) + row_ids, mask[row],
                         None if layers is None else [layer.keys[row] for layer in layers],
                         None if layers is None else [layer.values[row] for layer in layers])
