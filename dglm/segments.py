@@ -40,8 +40,8 @@ def write_in_segments(rows: list[Any], segment_tokens: int, write: Callable, dec
                                  reading=reading)
         for i, ids, row_read in zip(active, token_ids, reads):
             written[i] += ids
-            last[i], read[i] = ids, row_read
             ended[i] = not ids or ids[-1] == end_of_text
+            last[i], read[i] = ids, None if ended[i] else row_read
         segment += 1
 
 

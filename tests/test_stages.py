@@ -1,8 +1,10 @@
 """Shapes and basic behaviour of every stage, on tiny random models."""
 
+import pytest
 import torch
 
 from dglm.config import DecodingSettings
+from dglm.errors import DglmError
 from dglm.seeding import sample_generators
 from dglm.stages.sampling import min_p_filter, top_p_filter
 from dglm.stages.schedule import CosineSchedule, noise_to_level
@@ -100,6 +102,10 @@ def test_top_p_keeps_the_same_tokens_whether_the_likeliest_decide_or_the_whole_v
         probs = torch.softmax(logits, dim=-1)
         for top_p in (0.5, 0.9, torch.rand(len(probs), 1, generator=generator)):
             assert torch.equal(top_p_filter(probs, top_p), fully_sorted(probs, top_p))
+        per_row = torch.full((len(probs), 1), 0.9)
+        per_row[0] = 1.0  # a row that keeps every token stays as it is, beside rows that are cut
+        kept = top_p_filter(probs, per_row)
+        assert torch.equal(kept[0], probs[0]) and torch.equal(kept[1:], fully_sorted(probs[1:], 0.9))
 
 
 def test_bag_of_words_loss_rewards_soft_prompts_on_the_continuations_words(tiny_pipeline):
@@ -166,6 +172,30 @@ def test_rows_with_the_same_context_share_one_reading_of_it_and_write_as_they_wo
                                        sample_generators([0, 1, 2]), settings)
     assert together == alone
     assert widths[0][0] == 2 and widths[1] == (3, 2)  # two contexts read, then each row's soft prompts
+
+
+def test_rows_whose_cache_cannot_be_shared_read_their_context_each(tiny_pipeline, monkeypatch):
+    """A decoder whose key-value cache cannot select rows (static, recurrent, quantized) reads each row's context."""
+    import dglm.stages.sampling as sampling
+
+    decoder, settings = tiny_pipeline.decoder, DecodingSettings(max_new_tokens=4)
+    soft = torch.randn(2, 2, 32, generator=torch.Generator().manual_seed(0))
+    prefix = "The movie was long and slow"
+    alone = [decoder.generate_tokens([prefix], soft[row:row + 1], sample_generators([row]), settings)[0]
+             for row in range(2)]
+    monkeypatch.setattr(sampling, "dynamic_layers", lambda cache: None)
+    widths = reading_widths(decoder, monkeypatch)
+    assert decoder.generate_tokens([prefix] * 2, soft, sample_generators([0, 1]), settings) == alone
+    length = len(decoder.token_ids([prefix])[0])
+    assert widths[:3] == [(1, length), (2, length), (2, 2)]  # shared, then row by row, then the soft prompts
+
+
+def test_a_context_too_long_for_the_decoder_is_refused_before_the_decoder_reads_it(tiny_pipeline, monkeypatch):
+    decoder = tiny_pipeline.decoder
+    widths = reading_widths(decoder, monkeypatch)
+    with pytest.raises(DglmError, match="overruns the decoder's context"):
+        decoder.generate_tokens(["word " * decoder.context], None, sample_generators([0]), DecodingSettings())
+    assert widths == []
 
 
 def test_a_continued_context_reads_only_its_new_tokens_and_reads_as_the_whole_text_would(tiny_pipeline, monkeypatch):

@@ -63,12 +63,18 @@ class DecodingBatch:
         keys = [prefix if isinstance(prefix, str) else (id(prefix.read), tuple(prefix.ids)) for prefix in prefixes]
         distinct = list(dict.fromkeys(keys))  # a context is read once and shared by its rows (candidates, n)
         which = [distinct.index(key) for key in keys]
-        out, mask, positions, contexts = read_contexts(decoder, [prefixes[keys.index(key)] for key in distinct],
-                                                       keep_read)
-        self.contexts = [contexts[index] for index in which]  # what each row read before its soft prompts
-        for context, row_settings in zip(self.contexts, settings):
-            decoder.check_fits(context.ids, 0 if soft_prompts is None else soft_prompts.shape[1],
+        contexts = [prefixes[keys.index(key)] for key in distinct]
+        new_ids = new_token_ids(decoder, contexts)
+        for index, row_settings in zip(which, settings):  # before any model runs
+            before = [] if isinstance(contexts[index], str) else contexts[index].read.ids
+            decoder.check_fits(before + new_ids[index], 0 if soft_prompts is None else soft_prompts.shape[1],
                                row_settings.max_new_tokens)
+        out, mask, positions, read = read_contexts(decoder, contexts, keep_read, new_ids)
+        if len(distinct) < len(prefixes) and dynamic_layers(getattr(out, decoder.cache_name)) is None:
+            # a cache whose rows cannot be selected (static, recurrent, quantized): each row reads its own context
+            new_ids, which = [new_ids[index] for index in which], list(range(len(prefixes)))
+            out, mask, positions, read = read_contexts(decoder, list(prefixes), keep_read, new_ids)
+        self.contexts = [read[index] for index in which]  # what each row read before its soft prompts
         self.decoder, self.generators, self.settings = decoder, list(generators), list(settings)
         self.rows = RowSettings(self.settings, decoder.device)
         rows, vocab = len(prefixes), decoder.vocab_size
@@ -79,7 +85,7 @@ class DecodingBatch:
             self.seen[row, context.ids] = True
         self.cache = getattr(out, decoder.cache_name)
         rows_of = torch.tensor(which, device=decoder.device)
-        if len(distinct) < rows:
+        if which != list(range(rows)):
             self.cache.batch_select_indices(rows_of)
         self.mask, self.positions = mask[rows_of], positions[rows_of, -1:]
         self.logits = out.logits[rows_of, -1].float()  # the next token's, as the decoder gives them
@@ -120,7 +126,7 @@ class DecodingBatch:
         if adjust_logits is not None:
             logits = adjust_logits(logits, self.written())
         logits = self.rows.penalise(logits, self.seen, self.counts)
-        probs = self.rows.top_p_filter(F.softmax(logits / self.rows.divisor, dim=-1)).cpu()
+        probs = top_p_filter(F.softmax(logits / self.rows.divisor, dim=-1), self.rows.top_p).cpu()
         broken = ~probs.isfinite().all(dim=-1)
         eos, likeliest = self.decoder.tokenizer.eos_token_id, logits.argmax(dim=-1).tolist()
         tokens = [eos if done or bad else top if greedy else torch.multinomial(p, 1, generator=g).item()
@@ -208,17 +214,25 @@ class DecodingBatch:
 
 
 @torch.no_grad()
-def read_contexts(decoder: Any, contexts: list[str | Continued], keep: bool = False
-                  ) -> tuple[Any, torch.Tensor, torch.Tensor, list[ReadContext]]:
-    """The decoder's prefill of each context: a text is read whole; a continued context reads only its new tokens,
-    after the keys and values of what was read before. Rows are aligned on the right: [pad ; earlier ; pad ; new].
-    Returns the model's output, the attention mask, the positions, and what each row has now read (with its keys and
-    values if `keep`: holding them keeps the prefill's cache in memory beside the batch's, so only segments do)."""
-    earlier = [None if isinstance(context, str) else context.read for context in contexts]
+def new_token_ids(decoder: Any, contexts: list[str | Continued]) -> list[list[int]]:
+    """The tokens the decoder has still to read of each context: a text's, or a continued context's new ones."""
     fresh = iter(decoder.token_ids([context for context in contexts if isinstance(context, str)]))
     new_ids = [next(fresh) if isinstance(context, str) else context.new_ids for context in contexts]
     if any(not ids for ids in new_ids):
         raise DglmError("a prefix produced no tokens; give a non-empty prefix")
+    return new_ids
+
+
+@torch.no_grad()
+def read_contexts(decoder: Any, contexts: list[str | Continued], keep: bool = False,
+                  new_ids: list[list[int]] | None = None) -> tuple[Any, torch.Tensor, torch.Tensor, list[ReadContext]]:
+    """The decoder's prefill of each context: a text is read whole; a continued context reads only its new tokens
+    (`new_token_ids`, unless given), after the keys and values of what was read before. Rows are aligned on the
+    right: [pad ; earlier ; pad ; new]. Returns the model's output, the attention mask, the positions, and what each
+    row has now read (with its keys and values if `keep`: holding them keeps the prefill's cache in memory beside the
+    batch's, so only segments do)."""
+    earlier = [None if isinstance(context, str) else context.read for context in contexts]
+    new_ids = new_token_ids(decoder, contexts) if new_ids is None else new_ids
     device, pad = decoder.device, decoder.tokenizer.pad_token_id
     width = max(len(ids) for ids in new_ids)
     ids = torch.tensor([[pad] * (width - len(row)) + row for row in new_ids], device=device)
@@ -338,12 +352,6 @@ class RowSettings:
             logits = logits - self.presence * (counts > 0) - self.frequency * counts
         return logits
 
-    def top_p_filter(self, probs: torch.Tensor) -> torch.Tensor:
-        keep_all = self.top_p >= 1.0
-        if bool(keep_all.all()):
-            return probs
-        return torch.where(keep_all, probs, top_p_filter(probs, self.top_p))
-
 
 def min_p_filter(logits: torch.Tensor, min_p: float | list[float]) -> torch.Tensor:
     """Drop the tokens less than min_p times as likely as the most likely one (min-p sampling).
@@ -366,13 +374,14 @@ def top_p_filter(probs: torch.Tensor, top_p: float | torch.Tensor) -> torch.Tens
     most of the cost of drawing a token in a large batch; the tokens kept are the same (only exactly tied
     probabilities at the cut may be taken in another order).
     """
-    if not torch.is_tensor(top_p) and top_p >= 1.0:
+    keep_all = torch.as_tensor(top_p, device=probs.device) >= 1.0  # rows that keep every token, as they are
+    if bool(keep_all.all()):
         return probs
     sorted_probs, order = probs.topk(min(TOP_P_HEAD, probs.shape[-1]), dim=-1)
-    head_decides = (sorted_probs.sum(-1, keepdim=True) > top_p + 1e-4) | (sorted_probs[:, -1:] == 0)
+    head_decides = (sorted_probs.sum(-1, keepdim=True) > top_p + 1e-4) | (sorted_probs[:, -1:] == 0) | keep_all
     if not bool(head_decides.all()):
         sorted_probs, order = probs.sort(dim=-1, descending=True)
     outside = sorted_probs.cumsum(-1) - sorted_probs > top_p
     sorted_probs = sorted_probs.masked_fill(outside, 0.0)
     filtered = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
-    return filtered / filtered.sum(-1, keepdim=True)
+    return torch.where(keep_all, probs, filtered / filtered.sum(-1, keepdim=True))
