@@ -12,7 +12,7 @@ import torch
 
 from dglm.errors import DglmError
 from dglm.pipeline import Row
-from dglm.server.engine import INTERNAL_FAILURE, ChoiceText, Engine, Failed, Job, distinct_jobs, log
+from dglm.server.engine import ChoiceText, Engine, Job, distinct_jobs, log
 
 
 class StaticEngine(Engine):
@@ -38,10 +38,10 @@ class StaticEngine(Engine):
                     self._run_isolating_failures([(j, index) for j, index in batch if j is job])
                 return
             if isinstance(error, DglmError):  # what the request asked for cannot be generated: the client's to fix
-                jobs[0].emit(Failed(str(error), 400))
+                jobs[0].fail(str(error), 400)
                 return
             log.exception("a batch failed")
-            jobs[0].emit(Failed(INTERNAL_FAILURE))
+            jobs[0].fail()
 
     def _next_batch(self) -> list[tuple[Job, int]] | None:
         """The next rows to run: those sharing the oldest row's schedule, once the batch is full or the oldest
