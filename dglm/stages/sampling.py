@@ -60,15 +60,14 @@ class DecodingBatch:
     def __init__(self, decoder: Any, prefixes: list[str | Continued], soft_prompts: torch.Tensor | None,
                  generators: list[torch.Generator], settings: list[DecodingSettings],
                  logit_bias: list[dict[int, float]] | None = None, keep_read: bool = False):
-        keys = [prefix if isinstance(prefix, str) else (id(prefix.read), tuple(prefix.ids)) for prefix in prefixes]
-        distinct = list(dict.fromkeys(keys))  # a context is read once and shared by its rows (candidates, n)
-        which = [distinct.index(key) for key in keys]
-        contexts = [prefixes[keys.index(key)] for key in distinct]
+        distinct: dict = {}  # a context is read once and shared by its rows (candidates, n): key -> (index, context)
+        which = [distinct.setdefault(prefix if isinstance(prefix, str) else (id(prefix.read), tuple(prefix.ids)),
+                                     (len(distinct), prefix))[0] for prefix in prefixes]
+        contexts = [context for _, context in distinct.values()]
         new_ids = new_token_ids(decoder, contexts)
         for index, row_settings in zip(which, settings):  # before any model runs
-            before = [] if isinstance(contexts[index], str) else contexts[index].read.ids
-            decoder.check_fits(before + new_ids[index], 0 if soft_prompts is None else soft_prompts.shape[1],
-                               row_settings.max_new_tokens)
+            ids = new_ids[index] if isinstance(contexts[index], str) else contexts[index].ids
+            decoder.check_fits(ids, 0 if soft_prompts is None else soft_prompts.shape[1], row_settings.max_new_tokens)
         out, mask, positions, read = read_contexts(decoder, contexts, keep_read, new_ids)
         if len(distinct) < len(prefixes) and dynamic_layers(getattr(out, decoder.cache_name)) is None:
             # a cache whose rows cannot be selected (static, recurrent, quantized): each row reads its own context
@@ -213,7 +212,6 @@ class DecodingBatch:
         self.rows = RowSettings(self.settings, self.decoder.device)
 
 
-@torch.no_grad()
 def new_token_ids(decoder: Any, contexts: list[str | Continued]) -> list[list[int]]:
     """The tokens the decoder has still to read of each context: a text's, or a continued context's new ones."""
     fresh = iter(decoder.token_ids([context for context in contexts if isinstance(context, str)]))
