@@ -44,7 +44,7 @@ def main() -> None:
     bench.config.max_new_tokens = args.tokens
     methods = get_methods()
     runs = [("plain", "plain", {}, "none")]
-    for name, options in [("one plan", {}), *[(f"segments of {n}", {"segment_tokens": n}) for n in args.segments]]:
+    for name, options in [("one plan", {"segment_tokens": 0}), *[(f"segments of {n}", {"segment_tokens": n}) for n in args.segments]]:
         runs += [(name, "dglm", options, condition) for condition in ("sentiment=positive", "sentiment=negative")]
     results, samples = {}, []
     prefixes = [prefix for prefix, _ in bench.rows]

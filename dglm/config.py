@@ -145,9 +145,10 @@ class DiffusionSettings(Settings):
     particles: int = setting(1, "latent particles the diffusion runs for each proposal, resampled a few times by how "
                                 "far the attribute probes read their targets and drawn from at the end (sequential "
                                 "Monte Carlo; the ddim sampler only); 1 runs one", at_least=1, at_most=64)
-    segment_tokens: int = setting(0, "write long text in segments of this many tokens, each planned anew from the text "
-                                     "so far (under the same attributes); 0 plans the whole continuation once. The "
-                                     "encoder reads the most recent words of a long text", at_least=0, at_most=4096)
+    segment_tokens: int = setting(0, "write text longer than this many tokens in segments of this many, each planned "
+                                     "anew from the text so far (under the same attributes); 0 plans the whole "
+                                     "continuation once. The encoder reads the most recent words of a long text",
+                                  at_least=0, at_most=4096)
     renoise_alpha2: float = setting(0.95, "signal level alpha^2 the proposal is re-noised to before it becomes soft "
                                           "prompts (what the prompt generator was trained on); 1 keeps it clean",
                                     above=0, at_most=1)

@@ -27,7 +27,7 @@ from dglm.inputs import check_counts, check_generation_inputs, check_prefix, che
 from dglm.plugins import attribute_terms, get_attributes, get_sampler
 from dglm.processes import chunks, gather_to_main, process_group, shared_seed
 from dglm.seeding import candidate_seed, per_sample_randn, sample_generators, sample_seed
-from dglm.segments import write_in_segments
+from dglm.segments import write_in_segments, written_in_segments
 from dglm.stages.decoder import SoftPromptDecoder
 from dglm.stages.decoder_adapter import load_adapter
 from dglm.stages.encoder import SentenceEncoder
@@ -313,13 +313,12 @@ class Pipeline:
         if len({row.schedule_key for row in rows}) > 1:
             raise DglmError(f"rows in one batch must share {', '.join(SCHEDULE_SETTINGS)}")
         self.check_fits(rows)  # before any model runs, and before the encoder's warning
-        segment = rows[0].diffusion.segment_tokens
-        if segment and any(row.decoding.max_new_tokens > segment for row in rows):
+        if any(written_in_segments(row) for row in rows):
             if on_step is not None:
                 raise DglmError("text written in segments cannot be streamed token by token yet; send "
                                 "segment_tokens 0 to stream", field="segment_tokens")
             end_of_text = self.decoder.tokenizer.eos_token_id
-            token_ids = write_in_segments(rows, segment, self.write, self.decoder.decode, end_of_text)
+            token_ids = write_in_segments(rows, rows[0].diffusion.segment_tokens, self.write, self.decoder.decode, end_of_text)
         else:
             self.encoder.warn_if_cut([row.prefix for row in rows])
             token_ids, _ = self.write(rows, [row.prefix for row in rows], [row.seed for row in rows],

@@ -20,6 +20,13 @@ from dglm.seeding import segment_seed
 from dglm.stages.sampling import Continued, ReadContext
 
 
+def written_in_segments(row: Any) -> bool:
+    """Whether a row is written in segments: it asks for more tokens than a segment holds (`segment_tokens` 0 plans
+    the whole continuation once)."""
+    segment = row.diffusion.segment_tokens
+    return bool(segment) and row.decoding.max_new_tokens > segment
+
+
 def write_in_segments(rows: list[Any], segment_tokens: int, write: Callable, decode: Callable[[list[int]], str],
                       end_of_text: int) -> list[list[int]]:
     """Each row's token ids, written `segment_tokens` at a time by `write(rows, contexts, seeds, decodings,

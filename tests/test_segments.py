@@ -44,10 +44,13 @@ def test_a_segmented_sample_is_the_same_alone_batched_and_with_candidates_reprod
     assert chosen == continuations(tiny_pipeline, segment_tokens=4, candidates=2)
 
 
-def test_segments_are_not_streamed_and_the_setting_is_checked(tiny_pipeline):
+def test_segments_are_not_streamed_text_that_fits_one_is_and_the_setting_is_checked(tiny_pipeline):
     rows = list(tiny_pipeline.plan(["The film"], seed=1, segment_tokens=3, max_new_tokens=7))
     with pytest.raises(DglmError, match="segments cannot be streamed"):
         tiny_pipeline.generate_rows(rows, on_step=lambda *args: None)
+    steps = []
+    one_segment = list(tiny_pipeline.plan(["The film"], seed=1, segment_tokens=7, max_new_tokens=7))
+    assert tiny_pipeline.generate_rows(one_segment, on_step=lambda *args: steps.append(args)) and steps
     with pytest.raises(DglmError, match=r"segment_tokens must be an integer in \[0, 4096\], got -1"):
         tiny_pipeline.generate("The film", segment_tokens=-1)
 

@@ -792,6 +792,8 @@ def test_a_request_written_in_segments_gets_the_python_apis_text_streamed_token_
         assert request(static_url, "POST", "/v1/completions", body)[1]["choices"][0]["text"] == want
         status, answer = request(static_url, "POST", "/v1/completions", {**body, "logprobs": 1})
         assert status == 400 and "logprobs with segment_tokens needs continuous batching" in answer["error"]["message"]
+        status, answer = request(static_url, "POST", "/v1/completions", {**body, "logprobs": 1, "max_tokens": 3})
+        assert status == 200, "a request that fits in one segment is written whole, so it may ask for logprobs"
 
 
 def test_a_request_that_ends_at_a_sentence_streams_only_whole_sentences(served, tiny_pipeline):

@@ -26,7 +26,7 @@ import torch
 
 from dglm.errors import DglmError
 from dglm.pipeline import Row, Writing
-from dglm.segments import next_segment, segment_context
+from dglm.segments import next_segment, segment_context, written_in_segments
 from dglm.server.engine import ChoiceText, Engine, distinct_jobs, log
 from dglm.stages.sampling import NOT_FINITE, DecodingBatch, ReadContext
 
@@ -54,8 +54,7 @@ class InFlight:
 
     @property
     def in_segments(self) -> bool:
-        segment = self.row.diffusion.segment_tokens
-        return bool(segment) and self.row.decoding.max_new_tokens > segment
+        return written_in_segments(self.row)
 
 
 class ContinuousEngine(Engine):

@@ -18,6 +18,7 @@ from dglm.errors import DglmError
 from dglm.inputs import check_prefix
 from dglm.pipeline import Row
 from dglm.plugins import get_attributes
+from dglm.segments import written_in_segments
 from dglm.server.engine import EngineClosed, Job, QueueFull
 from dglm.server.protocol import (SETTINGS, ApiError, CompletionRequest, read_json, refuse_unsupported,
                                   request_constraint, request_field, request_stops, token_biases, validation_message)
@@ -155,7 +156,8 @@ def plan_rows(completion: Any, server: ServerState) -> list[Row]:
             raise DglmError(f"logprobs with candidates above 1 is not supported: a candidate is chosen after it is "
                             f"written; send candidates 1 with logprobs (this model's default is "
                             f"{pipeline.config.diffusion.candidates})", field="candidates")
-        if rows[0].diffusion.segment_tokens and completion.logprobs is not None and not server.engine.streams_segments:
+        if (any(written_in_segments(row) for row in rows) and completion.logprobs is not None
+                and not server.engine.streams_segments):
             raise DglmError("logprobs with segment_tokens needs continuous batching (this server runs --batching "
                             "static); send segment_tokens 0 with logprobs", field="segment_tokens")
     except DglmError as error:  # an error without a field is about the attributes (resolving them, their probes)

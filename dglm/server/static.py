@@ -12,6 +12,7 @@ import torch
 
 from dglm.errors import DglmError
 from dglm.pipeline import Row
+from dglm.segments import written_in_segments
 from dglm.server.engine import ChoiceText, Engine, Job, distinct_jobs, log
 
 
@@ -100,4 +101,4 @@ def written_whole(row: Row) -> bool:
     """Whether a row's text is known only once it is written: it chooses among candidates, or is written in segments
     (each planned after the last is written). Such rows are decoded without streaming; a stream gets the text in one
     piece at the end."""
-    return row.diffusion.candidates > 1 or row.diffusion.segment_tokens > 0
+    return row.diffusion.candidates > 1 or written_in_segments(row)
