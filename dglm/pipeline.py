@@ -18,25 +18,24 @@ import torch
 
 from dglm.checkpoint import (TrainableParts, build_parts, check_compatible, default_checkpoint_path, read_checkpoint,
                              write_checkpoint)
-from dglm.config import (SETTINGS_SECTIONS, DecodingSettings, DiffusionSettings, GenerationSettings, PipelineConfig,
-                         check_setting, declared_settings)
+from dglm.config import SETTINGS_SECTIONS, DecodingSettings, DiffusionSettings, GenerationSettings, PipelineConfig
 from dglm.constraints import AttributeSpec, Constraint, as_constraints
 from dglm.endings import whole_sentences
 from dglm.errors import DglmError
 from dglm.inputs import check_counts, check_generation_inputs, check_prefix, check_seed, cut_at_stop, stop_strings
 from dglm.plugins import attribute_terms, get_attributes, get_sampler
 from dglm.processes import chunks, gather_to_main, process_group, shared_seed
+from dglm.request_checks import SETTINGS, check_request, check_setting_values
 from dglm.seeding import candidate_seed, per_sample_randn, sample_generators, sample_seed
 from dglm.segments import write_in_segments, written_in_segments
 from dglm.stages.decoder import SoftPromptDecoder
 from dglm.stages.decoder_adapter import load_adapter
 from dglm.stages.encoder import SentenceEncoder
-from dglm.stages.guidance import BatchGuidance, Guide, build_guide, check_guidance_classifier, check_guidance_mode
+from dglm.stages.guidance import BatchGuidance, Guide, build_guide
 from dglm.stages.samplers import diffuse
 from dglm.stages.sampling import Continued, DecodingBatch, ReadContext
 from dglm.stages.schedule import CosineSchedule, noise_to_level
 
-SETTINGS = declared_settings()
 SCHEDULE_SETTINGS = ("sampler", "steps", "prefix_guidance", "renoise_alpha2", "guidance_start", "segment_tokens",
                      "particles")  # the diffusion settings a batch's rows must share (`Row.schedule_key`)
 
@@ -85,10 +84,11 @@ class Row:
 @dataclass
 class Writing:
     """Rows planned and read by the decoder, ready to be decoded (`Pipeline.start_writing`): which row and candidate
-    each of the batch's rows is (`drafts`), and each row's context as the encoder read it (`read`)."""
+    each of the batch's rows is (`drafts`), and the embedding of each row's context (`read`, what choosing compares
+    candidates with)."""
 
     drafts: list[tuple[int, int]]
-    read: list[str]
+    read: torch.Tensor
     batch: DecodingBatch
 
 
@@ -360,33 +360,36 @@ class Pipeline:
         diffusion schedule (`Row.schedule_key`)."""
         drafts = [(index, candidate) for index, row in enumerate(rows) for candidate in range(row.diffusion.candidates)]
         read = [self.encoder.keep_recent(context) for context in contexts] if in_segments else contexts
+        read_embeddings = self.encoder.encode(read).to(self.decoder.device)  # once a row, however many candidates
         texts, diffusion = [(reading or contexts)[index] for index, _ in drafts], rows[0].diffusion
         generators = sample_generators([candidate_seed(seeds[index], candidate) for index, candidate in drafts])
         guidance = BatchGuidance([rows[index].guide for index, _ in drafts],
                                  [rows[index].diffusion.guidance_scale for index, _ in drafts])
-        latents = self.propose_latents([read[index] for index, _ in drafts], generators, guidance, diffusion)
+        latents = self.propose_latents(read_embeddings[[index for index, _ in drafts]], generators, guidance, diffusion)
         soft_prompts = self.soft_prompts(latents, generators, diffusion.renoise_alpha2)
         batch = self.decoder.start(texts, soft_prompts, generators, [decodings[i] for i, _ in drafts],
                                    logit_bias=[rows[i].logit_bias for i, _ in drafts], keep_read=in_segments)
-        return Writing(drafts, read, batch)
+        return Writing(drafts, read_embeddings, batch)
 
-    def choose_candidate(self, row: Row, texts: list[str], context: str | None = None) -> int:
+    def choose_candidate(self, row: Row, texts: list[str], context: torch.Tensor | None = None) -> int:
         """Which of a sample's decoded candidates to keep: of those whose every probe target the guidance probes read
         at `guidance_target` or more on the written continuation, the one whose embedding is closest to the prefix's
         (what stays on the prefix); when none is, the one whose targets' weighted log-probability is highest. Only
         what generation has is used: the guidance probes and the encoder. Phrases count towards closeness: the cosine
-        to each phrase, signed by its weight, is added to the cosine to the prefix."""
-        embeddings = self.encoder.encode([row.prefix if context is None else context, *texts]).to(self.decoder.device)
-        closeness = embeddings[1:] @ embeddings[0]
+        to each phrase, signed by its weight, is added to the cosine to the prefix. `context` is the embedding of what
+        the candidates follow (`Writing.read`); the prefix's when None."""
+        context = self.encoder.encode([row.prefix])[0] if context is None else context
+        embeddings = self.encoder.encode(texts).to(self.decoder.device)
+        closeness = embeddings @ context.to(self.decoder.device)
         if row.guide is None:
             return int(closeness.argmax())
         for bound in row.guide.phrases:
-            closeness = closeness + (embeddings[1:] @ bound.embedding) * (1 if bound.at_least else -1)
+            closeness = closeness + (embeddings @ bound.embedding) * (1 if bound.at_least else -1)
         with torch.no_grad():
-            log_prob = row.guide.embedding_log_prob(embeddings[1:])
+            log_prob = row.guide.embedding_log_prob(embeddings)
             reached = torch.ones(len(texts), dtype=torch.bool, device=embeddings.device)
             for probe, label_index, weight in row.guide.terms:
-                p = torch.softmax(probe(embeddings[1:]), dim=-1)[:, label_index]
+                p = torch.softmax(probe(embeddings), dim=-1)[:, label_index]
                 reached &= (p if weight >= 0 else 1 - p) >= row.diffusion.guidance_target
         if bool(reached.any()):
             return int(torch.where(reached, closeness, torch.full_like(closeness, -math.inf)).argmax())
@@ -399,12 +402,14 @@ class Pipeline:
             self.decoder.check_fits(prefix_ids, self.config.prompt_generator.num_soft_prompts,
                                     row.decoding.max_new_tokens)
 
-    def propose_latents(self, prefixes: list[str], generators: list[torch.Generator],
+    def propose_latents(self, prefixes: list[str] | torch.Tensor, generators: list[torch.Generator],
                         guidance: BatchGuidance | None = None,
                         diffusion: DiffusionSettings | None = None) -> torch.Tensor:
-        """The guided diffusion alone: one clean continuation latent per prefix and generator."""
+        """The guided diffusion alone: one clean continuation latent per prefix (a text, or its encoder embedding)
+        and generator."""
         diffusion = diffusion or self.config.diffusion
-        prefix_latents = self.parts.normalizer.to_latent(self.encoder.encode(prefixes).to(self.decoder.device))
+        embeddings = self.encoder.encode(prefixes) if isinstance(prefixes, list) else prefixes
+        prefix_latents = self.parts.normalizer.to_latent(embeddings.to(self.decoder.device))
         return diffuse(self.parts.denoiser, get_sampler(diffusion.sampler)(self.schedule), prefix_latents, generators,
                        diffusion.steps, guidance=guidance, prefix_guidance=diffusion.prefix_guidance,
                        guidance_start=diffusion.guidance_start, particles=diffusion.particles)
@@ -415,35 +420,4 @@ class Pipeline:
         noise = per_sample_randn(generators, (latents.shape[-1],), device=latents.device)
         alpha2 = self.config.diffusion.renoise_alpha2 if renoise_alpha2 is None else renoise_alpha2
         return self.parts.prompt_generator(noise_to_level(latents, alpha2, noise))
-
-
-def check_request(constraints: list[Constraint], settings: dict[str, Any], num_samples: int = 1, batch_size: int = 1,
-                  seed: int | None = None, stop: str | list[str] | None = None) -> list[str]:
-    """Everything about a request that needs no model: the attributes are registered (with their labels), the
-    settings' values are in range, the counts and seed can run, and the stop strings are text (returned as a list).
-    `plan` runs it, and the CLI runs it before loading the model, so that a bad request fails in a fraction of a
-    second rather than after the model's seconds of loading."""
-    attribute_terms(constraints)
-    check_setting_values(settings)
-    check_counts(num_samples, batch_size, seed)
-    return stop_strings(stop)
-
-
-def check_setting_values(overrides: dict[str, Any]) -> None:
-    """Check the given settings' names and values (None: not given) without a checkpoint: ranges, sampler and mode
-    names."""
-    unknown = sorted(set(overrides) - set(SETTINGS))
-    if unknown:
-        raise DglmError(f"unknown generation setting(s) {unknown}; settings: {', '.join(SETTINGS)}")
-    for name, value in overrides.items():
-        if value is not None:
-            _, spec, kind = SETTINGS[name]
-            check_setting(spec, kind, value)
-    if overrides.get("sampler") is not None:
-        get_sampler(overrides["sampler"])
-    if overrides.get("guidance_mode") is not None:
-        check_guidance_mode(overrides["guidance_mode"])
-    if overrides.get("guidance_classifier") is not None:
-        check_guidance_classifier(overrides["guidance_classifier"])
-
 

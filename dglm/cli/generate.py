@@ -77,8 +77,9 @@ def cmd_generate(args: argparse.Namespace) -> None:
     from dglm.constraints import parse_constraint, parse_phrase
     from dglm.data.prefixes import count_prefixes, iter_prefixes, spool_stdin, stdin_is_piped
     from dglm.inputs import check_prefix
-    from dglm.pipeline import Pipeline, check_request
+    from dglm.pipeline import Pipeline
     from dglm.processes import chunks, process_group, shared_seed
+    from dglm.request_checks import check_request
     from dglm.sample_file import SampleFile, format_sample
 
     source = str(args.prefix_file) if args.prefix_file else None  # what the run records: "-" for standard input

@@ -40,7 +40,7 @@ class InFlight:
     written: list[int] = field(default_factory=list)
     segment: int = 0
     drafts: dict[int, list[int]] = field(default_factory=dict)  # candidate -> its tokens
-    read: str = ""  # the segment's context as the encoder read it (what choosing compares with)
+    read: torch.Tensor | None = None  # the embedding of the segment's context (what choosing compares with)
     context: ReadContext | None = None  # what the decoder read before the last segment
     last: list[int] = field(default_factory=list)  # the last segment's tokens
 
