@@ -39,6 +39,21 @@ def test_the_kept_text_is_the_candidate_the_rule_chooses(tiny_pipeline, toy_plug
     assert kept == drafts[pipeline.choose_candidate(row, texts)]
 
 
+def test_a_plan_encodes_each_context_once_and_choosing_does_not_encode_it_again(tiny_pipeline, toy_plugin, monkeypatch):
+    pipeline, encoded = tiny_pipeline, []
+    encode = pipeline.encoder.encode
+    monkeypatch.setattr(pipeline.encoder, "encode", lambda texts, *args, **kwargs: encoded.append(list(texts))
+                        or encode(texts, *args, **kwargs))
+    rows = rows_for(pipeline, "The film", [3], 3, ["toy_sentiment=positive"])
+    rows += rows_for(pipeline, "A long day at the office", [4], 3, ["toy_sentiment=positive"])
+    kept, _ = pipeline.write(rows, [row.prefix for row in rows], [row.seed for row in rows],
+                             [row.decoding for row in rows])
+    contexts = [texts for texts in encoded if "The film" in texts]
+    assert contexts == [["The film", "A long day at the office"]], "each context once, and only when planning"
+    monkeypatch.undo()
+    assert kept == pipeline.generate_rows(rows), "the same text as the rows written the usual way"
+
+
 def test_the_rule_prefers_the_closest_of_those_that_reach_the_target_else_the_most_on_target(tiny_pipeline, toy_plugin):
     pipeline = tiny_pipeline
     texts = ["a good day", "a bad day", "The film was fine", "nothing at all", "The film"]
