@@ -9,7 +9,8 @@ rows). The rules:
 - probe only: the candidate the guidance probe reads most on target (best of K by the probe);
 - judges' oracle: of the candidates both judges read as asked, the closest to the prefix (else the default's pick).
   The oracle reads the judges, which generation must never do: it bounds what a perfect chooser could reach.
-It also reports how well the probe's reading ranks the candidates as each judge labels them (ROC AUC).
+It also reports, within each condition, how well the probe's reading ranks the candidates as each judge labels them
+(ROC AUC), and, for scale, how well each judge's probability ranks them as the other judge labels them.
 
     python benchmarks/studies/choosers.py --samples 10 --candidates 8 --scales 16 64
 """
@@ -62,7 +63,8 @@ def main() -> None:
             written = write_candidates(bench, f"sentiment={label}", scale, args.candidates)
             texts = [text for _, options in written for text in options]
             prefixes = [row.prefix for row, options in written for _ in options]
-            positive = {name: [p > 0.5 for p in judge.probability(texts, "positive")] for name, judge in judges.items()}
+            probability = {name: judge.probability(texts, "positive") for name, judge in judges.items()}
+            positive = {name: [p > 0.5 for p in probabilities] for name, probabilities in probability.items()}
             as_asked = [all(flags[i] == (label == "positive") for flags in positive.values()) for i in range(len(texts))]
             embeddings = collapse.encoder.encode(texts)
             prefix_embedding = dict(zip(sorted(set(prefixes)), collapse.encoder.encode(sorted(set(prefixes)))))
@@ -72,7 +74,10 @@ def main() -> None:
                 on_target = torch.softmax(probe(pipeline.encoder.encode(texts)), -1)[:, label_index].tolist()
             key = f"scale {scale:g} | sentiment={label}"
             results[key] = {"probe_auc": {name: roc_auc_score([f == (label == "positive") for f in flags], on_target)
-                                          for name, flags in positive.items()}}
+                                          for name, flags in positive.items()},
+                            "other_judge_auc": {name: roc_auc_score(flags, probability[other])
+                                                for name, flags in positive.items() for other in probability
+                                                if other != name}}
 
             def pick(rule: str, first: int, k: int, row) -> int:
                 """The candidate `rule` keeps of the k from index `first` (one sample's)."""
