@@ -318,7 +318,8 @@ class Pipeline:
                 raise DglmError("text written in segments cannot be streamed token by token yet; send "
                                 "segment_tokens 0 to stream", field="segment_tokens")
             end_of_text = self.decoder.tokenizer.eos_token_id
-            token_ids = write_in_segments(rows, rows[0].diffusion.segment_tokens, self.write, self.decoder.decode, end_of_text)
+            token_ids = write_in_segments(rows, rows[0].diffusion.segment_tokens, self.write, self.decoder.decode,
+                                          end_of_text)
         else:
             self.encoder.warn_if_cut([row.prefix for row in rows])
             token_ids, _ = self.write(rows, [row.prefix for row in rows], [row.seed for row in rows],
@@ -420,4 +421,3 @@ class Pipeline:
         noise = per_sample_randn(generators, (latents.shape[-1],), device=latents.device)
         alpha2 = self.config.diffusion.renoise_alpha2 if renoise_alpha2 is None else renoise_alpha2
         return self.parts.prompt_generator(noise_to_level(latents, alpha2, noise))
-
