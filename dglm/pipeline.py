@@ -306,9 +306,11 @@ class Pipeline:
         """The continuation's token ids for each row, in one batch (`generate` validates and batches for you).
 
         The rows must share a diffusion schedule (`Row.schedule_key`); attributes, guidance scale and decoding
-        settings may differ row by row. `on_step` is passed to the decoder (streaming, see `generate_tokens`). Rows
-        longer than their `segment_tokens` are written in segments (`dglm.segments`), each planned by `write`; rows
-        that ask to `end_at` a sentence are cut after their last complete one (`ended`).
+        settings may differ row by row. `on_step` is passed to the decoder (streaming, see
+        `SoftPromptDecoder.generate_tokens`). When a row is longer than its `segment_tokens`, the batch is written in
+        segments (`dglm.segments`), each planned by `write`: batch such rows apart from rows planned once, whose
+        encoder would otherwise read a prompt longer than its window from its end. Rows that ask to `end_at` a
+        sentence are cut after their last complete one (`ended`).
         """
         if len({row.schedule_key for row in rows}) > 1:
             raise DglmError(f"rows in one batch must share {', '.join(SCHEDULE_SETTINGS)}")
@@ -409,7 +411,7 @@ class Pipeline:
         """The guided diffusion alone: one clean continuation latent per prefix (a text, or its encoder embedding)
         and generator."""
         diffusion = diffusion or self.config.diffusion
-        embeddings = self.encoder.encode(prefixes) if isinstance(prefixes, list) else prefixes
+        embeddings = prefixes if isinstance(prefixes, torch.Tensor) else self.encoder.encode(list(prefixes))
         prefix_latents = self.parts.normalizer.to_latent(embeddings.to(self.decoder.device))
         return diffuse(self.parts.denoiser, get_sampler(diffusion.sampler)(self.schedule), prefix_latents, generators,
                        diffusion.steps, guidance=guidance, prefix_guidance=diffusion.prefix_guidance,

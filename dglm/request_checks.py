@@ -43,5 +43,3 @@ def check_setting_values(overrides: dict[str, Any]) -> None:
         check_guidance_mode(overrides["guidance_mode"])
     if overrides.get("guidance_classifier") is not None:
         check_guidance_classifier(overrides["guidance_classifier"])
-
-

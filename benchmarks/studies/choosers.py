@@ -5,7 +5,7 @@ candidates are written once and kept. Each rule then picks one per sample from t
 are judged as `dglm eval` judges them (TF-IDF and mpnet judges, collapse on mpnet, against plain sampling on the same
 rows). The rules:
 - first: candidate 0, what one candidate writes;
-- the default: `Pipeline.choose_candidate` (the guidance probe at GUIDANCE_TARGET, then the closest to the prefix);
+- the default: `Pipeline.choose_candidate` (the guidance probe at `guidance_target`, then the closest to the prefix);
 - probe only: the candidate the guidance probe reads most on target (best of K by the probe);
 - judges' oracle: of the candidates both judges read as asked, the closest to the prefix (else the default's pick).
   The oracle reads the judges, which generation must never do: it bounds what a perfect chooser could reach.
