@@ -307,25 +307,30 @@ class Pipeline:
 
         The rows must share a diffusion schedule (`Row.schedule_key`); attributes, guidance scale and decoding
         settings may differ row by row. `on_step` is passed to the decoder (streaming, see
-        `SoftPromptDecoder.generate_tokens`). When a row is longer than its `segment_tokens`, the batch is written in
-        segments (`dglm.segments`), each planned by `write`: batch such rows apart from rows planned once, whose
-        encoder would otherwise read a prompt longer than its window from its end. Rows that ask to `end_at` a
-        sentence are cut after their last complete one (`ended`).
+        `SoftPromptDecoder.generate_tokens`). Rows longer than their `segment_tokens` are written in segments
+        (`dglm.segments`), each planned by `write`, apart from the rows planned once, so that each is written as it
+        would be alone. Rows that ask to `end_at` a sentence are cut after their last complete one (`ended`).
         """
         if len({row.schedule_key for row in rows}) > 1:
             raise DglmError(f"rows in one batch must share {', '.join(SCHEDULE_SETTINGS)}")
         self.check_fits(rows)  # before any model runs, and before the encoder's warning
-        if any(written_in_segments(row) for row in rows):
-            if on_step is not None:
-                raise DglmError("text written in segments cannot be streamed token by token yet; send "
-                                "segment_tokens 0 to stream", field="segment_tokens")
-            end_of_text = self.decoder.tokenizer.eos_token_id
-            token_ids = write_in_segments(rows, rows[0].diffusion.segment_tokens, self.write, self.decoder.decode,
-                                          end_of_text)
-        else:
-            self.encoder.warn_if_cut([row.prefix for row in rows])
-            token_ids, _ = self.write(rows, [row.prefix for row in rows], [row.seed for row in rows],
-                                      [row.decoding for row in rows], on_step)
+        in_segments = [index for index, row in enumerate(rows) if written_in_segments(row)]
+        once = [index for index in range(len(rows)) if index not in in_segments]
+        if in_segments and on_step is not None:
+            raise DglmError("text written in segments cannot be streamed token by token yet; send "
+                            "segment_tokens 0 to stream", field="segment_tokens")
+        token_ids: list[list[int]] = [[] for _ in rows]
+        if in_segments:
+            written = write_in_segments([rows[i] for i in in_segments], rows[0].diffusion.segment_tokens, self.write,
+                                        self.decoder.decode, self.decoder.tokenizer.eos_token_id)
+            for index, ids in zip(in_segments, written):
+                token_ids[index] = ids
+        if once:
+            self.encoder.warn_if_cut([rows[i].prefix for i in once])
+            written, _ = self.write([rows[i] for i in once], [rows[i].prefix for i in once],
+                                    [rows[i].seed for i in once], [rows[i].decoding for i in once], on_step)
+            for index, ids in zip(once, written):
+                token_ids[index] = ids
         return [self.ended(row, ids) for row, ids in zip(rows, token_ids)]
 
     def ended(self, row: Row, token_ids: list[int]) -> list[int]:

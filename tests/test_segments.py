@@ -55,6 +55,21 @@ def test_segments_are_not_streamed_text_that_fits_one_is_and_the_setting_is_chec
         tiny_pipeline.generate("The film", segment_tokens=-1)
 
 
+def test_a_row_planned_once_beside_rows_in_segments_is_written_as_it_would_be_alone(tiny_pipeline, monkeypatch):
+    monkeypatch.setattr(tiny_pipeline.encoder.model, "max_seq_length", 12)  # a window the decoder's context exceeds
+    long_prompt = " ".join(f"word{i}" for i in range(24))  # the encoder reads its beginning when planned once
+    settings = dict(seed=1, candidates=2, segment_tokens=4)
+    short = next(tiny_pipeline.plan([long_prompt], max_new_tokens=4, **settings))
+    long = next(tiny_pipeline.plan(["The film"], max_new_tokens=9, **settings))
+    assert short.schedule_key == long.schedule_key  # so a server may batch them together
+    encoded, encode = [], tiny_pipeline.encoder.encode
+    monkeypatch.setattr(tiny_pipeline.encoder, "encode", lambda texts, *args, **kwargs: encoded.extend(texts)
+                        or encode(texts, *args, **kwargs))
+    together = tiny_pipeline.generate_rows([short, long])
+    assert long_prompt in encoded, "a row planned once is planned from its prompt, as alone, not from its end"
+    assert together == tiny_pipeline.generate_rows([short]) + tiny_pipeline.generate_rows([long])
+
+
 def test_the_encoder_reads_the_most_recent_words_of_a_long_text(tiny_pipeline):
     encoder = tiny_pipeline.encoder
     window = encoder.model.max_seq_length

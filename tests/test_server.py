@@ -796,14 +796,6 @@ def test_a_request_written_in_segments_gets_the_python_apis_text_streamed_token_
         assert status == 200, "a request that fits in one segment is written whole, so it may ask for logprobs"
 
 
-def test_the_static_engine_batches_rows_written_in_segments_apart_from_rows_planned_once(tiny_pipeline):
-    from dglm.server.static import batch_key
-
-    short, long = (next(tiny_pipeline.plan(["The film"], seed=1, candidates=2, segment_tokens=4, max_new_tokens=tokens))
-                   for tokens in (4, 9))
-    assert short.schedule_key == long.schedule_key and batch_key(short) != batch_key(long)
-
-
 def test_a_request_that_ends_at_a_sentence_streams_only_whole_sentences(served, tiny_pipeline):
     url, decoder = served[0], tiny_pipeline.decoder
     bias = {decoder.token_ids(["."])[0][0]: 4.0, decoder.token_ids([" the"])[0][0]: 4.0}  # write ". the" often

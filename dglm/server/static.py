@@ -93,9 +93,8 @@ class StaticEngine(Engine):
 
 
 def batch_key(row: Row) -> tuple:
-    """What rows must share to be decoded together: the diffusion schedule, whether they are written whole, and whether
-    in segments (a batch that writes any row in segments reads every row's prompt as a segment does)."""
-    return row.schedule_key, written_whole(row), written_in_segments(row)
+    """What rows must share to be decoded together: the diffusion schedule, and whether they are written whole."""
+    return row.schedule_key, written_whole(row)
 
 
 def written_whole(row: Row) -> bool:
