@@ -226,7 +226,8 @@ def test_long_text_measures_repetition_length_and_the_last_third_and_runs_varian
     one_plan, segments = report["results"]["dglm | toy_sentiment=positive"], report["results"][
         "dglm:segments | toy_sentiment=positive"]
     for result in (one_plan, segments):
-        assert {"repeating_share", "repeated_4gram_share", "words", "words_x_plain", "seconds_x_plain"} <= result.keys()
+        assert {"repeating_share", "repeating_share_at_plain_length", "repeated_4gram_share", "words",
+                "words_x_plain", "seconds_x_plain"} <= result.keys()
         assert {"toy_sentiment=positive", "homogeneity", "prefix_relevance"} <= result["last_third"].keys()
     assert report["results"]["plain | toy_sentiment=positive"]["last_third"]["homogeneity"] == 1.0
     assert one_plan["examples"] != segments["examples"], "the variant ran with the same options"
@@ -237,8 +238,26 @@ def test_long_text_measures_repetition_length_and_the_last_third_and_runs_varian
 
 
 def test_repetition_counts_repeated_word_4grams_and_the_last_third_is_the_last_words():
-    from dglm.evaluation.metrics import last_third, repetition
+    from dglm.evaluation.metrics import last_third, repeats_within, repetition
 
     assert repetition("a b c d a b c d") == (True, 1 / 5)
     assert repetition("one two three four five") == (False, 0.0)
+    assert repeats_within("a b c d a b c d", 8) and not repeats_within("a b c d a b c d", 7)
     assert last_third("1 2 3 4 5 6 7 8 9") == "7 8 9"
+
+
+def test_repetition_at_plain_length_cuts_each_sample_to_what_plain_sampling_wrote_for_its_prefix_and_seed():
+    from dglm.evaluation.harness import repetition_at_plain_length
+
+    def sample(method, condition, prefix, text):
+        return {"method": method, "condition": condition, "guidance_scale": None, "prefix": prefix, "seed": 0,
+                "continuation": text}
+
+    loop = "a b c d a b c d"  # repeats at its eighth word
+    samples = [sample("plain", "none", "A", "1 2 3 4 5 6 7"), sample("plain", "none", "B", "1 2 3 4 5 6 7 8 9"),
+               sample("dglm", "x=y", "A", loop), sample("dglm", "x=y", "B", loop)]
+    results = {"dglm | x=y": {"repeating_share": 1.0}, "plain | none": {"repeating_share": 0.0},
+               "plain | x=y": {"repeating_share": 0.0}}
+    repetition_at_plain_length(results, samples, "plain")
+    assert results["dglm | x=y"]["repeating_share_at_plain_length"] == 0.5  # within 7 words (A) no, within 9 (B) yes
+    assert results["plain | x=y"]["repeating_share_at_plain_length"] == 0.0

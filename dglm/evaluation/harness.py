@@ -24,7 +24,8 @@ from dglm.errors import DglmError
 from dglm.evaluation.baselines import PlainSampling
 from dglm.evaluation.collapse import CollapseJudge, relative_to_plain
 from dglm.evaluation.judges import PerplexityJudge, TextJudge
-from dglm.evaluation.metrics import CopyDetector, distinct_n, label_shares, last_third, median, repetition
+from dglm.evaluation.metrics import (CopyDetector, distinct_n, label_shares, last_third, median, repeats_within,
+                                     repetition)
 from dglm.pipeline import Pipeline
 from dglm.plugins import get_methods
 from dglm.seeding import seeded_rows
@@ -216,7 +217,7 @@ def run_eval(config: EvalConfig, config_path: str = "", generate_only: bool = Fa
         result["examples"] = [rows[i][0] + continuations[i] for i in range(0, len(rows), config.num_samples)][:3]
         return result
 
-    methods, plain = get_methods(), None
+    methods, plain, plain_name = get_methods(), None, None
     for name, options in config.methods.items():
         method = methods[method_plugin(name)](pipeline, **(options or {}))
         method.name = name
@@ -228,7 +229,8 @@ def run_eval(config: EvalConfig, config_path: str = "", generate_only: bool = Fa
             result = run(method, condition)
             report["results"][f"{name} | {condition}"] = result
             unsteered = unsteered or (result if isinstance(method, PlainSampling) else None)
-        plain = plain or unsteered
+        if plain is None and unsteered is not None:
+            plain, plain_name = unsteered, name
     if config.tradeoff_condition:
         report["tradeoff"] = {
             scale: run(methods["dglm"](pipeline, guidance_scale=scale), config.tradeoff_condition, scale)
@@ -236,9 +238,29 @@ def run_eval(config: EvalConfig, config_path: str = "", generate_only: bool = Fa
         }
     if plain is not None:  # homogeneity and prefix relevance are relative to plain sampling in the same run
         relative_to_plain([*report["results"].values(), *report.get("tradeoff", {}).values()], plain)
+        if scorer and config.long_text:
+            repetition_at_plain_length(report["results"], samples, plain_name)
     report["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     write_report(config, report, samples)
     return report
+
+
+def repetition_at_plain_length(results: dict, samples: list[dict], plain_name: str) -> None:
+    """Add `repeating_share_at_plain_length` to each long-text result: the share of its samples that repeat a word
+    4-gram within as many words as plain sampling wrote for the same prefix and seed. Plain sampling often ends early
+    (an end-of-text token), and a longer text has more chances to repeat itself; this compares like with like."""
+    plain_words = {(s["prefix"], s["seed"]): len(s["continuation"].split()) for s in samples
+                   if s["method"] == plain_name}
+    runs: dict[str, list[bool]] = {}
+    for sample in samples:
+        if sample["guidance_scale"] is None:  # the trade-off's runs are not long text's
+            runs.setdefault(f"{sample['method']} | {sample['condition']}", []).append(
+                repeats_within(sample["continuation"], plain_words[sample["prefix"], sample["seed"]]))
+    for key, result in results.items():
+        if key in runs:
+            result["repeating_share_at_plain_length"] = sum(runs[key]) / len(runs[key])
+        elif key.startswith(f"{plain_name} | "):  # plain sampling ran once for every condition
+            result["repeating_share_at_plain_length"] = result["repeating_share"]
 
 
 def write_report(config: EvalConfig, report: dict, samples: list[dict]) -> None:
@@ -285,7 +307,8 @@ def markdown_table(report: dict) -> str:
 def long_text_table(results: dict) -> str:
     """Repetition, length and time against plain sampling, and the last third judged alone, a row a run."""
     tails = sorted({key for result in results.values() for key in result.get("last_third", {}) if "=" in key})
-    columns = ["repeating_share", "repeated_4gram_share", "words_x_plain", "seconds_x_plain"]
+    columns = ["repeating_share", "repeating_share_at_plain_length", "repeated_4gram_share", "words_x_plain",
+               "seconds_x_plain"]
     lines = ["| method | condition | " + " | ".join(columns + [f"last third {t}" for t in tails]) +
              " | last third homogeneity | last third prefix_relevance |", "|---|---|" + "---|" * (len(columns) +
                                                                                           len(tails) + 2)]
@@ -295,8 +318,9 @@ def long_text_table(results: dict) -> str:
                                                                                "prefix_relevance"]]
         lines.append(f"| {key} | " + " | ".join(cells) + " |")
     return ("\nLong text: repeating_share, the share of samples in which a word 4-gram occurs twice; "
-            "repeated_4gram_share, the mean share of 4-grams that repeat an earlier one; the last third of each "
-            "continuation's words judged alone.\n\n" + "\n".join(lines) + "\n")
+            "repeating_share_at_plain_length, the same within as many words as plain sampling wrote for the same prefix "
+            "and seed; repeated_4gram_share, the mean share of 4-grams that repeat an earlier one; the last third of "
+            "each continuation's words judged alone.\n\n" + "\n".join(lines) + "\n")
 
 
 def cell(result: dict, column: str) -> str:

@@ -35,6 +35,12 @@ def repetition(text: str) -> tuple[bool, float]:
     return repeats > 0, repeats / len(grams) if grams else 0.0
 
 
+def repeats_within(text: str, words: int) -> bool:
+    """Whether some word 4-gram repeats within the text's first `words` words: repetition at a given length, since a
+    longer text has more chances to repeat itself."""
+    return repetition(" ".join(text.split()[:words]))[0]
+
+
 def last_third(text: str) -> str:
     """The last third of a text's words: what a long text ends on, judged alone."""
     words = text.split()
