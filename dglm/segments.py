@@ -2,8 +2,9 @@
 
 The model was trained on continuations of about 21 tokens, so one proposed meaning covers about one sentence; past
 it, nothing plans the text. With `segment_tokens`, a continuation longer than that is written in segments: each
-segment's meaning is proposed anew by the diffusion, under the same attributes, conditioned on the prefix and the
-text so far (its most recent words, past the encoder's window), and the decoder writes the segment with that whole
+segment's meaning is proposed anew by the diffusion, under the same attributes (after the first segment, guided at
+`segment_guidance` times the scale: the text so far already carries them), conditioned on the prefix and the text so
+far (its most recent words, past the encoder's window), and the decoder writes the segment with that whole
 text as its context and the new segment's soft prompts after it (the earlier segments' soft prompts are not kept:
 they were read while writing their own segment). The decoder's context is what it read before the last segment
 followed by the tokens it wrote in it (`segment_context`): it reads only those, not the whole text again, and reads
@@ -13,6 +14,7 @@ so its text still depends on its seed alone; segment 0 is what one plan draws.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -41,10 +43,9 @@ def write_in_segments(rows: list[Any], segment_tokens: int, write: Callable, dec
         if not active:
             return written
         plans = [next_segment(rows[i], written[i], segment, segment_tokens, decode) for i in active]
-        contexts, seeds, decodings = (list(part) for part in zip(*plans))
+        segment_rows, contexts, seeds, decodings = (list(part) for part in zip(*plans))
         reading = [segment_context(context, read[i], last[i]) for i, context in zip(active, contexts)]
-        token_ids, reads = write([rows[i] for i in active], contexts, seeds, decodings, in_segments=True,
-                                 reading=reading)
+        token_ids, reads = write(segment_rows, contexts, seeds, decodings, in_segments=True, reading=reading)
         for i, ids, row_read in zip(active, token_ids, reads):
             written[i] += ids
             ended[i] = not ids or ids[-1] == end_of_text
@@ -53,12 +54,15 @@ def write_in_segments(rows: list[Any], segment_tokens: int, write: Callable, dec
 
 
 def next_segment(row: Any, written: list[int], segment: int, segment_tokens: int,
-                 decode: Callable[[list[int]], str]) -> tuple[str, int, Any]:
-    """What segment `segment` of a row is written from, once `written` is: its context (the prefix and the text so
-    far), its seed, and its decoding settings (at most `segment_tokens` new tokens, within the row's
-    `max_new_tokens`)."""
+                 decode: Callable[[list[int]], str]) -> tuple[Any, str, int, Any]:
+    """What segment `segment` of a row is written from, once `written` is: the row as this segment plans it (after
+    the first, guided at `segment_guidance` times its scale), its context (the prefix and the text so far), its seed,
+    and its decoding settings (at most `segment_tokens` new tokens, within the row's `max_new_tokens`)."""
     left = row.decoding.max_new_tokens - len(written)
-    return (row.prefix + decode(written), segment_seed(row.seed, segment),
+    diffusion = row.diffusion
+    planned = row if segment == 0 or diffusion.segment_guidance == 1 else dataclasses.replace(
+        row, diffusion=diffusion.updated(guidance_scale=diffusion.guidance_scale * diffusion.segment_guidance))
+    return (planned, row.prefix + decode(written), segment_seed(row.seed, segment),
             row.decoding.updated(max_new_tokens=min(segment_tokens, left)))
 
 

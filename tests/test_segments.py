@@ -117,3 +117,21 @@ def test_ending_at_a_sentence_cuts_the_same_text_after_its_last_full_stop(tiny_p
     assert cut >= 3, "too few samples had a sentence to end at for the test to mean anything"
     with pytest.raises(DglmError, match="end_at must be one of length, sentence, got 'paragraph'"):
         tiny_pipeline.generate("The movie", end_at="paragraph")
+
+
+def test_segments_after_the_first_are_guided_at_segment_guidance_times_the_scale(tiny_pipeline, toy_plugin,
+                                                                                 monkeypatch):
+    import dglm.pipeline
+
+    scales = []
+    guidance = dglm.pipeline.BatchGuidance
+    monkeypatch.setattr(dglm.pipeline, "BatchGuidance", lambda guides, row_scales: scales.append(row_scales)
+                        or guidance(guides, row_scales))
+    gentle = continuations(tiny_pipeline, segment_tokens=4, segment_guidance=0.25)
+    assert scales[0] == [8.0] * 4 and len(scales) == 3 and all(s == [2.0] * 4 for s in scales[1:])
+    strong = dict(segment_tokens=4, guidance_scale=1000.0)  # enough to change the tiny model's tokens
+    gentle, alike = continuations(tiny_pipeline, **strong, segment_guidance=0.0), continuations(tiny_pipeline, **strong)
+    assert gentle != alike and continuations(tiny_pipeline, **strong, segment_guidance=1.0) == alike
+    tokens = tiny_pipeline.decoder.tokenizer
+    for text, first in zip(gentle, alike):  # the first segment is planned as before
+        assert tokens(text)["input_ids"][:4] == tokens(first)["input_ids"][:4]

@@ -796,6 +796,17 @@ def test_a_request_written_in_segments_gets_the_python_apis_text_streamed_token_
         assert status == 200, "a request that fits in one segment is written whole, so it may ask for logprobs"
 
 
+def test_a_segmented_request_guides_its_later_segments_as_the_python_api_does(served, tiny_pipeline):
+    settings = {"max_new_tokens": 9, "segment_tokens": 3, "guidance_scale": 1000.0}  # strong enough to change tokens
+    body = {"prompt": "A film", "seed": 4, "attributes": ["toy_sentiment=positive"], **settings}
+    wants = []
+    for share in (0.0, 1.0):
+        wants.append(alone(tiny_pipeline, "A film", 4, ["toy_sentiment=positive"], segment_guidance=share, **settings))
+        status, answer = request(served[0], "POST", "/v1/completions", {**body, "segment_guidance": share})
+        assert status == 200 and answer["choices"][0]["text"] == wants[-1]
+    assert wants[0] != wants[1]
+
+
 def test_a_request_that_ends_at_a_sentence_streams_only_whole_sentences(served, tiny_pipeline):
     url, decoder = served[0], tiny_pipeline.decoder
     bias = {decoder.token_ids(["."])[0][0]: 4.0, decoder.token_ids([" the"])[0][0]: 4.0}  # write ". the" often

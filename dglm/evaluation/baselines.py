@@ -44,6 +44,7 @@ class DGLM(Method):
         guidance_start: float | None = None
         guidance_classifier: str | None = None
         segment_tokens: int | None = None
+        segment_guidance: float | None = None
         particles: int | None = None
 
     def continue_rows(self, rows, constraints, max_new_tokens):

@@ -318,9 +318,9 @@ def long_text_table(results: dict) -> str:
                                                                                "prefix_relevance"]]
         lines.append(f"| {key} | " + " | ".join(cells) + " |")
     return ("\nLong text: repeating_share, the share of samples in which a word 4-gram occurs twice; "
-            "repeating_share_at_plain_length, the same within as many words as plain sampling wrote for the same prefix "
-            "and seed; repeated_4gram_share, the mean share of 4-grams that repeat an earlier one; the last third of "
-            "each continuation's words judged alone.\n\n" + "\n".join(lines) + "\n")
+            "repeating_share_at_plain_length, the same within as many words as plain sampling wrote for the same "
+            "prefix and seed; repeated_4gram_share, the mean share of 4-grams that repeat an earlier one; the last "
+            "third of each continuation's words judged alone.\n\n" + "\n".join(lines) + "\n")
 
 
 def cell(result: dict, column: str) -> str:

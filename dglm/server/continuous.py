@@ -230,11 +230,10 @@ class ContinuousEngine(Engine):
         if in_segments:
             plans = [next_segment(c.row, c.written, c.segment, c.row.diffusion.segment_tokens, decode) for c in group]
         else:
-            plans = [(c.row.prefix, c.row.seed, c.row.decoding) for c in group]
-        contexts, seeds, decodings = (list(part) for part in zip(*plans))
+            plans = [(c.row, c.row.prefix, c.row.seed, c.row.decoding) for c in group]
+        rows, contexts, seeds, decodings = (list(part) for part in zip(*plans))
         reading = [segment_context(text, c.context, c.last) for c, text in zip(group, contexts)]
-        writing = self.pipeline.start_writing([c.row for c in group], contexts, seeds, decodings, in_segments,
-                                              reading=reading)
+        writing = self.pipeline.start_writing(rows, contexts, seeds, decodings, in_segments, reading=reading)
         for choice, read in zip(group, writing.read):
             choice.read = read
         return writing
