@@ -11,7 +11,8 @@ Requests mix short and long ones (`--short-tokens`, `--long-tokens`, one in `--l
 prompts, attributes and seeds; one in `--stream-every` streams, so that time to first token (TTFT) is seen. Every
 answer at every level must equal that request's text alone: nothing lost, duplicated or mixed up. Optionally (`--overload CLIENTS`) the
 continuous server is restarted with `--max-queue 32` and overloaded: every answer must be a 200 or a 429, and the
-server healthy afterwards. Reports p50 / p95 latency and TTFT, throughput and the server's peak memory (VmHWM), as
+server healthy afterwards. Reports p50 / p95 latency and TTFT (and the p50 of the short requests alone, like
+with like against a lone short request), throughput and the server's peak memory (VmHWM), as
 JSON and a plot. Run it on an otherwise idle CPU:
 
     python benchmarks/serve_load.py --candidates 1 --out benchmarks/results/serve-load-k1.json
@@ -134,10 +135,14 @@ def open_loop(port: int, bodies: list[dict], rate: float, count: int, seed: int)
         return list(pool.map(arrive, range(count)))
 
 
-def summary(results: list[tuple[int, dict]], reference: list[str], wall: float | None = None) -> dict:
+def summary(results: list[tuple[int, dict]], reference: list[str], short: set[int], wall: float | None = None) -> dict:
+    """Latency and TTFT quantiles over every answered request, and the p50 over the short ones (`short`: their
+    indices), which compares like with like against a lone short request; wrong texts and refusals; throughput."""
     ok = [answer for _, answer in results if answer["status"] == 200]
     latencies, ttfts = [a["latency"] for a in ok], [a["ttft"] for a in ok if a["ttft"] is not None]
+    short_latencies = [a["latency"] for i, a in results if a["status"] == 200 and i in short]
     row = {"requests": len(results), "p50_s": quantile(latencies, 0.5), "p95_s": quantile(latencies, 0.95),
+           "short_p50_s": quantile(short_latencies, 0.5),
            "ttft_p50_s": quantile(ttfts, 0.5), "ttft_p95_s": quantile(ttfts, 0.95),
            "wrong_text": sum(a["status"] == 200 and a["text"] != reference[i] for i, a in results),
            "not_200": sum(a["status"] != 200 for _, a in results)}
@@ -160,17 +165,18 @@ def run_mode(batching: str, args, bodies: list[dict], capacity: float | None) ->
         reference = [a["text"] for a in alone]
         short = [a["latency"] for a, body in zip(alone, bodies) if body["max_tokens"] == args.short_tokens]
         first = [a["ttft"] for a, body in zip(alone, bodies) if body["max_tokens"] == args.short_tokens and a["ttft"]]
+        short_ones = {i for i, body in enumerate(bodies) if body["max_tokens"] == args.short_tokens}
         report = {"alone": {"p50_s": quantile(short, 0.5), "ttft_p50_s": quantile(first, 0.5)},
                   "closed_loop": [], "poisson": []}
         for clients in args.clients:
             wall, results = closed_loop(server.port, bodies, clients, args.per_client)
-            report["closed_loop"].append({"clients": clients, **summary(results, reference, wall)})
+            report["closed_loop"].append({"clients": clients, **summary(results, reference, short_ones, wall)})
             print(batching, report["closed_loop"][-1], flush=True)
         capacity = capacity or max(level["samples_per_s"] for level in report["closed_loop"])
         for load in args.loads:
             results = open_loop(server.port, bodies, load * capacity, args.poisson_requests, seed=int(load * 100))
             report["poisson"].append({"load": load, "rate_per_s": round(load * capacity, 3),
-                                      **summary(results, reference)})
+                                      **summary(results, reference, short_ones)})
             print(batching, report["poisson"][-1], flush=True)
         report["peak_memory_mib"] = round(server.peak_memory_mib())
         report["reference"] = reference
@@ -201,6 +207,7 @@ def plot(report: dict, path: Path) -> None:
         left.plot(clients, [level["samples_per_s"] for level in levels], "o-", label=mode)
         middle.plot(clients, [level["p50_s"] for level in levels], "o-", label=f"{mode} p50")
         middle.plot(clients, [level["p95_s"] for level in levels], "x--", label=f"{mode} p95")
+        middle.plot(clients, [level["short_p50_s"] for level in levels], "s:", label=f"{mode} p50 of short requests")
         loads = [row["load"] for row in result["poisson"]]
         right.plot(loads, [row["p50_s"] for row in result["poisson"]], "o-", label=f"{mode} latency p50")
         right.plot(loads, [row["ttft_p95_s"] for row in result["poisson"]], "x--", label=f"{mode} TTFT p95")
