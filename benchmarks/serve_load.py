@@ -243,6 +243,8 @@ def main() -> None:
     parser.add_argument("--long-tokens", type=int, default=60)
     parser.add_argument("--long-every", type=int, default=4, help="one request in this many is long")
     parser.add_argument("--candidates", type=int, help="candidates a sample (default: the model's)")
+    parser.add_argument("--segment-tokens", type=int, help="segment_tokens of every request (default: the model's; "
+                                                           "0 plans each request once)")
     parser.add_argument("--stream-every", type=int, default=2, help="one request in this many streams (its time to "
                                                                     "first token is measured); 0: none")
     parser.add_argument("--overload", type=int, default=0, help="then this many clients against a queue of 32")
@@ -255,8 +257,11 @@ def main() -> None:
     bodies = [{"prompt": PROMPTS[i % len(PROMPTS)], "attributes": TARGETS[(i // len(PROMPTS) + i) % len(TARGETS)],
                "seed": 1000 + i, "max_tokens": args.long_tokens if i % args.long_every == 1 else args.short_tokens,
                "stream": bool(args.stream_every) and i % args.stream_every == 0,
-               **({"candidates": args.candidates} if args.candidates else {})} for i in range(args.distinct)]
+               **({"candidates": args.candidates} if args.candidates else {}),
+               **({"segment_tokens": args.segment_tokens} if args.segment_tokens is not None else {})}
+              for i in range(args.distinct)]
     report = {"candidates": args.candidates or "model default", "stream_every": args.stream_every,
+              "segment_tokens": "model default" if args.segment_tokens is None else args.segment_tokens,
               "short_tokens": args.short_tokens,
               "long_tokens": args.long_tokens, "long_every": args.long_every, "per_client": args.per_client,
               "modes": {}}
