@@ -149,11 +149,13 @@ class DiffusionSettings(Settings):
                                      "anew from the text so far (under the same attributes); 0 plans the whole "
                                      "continuation once. The encoder reads the most recent words of a long text",
                                   at_least=0, at_most=4096)
-    segment_guidance: float = setting(1.0, "guidance of every segment after the first, as a share of GUIDANCE_SCALE: "
-                                           "the first segment sets the attributes, and later ones, planned from text "
-                                           "that already carries them, need less push (pushed less, long texts end "
-                                           "less alike across prefixes); 1 guides every segment alike, 0 leaves "
-                                           "later segments unguided", at_least=0, at_most=1)
+    segment_guidance: float = setting(1.0, "the guidance scale of every segment after the first, as a share of "
+                                           "GUIDANCE_SCALE: the first segment sets the attributes, and later ones, "
+                                           "planned from text that already carries them, need less push (pushed less, "
+                                           "long texts end less alike across prefixes); 1 guides every segment alike. "
+                                           "It scales the push only: choosing among candidates and resampling "
+                                           "particles still read the attributes, and project mode, which the scale "
+                                           "only switches on, changes only at 0", at_least=0, at_most=1)
     renoise_alpha2: float = setting(0.95, "signal level alpha^2 the proposal is re-noised to before it becomes soft "
                                           "prompts (what the prompt generator was trained on); 1 keeps it clean",
                                     above=0, at_most=1)

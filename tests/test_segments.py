@@ -131,7 +131,7 @@ def test_segments_after_the_first_are_guided_at_segment_guidance_times_the_scale
     assert scales[0] == [8.0] * 4 and len(scales) == 3 and all(s == [2.0] * 4 for s in scales[1:])
     strong = dict(segment_tokens=4, guidance_scale=1000.0)  # enough to change the tiny model's tokens
     gentle, alike = continuations(tiny_pipeline, **strong, segment_guidance=0.0), continuations(tiny_pipeline, **strong)
-    assert gentle != alike and continuations(tiny_pipeline, **strong, segment_guidance=1.0) == alike
+    assert gentle != alike
     tokens = tiny_pipeline.decoder.tokenizer
     for text, first in zip(gentle, alike):  # the first segment is planned as before
         assert tokens(text)["input_ids"][:4] == tokens(first)["input_ids"][:4]

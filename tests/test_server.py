@@ -805,6 +805,9 @@ def test_a_segmented_request_guides_its_later_segments_as_the_python_api_does(se
         status, answer = request(served[0], "POST", "/v1/completions", {**body, "segment_guidance": share})
         assert status == 200 and answer["choices"][0]["text"] == wants[-1]
     assert wants[0] != wants[1]
+    with serve_in_thread(create_app(tiny_pipeline, "tiny", ServerLimits(batching="static"))) as static_url:
+        status, answer = request(static_url, "POST", "/v1/completions", {**body, "segment_guidance": 0.0})
+        assert status == 200 and answer["choices"][0]["text"] == wants[0]
 
 
 def test_a_request_that_ends_at_a_sentence_streams_only_whole_sentences(served, tiny_pipeline):
