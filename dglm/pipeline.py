@@ -314,8 +314,9 @@ class Pipeline:
         if len({row.schedule_key for row in rows}) > 1:
             raise DglmError(f"rows in one batch must share {', '.join(SCHEDULE_SETTINGS)}")
         self.check_fits(rows)  # before any model runs, and before the encoder's warning
-        in_segments = [index for index, row in enumerate(rows) if written_in_segments(row)]
-        once = [index for index in range(len(rows)) if index not in in_segments]
+        segmented = [written_in_segments(row) for row in rows]
+        in_segments = [index for index, flag in enumerate(segmented) if flag]
+        once = [index for index, flag in enumerate(segmented) if not flag]
         if in_segments and on_step is not None:
             raise DglmError("text written in segments cannot be streamed token by token yet; send "
                             "segment_tokens 0 to stream", field="segment_tokens")

@@ -60,7 +60,7 @@ def next_segment(row: Any, written: list[int], segment: int, segment_tokens: int
     and its decoding settings (at most `segment_tokens` new tokens, within the row's `max_new_tokens`)."""
     left = row.decoding.max_new_tokens - len(written)
     diffusion = row.diffusion
-    planned = row if segment == 0 or diffusion.segment_guidance == 1 else dataclasses.replace(
+    planned = row if segment == 0 else dataclasses.replace(
         row, diffusion=diffusion.updated(guidance_scale=diffusion.guidance_scale * diffusion.segment_guidance))
     return (planned, row.prefix + decode(written), segment_seed(row.seed, segment),
             row.decoding.updated(max_new_tokens=min(segment_tokens, left)))

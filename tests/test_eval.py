@@ -256,8 +256,8 @@ def test_repetition_at_plain_length_cuts_each_sample_to_what_plain_sampling_wrot
     loop = "a b c d a b c d"  # repeats at its eighth word
     samples = [sample("plain", "none", "A", "1 2 3 4 5 6 7"), sample("plain", "none", "B", "1 2 3 4 5 6 7 8 9"),
                sample("dglm", "x=y", "A", loop), sample("dglm", "x=y", "B", loop)]
-    results = {"dglm | x=y": {"repeating_share": 1.0}, "plain | none": {"repeating_share": 0.0},
-               "plain | x=y": {"repeating_share": 0.0}}
+    plain = {"repeating_share": 0.0}  # one run, shared by every condition, as run_eval reports it
+    results = {"dglm | x=y": {"repeating_share": 1.0}, "plain | none": plain, "plain | x=y": plain}
     repetition_at_plain_length(results, samples, "plain")
     assert results["dglm | x=y"]["repeating_share_at_plain_length"] == 0.5  # within 7 words (A) no, within 9 (B) yes
     assert results["plain | x=y"]["repeating_share_at_plain_length"] == 0.0

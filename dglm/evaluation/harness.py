@@ -248,7 +248,8 @@ def run_eval(config: EvalConfig, config_path: str = "", generate_only: bool = Fa
 def repetition_at_plain_length(results: dict, samples: list[dict], plain_name: str) -> None:
     """Add `repeating_share_at_plain_length` to each long-text result: the share of its samples that repeat a word
     4-gram within as many words as plain sampling wrote for the same prefix and seed. Plain sampling often ends early
-    (an end-of-text token), and a longer text has more chances to repeat itself; this compares like with like."""
+    (an end-of-text token), and a longer text has more chances to repeat itself; this compares like with like. Plain
+    sampling runs once, and its result is the same dict under every condition (`run_eval`)."""
     plain_words = {(s["prefix"], s["seed"]): len(s["continuation"].split()) for s in samples
                    if s["method"] == plain_name}
     runs: dict[str, list[bool]] = {}
@@ -259,8 +260,6 @@ def repetition_at_plain_length(results: dict, samples: list[dict], plain_name: s
     for key, result in results.items():
         if key in runs:
             result["repeating_share_at_plain_length"] = sum(runs[key]) / len(runs[key])
-        elif key.startswith(f"{plain_name} | "):  # plain sampling ran once for every condition
-            result["repeating_share_at_plain_length"] = result["repeating_share"]
 
 
 def write_report(config: EvalConfig, report: dict, samples: list[dict]) -> None:
