@@ -142,6 +142,10 @@ class DiffusionSettings(Settings):
                                  "every attribute the guidance probes read at GUIDANCE_TARGET or more on the written "
                                  "text, the one closest to the prefix; when none is, the one that carries the "
                                  "attributes best. 1 keeps the first (the sample's own draw)", at_least=1, at_most=64)
+    avoid_repeats: int = setting(0, "with CANDIDATES above 1, pass over a candidate that repeats a phrase of this "
+                                    "many words (one the continuation already holds, or one of its own twice) when "
+                                    "another does not; keeps long text from looping. 0 turns it off",
+                                 at_least=0, at_most=32)
     particles: int = setting(1, "latent particles the diffusion runs for each proposal, resampled a few times by how "
                                 "far the attribute probes read their targets and drawn from at the end (sequential "
                                 "Monte Carlo; the ddim sampler only); 1 runs one", at_least=1, at_most=64)
@@ -203,6 +207,7 @@ class GenerationSettings(TypedDict, total=False):
     prefix_guidance: float | None
     mc_draws: int | None
     candidates: int | None
+    avoid_repeats: int | None
     particles: int | None
     segment_tokens: int | None
     segment_guidance: float | None

@@ -25,6 +25,7 @@ from dglm.errors import DglmError
 from dglm.inputs import check_counts, check_generation_inputs, check_prefix, check_seed, cut_at_stop, stop_strings
 from dglm.plugins import attribute_terms, get_attributes, get_sampler
 from dglm.processes import chunks, gather_to_main, process_group, shared_seed
+from dglm.repeats import without_new_repeats
 from dglm.request_checks import SETTINGS, check_request, check_setting_values
 from dglm.seeding import candidate_seed, per_sample_randn, sample_generators, sample_seed
 from dglm.segments import write_in_segments, written_in_segments
@@ -351,10 +352,11 @@ class Pipeline:
         writing = self.start_writing(rows, contexts, seeds, decodings, in_segments, reading)
         token_ids, chosen = iter(writing.batch.run(on_step=on_step)), []
         read = [writing.batch.contexts[draft] for draft, (_, candidate) in enumerate(writing.drafts) if candidate == 0]
-        for row, context in zip(rows, writing.read):
+        for row, context, text in zip(rows, writing.read, contexts):
             options = [next(token_ids) for _ in range(row.diffusion.candidates)]
             texts = [self.decoder.decode(ids) for ids in options] if len(options) > 1 else []
-            chosen.append(options[self.choose_candidate(row, texts, context)] if texts else options[0])
+            before = text[len(row.prefix):]  # a context is the prefix and the continuation written so far
+            chosen.append(options[self.choose_candidate(row, texts, context, before)] if texts else options[0])
         return chosen, read
 
     @torch.no_grad()
@@ -380,29 +382,34 @@ class Pipeline:
                                    logit_bias=[rows[i].logit_bias for i, _ in drafts], keep_read=in_segments)
         return Writing(drafts, read_embeddings, batch)
 
-    def choose_candidate(self, row: Row, texts: list[str], context: torch.Tensor | None = None) -> int:
+    def choose_candidate(self, row: Row, texts: list[str], context: torch.Tensor | None = None,
+                         before: str = "") -> int:
         """Which of a sample's decoded candidates to keep: of those whose every probe target the guidance probes read
         at `guidance_target` or more on the written continuation, the one whose embedding is closest to the prefix's
         (what stays on the prefix); when none is, the one whose targets' weighted log-probability is highest. Only
         what generation has is used: the guidance probes and the encoder. Phrases count towards closeness: the cosine
         to each phrase, signed by its weight, is added to the cosine to the prefix. `context` is the embedding of what
-        the candidates follow (`Writing.read`); the prefix's when None."""
+        the candidates follow (`Writing.read`); the prefix's when None. With `avoid_repeats`, candidates that repeat
+        a phrase of the continuation written `before` them, or one of their own, are passed over when another is
+        not."""
         context = self.encoder.encode([row.prefix])[0] if context is None else context
         embeddings = self.encoder.encode(texts).to(self.decoder.device)
-        closeness = embeddings @ context.to(self.decoder.device)
+        fresh = without_new_repeats(texts, before, row.diffusion.avoid_repeats)
+        allowed = torch.tensor(fresh, device=embeddings.device)
+        closeness = (embeddings @ context.to(self.decoder.device)).masked_fill(~allowed, -math.inf)
         if row.guide is None:
             return int(closeness.argmax())
         for bound in row.guide.phrases:
             closeness = closeness + (embeddings @ bound.embedding) * (1 if bound.at_least else -1)
         with torch.no_grad():
             log_prob = row.guide.embedding_log_prob(embeddings)
-            reached = torch.ones(len(texts), dtype=torch.bool, device=embeddings.device)
+            reached = allowed.clone()
             for probe, label_index, weight in row.guide.terms:
                 p = torch.softmax(probe(embeddings), dim=-1)[:, label_index]
                 reached &= (p if weight >= 0 else 1 - p) >= row.diffusion.guidance_target
         if bool(reached.any()):
             return int(torch.where(reached, closeness, torch.full_like(closeness, -math.inf)).argmax())
-        return int(log_prob.argmax())
+        return int(log_prob.masked_fill(~allowed, -math.inf).argmax())
 
     def check_fits(self, rows: list[Row]) -> None:
         """Refuse rows whose prefix, soft prompts and new tokens would overrun the decoder's context, before any

@@ -11,6 +11,7 @@ import torch
 from dglm.constraints import as_constraints
 from dglm.errors import DglmError
 from dglm.pipeline import Row
+from dglm.repeats import adds_repeat, without_new_repeats
 from dglm.seeding import SAMPLE_SEEDS, candidate_seed, sample_generators
 from dglm.stages.guidance import BatchGuidance
 
@@ -70,6 +71,34 @@ def test_the_rule_prefers_the_closest_of_those_that_reach_the_target_else_the_mo
             assert reached[chosen] and closeness[chosen] == closeness[reached].max()
         else:
             assert chosen == int(positive.argmax())
+
+
+def test_a_candidate_that_repeats_a_phrase_of_the_text_so_far_or_its_own_is_passed_over_when_another_is_not(
+        tiny_pipeline, toy_plugin):
+    pipeline = tiny_pipeline
+    before = "we went to the lake and swam"
+    looping = "we went to the lake again"  # repeats "we went to the" of the text so far
+    own_loop = "a good day, a good day, a good day"  # repeats a phrase of its own
+    fresh = "then the rain came down hard"
+    for attributes in (None, ["toy_sentiment=positive"]):
+        row = rows_for(pipeline, "The film", [0], 3, attributes)[0]
+        avoiding = dataclasses.replace(row, diffusion=row.diffusion.updated(avoid_repeats=4))
+        for order in ([looping, own_loop, fresh], [fresh, looping, own_loop], [own_loop, fresh, looping]):
+            assert order[pipeline.choose_candidate(avoiding, order, before=before)] == fresh
+        # when every candidate repeats, the rule chooses among all of them, as without the setting
+        loops = [looping, own_loop]
+        assert (pipeline.choose_candidate(avoiding, loops, before=before)
+                == pipeline.choose_candidate(row, loops, before=before))
+
+
+def test_a_repeat_is_a_word_ngram_the_text_so_far_did_not_already_repeat():
+    assert adds_repeat("", "a b c d a b c d", 4) and not adds_repeat("", "a b c d e", 4)
+    assert adds_repeat("x a b c d", "e A b c d", 4), "lowercased, and against the text so far"
+    assert adds_repeat("a b", "c d a b c d", 4), "an n-gram across the join counts"
+    assert not adds_repeat("a b c d a b c d", "e f", 4), "a repeat already written is not the candidate's"
+    assert without_new_repeats(["a b c d a b c d", "p q r s"], "", 4) == [False, True]
+    assert without_new_repeats(["a b c d a b c d"], "", 4) == [True], "each adds one: all stay"
+    assert without_new_repeats(["a b c d a b c d", "p"], "", 0) == [True, True], "0 turns it off"
 
 
 def test_a_sample_with_candidates_is_the_same_alone_and_in_a_batch(tiny_pipeline):

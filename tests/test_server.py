@@ -810,6 +810,20 @@ def test_a_segmented_request_guides_its_later_segments_as_the_python_api_does(se
         assert status == 200 and answer["choices"][0]["text"] == wants[0]
 
 
+def test_a_segmented_request_with_candidates_passes_over_repeats_as_the_python_api_does(served, tiny_pipeline):
+    settings = {"max_new_tokens": 9, "segment_tokens": 3, "candidates": 3}
+    changed = 0
+    for seed in range(3):
+        texts = []
+        for words in (0, 1):  # 1: a candidate that repeats a word of the text so far is passed over
+            texts.append(alone(tiny_pipeline, "A film", seed, avoid_repeats=words, **settings))
+            body = {"prompt": "A film", "seed": seed, "avoid_repeats": words, **settings}
+            status, answer = request(served[0], "POST", "/v1/completions", body)
+            assert status == 200 and answer["choices"][0]["text"] == texts[-1]
+        changed += texts[0] != texts[1]
+    assert changed, "the setting changed no choice: the test shows nothing"
+
+
 def test_a_request_that_ends_at_a_sentence_streams_only_whole_sentences(served, tiny_pipeline):
     url, decoder = served[0], tiny_pipeline.decoder
     bias = {decoder.token_ids(["."])[0][0]: 4.0, decoder.token_ids([" the"])[0][0]: 4.0}  # write ". the" often

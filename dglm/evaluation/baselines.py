@@ -41,6 +41,7 @@ class DGLM(Method):
         guidance_target: float | None = None
         guidance_anchor: float | None = None
         candidates: int | None = None
+        avoid_repeats: int | None = None
         guidance_start: float | None = None
         guidance_classifier: str | None = None
         segment_tokens: int | None = None

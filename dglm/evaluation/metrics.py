@@ -10,6 +10,7 @@ from array import array
 import torch
 
 from dglm.data.pairs import iter_pairs
+from dglm.repeats import word_ngrams
 
 
 def label_shares(verdicts: list[str], labels: list[str]) -> dict[str, float]:
@@ -26,12 +27,8 @@ def distinct_n(texts: list[str], n: int) -> float:
 def repetition(text: str) -> tuple[bool, float]:
     """(whether some lowercased word 4-gram occurs twice, the share of 4-grams that repeat an earlier one): how much a
     long text loops."""
-    words = text.lower().split()
-    grams = [tuple(words[i:i + 4]) for i in range(len(words) - 3)]
-    seen, repeats = set(), 0
-    for gram in grams:
-        repeats += gram in seen
-        seen.add(gram)
+    grams = word_ngrams(text, 4)
+    repeats = len(grams) - len(set(grams))
     return repeats > 0, repeats / len(grams) if grams else 0.0
 
 

@@ -182,7 +182,8 @@ class ContinuousEngine(Engine):
             options = [choice.drafts[c] for c in range(choice.candidates)]
             choice.drafts = {}
             decode = self.pipeline.decoder.decode
-            tokens = options[self.pipeline.choose_candidate(choice.row, [decode(ids) for ids in options], choice.read)]
+            texts = [decode(ids) for ids in options]
+            tokens = options[self.pipeline.choose_candidate(choice.row, texts, choice.read, decode(choice.written))]
         choice.written += tokens
         eos = self.pipeline.decoder.tokenizer.eos_token_id
         if (choice.in_segments and choice.text.cut is None and tokens and tokens[-1] != eos
