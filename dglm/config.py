@@ -153,6 +153,10 @@ class DiffusionSettings(Settings):
                                      "anew from the text so far (under the same attributes); 0 plans the whole "
                                      "continuation once. The encoder reads the most recent words of a long text",
                                   at_least=0, at_most=4096)
+    segment_end: str = setting("length", "where each segment of text written in segments ends: length (after "
+                                         "SEGMENT_TOKENS tokens) or sentence (at its first token that ends a "
+                                         "sentence, within SEGMENT_TOKENS tokens), so that the next plan starts a "
+                                         "sentence", choices=("length", "sentence"))
     segment_guidance: float = setting(1.0, "the guidance scale of every segment after the first, as a share of "
                                            "GUIDANCE_SCALE: the first segment sets the attributes, and later ones, "
                                            "planned from text that already carries them, need less push (pushed less, "
@@ -210,6 +214,7 @@ class GenerationSettings(TypedDict, total=False):
     avoid_repeats: int | None
     particles: int | None
     segment_tokens: int | None
+    segment_end: str | None
     segment_guidance: float | None
     renoise_alpha2: float | None
     max_new_tokens: int | None

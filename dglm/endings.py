@@ -19,6 +19,11 @@ def last_sentence_end(text: str, settled: bool = False) -> int | None:
     return ends[-1] if ends else None
 
 
+def ends_sentence(text: str) -> bool:
+    """Whether the text ends a sentence: its last sentence end is at its very end."""
+    return bool(text) and last_sentence_end(text) == len(text)
+
+
 def whole_sentences(ids: list[int], decode: Callable[[list[int]], str], end_of_text: int) -> list[int]:
     """`ids` cut after the last complete sentence of their text: the fewest tokens that hold it. Unchanged when they
     end with the end-of-text token (the decoder ended the text itself), when the text already ends a sentence, or

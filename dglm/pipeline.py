@@ -367,8 +367,9 @@ class Pipeline:
         the context and the plan's soft prompts, to write with `decodings`. A row with K candidates has K drafts, one
         after the other. For a segment of long text (`in_segments`), the encoder reads the most recent words of a
         context longer than its window (else, its beginning), the decoder reads `reading` when given
-        (`dglm.segments.segment_context`) and keeps what it read for the next segment. The rows must share a
-        diffusion schedule (`Row.schedule_key`)."""
+        (`dglm.segments.segment_context`) and keeps what it read for the next segment, and a row whose segments end
+        at a sentence (`segment_end`) ends at its first sentence end. The rows must share a diffusion schedule
+        (`Row.schedule_key`)."""
         drafts = [(index, candidate) for index, row in enumerate(rows) for candidate in range(row.diffusion.candidates)]
         read = [self.encoder.keep_recent(context) for context in contexts] if in_segments else contexts
         read_embeddings = self.encoder.encode(read).to(self.decoder.device)  # once a row, however many candidates
@@ -379,7 +380,9 @@ class Pipeline:
         latents = self.propose_latents(read_embeddings[[index for index, _ in drafts]], generators, guidance, diffusion)
         soft_prompts = self.soft_prompts(latents, generators, diffusion.renoise_alpha2)
         batch = self.decoder.start(texts, soft_prompts, generators, [decodings[i] for i, _ in drafts],
-                                   logit_bias=[rows[i].logit_bias for i, _ in drafts], keep_read=in_segments)
+                                   logit_bias=[rows[i].logit_bias for i, _ in drafts], keep_read=in_segments,
+                                   end_at_sentence=[in_segments and rows[i].diffusion.segment_end == "sentence"
+                                                    for i, _ in drafts])
         return Writing(drafts, read_embeddings, batch)
 
     def choose_candidate(self, row: Row, texts: list[str], context: torch.Tensor | None = None,

@@ -8,8 +8,9 @@ far (its most recent words, past the encoder's window), and the decoder writes t
 text as its context and the new segment's soft prompts after it (the earlier segments' soft prompts are not kept:
 they were read while writing their own segment). The decoder's context is what it read before the last segment
 followed by the tokens it wrote in it (`segment_context`): it reads only those, not the whole text again, and reads
-its own tokens rather than the text tokenized anew. Segment s of a sample draws from `seeding.segment_seed(seed, s)`,
-so its text still depends on its seed alone; segment 0 is what one plan draws.
+its own tokens rather than the text tokenized anew. With `segment_end="sentence"` a segment ends at its first token
+that ends a sentence (within `segment_tokens`), so that each plan starts a sentence. Segment s of a sample draws from
+`seeding.segment_seed(seed, s)`, so its text still depends on its seed alone; segment 0 is what one plan draws.
 """
 
 from __future__ import annotations

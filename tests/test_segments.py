@@ -135,3 +135,24 @@ def test_segments_after_the_first_are_guided_at_segment_guidance_times_the_scale
     tokens = tiny_pipeline.decoder.tokenizer
     for text, first in zip(gentle, alike):  # the first segment is planned as before
         assert tokens(text)["input_ids"][:4] == tokens(first)["input_ids"][:4]
+
+
+def test_segments_that_end_at_a_sentence_end_at_their_first_sentence_end_or_at_their_length(tiny_pipeline,
+                                                                                            monkeypatch):
+    pipeline, segments = tiny_pipeline, []
+    period, eos = pipeline.decoder.token_ids(["."])[0][0], pipeline.decoder.tokenizer.eos_token_id
+    write = pipeline.write
+    monkeypatch.setattr(pipeline, "write", lambda *args, **kwargs: (lambda out: segments.extend(out[0]) or out)(
+        write(*args, **kwargs)))
+    ask = dict(seed=2, max_new_tokens=20, segment_tokens=6, logit_bias={period: 5.0})  # "." often
+    by_length = pipeline.generate_rows(list(pipeline.plan(["The film"], None, 3, **ask)))
+    assert all(len(segment) == 6 for segment in segments[:3]), "by default a segment runs to its length"
+    segments.clear()
+    by_sentence = pipeline.generate_rows(list(pipeline.plan(["The film"], None, 3, segment_end="sentence", **ask)))
+    ends = pipeline.decoder.sentence_end_tokens
+    assert ends[period] and any(len(segment) < 6 for segment in segments), "no segment ended early"
+    assert not any(ends[segment[:-1]].any() for segment in segments), "a segment went on past a sentence end"
+    cut = [segment for segment in segments if len(segment) < 6 and not ends[segment[-1]] and segment[-1] != eos]
+    assert len(cut) <= 3, "only a row's last segment ends short of its length elsewhere (at max_new_tokens)"
+    assert by_sentence != by_length
+    assert all(len(ids) == 20 or ids[-1] == eos for ids in by_sentence), "the text is still as long as asked"

@@ -824,6 +824,17 @@ def test_a_segmented_request_with_candidates_passes_over_repeats_as_the_python_a
     assert changed, "the setting changed no choice: the test shows nothing"
 
 
+def test_a_request_whose_segments_end_at_sentences_is_written_as_the_python_api_writes_it(served, tiny_pipeline):
+    period = tiny_pipeline.decoder.token_ids(["."])[0][0]
+    settings = {"max_new_tokens": 12, "segment_tokens": 4, "segment_end": "sentence"}
+    for seed in range(2):
+        want = alone(tiny_pipeline, "A film", seed, logit_bias={period: 5.0}, **settings)
+        body = {"prompt": "A film", "seed": seed, "logit_bias": {str(period): 5.0}, **settings}
+        status, answer = request(served[0], "POST", "/v1/completions", body)
+        assert status == 200 and answer["choices"][0]["text"] == want
+        assert "".join(e["choices"][0]["text"] for e in stream_events(served[0], body)) == want
+
+
 def test_a_request_that_ends_at_a_sentence_streams_only_whole_sentences(served, tiny_pipeline):
     url, decoder = served[0], tiny_pipeline.decoder
     bias = {decoder.token_ids(["."])[0][0]: 4.0, decoder.token_ids([" the"])[0][0]: 4.0}  # write ". the" often

@@ -45,6 +45,7 @@ class DGLM(Method):
         guidance_start: float | None = None
         guidance_classifier: str | None = None
         segment_tokens: int | None = None
+        segment_end: str | None = None
         segment_guidance: float | None = None
         particles: int | None = None
 

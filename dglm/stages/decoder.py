@@ -7,6 +7,7 @@ depends on its seed only, whether it is generated alone or in a batch.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 from typing import Callable
@@ -15,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from dglm.config import DecodingSettings
+from dglm.endings import ends_sentence
 from dglm.errors import DglmError
 from dglm.stages.sampling import Continued, DecodingBatch
 
@@ -115,12 +117,23 @@ class SoftPromptDecoder:
 
     def start(self, prefixes: list[str | Continued], soft_prompts: torch.Tensor | None,
               generators: list[torch.Generator], settings: DecodingSettings | list[DecodingSettings],
-              logit_bias: list[dict[int, float]] | None = None, keep_read: bool = False) -> DecodingBatch:
+              logit_bias: list[dict[int, float]] | None = None, keep_read: bool = False,
+              end_at_sentence: list[bool] | None = None) -> DecodingBatch:
         """The rows read [prefix ; soft prompts] (the prefill), ready to be decoded a token at a time. A prefix may
         continue what the decoder read before (`Continued`: a next segment); `keep_read` keeps what each row read
-        for that."""
+        for that. The rows flagged in `end_at_sentence` end at their first token that ends a sentence."""
         settings = settings if isinstance(settings, list) else [settings] * len(prefixes)
-        return DecodingBatch(self, prefixes, soft_prompts, generators, settings, logit_bias, keep_read)
+        return DecodingBatch(self, prefixes, soft_prompts, generators, settings, logit_bias, keep_read,
+                             end_at_sentence)
+
+    @functools.cached_property
+    def sentence_end_tokens(self) -> torch.Tensor:
+        """Which token ids end a sentence (`dglm.endings`), their trailing spaces and line breaks aside: "Mr." and "3."
+        count too, as far as one token can tell."""
+        texts = self.tokenizer.batch_decode([[token] for token in range(len(self.tokenizer))])
+        ends = torch.zeros(self.vocab_size, dtype=torch.bool)
+        ends[: len(texts)] = torch.tensor([ends_sentence(text.rstrip()) for text in texts])
+        return ends
 
     def decode(self, token_ids: list[int]) -> str:
         """Text of generated token ids, cut at the first end-of-sequence token."""

@@ -59,7 +59,8 @@ class DecodingBatch:
     @torch.no_grad()
     def __init__(self, decoder: Any, prefixes: list[str | Continued], soft_prompts: torch.Tensor | None,
                  generators: list[torch.Generator], settings: list[DecodingSettings],
-                 logit_bias: list[dict[int, float]] | None = None, keep_read: bool = False):
+                 logit_bias: list[dict[int, float]] | None = None, keep_read: bool = False,
+                 end_at_sentence: list[bool] | None = None):
         distinct: dict = {}  # a context is read once and shared by its rows (candidates, n): key -> (index, context)
         which = [distinct.setdefault(prefix if isinstance(prefix, str) else (id(prefix.read), tuple(prefix.ids)),
                                      (len(distinct), prefix))[0] for prefix in prefixes]
@@ -90,6 +91,7 @@ class DecodingBatch:
         self.logits = out.logits[rows_of, -1].float()  # the next token's, as the decoder gives them
         self.tokens: list[list[int]] = [[] for _ in prefixes]  # what each row has written
         self.finished = torch.zeros(rows, dtype=torch.bool)
+        self.at_sentence = torch.tensor(end_at_sentence or [False] * rows, dtype=torch.bool)  # rows that end there
         self.last = torch.zeros(rows, dtype=torch.long)  # the tokens drawn by the last `sample`
         self.steps = 0
         if soft_prompts is not None:
@@ -137,6 +139,8 @@ class DecodingBatch:
         self.last = torch.tensor(tokens, dtype=torch.long)
         lengths = torch.tensor([len(ids) for ids in self.tokens])
         self.finished |= (self.last == eos) | (lengths >= self.rows.max_new_tokens) | broken
+        if bool(self.at_sentence.any()):
+            self.finished |= self.at_sentence & self.decoder.sentence_end_tokens[self.last]
         self.steps += 1
         return broken
 
@@ -180,7 +184,7 @@ class DecodingBatch:
         self.settings = [self.settings[row] for row in rows]
         self.tokens = [self.tokens[row] for row in rows]
         self.rows = RowSettings(self.settings, self.decoder.device)
-        self.finished, self.last = self.finished[index], self.last[index]
+        self.finished, self.last, self.at_sentence = self.finished[index], self.last[index], self.at_sentence[index]
         self.mask, self.positions, self.logits = self.mask[on_device], self.positions[on_device], self.logits[on_device]
         self.seen, self.counts = self.seen[on_device], self.counts[on_device]
         self.bias = None if self.bias is None else self.bias[on_device]
@@ -205,6 +209,7 @@ class DecodingBatch:
         self.logits = torch.cat([self.logits, other.logits])
         self.seen, self.counts = torch.cat([self.seen, other.seen]), torch.cat([self.counts, other.counts])
         self.finished, self.last = torch.cat([self.finished, other.finished]), torch.cat([self.last, other.last])
+        self.at_sentence = torch.cat([self.at_sentence, other.at_sentence])
         self.generators += other.generators
         self.contexts += other.contexts
         self.settings += other.settings
