@@ -3,8 +3,9 @@ transformers"` on the same machine, side by side.
 
 Each repeat runs every command once, interleaved, so that machine noise hits them alike; the table gives medians.
 "warm" runs with the caches built (the de-quantised decoder, the file hashes); "cold" runs with an empty cache folder
-(DGLM_CACHE), as a first run does. `--compare-with TREE` also times another checkout of dglm (say, an earlier
-commit's `git worktree`), run from its source folders with this environment's packages.
+(DGLM_CACHE), as a first run does. `--candidates 1` is timed too: the default's four candidates are part of the
+generating. `--compare-with TREE` also times another checkout of dglm (say, an earlier commit's `git worktree`), run
+from its source folders with this environment's packages.
 
     python benchmarks/startup.py --repeats 5 --cold-repeats 2 --compare-with /tmp/dglm-before
 """
@@ -52,6 +53,7 @@ def main() -> None:
 
     here = {**os.environ, "PWD": str(Path(__file__).resolve().parents[1])}
     commands = {"import torch, transformers": (BASELINE, here), "dglm generate, warm": (GENERATE, here),
+                "dglm generate --candidates 1, warm": ([*GENERATE, "--candidates", "1"], here),
                 "dglm --help": ([sys.executable, "-m", "dglm", "--help"], here)}
     if args.compare_with:
         commands[f"dglm generate, warm, {args.compare_with.name}"] = tree_command(GENERATE, args.compare_with.resolve())
