@@ -10,19 +10,19 @@ def word_ngrams(text: str, n: int) -> list[tuple[str, ...]]:
     return [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
 
 
-def repeated_ngrams(text: str, n: int) -> set[tuple[str, ...]]:
-    """The word n-grams that occur more than once in the text."""
-    seen, repeated = set(), set()
-    for gram in word_ngrams(text, n):
-        (repeated if gram in seen else seen).add(gram)
-    return repeated
-
-
 def adds_repeat(before: str, text: str, n: int) -> bool:
-    """Whether `text`, written after `before`, repeats a word n-gram that `before` did not already repeat: one of its
-    own twice, or one of `before`'s (an n-gram across the join counts too)."""
-    joined = f"{before} {text}" if before else text
-    return bool(repeated_ngrams(joined, n) - repeated_ngrams(before, n))
+    """Whether `text`, written right after `before` (it brings its own leading space, or ends a word `before` began),
+    holds a word n-gram that occurs earlier: in `before`, or earlier in `text`. An n-gram across the join counts, and
+    so does one `before` already repeats."""
+    grams = word_ngrams(before + text, n)
+    whole = len(before.split()) - (bool(before[-1:].strip()) and bool(text[:1].strip()))  # before's unbroken words
+    earlier = max(0, whole - n + 1)  # the n-grams that lie within them
+    seen = set(grams[:earlier])
+    for gram in grams[earlier:]:
+        if gram in seen:
+            return True
+        seen.add(gram)
+    return False
 
 
 def without_new_repeats(texts: list[str], before: str, n: int) -> list[bool]:

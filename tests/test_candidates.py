@@ -76,26 +76,41 @@ def test_the_rule_prefers_the_closest_of_those_that_reach_the_target_else_the_mo
 def test_a_candidate_that_repeats_a_phrase_of_the_text_so_far_or_its_own_is_passed_over_when_another_is_not(
         tiny_pipeline, toy_plugin):
     pipeline = tiny_pipeline
-    before = "we went to the lake and swam"
-    looping = "we went to the lake again"  # repeats "we went to the" of the text so far
-    own_loop = "a good day, a good day, a good day"  # repeats a phrase of its own
-    fresh = "then the rain came down hard"
-    for attributes in (None, ["toy_sentiment=positive"]):
-        row = rows_for(pipeline, "The film", [0], 3, attributes)[0]
-        avoiding = dataclasses.replace(row, diffusion=row.diffusion.updated(avoid_repeats=4))
-        for order in ([looping, own_loop, fresh], [fresh, looping, own_loop], [own_loop, fresh, looping]):
-            assert order[pipeline.choose_candidate(avoiding, order, before=before)] == fresh
-        # when every candidate repeats, the rule chooses among all of them, as without the setting
-        loops = [looping, own_loop]
-        assert (pipeline.choose_candidate(avoiding, loops, before=before)
-                == pipeline.choose_candidate(row, loops, before=before))
+    before = " we went to the lake and swam"
+    looping = " we went to the lake again"  # repeats "we went to the" of the text so far
+    own_loop = " a good day, a good day, a good day"  # repeats a phrase of its own
+    changed = 0
+    for fresh in (" then the rain came down hard", " The film", " nothing at all"):
+        texts = [looping, own_loop, fresh]
+        for attributes in (None, ["toy_sentiment=positive"]):
+            row = rows_for(pipeline, "The film", [0], 3, attributes)[0]
+            avoiding = dataclasses.replace(row, diffusion=row.diffusion.updated(avoid_repeats=4))
+            assert texts[pipeline.choose_candidate(avoiding, texts, before=before)] == fresh
+            changed += texts[pipeline.choose_candidate(row, texts, before=before)] != fresh
+            # when every candidate repeats, the rule chooses among all of them, as without the setting
+            assert (pipeline.choose_candidate(avoiding, texts[:2], before=before)
+                    == pipeline.choose_candidate(row, texts[:2], before=before))
+    assert changed, "without the setting the fresh draft was always chosen anyway: the test shows nothing"
 
 
-def test_a_repeat_is_a_word_ngram_the_text_so_far_did_not_already_repeat():
+def test_choosing_in_a_later_segment_reads_the_continuation_written_before_it(tiny_pipeline, monkeypatch):
+    pipeline, befores = tiny_pipeline, []
+    choose = pipeline.choose_candidate
+    monkeypatch.setattr(pipeline, "choose_candidate", lambda row, texts, context=None, before="": befores.append(before)
+                        or choose(row, texts, context, before))
+    [sample] = pipeline.generate("The film", seed=3, candidates=2, max_new_tokens=9, segment_tokens=3)
+    assert befores[0] == "" and len(befores) == 3
+    assert all(sample.continuation.startswith(before) for before in befores)
+    assert len(befores[0]) < len(befores[1]) < len(befores[2])
+
+
+def test_a_repeat_is_a_word_ngram_that_occurs_earlier_in_the_text_so_far_or_the_draft():
     assert adds_repeat("", "a b c d a b c d", 4) and not adds_repeat("", "a b c d e", 4)
-    assert adds_repeat("x a b c d", "e A b c d", 4), "lowercased, and against the text so far"
-    assert adds_repeat("a b", "c d a b c d", 4), "an n-gram across the join counts"
-    assert not adds_repeat("a b c d a b c d", "e f", 4), "a repeat already written is not the candidate's"
+    assert adds_repeat(" x a b c d", " e A b c d", 4), "lowercased, and against the text so far"
+    assert adds_repeat(" a b", " c d a b c d", 4), "an n-gram across the join counts"
+    assert adds_repeat(" a b c d x a b c d", " a b c d", 4), "a third time counts too"
+    assert not adds_repeat(" a b c d a b c d", " e f", 4), "a repeat already written is not the draft's"
+    assert not adds_repeat(" it was unbeliev", "able it was unbeliev", 3), "a word the draft ends is one word"
     assert without_new_repeats(["a b c d a b c d", "p q r s"], "", 4) == [False, True]
     assert without_new_repeats(["a b c d a b c d"], "", 4) == [True], "each adds one: all stay"
     assert without_new_repeats(["a b c d a b c d", "p"], "", 0) == [True, True], "0 turns it off"

@@ -834,6 +834,20 @@ def test_a_request_whose_segments_end_at_sentences_is_written_as_the_python_api_
         status, answer = request(served[0], "POST", "/v1/completions", body)
         assert status == 200 and answer["choices"][0]["text"] == want
         assert "".join(e["choices"][0]["text"] for e in stream_events(served[0], body)) == want
+    # rows that end at sentences and rows that do not share batches, and later segments join rows still decoding
+    # (one plan of 40 tokens): each request still gets its text alone
+    jobs = [(seed, {"segment_end": end}) for seed in range(4) for end in ("sentence", "length")]
+    jobs += [(seed, {"segment_tokens": 0, "max_new_tokens": 40}) for seed in (7, 8)]
+
+    def send(job):
+        body = {"prompt": "A film", "seed": job[0], "logit_bias": {str(period): 5.0}, **settings, **job[1]}
+        return request(served[0], "POST", "/v1/completions", body)[1]["choices"][0]["text"]
+
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        texts = list(pool.map(send, jobs))
+    assert max(served[1].state.server.engine.batch_sizes) > 1, "the requests were not batched together"
+    assert texts == [alone(tiny_pipeline, "A film", seed, logit_bias={period: 5.0}, **{**settings, **changed})
+                     for seed, changed in jobs]
 
 
 def test_a_request_that_ends_at_a_sentence_streams_only_whole_sentences(served, tiny_pipeline):

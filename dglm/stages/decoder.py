@@ -130,7 +130,7 @@ class SoftPromptDecoder:
     def sentence_end_tokens(self) -> torch.Tensor:
         """Which token ids end a sentence (`dglm.endings`), their trailing spaces and line breaks aside: "Mr." and "3."
         count too, as far as one token can tell."""
-        texts = self.tokenizer.batch_decode([[token] for token in range(len(self.tokenizer))])
+        texts = self.tokenizer.batch_decode([[token] for token in range(min(len(self.tokenizer), self.vocab_size))])
         ends = torch.zeros(self.vocab_size, dtype=torch.bool)
         ends[: len(texts)] = torch.tensor([ends_sentence(text.rstrip()) for text in texts])
         return ends
