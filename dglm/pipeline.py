@@ -33,6 +33,7 @@ from dglm.stages.decoder import SoftPromptDecoder
 from dglm.stages.decoder_adapter import load_adapter
 from dglm.stages.encoder import SentenceEncoder
 from dglm.stages.guidance import BatchGuidance, Guide, build_guide
+from dglm.stages.precision import decoder_dtype
 from dglm.stages.samplers import diffuse
 from dglm.stages.sampling import Continued, DecodingBatch, ReadContext
 from dglm.stages.schedule import CosineSchedule, noise_to_level
@@ -121,19 +122,18 @@ class Pipeline:
         return cls(config, encoder, SoftPromptDecoder.load(config.decoder, device))
 
     @classmethod
-    def from_pretrained(
-        cls,
-        path: str | Path | None = None,
-        device: str = "cpu",
-        encoder: SentenceEncoder | None = None,
-        decoder: SoftPromptDecoder | None = None,
-        adapter_scale: float = 1.0,
-        threads: int | None = None,
-    ) -> "Pipeline":
+    def from_pretrained(cls, path: str | Path | None = None, device: str = "cpu",
+                        encoder: SentenceEncoder | None = None, decoder: SoftPromptDecoder | None = None,
+                        adapter_scale: float = 1.0,
+                        threads: int | None = None, dtype: str = "auto") -> "Pipeline":
         """Load a checkpoint folder (the bundled default when `path` is None).
 
         `threads` sets how many CPU threads torch uses, for the whole process (None: torch's default, one per core;
         on a CPU that other busy processes share, fewer can be much faster: README, "Threads").
+
+        `dtype` is the number format of the decoder this call loads: "float32", "bfloat16", or "auto", bfloat16 where
+        `device` computes it natively (`dglm.stages.precision`; about 1.7x as fast a token on such a CPU), float32
+        elsewhere. The same seed gives other text in another format. A `decoder` passed in keeps its own.
 
         `adapter_scale` weakens the decoder adapter as it is merged (1: as trained, 0: the decoder as published);
         benchmarks/NOTEBOOK.md ("Where fluency is lost") measures what it trades.
@@ -149,10 +149,12 @@ class Pipeline:
                 raise DglmError(f"threads must be a positive integer (or None for torch's default), got {threads!r}",
                                 field="threads")
             torch.set_num_threads(threads)
+        number_format = decoder_dtype(dtype, device)
         folder = Path(path) if path is not None else default_checkpoint_path()
         config, state, card = read_checkpoint(folder)
         if encoder is None:
             encoder = SentenceEncoder(config.encoder, device=device)
+        loads_decoder = decoder is None
         decoder = decoder or SoftPromptDecoder.load(config.decoder, device)
         check_compatible(config, encoder, decoder)
         parts, adapter = build_parts(config, state, folder)
@@ -164,6 +166,8 @@ class Pipeline:
                             "train it with `dglm train prompt-generator`")
         if adapter:
             load_adapter(decoder.model, config.decoder_adapter, adapter, adapter_scale)
+        if loads_decoder:  # after merging, so that the adapter's update is added in float32
+            decoder.model.to(number_format)
         return cls(config, encoder, decoder, parts, card, adapter)
 
     def save_pretrained(self, path: str | Path, dtype: torch.dtype = torch.float32) -> Path:
@@ -175,6 +179,7 @@ class Pipeline:
             return self.decoder
         if self._plain_decoder is None:
             self._plain_decoder = SoftPromptDecoder.load(self.config.decoder, str(self.decoder.device))
+            self._plain_decoder.model.to(self.decoder.dtype)  # baselines decode in the same number format
         return self._plain_decoder
 
     # ---- attributes ---------------------------------------------------------------------

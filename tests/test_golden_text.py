@@ -2,8 +2,10 @@
 
 A seed promises the same text. This test holds that promise across refactors and across fresh installs of the
 pinned versions (`constraints.txt`): the expected continuations in `fixtures/golden-text.json` were written by
-`python tests/test_golden_text.py --write` and are compared exactly. If an intended change moves the text (new
-weights, a changed sampler), write the file again in the same commit and say why in its message.
+`python tests/test_golden_text.py --write` and are compared exactly, for each of the decoder's number formats
+(`dglm.stages.precision`; bfloat16 only on hardware that computes it natively, where "auto" chooses it). If an
+intended change moves the text (new weights, a changed sampler), write the file again in the same commit and say why
+in its message.
 """
 
 from __future__ import annotations
@@ -25,13 +27,14 @@ CASES = [
     ([], {"candidates": 1}),
 ]
 SAMPLERS = ["ddim", "dpmsolver++"]
+DTYPES = ["float32", "bfloat16"]
 
 
-def golden_texts() -> list[dict]:
-    """Every case's continuations on the bundled model, seed 0, 12 new tokens."""
+def golden_texts(dtype: str) -> list[dict]:
+    """Every case's continuations on the bundled model with its decoder in `dtype`, seed 0, 12 new tokens."""
     from dglm import Pipeline
 
-    pipeline = Pipeline.from_pretrained(threads=2)
+    pipeline = Pipeline.from_pretrained(threads=2, dtype=dtype)
     runs = []
     for sampler in SAMPLERS:
         for attributes, settings in CASES:
@@ -42,9 +45,14 @@ def golden_texts() -> list[dict]:
 
 
 @pytest.mark.integration
-def test_the_bundled_model_writes_the_golden_text_byte_for_byte():
-    expected = json.loads(FIXTURE.read_text())
-    got = golden_texts()
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_the_bundled_model_writes_the_golden_text_byte_for_byte(dtype):
+    from dglm.stages.precision import computes_bfloat16
+
+    if dtype == "bfloat16" and not computes_bfloat16("cpu"):
+        pytest.skip("this CPU has no bfloat16 arithmetic (AVX-512 BF16 or AMX), so its bfloat16 text is not pinned")
+    expected = json.loads(FIXTURE.read_text())[dtype]
+    got = golden_texts(dtype)
     for want, have in zip(expected, got, strict=True):
         assert (have["sampler"], have["attributes"], have["settings"]) == (want["sampler"], want["attributes"],
                                                                           want["settings"])
@@ -52,5 +60,6 @@ def test_the_bundled_model_writes_the_golden_text_byte_for_byte():
 
 
 if __name__ == "__main__" and sys.argv[1:] == ["--write"]:
-    FIXTURE.write_text(json.dumps(golden_texts(), indent=1, ensure_ascii=False) + "\n")
+    FIXTURE.write_text(json.dumps({dtype: golden_texts(dtype) for dtype in DTYPES}, indent=1, ensure_ascii=False)
+                       + "\n")
     print(f"wrote {FIXTURE}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from dglm.cli.common import resolve_device
+from dglm.cli.common import add_dtype_argument, resolve_device
 from dglm.errors import DglmError
 
 
@@ -28,6 +28,7 @@ def add_parser(commands) -> None:
     evaluate.add_argument("--device", default="auto",
                           help="where the methods generate: cpu, cuda, cuda:1, ... (default: cuda if available; the "
                                "judges run on the CPU); the same seed can give other text on another device")
+    add_dtype_argument(evaluate)
     split = evaluate.add_mutually_exclusive_group()
     split.add_argument("--generate-only", action="store_true",
                        help="write the samples (OUT.samples.jsonl.gz) and timings without loading any judge, e.g. on a "
@@ -53,7 +54,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     if args.no_tradeoff:
         config.tradeoff_condition = None
     print(markdown_table(run_eval(config, str(args.config), args.generate_only, args.judge_samples,
-                                  resolve_device(args.device))))
+                                  resolve_device(args.device), args.dtype)))
     plot = config.tradeoff_condition and not args.generate_only
     print(f"wrote {config.out}.json, {config.out}.md, "
           f"{config.out}.samples.jsonl.gz" + (f" and {config.out}.png" if plot else ""))

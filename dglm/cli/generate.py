@@ -6,7 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from dglm.cli.common import add_setting_arguments, add_threads_argument, launch_processes, share_from_main
+from dglm.cli.common import (add_dtype_argument, add_setting_arguments, add_threads_argument, launch_processes,
+                             share_from_main)
 from dglm.errors import DglmError
 from dglm.inputs import MAX_NUM_SAMPLES
 
@@ -63,6 +64,7 @@ def add_parser(commands) -> None:
     gen.add_argument("--batch-size", type=int, default=32, help="samples generated together (default 32)")
     gen.add_argument("--model", help="checkpoint folder (default: the bundled model)")
     gen.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    add_dtype_argument(gen)
     add_threads_argument(gen)
     gen.set_defaults(handler=cmd_generate)
 
@@ -100,8 +102,9 @@ def cmd_generate(args: argparse.Namespace) -> None:
     total = (args.prefix is not None) + (count_prefixes(args.prefix_file) if args.prefix_file is not None else 0)
     device = launch_processes(args.device)
     world, rank = process_group()
-    pipeline = Pipeline.from_pretrained(args.model, device=device, threads=args.threads)
+    pipeline = Pipeline.from_pretrained(args.model, device=device, threads=args.threads, dtype=args.dtype)
     diffusion, decoding = pipeline.settings(**overrides)
+    number_format = str(pipeline.decoder.dtype).removeprefix("torch.")  # what --dtype auto chose
     prefixes = itertools.chain([args.prefix] if args.prefix is not None else [],
                                iter_prefixes(args.prefix_file) if args.prefix_file is not None else [])
     form = args.format or ("jsonl" if args.output else "text")
@@ -114,6 +117,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
                                                                                                    "-") else source,
                "attributes": [asdict(c) for c in constraints], "num_samples": args.num_samples, "seed": seed,
                **({"stop": args.stop} if args.stop else {}),  # absent when unused: earlier runs' files still resume
+               **({"decoder_dtype": number_format} if number_format != "float32" else {}),  # likewise
                **asdict(diffusion), **asdict(decoding)}
         out = SampleFile(args.output, run, form, args.resume)
     skip, seed = share_from_main([out.held if out else 0, seed], world)

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from dglm.cli.common import add_threads_argument, resolve_device
+from dglm.cli.common import add_dtype_argument, add_threads_argument, resolve_device
 from dglm.errors import DglmError
 
 EPILOG_SERVE = """\
@@ -37,6 +37,7 @@ def add_parser(commands) -> None:
     serve.add_argument("--model-name", help="the name clients pass as `model` (default: dglm-default, "
                                             "or the folder's name)")
     serve.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    add_dtype_argument(serve)
     add_threads_argument(serve)
     serve.add_argument("--batching", choices=["continuous", "static"], default="continuous",
                        help="continuous (default): a request joins the rows already decoding at the next token step "
@@ -97,7 +98,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
     served = ServedModels(name, dict(parse_alias(text) for text in args.alias), args.accept_any_model)
     for constraints in served.aliases.values():
         attribute_terms(constraints)  # before the model loads
-    pipeline = Pipeline.from_pretrained(args.model, device=resolve_device(args.device), threads=args.threads)
+    pipeline = Pipeline.from_pretrained(args.model, device=resolve_device(args.device), threads=args.threads,
+                                        dtype=args.dtype)
     print(f"dglm: serving {name!r} on http://{args.host}:{args.port} (playground at /, API at /v1/completions"
           f"{', API key required' if api_key else ''})", file=sys.stderr, flush=True)
     serve(pipeline, served, args.host, args.port, limits, api_key, args.allowed_origins, args.public_docs)

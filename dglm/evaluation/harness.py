@@ -178,10 +178,11 @@ def saved_continuations(saved: dict, run: tuple, rows: list[tuple[str, int]], pa
 
 
 def run_eval(config: EvalConfig, config_path: str = "", generate_only: bool = False,
-             judge_samples: Path | None = None, device: str = "cpu") -> dict:
+             judge_samples: Path | None = None, device: str = "cpu", dtype: str = "auto") -> dict:
     """Run the config. `generate_only` writes the samples (and timings) without loading any judge: text can be
     written on one machine (a GPU) and judged on another, by `judge_samples`, which takes every continuation from
-    that earlier run's samples file instead of generating it. The methods generate on `device`."""
+    that earlier run's samples file instead of generating it. The methods generate on `device`, the decoder in `dtype`
+    (`Pipeline.from_pretrained`), which the report records."""
     check_methods(config, config_path)
     if config.max_prefixes < 0:
         raise DglmError(f"max_prefixes must be 0 (every prefix) or a count, got {config.max_prefixes}")
@@ -190,12 +191,14 @@ def run_eval(config: EvalConfig, config_path: str = "", generate_only: bool = Fa
     check_judged(config)
     saved = read_saved_samples(judge_samples) if judge_samples else None
     # judging saved text needs no model: the methods then only name their runs
-    pipeline = Pipeline.from_pretrained(config.model, device=device) if saved is None else None
+    pipeline = Pipeline.from_pretrained(config.model, device=device, dtype=dtype) if saved is None else None
     scorer = None if generate_only else Scorer(config)
     report = {"config": asdict(config), "config_path": config_path,
               "judges": {n: j.held_out_accuracy for n, j in scorer.judges.items()} if scorer else {}, "results": {}}
     if judge_samples:
         report["judged_samples"] = str(judge_samples)
+    else:
+        report["decoder_dtype"] = str(pipeline.decoder.dtype).removeprefix("torch.")
     samples: list[dict] = []
 
     def run(method, condition: str, guidance_scale: float | None = None) -> dict:

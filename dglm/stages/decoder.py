@@ -55,6 +55,11 @@ class SoftPromptDecoder:
     def device(self) -> torch.device:
         return self.model.get_input_embeddings().weight.device
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The number format the decoder computes in (`dglm.stages.precision`)."""
+        return self.model.get_input_embeddings().weight.dtype
+
     def token_ids(self, texts: list[str]) -> list[list[int]]:
         """Each text's token ids, without special tokens: one tokenizer call for the batch, not one per text
         (with a fast tokenizer, per-text calls cost more than a tiny model's forward pass)."""
