@@ -6,7 +6,7 @@ import torch
 from dglm.config import DecodingSettings
 from dglm.errors import DglmError
 from dglm.seeding import sample_generators
-from dglm.stages.sampling import min_p_filter, top_p_filter
+from dglm.stages.sampling import draw, min_p_filter, top_p_filter
 from dglm.stages.schedule import CosineSchedule, noise_to_level
 
 
@@ -106,6 +106,23 @@ def test_top_p_keeps_the_same_tokens_whether_the_likeliest_decide_or_the_whole_v
         per_row[0] = 1.0  # a row that keeps every token stays as it is, beside rows that are cut
         kept = top_p_filter(probs, per_row)
         assert torch.equal(kept[0], probs[0]) and torch.equal(kept[1:], fully_sorted(probs[1:], 0.9))
+
+
+def test_a_draw_takes_only_kept_tokens_as_often_as_their_probability_and_each_row_from_its_own_generator():
+    probs = torch.zeros(3, 1000)
+    probs[0, [3, 500, 999]] = torch.tensor([0.5, 0.3, 0.2])
+    probs[1, 42] = 1.0
+    probs[2, [7, 8]] = torch.tensor([0.9, 0.1])
+    generators = sample_generators([0, 1, 2])
+    drawn = [draw(probs, generators) for _ in range(4000)]
+    firsts = torch.tensor([row[0] for row in drawn])
+    assert {token for row in drawn for token in row[:1]} <= {3, 500, 999} and all(row[1] == 42 for row in drawn)
+    for token, share in [(3, 0.5), (500, 0.3), (999, 0.2)]:
+        assert abs(float((firsts == token).float().mean()) - share) < 0.03, token
+    assert {row[2] for row in drawn} == {7, 8}
+    # A row's draws depend on its generator alone, not on the rows drawn beside it.
+    together = draw(probs, sample_generators([5, 6, 7]))
+    assert [draw(probs[row:row + 1], sample_generators([seed]))[0] for row, seed in enumerate([5, 6, 7])] == together
 
 
 def test_bag_of_words_loss_rewards_soft_prompts_on_the_continuations_words(tiny_pipeline):

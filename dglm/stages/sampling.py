@@ -134,9 +134,12 @@ class DecodingBatch:
         probs = top_p_filter(F.softmax(logits / self.rows.divisor, dim=-1), self.rows.top_p).cpu()
         broken = ~probs.isfinite().all(dim=-1)
         eos, likeliest = self.decoder.tokenizer.eos_token_id, logits.argmax(dim=-1).tolist()
-        tokens = [eos if done or bad else top if greedy else torch.multinomial(p, 1, generator=g).item()
-                  for p, g, done, bad, greedy, top in zip(probs, self.generators, self.finished, broken,
-                                                          self.rows.greedy, likeliest)]
+        ended = (self.finished | broken).tolist()
+        drawing = [not (done or greedy) for done, greedy in zip(ended, self.rows.greedy)]
+        drawn = iter(draw(probs[torch.tensor(drawing, dtype=torch.bool)],
+                          [generator for generator, draws in zip(self.generators, drawing) if draws]))
+        tokens = [eos if done else next(drawn) if draws else top
+                  for done, draws, top in zip(ended, drawing, likeliest)]
         for row, token in enumerate(tokens):
             if not self.finished[row]:
                 self.tokens[row].append(token)
@@ -358,6 +361,18 @@ class RowSettings:
         if bool((self.presence != 0).any() or (self.frequency != 0).any()):
             logits = logits - self.presence * (counts > 0) - self.frequency * counts
         return logits
+
+
+def draw(probs: torch.Tensor, generators: list[torch.Generator]) -> list[int]:
+    """One token per row of `probs` (finite probabilities, most of them zero after the filters), each row drawn with its
+    own generator by the exponential race that `torch.multinomial` runs: the token whose probability over an Exp(1)
+    draw is largest. Only the tokens a row can take race, one draw each, not the whole vocabulary: at 64 rows a step
+    draws in 5 ms rather than 100 (NOTEBOOK, "A bfloat16 decoder"). The distribution is the same, the text another."""
+    rows, tokens = probs.nonzero(as_tuple=True)
+    counts = torch.bincount(rows, minlength=len(probs)).tolist()
+    return [int(row_tokens[(row_probs / torch.empty(len(row_probs)).exponential_(generator=generator)).argmax()])
+            for row_probs, row_tokens, generator in zip(probs[rows, tokens].split(counts), tokens.split(counts),
+                                                        generators)]
 
 
 def min_p_filter(logits: torch.Tensor, min_p: float | list[float]) -> torch.Tensor:
