@@ -16,6 +16,7 @@ with like against a lone short request), throughput and the server's peak memory
 JSON and a plot. Run it on an otherwise idle CPU:
 
     python benchmarks/serve_load.py --candidates 1 --out benchmarks/results/serve-load-k1.json
+    python benchmarks/serve_load.py --candidates 1 --modes continuous --dtypes float32 bfloat16   # what bfloat16 gives
 """
 
 from __future__ import annotations
@@ -158,8 +159,8 @@ def quantile(values: list[float], q: float) -> float | None:
     return round(ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))], 3)
 
 
-def run_mode(batching: str, args, bodies: list[dict], capacity: float | None) -> dict:
-    with Server(batching, args.model) as server:
+def run_mode(batching: str, dtype: str, args, bodies: list[dict], capacity: float | None) -> dict:
+    with Server(batching, args.model, ["--dtype", dtype]) as server:
         send(server.port, {"prompt": "Warm up", "max_tokens": 4})
         alone = [send(server.port, body) for body in bodies]
         reference = [a["text"] for a in alone]
@@ -171,13 +172,13 @@ def run_mode(batching: str, args, bodies: list[dict], capacity: float | None) ->
         for clients in args.clients:
             wall, results = closed_loop(server.port, bodies, clients, args.per_client)
             report["closed_loop"].append({"clients": clients, **summary(results, reference, short_ones, wall)})
-            print(batching, report["closed_loop"][-1], flush=True)
+            print(batching, dtype, report["closed_loop"][-1], flush=True)
         capacity = capacity or max(level["samples_per_s"] for level in report["closed_loop"])
         for load in args.loads:
             results = open_loop(server.port, bodies, load * capacity, args.poisson_requests, seed=int(load * 100))
             report["poisson"].append({"load": load, "rate_per_s": round(load * capacity, 3),
                                       **summary(results, reference, short_ones)})
-            print(batching, report["poisson"][-1], flush=True)
+            print(batching, dtype, report["poisson"][-1], flush=True)
         report["peak_memory_mib"] = round(server.peak_memory_mib())
         report["reference"] = reference
     return report
@@ -234,6 +235,8 @@ def plot(report: dict, path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--modes", nargs="+", default=["static", "continuous"], choices=["static", "continuous"])
+    parser.add_argument("--dtypes", nargs="+", default=["auto"], choices=["auto", "float32", "bfloat16"],
+                        help="the server's decoder format (--dtype); several run one after another, each mode in each")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16, 32, 64])
     parser.add_argument("--per-client", type=int, default=4, help="measured requests per closed-loop client")
     parser.add_argument("--loads", type=float, nargs="+", default=[0.5, 0.7, 0.9])
@@ -249,7 +252,8 @@ def main() -> None:
                                                                     "first token is measured); 0: none")
     parser.add_argument("--overload", type=int, default=0, help="then this many clients against a queue of 32")
     parser.add_argument("--capacity", type=float, help="samples/s the Poisson loads are fractions of (default: what "
-                                                       "continuous batching reached closed-loop in this run)")
+                                                       "continuous batching reached closed-loop in this run, in each "
+                                                       "format)")
     parser.add_argument("--model", help="checkpoint folder (default: the bundled model)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/serve-load.json"))
     args = parser.parse_args()
@@ -265,12 +269,15 @@ def main() -> None:
               "short_tokens": args.short_tokens,
               "long_tokens": args.long_tokens, "long_every": args.long_every, "per_client": args.per_client,
               "modes": {}}
-    capacity = args.capacity
-    for mode in sorted(args.modes, key=lambda m: m != "continuous"):  # continuous first: its capacity sets the rates
-        report["modes"][mode] = run_mode(mode, args, bodies, capacity)
-        capacity = capacity or max(level["samples_per_s"] for level in report["modes"][mode]["closed_loop"])
-    references = [result.pop("reference") for result in report["modes"].values()]
-    report["modes_agree"] = all(r == references[0] for r in references)
+    references: dict[str, list] = {}
+    for dtype in args.dtypes:
+        capacity = args.capacity
+        for mode in sorted(args.modes, key=lambda m: m != "continuous"):  # continuous first: its capacity sets rates
+            name = mode if len(args.dtypes) == 1 else f"{mode}, {dtype}"
+            report["modes"][name] = run_mode(mode, dtype, args, bodies, capacity)
+            capacity = capacity or max(level["samples_per_s"] for level in report["modes"][name]["closed_loop"])
+            references.setdefault(dtype, []).append(report["modes"][name].pop("reference"))
+    report["modes_agree"] = all(r == texts[0] for texts in references.values() for r in texts)  # within a format
     if args.overload:
         report["overload"] = overload(args, bodies)
     args.out.parent.mkdir(parents=True, exist_ok=True)
