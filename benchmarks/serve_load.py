@@ -235,7 +235,7 @@ def plot(report: dict, path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--modes", nargs="+", default=["static", "continuous"], choices=["static", "continuous"])
-    parser.add_argument("--dtypes", nargs="+", default=["auto"], choices=["auto", "float32", "bfloat16"],
+    parser.add_argument("--dtypes", nargs="+", default=["float32"], choices=["float32", "bfloat16"],
                         help="the server's decoder format (--dtype); several run one after another, each mode in each")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16, 32, 64])
     parser.add_argument("--per-client", type=int, default=4, help="measured requests per closed-loop client")

@@ -62,7 +62,7 @@ def main() -> None:
                         help="also time guided generation written in segments of each of these many tokens")
     parser.add_argument("--model")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtypes", nargs="+", default=["auto"], choices=["auto", "float32", "bfloat16"],
+    parser.add_argument("--dtypes", nargs="+", default=["float32"], choices=["float32", "bfloat16"],
                         help="the decoder's formats; several are timed side by side, each against its own plain sampling")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/speed.json"))
     args = parser.parse_args()

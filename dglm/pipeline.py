@@ -125,15 +125,16 @@ class Pipeline:
     def from_pretrained(cls, path: str | Path | None = None, device: str = "cpu",
                         encoder: SentenceEncoder | None = None, decoder: SoftPromptDecoder | None = None,
                         adapter_scale: float = 1.0,
-                        threads: int | None = None, dtype: str = "auto") -> "Pipeline":
+                        threads: int | None = None, dtype: str = "float32") -> "Pipeline":
         """Load a checkpoint folder (the bundled default when `path` is None).
 
         `threads` sets how many CPU threads torch uses, for the whole process (None: torch's default, one per core;
         on a CPU that other busy processes share, fewer can be much faster: README, "Threads").
 
-        `dtype` is the number format of the decoder this call loads: "float32", "bfloat16", or "auto", bfloat16 where
-        `device` computes it natively (`dglm.stages.precision`; about 1.7x as fast a token on such a CPU), float32
-        elsewhere. The same seed gives other text in another format. A `decoder` passed in keeps its own.
+        `dtype` is the number format of the decoder this call loads: "float32", or "bfloat16", about 1.7x as fast a
+        token on a CPU with AVX-512 BF16 but with a sample's text depending on the samples batched with it
+        (`dglm.stages.precision`). The same seed gives other text in another format. A `decoder` passed in keeps its
+        own.
 
         `adapter_scale` weakens the decoder adapter as it is merged (1: as trained, 0: the decoder as published);
         benchmarks/NOTEBOOK.md ("Where fluency is lost") measures what it trades.

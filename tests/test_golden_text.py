@@ -3,7 +3,7 @@
 A seed promises the same text. This test holds that promise across refactors and across fresh installs of the
 pinned versions (`constraints.txt`): the expected continuations in `fixtures/golden-text.json` were written by
 `python tests/test_golden_text.py --write` and are compared exactly, for each of the decoder's number formats
-(`dglm.stages.precision`; bfloat16 only on hardware that computes it natively, where "auto" chooses it). If an
+(`dglm.stages.precision`; bfloat16 only on hardware that computes it natively, as elsewhere it is emulated). If an
 intended change moves the text (new weights, a changed sampler), write the file again in the same commit and say why
 in its message.
 """

@@ -104,7 +104,7 @@ def test_phrases_compose_with_probes_from_python_the_cli_and_the_server(tiny_pip
     python = [s.continuation for s in tiny_pipeline.generate("The movie", asked, num_samples=2, seed=4, max_new_tokens=5)]
     assert main(["generate", "The movie", "--model", str(tiny_checkpoint), "--toward", "a quiet evening:2",
                  "--attr", "toy_sentiment=positive", "-n", "2", "--seed", "4", "--max-new-tokens", "5",
-                 "--format", "jsonl", "--dtype", "float32"]) == 0  # tiny_pipeline's format
+                 "--format", "jsonl"]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [line["continuation"] for line in lines] == python
     assert {"attribute": "phrase", "label": "a quiet evening", "weight": 2.0} in lines[0]["constraints"]

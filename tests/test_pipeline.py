@@ -132,7 +132,7 @@ def test_stop_strings_cut_each_continuation_before_the_first_it_writes(tiny_pipe
                                                           stop=[stop, "never written"])]
     assert cut == [text[: text.find(stop)] if stop in text else text for text in full] and cut[0] == full[0][:4]
     assert main(["generate", "The movie", "--model", str(tiny_checkpoint), "-n", "3", "--seed", "3", "--max-new-tokens",
-                 "12", "--stop", stop, "--format", "jsonl", "--dtype", "float32"]) == 0  # as tiny_pipeline
+                 "12", "--stop", stop, "--format", "jsonl"]) == 0
     assert [json.loads(line)["continuation"] for line in capsys.readouterr().out.splitlines()] == cut
     with pytest.raises(DglmError, match="stop must be a string or a list of non-empty strings, got ''"):
         tiny_pipeline.generate("The movie", stop="")

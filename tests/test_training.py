@@ -252,7 +252,7 @@ def test_a_decoder_adapter_is_trained_saved_and_merged_exactly(train_config, tmp
     assert "rank-2 LoRA adapter" in (output / "README.md").read_text()
     assert (train_config.parent / "run" / "prompt-generator-words-loss.png").stat().st_size > 0
 
-    pipeline = Pipeline.from_pretrained(output, dtype="float32")  # the merge is exact in the format it is made in
+    pipeline = Pipeline.from_pretrained(output)
     assert pipeline.adapter and all(key.startswith(ADAPTER_PREFIX) for key in pipeline.adapter)
     assert not any("lora_" in name for name, _ in pipeline.decoder.model.named_parameters())  # merged, then removed
 
@@ -267,7 +267,7 @@ def test_a_decoder_adapter_is_trained_saved_and_merged_exactly(train_config, tmp
         plain_logits = pipeline.plain_decoder().model(input_ids=tokens).logits
         assert not torch.allclose(merged_logits, plain_logits, atol=1e-4)  # the baselines' decoder is untouched
 
-    resaved = Pipeline.from_pretrained(pipeline.save_pretrained(tmp_path / "resaved"), dtype="float32")
+    resaved = Pipeline.from_pretrained(pipeline.save_pretrained(tmp_path / "resaved"))
     with torch.no_grad():
         assert torch.allclose(resaved.decoder.model(input_ids=tokens).logits, merged_logits, atol=1e-4)
 
@@ -276,10 +276,9 @@ def test_a_decoder_adapter_is_trained_saved_and_merged_exactly(train_config, tmp
         return p.decoder.model.get_submodule("transformer.h.0.attn.c_attn").weight
 
     plain_weight = pipeline.plain_decoder().model.get_submodule("transformer.h.0.attn.c_attn").weight
-    half = Pipeline.from_pretrained(output, adapter_scale=0.5, dtype="float32")
+    half = Pipeline.from_pretrained(output, adapter_scale=0.5)
     assert torch.allclose(attention_weight(half) - plain_weight, (attention_weight(pipeline) - plain_weight) / 2, atol=1e-6)
-    assert torch.equal(attention_weight(Pipeline.from_pretrained(output, adapter_scale=0.0, dtype="float32")),
-                       plain_weight)
+    assert torch.equal(attention_weight(Pipeline.from_pretrained(output, adapter_scale=0.0)), plain_weight)
     # In bfloat16, the adapter is merged in float32 first and the sum rounded once; the baselines' decoder is rounded
     # alike, so that they decode in the same format.
     rounded = Pipeline.from_pretrained(output, dtype="bfloat16")

@@ -44,10 +44,10 @@ def share_from_main(values: list, world: int) -> list:
 
 
 def add_dtype_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto",
-                        help="the decoder's number format (default auto: bfloat16 where the CPU or GPU computes it "
-                             "natively, as AVX-512 BF16 does, else float32); bfloat16 decodes about 1.7x as fast on "
-                             "such a CPU, and the same seed gives other text in another format")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                        help="the decoder's number format (default float32). bfloat16 decodes about 1.7x as fast on a "
+                             "CPU with AVX-512 BF16 or AMX, with text of the same quality, but a sample's text then "
+                             "depends on the samples batched with it, so a seed reproduces it only in the same run")
 
 
 def add_threads_argument(parser: argparse.ArgumentParser) -> None:

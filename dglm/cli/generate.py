@@ -104,7 +104,6 @@ def cmd_generate(args: argparse.Namespace) -> None:
     world, rank = process_group()
     pipeline = Pipeline.from_pretrained(args.model, device=device, threads=args.threads, dtype=args.dtype)
     diffusion, decoding = pipeline.settings(**overrides)
-    number_format = str(pipeline.decoder.dtype).removeprefix("torch.")  # what --dtype auto chose
     prefixes = itertools.chain([args.prefix] if args.prefix is not None else [],
                                iter_prefixes(args.prefix_file) if args.prefix_file is not None else [])
     form = args.format or ("jsonl" if args.output else "text")
@@ -117,7 +116,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
                                                                                                    "-") else source,
                "attributes": [asdict(c) for c in constraints], "num_samples": args.num_samples, "seed": seed,
                **({"stop": args.stop} if args.stop else {}),  # absent when unused: earlier runs' files still resume
-               **({"decoder_dtype": number_format} if number_format != "float32" else {}),  # likewise
+               **({"decoder_dtype": args.dtype} if args.dtype != "float32" else {}),  # likewise
                **asdict(diffusion), **asdict(decoding)}
         out = SampleFile(args.output, run, form, args.resume)
     skip, seed = share_from_main([out.held if out else 0, seed], world)

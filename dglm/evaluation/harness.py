@@ -178,7 +178,7 @@ def saved_continuations(saved: dict, run: tuple, rows: list[tuple[str, int]], pa
 
 
 def run_eval(config: EvalConfig, config_path: str = "", generate_only: bool = False,
-             judge_samples: Path | None = None, device: str = "cpu", dtype: str = "auto") -> dict:
+             judge_samples: Path | None = None, device: str = "cpu", dtype: str = "float32") -> dict:
     """Run the config. `generate_only` writes the samples (and timings) without loading any judge: text can be
     written on one machine (a GPU) and judged on another, by `judge_samples`, which takes every continuation from
     that earlier run's samples file instead of generating it. The methods generate on `device`, the decoder in `dtype`

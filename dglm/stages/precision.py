@@ -1,14 +1,17 @@
-"""The decoder's number format: float32, or bfloat16 where the hardware computes it natively.
+"""The decoder's number format: float32 (the default), or bfloat16 on request.
 
 Decoding is the slowest stage, and on a CPU its matrix products are bound by reading the weights: held in bfloat16,
-the bundled decoder decodes a token about 1.7x as fast as in float32 on a 2-core CPU with AVX-512 BF16, at batch 1
-and at batch 32 (benchmarks/NOTEBOOK.md, "A bfloat16 decoder"). Where the hardware lacks bfloat16 arithmetic, the
-same format is emulated and slower, so "auto" keeps float32 there. Only the decoder changes format: the encoder, the
-denoiser and the prompt generator are small and stay in float32, and the logits are read in float32.
+the bundled decoder decodes a token about 1.7x as fast as in float32 on a 2-core CPU with AVX-512 BF16, with text of
+the same quality (benchmarks/NOTEBOOK.md, "A bfloat16 decoder"). It is not the default because it breaks a promise:
+in bfloat16 a sample's text depends on the samples it is batched with (attention over a padded key-value cache rounds
+differently), so a seed no longer reproduces a sample alone, and a server's answer depends on the other requests. Only
+the decoder changes format: the encoder, the denoiser and the prompt generator stay in float32, and the logits are read
+in float32.
 """
 
 from __future__ import annotations
 
+import warnings
 from functools import lru_cache
 from pathlib import Path
 
@@ -16,16 +19,17 @@ import torch
 
 from dglm.errors import DglmError
 
-DTYPES = ("auto", "float32", "bfloat16")
+DTYPES = ("float32", "bfloat16")
 NATIVE_CPU_FLAGS = {"avx512_bf16", "amx_bf16"}  # x86 flags (Linux's /proc/cpuinfo) of bfloat16 arithmetic
 
 
 def decoder_dtype(name: str, device: str | torch.device) -> torch.dtype:
-    """The number format `name` asks for on `device`; "auto" is bfloat16 where it is native, float32 elsewhere."""
+    """The number format `name` asks for; bfloat16 on a device without bfloat16 arithmetic is emulated, and said so."""
     if name not in DTYPES:
         raise DglmError(f"dtype must be one of {', '.join(DTYPES)}, got {name!r}", field="dtype")
-    if name == "auto":
-        name = "bfloat16" if computes_bfloat16(device) else "float32"
+    if name == "bfloat16" and not computes_bfloat16(device):
+        warnings.warn(f"{device} has no bfloat16 arithmetic (AVX-512 BF16, AMX or a recent GPU): the decoder will "
+                      "emulate it, more slowly than in float32", stacklevel=3)
     return getattr(torch, name)
 
 
