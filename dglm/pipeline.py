@@ -33,7 +33,7 @@ from dglm.stages.decoder import SoftPromptDecoder
 from dglm.stages.decoder_adapter import load_adapter
 from dglm.stages.encoder import SentenceEncoder
 from dglm.stages.guidance import BatchGuidance, Guide, build_guide
-from dglm.stages.precision import decoder_dtype
+from dglm.stages.precision import decoder_dtype, hold_in
 from dglm.stages.samplers import diffuse
 from dglm.stages.sampling import Continued, DecodingBatch, ReadContext
 from dglm.stages.schedule import CosineSchedule, noise_to_level
@@ -165,10 +165,12 @@ class Pipeline:
         if config.decoder_adapter.rank and not adapter:
             raise DglmError(f"checkpoint {folder} declares a decoder adapter but holds none of its weights; "
                             "train it with `dglm train prompt-generator`")
+        if loads_decoder:  # the adapter's update is added in float32 (a folder may hold another format), then rounded
+            hold_in(decoder.model, torch.float32)
         if adapter:
             load_adapter(decoder.model, config.decoder_adapter, adapter, adapter_scale)
-        if loads_decoder:  # after merging, so that the adapter's update is added in float32
-            decoder.model.to(number_format)
+        if loads_decoder:
+            hold_in(decoder.model, number_format)
         return cls(config, encoder, decoder, parts, card, adapter)
 
     def save_pretrained(self, path: str | Path, dtype: torch.dtype = torch.float32) -> Path:
@@ -180,7 +182,7 @@ class Pipeline:
             return self.decoder
         if self._plain_decoder is None:
             self._plain_decoder = SoftPromptDecoder.load(self.config.decoder, str(self.decoder.device))
-            self._plain_decoder.model.to(self.decoder.dtype)  # baselines decode in the same number format
+            hold_in(self._plain_decoder.model, self.decoder.dtype)  # baselines decode in the same number format
         return self._plain_decoder
 
     # ---- attributes ---------------------------------------------------------------------

@@ -30,6 +30,16 @@ def test_bfloat16_is_said_to_be_emulated_only_on_a_cpu_without_its_arithmetic(mo
             "slowly than in float32"]), flags
 
 
+def test_holding_a_model_in_bfloat16_rounds_its_weights_and_keeps_its_buffers_and_ties():
+    model = torch.nn.Sequential(torch.nn.Embedding(10, 4), torch.nn.Linear(4, 10, bias=False))
+    model[1].weight = model[0].weight  # tied, as an LM head and its input embeddings are
+    model.register_buffer("inv_freq", torch.tensor([1.0, 1e-3]))
+    weight = model[0].weight.detach().clone()
+    precision.hold_in(model, torch.bfloat16)
+    assert model[1].weight is model[0].weight and torch.equal(model[0].weight, weight.to(torch.bfloat16))
+    assert model.inv_freq.dtype == torch.float32 and torch.equal(model.inv_freq, torch.tensor([1.0, 1e-3]))
+
+
 def test_an_unknown_dtype_is_refused_with_the_accepted_ones(tiny_checkpoint):
     with pytest.raises(DglmError, match="dtype must be one of float32, bfloat16, got 'float16'"):
         Pipeline.from_pretrained(tiny_checkpoint, dtype="float16")

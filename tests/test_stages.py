@@ -120,9 +120,14 @@ def test_a_draw_takes_only_kept_tokens_as_often_as_their_probability_and_each_ro
     for token, share in [(3, 0.5), (500, 0.3), (999, 0.2)]:
         assert abs(float((firsts == token).float().mean()) - share) < 0.03, token
     assert {row[2] for row in drawn} == {7, 8}
-    # A row's draws depend on its generator alone, not on the rows drawn beside it.
-    together = draw(probs, sample_generators([5, 6, 7]))
-    assert [draw(probs[row:row + 1], sample_generators([seed]))[0] for row, seed in enumerate([5, 6, 7])] == together
+    # A row's draws depend on its generator alone, not on the rows drawn beside it, and use it as much alone.
+    even = torch.zeros(4, 1000)
+    even[:, 100:150] = 1 / 50
+    shared, alone = sample_generators([5, 6, 7, 8]), sample_generators([5, 6, 7, 8])
+    together = [draw(even, shared) for _ in range(5)]
+    assert together == [[draw(even[row:row + 1], [alone[row]])[0] for row in range(4)] for _ in range(5)]
+    assert len({tuple(row) for row in together}) > 1 and len(set(together[0])) > 1
+    assert [float(torch.rand(1, generator=g)) for g in shared] == [float(torch.rand(1, generator=g)) for g in alone]
 
 
 def test_bag_of_words_loss_rewards_soft_prompts_on_the_continuations_words(tiny_pipeline):

@@ -92,6 +92,9 @@ def cmd_generate(args: argparse.Namespace) -> None:
                         "non-empty line")
     if args.resume and args.output is None:
         raise DglmError("--resume continues the file given with --output; add --output OUT")
+    if args.resume and args.dtype == "bfloat16":
+        raise DglmError("--resume needs --dtype float32: in bfloat16 a sample's text depends on its batch, and a "
+                        "resumed run batches from where the file stops, so it would not write what one run writes")
     constraints = ([parse_constraint(spec) for spec in args.attr] + [parse_phrase(spec) for spec in args.toward]
                    + [parse_phrase(spec, -1.0) for spec in args.away])
     overrides = {name: getattr(args, name) for name in declared_settings()}

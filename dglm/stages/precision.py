@@ -37,8 +37,16 @@ def computes_bfloat16(device: str | torch.device) -> bool:
     """Whether `device` has bfloat16 arithmetic: a GPU that says so, or a CPU with AVX-512 BF16 or AMX."""
     kind = torch.device(device).type
     if kind == "cuda":
-        return torch.cuda.is_bf16_supported()
+        return torch.cuda.is_bf16_supported(including_emulation=False)
     return kind == "cpu" and bool(cpu_flags() & NATIVE_CPU_FLAGS)
+
+
+def hold_in(model: torch.nn.Module, dtype: torch.dtype) -> None:
+    """Round `model`'s weights to `dtype`, leaving its buffers as they are: the rotary position frequencies stay in
+    float32, as transformers keeps them when it loads a model in bfloat16. Tied weights stay tied."""
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.data = parameter.data.to(dtype)
 
 
 @lru_cache(maxsize=1)
