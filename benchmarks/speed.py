@@ -70,10 +70,11 @@ def main() -> None:
     pipelines = {dtype: Pipeline.from_pretrained(args.model, device=args.device, dtype=dtype) for dtype in args.dtypes}
     rows = []
     for batch in args.batch_sizes:
-        variants = {}
+        variants, plain_of = {}, {}  # each variant's plain sampling: the one in its own format
         for dtype, pipeline in pipelines.items():
             label = "" if len(pipelines) == 1 else f"{dtype}: "
-            variants.update({label + name: run for name, run in batch_variants(pipeline, batch, args).items()})
+            for name, run in batch_variants(pipeline, batch, args).items():
+                variants[label + name], plain_of[label + name] = run, label + "plain sampling"
         for run in variants.values():
             run()  # warm-up
         times = {name: [] for name in variants}
@@ -87,8 +88,7 @@ def main() -> None:
                     torch.cuda.synchronize()
                 times[name].append(time.perf_counter() - start)
         for name, values in times.items():
-            label = name.partition(": ")[0] + ": " if len(pipelines) > 1 else ""
-            base = median(times[label + "plain sampling"])  # plain sampling in the same format
+            base = median(times[plain_of[name]])
             rows.append({"batch": batch, "variant": name, "median_s": median(values), "samples_per_s": batch / median(values),
                          "ratio_to_plain": median(values) / base})
             print(f"batch {batch:3d}  {name:52s} {median(values):8.3f} s  {batch / median(values):6.2f} samples/s  x{median(values) / base:.2f}")

@@ -198,7 +198,7 @@ def run_eval(config: EvalConfig, config_path: str = "", generate_only: bool = Fa
     if judge_samples:
         report["judged_samples"] = str(judge_samples)
     else:
-        report["decoder_dtype"] = str(pipeline.decoder.dtype).removeprefix("torch.")
+        report["decoder_dtype"] = dtype
     samples: list[dict] = []
 
     def run(method, condition: str, guidance_scale: float | None = None) -> dict:
