@@ -53,7 +53,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def quiet_libraries() -> None:
-    """Keep the terminal for dglm's own output: no per-file loading bars or advice from the libraries."""
+    """Keep the terminal for dglm's own output: no per-file loading bars or advice from the libraries. Until
+    transformers is imported, it is told through the settings it reads then: the default model runs without it, and
+    importing it only to quiet it would cost every command a second."""
+    if "transformers" not in sys.modules:
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        return
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.set_verbosity_error()

@@ -28,11 +28,12 @@ class SoftPromptDecoder:
         self.name = name
 
     @classmethod
-    def load(cls, name: str, device: str = "cpu") -> "SoftPromptDecoder":
-        """The decoder named `name` (a local path, an offline registry package or a hub name), as published."""
+    def load(cls, name: str, device: str = "cpu", trainable: bool = False) -> "SoftPromptDecoder":
+        """The decoder named `name` (a local path, an offline registry package or a hub name), as published;
+        `trainable` loads it through transformers whatever its kind, for training (`pretrained.load_causal_lm`)."""
         from dglm.stages.pretrained import load_causal_lm
 
-        model, tokenizer = load_causal_lm(name, device=device)
+        model, tokenizer = load_causal_lm(name, device=device, trainable=trainable)
         return cls(model, tokenizer, name)
 
     @property

@@ -1,5 +1,5 @@
-"""A sentence-transformers folder of the common shape (a transformer, mean pooling, normalisation), run with
-transformers alone.
+"""A sentence-transformers folder of the common shape (a transformer, mean pooling, normalisation), run without
+sentence-transformers.
 
 Importing sentence-transformers costs about two seconds of every start on a 2-core CPU (NOTEBOOK, "Start-up"),
 more than generating a sample. The default encoder, all-MiniLM-L6-v2, and the tiny test encoders have this shape:
@@ -7,6 +7,8 @@ for them this module gives the same embeddings, bit for bit (tests/test_loading.
 sentence-transformers), by doing what sentence-transformers does: sort texts by length, tokenise each batch with
 padding and the folder's length limit, mean-pool the last hidden states over the attention mask, normalise. Any
 other folder, and every hub name, is loaded by sentence-transformers itself (`pretrained.load_sentence_transformer`).
+The transformer itself runs on dglm's own forward pass when it is a BERT, as the default's is (`dglm.stages.bert`),
+and on transformers otherwise.
 """
 
 from __future__ import annotations
@@ -16,6 +18,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+from dglm.stages import bert
+from dglm.stages.tokenizer import FolderTokenizer
 
 MODULES = ("Transformer", "Pooling", "Normalize")  # the last part of each module's type name in modules.json
 ENCODER_ONLY = {"t5": "T5EncoderModel", "mt5": "MT5EncoderModel",
@@ -37,16 +42,30 @@ def is_pooled_folder(folder: Path) -> bool:
     return types == MODULES and modules[0].get("path", "") == "" and only_mean
 
 
+def runs_own_encoder(folder: Path) -> bool:
+    """Whether a pooled folder's transformer is a BERT (the default encoder's) that runs on dglm's own forward pass
+    and the `tokenizers` library, sparing every start transformers' model machinery."""
+    return bert.fits(folder) and FolderTokenizer.fits(folder)
+
+
+def folder_transformer(folder: Path, device: str) -> tuple:
+    """A pooled folder's transformer and tokenizer (`runs_own_encoder`, or else through transformers)."""
+    if runs_own_encoder(folder):
+        return bert.BertEncoder.from_folder(folder, device), FolderTokenizer(folder, token_types=True)
+    import transformers
+
+    config = transformers.AutoConfig.from_pretrained(str(folder))
+    model_class = getattr(transformers, ENCODER_ONLY.get(config.model_type, "AutoModel"))
+    return (model_class.from_pretrained(str(folder)).to(device).eval(),
+            transformers.AutoTokenizer.from_pretrained(str(folder)))
+
+
 class PooledEncoder:
     """The transformer of a pooled folder, its tokenizer and its length limit (`max_seq_length`, in word pieces)."""
 
     def __init__(self, folder: Path, device: str = "cpu"):
-        import transformers
-
-        config = transformers.AutoConfig.from_pretrained(str(folder))
-        model_class = getattr(transformers, ENCODER_ONLY.get(config.model_type, "AutoModel"))
-        self.model = model_class.from_pretrained(str(folder)).to(device).eval()
-        self.tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder))
+        self.model, self.tokenizer = folder_transformer(folder, device)
+        config = self.model.config
         settings_path = folder / "sentence_bert_config.json"
         settings = json.loads(settings_path.read_text()) if settings_path.is_file() else {}
         limits = [self.tokenizer.model_max_length, getattr(config, "max_position_embeddings", None)]

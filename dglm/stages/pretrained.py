@@ -16,13 +16,15 @@ import shutil
 import sys
 import zipfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 from dglm.errors import DglmError
-from dglm.stages.pooled_encoder import PooledEncoder, is_pooled_folder
+from dglm.stages import llama
+from dglm.stages.pooled_encoder import PooledEncoder, is_pooled_folder, runs_own_encoder
+from dglm.stages.tokenizer import FolderTokenizer
 
 
 @dataclass(frozen=True)
@@ -199,8 +201,9 @@ def load_sentence_transformer(name_or_path: str, device: str = "cpu"):
     anything else on sentence-transformers."""
     source = _resolve(name_or_path, OFFLINE_ENCODERS)
     try:
-        with quiet_loading():
-            if source.is_dir() and is_pooled_folder(source):
+        pooled = source.is_dir() and is_pooled_folder(source)
+        with nullcontext() if pooled and runs_own_encoder(source) else quiet_loading():  # no transformers to quiet
+            if pooled:
                 return PooledEncoder(source, device=device)
             from sentence_transformers import SentenceTransformer
 
@@ -213,16 +216,23 @@ def load_sentence_transformer(name_or_path: str, device: str = "cpu"):
         ) from None
 
 
-def load_causal_lm(name_or_path: str, device: str = "cpu"):
-    """A causal LM and its tokenizer from a folder, a .gguf file, the offline package, or the hub."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def load_causal_lm(name_or_path: str, device: str = "cpu", trainable: bool = False):
+    """A causal LM and its tokenizer from a folder, a .gguf file, the offline package, or the hub.
 
+    A plain Llama folder (the default decoder's) runs on dglm's own forward pass (`dglm.stages.llama`) with its
+    tokenizer file read by `tokenizers` alone, sparing every start transformers' model machinery; `trainable`
+    (training, which adds a LoRA adapter through peft) and any other model load through transformers."""
     source = _resolve(name_or_path, OFFLINE_DECODERS)
     try:
-        with quiet_loading():
-            source = _dequantised(source) if source.suffix == ".gguf" else source
-            tokenizer = AutoTokenizer.from_pretrained(str(source))
-            model = AutoModelForCausalLM.from_pretrained(str(source)).to(device)
+        source = _dequantised(source) if source.suffix == ".gguf" else source
+        if not trainable and source.is_dir() and llama.fits(source) and FolderTokenizer.fits(source):
+            model, tokenizer = llama.LlamaDecoder.from_folder(source, device), FolderTokenizer(source)
+        else:
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+
+            with quiet_loading():
+                tokenizer = AutoTokenizer.from_pretrained(str(source))
+                model = AutoModelForCausalLM.from_pretrained(str(source)).to(device)
     except DglmError:
         raise
     except Exception as error:
@@ -248,15 +258,16 @@ def _resolve(name_or_path: str, offline: dict[str, OfflinePackage]) -> Path:
 
 def _dequantised(gguf: Path) -> Path:
     """Dequantise a GGUF file once into a plain safetensors folder and return that folder."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     target = cache_dir() / "decoders" / f"{gguf.stem}-{file_sha256(gguf)[:16]}"
     if (target / "model.safetensors").is_file():
         return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     print(f"dglm: first run: de-quantising {gguf.name} once into {target} (about half a minute)", file=sys.stderr,
           flush=True)
-    quantised = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    with quiet_loading():
+        quantised = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     config = quantised.config
     del config.quantization_config
     plain = AutoModelForCausalLM.from_config(config)

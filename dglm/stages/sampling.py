@@ -270,9 +270,7 @@ def read_contexts(decoder: Any, contexts: list[str | Continued], keep: bool = Fa
 def past_cache(decoder: Any, earlier: list[ReadContext | None], width: int) -> Any:
     """A key-value cache of what the rows read before, each left-padded to `width` (zeros for rows that read
     nothing before)."""
-    from transformers import DynamicCache
-
-    cache, sample = DynamicCache(), next(read for read in earlier if read is not None)
+    cache, sample = new_cache(decoder.model), next(read for read in earlier if read is not None)
     for layer, (keys, values) in enumerate(zip(sample.keys, sample.values)):
         rows = [(left_pad(read.keys[layer], width, -2), left_pad(read.values[layer], width, -2)) if read is not None
                 else (keys.new_zeros(keys.shape[0], width, keys.shape[-1]),
@@ -281,11 +279,20 @@ def past_cache(decoder: Any, earlier: list[ReadContext | None], width: int) -> A
     return cache
 
 
+def new_cache(model: Any) -> Any:
+    """An empty key-value cache of the kind `model` keeps (dglm's own Llama has its own)."""
+    if hasattr(model, "new_cache"):
+        return model.new_cache()
+    from transformers import DynamicCache
+
+    return DynamicCache()
+
+
 def dynamic_layers(cache) -> list | None:
     """The layers of a key-value cache whose keys and values rows can be dropped from and added to; None for a
     cache of another kind (a sliding window, a quantized cache)."""
     layers = getattr(cache, "layers", None)
-    if layers is None or any(type(layer).__name__ != "DynamicLayer" for layer in layers):
+    if layers is None or any(type(layer).__name__ not in ("DynamicLayer", "KeyValueLayer") for layer in layers):
         return None
     return layers
 

@@ -264,7 +264,7 @@ def train_prompt_generator(config: TrainConfig, config_path: str, leg: LegTimer 
     start = resume_point(card, stage)
     if start.step >= t.steps:  # the checkpoint holds the whole stage; only its resume state is gone
         return config.output_path
-    decoder = SoftPromptDecoder.load(config.pipeline.decoder, str(accelerator.device))
+    decoder = SoftPromptDecoder.load(config.pipeline.decoder, str(accelerator.device), trainable=True)
     model_lm = decoder.model
     model_lm.requires_grad_(False)
     if t.precision == "bf16":
