@@ -17,20 +17,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dglm.stages.model_folder import config_and_weight_names
+
 UNUSED = ("pooler.", "embeddings.position_ids")  # the pooler's weights (mean pooling ignores it), an old buffer
 
 
 def fits(folder: Path) -> bool:
     """Whether `folder` holds a bare BERT encoder this module runs exactly: one safetensors file of a BertModel's
     weights, absolute positions, GELU, not a decoder."""
-    from safetensors import safe_open
-
-    try:
-        config = json.loads((folder / "config.json").read_text())
-        with safe_open(str(folder / "model.safetensors"), "pt") as weights:
-            names = list(weights.keys())
-    except Exception:  # a file this cannot read is left to transformers, whose error says what is wrong with it
+    read = config_and_weight_names(folder)
+    if read is None:
         return False
+    config, names = read
     return (config.get("model_type") == "bert" and config.get("position_embedding_type", "absolute") == "absolute"
             and config.get("hidden_act", "gelu") == "gelu" and not config.get("is_decoder")
             and not config.get("add_cross_attention")

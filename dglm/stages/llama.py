@@ -22,18 +22,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dglm.stages.model_folder import config_and_weight_names
+
 
 def fits(folder: Path) -> bool:
     """Whether `folder` holds a Llama this module runs exactly: one safetensors file of a LlamaForCausalLM's weights,
     SiLU, no biases, default rotary positions, no sliding window."""
-    from safetensors import safe_open
-
-    try:
-        config = json.loads((folder / "config.json").read_text())
-        with safe_open(str(folder / "model.safetensors"), "pt") as weights:
-            names = list(weights.keys())
-    except Exception:  # a file this cannot read is left to transformers, whose error says what is wrong with it
+    read = config_and_weight_names(folder)
+    if read is None:
         return False
+    config, names = read
     rope = config.get("rope_parameters") or config.get("rope_scaling") or {"rope_type": "default"}
     return (config.get("model_type") == "llama" and all(name.startswith(("model.", "lm_head.")) for name in names)
             and config.get("hidden_act", "silu") == "silu" and not config.get("attention_bias")
