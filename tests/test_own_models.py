@@ -52,9 +52,27 @@ def both(folder, dtype=torch.float32) -> tuple[SoftPromptDecoder, SoftPromptDeco
 
 def test_a_plain_llama_folder_runs_on_dglms_forward_pass_and_training_or_another_model_on_transformers(
         tiny_llama, tiny_models):
-    assert isinstance(load_causal_lm(str(tiny_llama))[0], LlamaDecoder)
+    ours = load_causal_lm(str(tiny_llama))[0]
+    assert isinstance(ours, LlamaDecoder) and ours.device == torch.device("cpu")  # the perplexity judge reads it
     assert not isinstance(load_causal_lm(str(tiny_llama), trainable=True)[0], LlamaDecoder)
     assert not isinstance(load_causal_lm(str(tiny_models["decoder"]))[0], LlamaDecoder)  # a GPT-2
+
+
+def test_a_llama_file_with_other_weights_is_left_to_transformers_but_old_rotary_buffers_are_read_past(
+        tiny_llama, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from dglm.stages import llama
+
+    weights = load_file(str(tiny_llama / "model.safetensors"))
+    for extra, runs_here in (("model.layers.0.self_attn.rotary_emb.inv_freq", True), ("score.weight", False)):
+        folder = tmp_path / extra
+        shutil.copytree(tiny_llama, folder)
+        save_file({**weights, extra: torch.ones(4)}, str(folder / "model.safetensors"))
+        assert llama.fits(folder) is runs_here
+    assert llama.fits(tiny_llama)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -71,6 +89,20 @@ def test_generation_gives_transformers_logits_bit_for_bit_with_padding_soft_prom
     (their_tokens, their_steps), (our_tokens, our_steps) = outcomes
     assert our_tokens == their_tokens
     assert len(our_steps) == len(their_steps) and all(torch.equal(a, b) for a, b in zip(our_steps, their_steps))
+
+
+@pytest.mark.parametrize("prefixes", [PREFIXES[:1], ["The movie was", "A movie was"]], ids=["one", "unpadded"])
+def test_an_unpadded_prefill_takes_sdpas_causal_path_as_transformers_does(tiny_llama, prefixes):
+    """Without padding the mask is dropped and attention is causal by SDPA's flag (`llama.attention_mask_for`)."""
+    steps = []
+    for decoder in both(tiny_llama):
+        assert len({len(ids) for ids in decoder.token_ids(prefixes)}) == 1
+        seen = []
+        decoder.generate_tokens(prefixes, None, [torch.Generator().manual_seed(row) for row in range(len(prefixes))],
+                                DecodingSettings(max_new_tokens=6),
+                                on_step=lambda written, finished, logits: seen.append(logits.clone()))
+        steps.append(seen)
+    assert len(steps[0]) == len(steps[1]) and all(torch.equal(a, b) for a, b in zip(*steps))
 
 
 def test_rows_that_leave_and_join_a_running_batch_get_transformers_logits_bit_for_bit(tiny_llama):
@@ -138,6 +170,7 @@ def test_the_tokenizer_file_reader_gives_transformers_ids_offsets_padding_and_te
                     {"padding": True, "truncation": True, "max_length": 7, "return_tensors": "pt"},
                     {"padding": True, "padding_side": "left", "return_tensors": "pt"}]:
         want, have = theirs(texts, **options), ours(texts, **options)
+        assert set(have) - {"token_type_ids"} == set(want) - {"token_type_ids"}, options  # a Llama takes no types
         for key in have:
             same = torch.equal(want[key], have[key]) if options.get("return_tensors") else want[key] == have[key]
             assert same, (options, key)

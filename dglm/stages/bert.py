@@ -28,11 +28,21 @@ def fits(folder: Path) -> bool:
     read = config_and_weight_names(folder)
     if read is None:
         return False
-    config, names = read
-    return (config.get("model_type") == "bert" and config.get("position_embedding_type", "absolute") == "absolute"
-            and config.get("hidden_act", "gelu") == "gelu" and not config.get("is_decoder")
-            and not config.get("add_cross_attention")
-            and all(name.startswith(("embeddings.", "encoder.", "pooler.")) for name in names))
+    raw, names = read
+    if not (raw.get("model_type") == "bert" and raw.get("position_embedding_type", "absolute") == "absolute"
+            and raw.get("hidden_act", "gelu") == "gelu" and not raw.get("is_decoder")
+            and not raw.get("add_cross_attention")):
+        return False
+    try:
+        expected = set(BertEncoder(settings(raw)).state_dict())
+    except (KeyError, TypeError, ValueError):  # a config this cannot read: transformers' error will say what is wrong
+        return False
+    return {name for name in names if not name.startswith(UNUSED)} == expected
+
+
+def settings(raw: dict) -> SimpleNamespace:
+    """A BERT's config.json as this module reads it, with transformers' defaults where the file is silent."""
+    return SimpleNamespace(**{"type_vocab_size": 2, "layer_norm_eps": 1e-12, **raw})
 
 
 @dataclass
@@ -129,13 +139,13 @@ class BertEncoder(nn.Module):
 
     @classmethod
     def from_folder(cls, folder: Path, device: str = "cpu") -> BertEncoder:
+        """The folder's encoder (`fits` says which folders), in the number format its file holds, as transformers
+        loads it."""
         from safetensors.torch import load_file
 
-        config = SimpleNamespace(**{"type_vocab_size": 2, "layer_norm_eps": 1e-12,
-                                    **json.loads((folder / "config.json").read_text())})
-        model = cls(config)
+        model = cls(settings(json.loads((folder / "config.json").read_text())))
         state = load_file(str(folder / "model.safetensors"), device=str(device))
-        model.load_state_dict({key: value.float() for key, value in state.items() if not key.startswith(UNUSED)},
+        model.load_state_dict({key: value for key, value in state.items() if not key.startswith(UNUSED)},
                               strict=True, assign=True)
         return model.eval().requires_grad_(False)
 

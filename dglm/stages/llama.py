@@ -24,19 +24,40 @@ from torch import nn
 
 from dglm.stages.model_folder import config_and_weight_names
 
+OLD_BUFFERS = "rotary_emb.inv_freq"  # older transformers saved each layer's rotary frequencies; they are recomputed
+
 
 def fits(folder: Path) -> bool:
-    """Whether `folder` holds a Llama this module runs exactly: one safetensors file of a LlamaForCausalLM's weights,
-    SiLU, no biases, default rotary positions, no sliding window."""
+    """Whether `folder` holds a Llama this module runs exactly: one safetensors file of exactly a LlamaForCausalLM's
+    weights, SiLU, no biases, default rotary positions, no sliding window."""
     read = config_and_weight_names(folder)
     if read is None:
         return False
-    config, names = read
-    rope = config.get("rope_parameters") or config.get("rope_scaling") or {"rope_type": "default"}
-    return (config.get("model_type") == "llama" and all(name.startswith(("model.", "lm_head.")) for name in names)
-            and config.get("hidden_act", "silu") == "silu" and not config.get("attention_bias")
-            and not config.get("mlp_bias") and config.get("pretraining_tp", 1) == 1
-            and rope.get("rope_type", rope.get("type")) == "default" and not config.get("sliding_window"))
+    raw, names = read
+    rope = raw.get("rope_parameters") or raw.get("rope_scaling") or {"rope_type": "default"}
+    if not (raw.get("model_type") == "llama" and raw.get("hidden_act", "silu") == "silu"
+            and not raw.get("attention_bias") and not raw.get("mlp_bias") and raw.get("pretraining_tp", 1) == 1
+            and rope.get("rope_type", rope.get("type")) == "default" and not raw.get("sliding_window")):
+        return False
+    try:
+        config = settings(raw)
+    except (KeyError, TypeError, ValueError):  # a config this cannot read: transformers' error will say what is wrong
+        return False
+    expected = set(LlamaDecoder(config).state_dict())
+    present = {name for name in names if not name.endswith(OLD_BUFFERS)}
+    if config.tie_word_embeddings:  # the head is the embedding table, saved or not
+        present.add("lm_head.weight")
+    return present == expected
+
+
+def settings(raw: dict) -> SimpleNamespace:
+    """A Llama's config.json as this module reads it, with transformers' defaults where the file is silent."""
+    rope = raw.get("rope_parameters") or {}
+    return SimpleNamespace(**{**raw, "rope_theta": float(rope.get("rope_theta", raw.get("rope_theta", 10000.0))),
+                              "num_key_value_heads": raw.get("num_key_value_heads", raw["num_attention_heads"]),
+                              "head_dim": raw.get("head_dim") or raw["hidden_size"] // raw["num_attention_heads"],
+                              "rms_norm_eps": raw.get("rms_norm_eps", 1e-6),
+                              "tie_word_embeddings": raw.get("tie_word_embeddings", False)})
 
 
 @dataclass
@@ -174,26 +195,28 @@ class LlamaDecoder(nn.Module):
         with torch.device("meta"):
             self.model = Body(config)
             self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-        self.register_buffer("inv_freq", inverse_frequencies(config, device), persistent=False)
+        self.register_buffer("inv_freq", inverse_frequencies(config).to(device), persistent=False)
 
     @classmethod
     def from_folder(cls, folder: Path, device: str = "cpu") -> LlamaDecoder:
+        """The folder's model (`fits` says which folders), in the number format its file holds, as transformers
+        loads it."""
         from safetensors.torch import load_file
 
-        raw = json.loads((folder / "config.json").read_text())
-        rope = raw.get("rope_parameters") or raw
-        config = SimpleNamespace(**{**raw, "rope_theta": float(rope.get("rope_theta", 10000.0)),
-                                    "num_key_value_heads": raw.get("num_key_value_heads", raw["num_attention_heads"]),
-                                    "head_dim": raw.get("head_dim") or raw["hidden_size"] // raw["num_attention_heads"],
-                                    "tie_word_embeddings": raw.get("tie_word_embeddings", False)})
+        config = settings(json.loads((folder / "config.json").read_text()))
         model = cls(config, device)
-        state = load_file(str(folder / "model.safetensors"), device=str(device))
+        state = {key: value for key, value in load_file(str(folder / "model.safetensors"), device=str(device)).items()
+                 if not key.endswith(OLD_BUFFERS)}
         if config.tie_word_embeddings:
             state["lm_head.weight"] = state["model.embed_tokens.weight"]
-        model.load_state_dict({key: value.float() for key, value in state.items()}, strict=True, assign=True)
+        model.load_state_dict(state, strict=True, assign=True)
         if config.tie_word_embeddings:
             model.lm_head.weight = model.model.embed_tokens.weight
         return model.eval().requires_grad_(False)
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.embed_tokens.weight.device
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.model.embed_tokens
@@ -230,16 +253,15 @@ class LlamaDecoder(nn.Module):
 
     def rotary(self, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """Each position's rotary cosines and sines, (rows, 1, positions, head size), computed in float32."""
-        frequencies = (self.inv_freq[None, :, None].float().expand(position_ids.shape[0], -1, 1)
-                       @ position_ids[:, None, :].float()).transpose(1, 2)
+        frequencies = position_ids[..., None].float() * self.inv_freq.to(dtype=torch.float)
         angles = torch.cat((frequencies, frequencies), dim=-1)
         return angles.cos().to(dtype)[:, None], angles.sin().to(dtype)[:, None]
 
 
-def inverse_frequencies(config: SimpleNamespace, device: str | torch.device | None = None) -> torch.Tensor:
-    """The rotary frequencies, computed as transformers does, in float32 whatever format the weights are held in."""
-    half = torch.arange(0, config.head_dim, 2, dtype=torch.int64, device=device).float() / config.head_dim
-    return 1.0 / (config.rope_theta ** half)
+def inverse_frequencies(config: SimpleNamespace) -> torch.Tensor:
+    """The rotary frequencies, computed as transformers does (in float32 on the CPU, whatever format the weights are
+    held in and wherever they are)."""
+    return 1.0 / (config.rope_theta ** (torch.arange(0, config.head_dim, 2, dtype=torch.float) / config.head_dim))
 
 
 def attention_mask_for(padding: torch.Tensor | None, rows: int, length: int, width: int, device: torch.device,

@@ -31,13 +31,16 @@ class FolderTokenizer:
 
         self.token_types = token_types
         self.backend = Tokenizer.from_file(str(folder / "tokenizer.json"))
-        settings_path = folder / "tokenizer_config.json"
-        settings = json.loads(settings_path.read_text()) if settings_path.is_file() else {}
+        settings = json.loads((folder / "tokenizer_config.json").read_text())
+        legacy_map = folder / "special_tokens_map.json"
+        if "added_tokens_decoder" not in settings and legacy_map.is_file():  # as transformers reads an older folder
+            settings.update(json.loads(legacy_map.read_text()))
         self.clean_up_spaces = bool(settings.get("clean_up_tokenization_spaces", False))
         self.model_max_length = int(settings.get("model_max_length") or 10**30)
         self.eos_token_id = self._id_of(settings.get("eos_token"))
+        self.eos_token = None if self.eos_token_id is None else self.backend.id_to_token(self.eos_token_id)
         self.pad_token_id = self._id_of(settings.get("pad_token"))
-        if self.pad_token_id is None:
+        if self.pad_token_id is None:  # dglm pads with the end-of-text token then (`pretrained.load_causal_lm`)
             self.pad_token_id = self.eos_token_id
         self.pad_token = self.backend.id_to_token(self.pad_token_id) if self.pad_token_id is not None else None
 
