@@ -98,3 +98,23 @@ def cut_at_stop(text: str, stops: list[str]) -> str:
     at = first_stop(text, stops)
     return text if at is None else text[:at]
 
+
+
+def check_device(device: str) -> None:
+    """Refuse a device torch does not know, or one this machine lacks, before any model loads (a model would fail
+    deep inside, in words about whichever model loaded first)."""
+    import torch
+
+    try:
+        where = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise DglmError(f"device {device!r} is not one torch knows; give cpu, cuda or cuda:N (an NVIDIA GPU), or mps "
+                        "(Apple silicon)", field="device") from None
+    counts = {"cpu": 1, "cuda": torch.cuda.device_count() if torch.cuda.is_available() else 0,
+              "mps": int(torch.backends.mps.is_available())}
+    count = counts.get(where.type, 1)  # other kinds (xpu, ...) are left to torch
+    if not count:
+        raise DglmError(f"device {device!r}: this machine has no {where.type} device; use cpu", field="device")
+    if where.index is not None and where.index >= count:
+        raise DglmError(f"device {device!r}: this machine has {count} {where.type} device(s), numbered from 0",
+                        field="device")

@@ -22,7 +22,8 @@ from dglm.config import SETTINGS_SECTIONS, DecodingSettings, DiffusionSettings, 
 from dglm.constraints import AttributeSpec, Constraint, as_constraints
 from dglm.endings import whole_sentences
 from dglm.errors import DglmError
-from dglm.inputs import check_counts, check_generation_inputs, check_prefix, check_seed, cut_at_stop, stop_strings
+from dglm.inputs import (check_counts, check_device, check_generation_inputs, check_prefix, check_seed, cut_at_stop,
+                         stop_strings)
 from dglm.plugins import attribute_terms, get_attributes, get_sampler
 from dglm.processes import chunks, gather_to_main, process_group, shared_seed
 from dglm.repeats import without_new_repeats
@@ -118,6 +119,7 @@ class Pipeline:
     @classmethod
     def from_config(cls, config: PipelineConfig, device: str = "cpu") -> "Pipeline":
         """A pipeline with freshly initialised (untrained) denoiser and prompt generator."""
+        check_device(device)
         encoder = SentenceEncoder(config.encoder, device=device)
         return cls(config, encoder, SoftPromptDecoder.load(config.decoder, device))
 
@@ -150,6 +152,7 @@ class Pipeline:
                 raise DglmError(f"threads must be a positive integer (or None for torch's default), got {threads!r}",
                                 field="threads")
             torch.set_num_threads(threads)
+        check_device(device)
         number_format = decoder_dtype(dtype, device)
         folder = Path(path) if path is not None else default_checkpoint_path()
         config, state, card = read_checkpoint(folder)

@@ -159,6 +159,8 @@ def test_checks_that_need_no_model_come_before_the_model_loads(capsys, tmp_path,
                                          "the byte 0xfe at character 8 is not UTF-8"),
     (["Hi", "--attr", "sentiment=pos\udcffitive"], "the label of attribute 'sentiment' is not valid text"),
     (["Hi", "--stop", "\udcff"], "is not valid text: the byte 0xff at character 0 is not UTF-8"),
+    (["Hi", "--device", "gpu"], "device 'gpu' is not one torch knows; give cpu, cuda or cuda:N"),
+    (["Hi", "--device", "cuda:7"], "device 'cuda:7': this machine has "),  # none, or fewer than eight
 ])
 def test_bad_text_and_counts_are_refused_in_one_line_before_the_model_loads(capsys, tmp_path, args, message):
     expect_error(capsys, message, "generate", *args, "--model", str(tmp_path / "no-such-model"))

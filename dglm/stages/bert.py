@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dglm.stages.model_folder import config_and_weight_names
+from dglm.stages.model_folder import config_and_weight_names, load_weights
 
 UNUSED = ("pooler.", "embeddings.position_ids")  # the pooler's weights (mean pooling ignores it), an old buffer
 
@@ -141,10 +141,8 @@ class BertEncoder(nn.Module):
     def from_folder(cls, folder: Path, device: str = "cpu") -> BertEncoder:
         """The folder's encoder (`fits` says which folders), in the number format its file holds, as transformers
         loads it."""
-        from safetensors.torch import load_file
-
         model = cls(settings(json.loads((folder / "config.json").read_text())))
-        state = load_file(str(folder / "model.safetensors"), device=str(device))
+        state = load_weights(folder, device)
         model.load_state_dict({key: value for key, value in state.items() if not key.startswith(UNUSED)},
                               strict=True, assign=True)
         return model.eval().requires_grad_(False)

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dglm.stages.model_folder import config_and_weight_names
+from dglm.stages.model_folder import config_and_weight_names, load_weights
 
 OLD_BUFFERS = "rotary_emb.inv_freq"  # older transformers saved each layer's rotary frequencies; they are recomputed
 
@@ -201,11 +201,9 @@ class LlamaDecoder(nn.Module):
     def from_folder(cls, folder: Path, device: str = "cpu") -> LlamaDecoder:
         """The folder's model (`fits` says which folders), in the number format its file holds, as transformers
         loads it."""
-        from safetensors.torch import load_file
-
         config = settings(json.loads((folder / "config.json").read_text()))
         model = cls(config, device)
-        state = {key: value for key, value in load_file(str(folder / "model.safetensors"), device=str(device)).items()
+        state = {key: value for key, value in load_weights(folder, device).items()
                  if not key.endswith(OLD_BUFFERS)}
         if config.tie_word_embeddings:
             state["lm_head.weight"] = state["model.embed_tokens.weight"]

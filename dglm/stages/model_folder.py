@@ -18,3 +18,12 @@ def config_and_weight_names(folder: Path) -> tuple[dict, list[str]] | None:
             return config, list(weights.keys())
     except Exception:  # safetensors raises its own error type for a damaged file
         return None
+
+
+def load_weights(folder: Path, device: str) -> dict:
+    """The tensors of the folder's `model.safetensors`, on `device` (any form torch takes: "cpu:0" as well)."""
+    import torch
+    from safetensors.torch import load_file
+
+    where = torch.device(device)
+    return load_file(str(folder / "model.safetensors"), device="cpu" if where.type == "cpu" else str(where))
