@@ -543,6 +543,22 @@ def test_stop_strings_cut_the_text_streamed_or_not_and_leave_other_rows_alone(se
     assert all(stop not in e["choices"][0]["text"] for e in events)  # held back, never sent
 
 
+def test_a_choice_among_candidates_cut_at_a_stop_string_counts_only_the_tokens_it_kept(served, tiny_pipeline):
+    """With candidates a choice is cut at its stop string only once chosen; its usage counts the tokens up to the one
+    that wrote the stop string, as a choice cut while streaming does, not all it decoded."""
+    url = served[0]
+    body = {"prompt": "The movie", "max_tokens": 12, "seed": 4, "temperature": 0.7, "candidates": 2}
+    status, whole = request(url, "POST", "/v1/completions", body)
+    full = whole["choices"][0]["text"]
+    stop = next(full[k : k + 2] for k in range(2, len(full) - 4) if full[k : k + 2].strip() and full[k : k + 2] not in full[:k])
+    status, answer = request(url, "POST", "/v1/completions", {**body, "stop": [stop]})
+    kept = full[: full.find(stop)]
+    assert status == 200 and answer["choices"][0]["text"] == kept and answer["choices"][0]["finish_reason"] == "stop"
+    ids = tiny_pipeline.decoder.token_ids([full])[0]
+    written = next(n for n in range(1, len(ids) + 1) if stop in tiny_pipeline.decoder.decode(ids[:n]))
+    assert answer["usage"]["completion_tokens"] == written < whole["usage"]["completion_tokens"]
+
+
 def random_json(rng, depth: int = 0):
     """A JSON value of any shape: nested containers, extreme numbers, odd unicode, long strings and lists."""
     kind = rng.choice(["num", "num", "str", "bool", "null", "list", "dict"] if depth < 4 else ["num", "str", "null"])
