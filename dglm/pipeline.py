@@ -119,15 +119,13 @@ class Pipeline:
     @classmethod
     def from_config(cls, config: PipelineConfig, device: str = "cpu") -> "Pipeline":
         """A pipeline with freshly initialised (untrained) denoiser and prompt generator."""
-        check_device(device)
         encoder = SentenceEncoder(config.encoder, device=device)
         return cls(config, encoder, SoftPromptDecoder.load(config.decoder, device))
 
     @classmethod
     def from_pretrained(cls, path: str | Path | None = None, device: str = "cpu",
                         encoder: SentenceEncoder | None = None, decoder: SoftPromptDecoder | None = None,
-                        adapter_scale: float = 1.0,
-                        threads: int | None = None, dtype: str = "float32") -> "Pipeline":
+                        adapter_scale: float = 1.0, threads: int | None = None, dtype: str = "float32") -> "Pipeline":
         """Load a checkpoint folder (the bundled default when `path` is None).
 
         `threads` sets how many CPU threads torch uses, for the whole process (None: torch's default, one per core;
@@ -141,9 +139,9 @@ class Pipeline:
         `adapter_scale` weakens the decoder adapter as it is merged (1: as trained, 0: the decoder as published);
         benchmarks/NOTEBOOK.md ("Where fluency is lost") measures what it trades.
 
-        Already-loaded `encoder` / `decoder` objects may be passed to share them between pipelines; a
-        checkpoint with a decoder adapter merges it into the decoder's weights, so do not share that
-        decoder with code that expects the original.
+        Already-loaded `encoder` / `decoder` objects may be passed to share them between pipelines; a checkpoint with
+        a decoder adapter merges it into the decoder's weights, so do not share that decoder with code that expects
+        the original.
         """
         if not (isinstance(adapter_scale, (int, float)) and 0 <= adapter_scale <= 1):
             raise DglmError(f"adapter scale must be a number in [0, 1], got {adapter_scale!r}")

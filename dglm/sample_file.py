@@ -17,6 +17,8 @@ from dglm.config import declared_settings
 from dglm.errors import DglmError
 from dglm.pipeline import Sample
 
+UNRECORDED = {"decoder_dtype": "float32"}  # what a run that left a setting out meant (the CLI records it only if set)
+
 
 class SampleFile:
     def __init__(self, path: Path, run: dict[str, Any], form: str = "jsonl", resume: bool = False):
@@ -55,10 +57,11 @@ class SampleFile:
         changes nothing, such as candidates 1), is what the earlier run did."""
         recorded = self.recorded(self.path)
         defaults = {name: spec.default for name, (_, spec, _) in declared_settings().items()}
-        differences = [f"{key}: {recorded.get(key)!r} then, "
-                       f"{run.get(key)!r} now" for key in sorted(set(recorded) | set(run))
-                       if recorded.get(key) != run.get(key) and not (key not in recorded and key in defaults
-                                                                     and run.get(key) == defaults[key])]
+        then, now = ({key: record.get(key, UNRECORDED.get(key)) for key in set(recorded) | set(run)}
+                     for record in (recorded, run))
+        differences = [f"{key}: {then[key]!r} then, {now[key]!r} now" for key in sorted(then)
+                       if then[key] != now[key] and not (key not in recorded and key in defaults
+                                                         and now[key] == defaults[key])]
         if differences:
             raise DglmError(f"--resume with other settings than the run that wrote {self.path} "
                             f"({'; '.join(differences)}); use the same settings, or write to a new file")
