@@ -45,10 +45,10 @@ def share_from_main(values: list, world: int) -> list:
 
 def add_dtype_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
-                        help="the decoder's number format (default float32). bfloat16 decodes about 1.7x as fast on a "
-                             "CPU with AVX-512 BF16 or AMX, with text of the same quality, but a sample's text then "
-                             "depends on the samples batched with it, so a seed reproduces it only in the same batch "
-                             "(and --resume is refused)")
+                        help="the decoder's number format (default float32). bfloat16 decodes a token about 1.7x "
+                             "as fast on a CPU with AVX-512 BF16 or AMX (a whole command gains less), with text of the "
+                             "same quality, but a sample's text then depends on the samples batched with it, so a seed "
+                             "reproduces it only in the same batch (and --resume is refused)")
 
 
 def add_threads_argument(parser: argparse.ArgumentParser) -> None:
