@@ -196,9 +196,9 @@ def quiet_loading() -> Iterator[None]:
 
 
 def load_sentence_transformer(name_or_path: str, device: str = "cpu"):
-    """A sentence encoder from a folder, the offline package, or the hub: a folder of the common shape runs on
-    transformers alone (`PooledEncoder`, the same embeddings without sentence-transformers' seconds of import),
-    anything else on sentence-transformers."""
+    """A sentence encoder from a folder, the offline package, or the hub: a folder of the common shape runs without
+    sentence-transformers (`PooledEncoder`, the same embeddings without its seconds of import; a BERT, as the
+    default's is, without transformers either), anything else on sentence-transformers."""
     source = _resolve(name_or_path, OFFLINE_ENCODERS)
     try:
         pooled = source.is_dir() and is_pooled_folder(source)
