@@ -180,6 +180,26 @@ def test_the_tokenizer_file_reader_gives_transformers_ids_offsets_padding_and_te
     assert ours.batch_decode(ids) == theirs.batch_decode(ids)
 
 
+@pytest.mark.parametrize("extra", [{}, {"clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output": True}])
+def test_the_tokenizer_file_reader_cleans_up_spaces_only_where_transformers_does(tiny_llama, tmp_path, extra):
+    """A folder asking for `clean_up_tokenization_spaces` gets it on a BPE tokenizer only when it insists."""
+    import json
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from dglm.stages.tokenizer import FolderTokenizer
+
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(tiny_llama / name, tmp_path / name)
+    settings = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    settings.update(clean_up_tokenization_spaces=True, **extra)
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(settings))
+    theirs, ours = AutoTokenizer.from_pretrained(str(tmp_path)), FolderTokenizer(tmp_path)
+    ids = theirs("The movie , was n't it ? It 's good .", add_special_tokens=False)["input_ids"]
+    assert ours.decode(ids) == theirs.decode(ids) and ours.batch_decode([ids]) == theirs.batch_decode([ids])
+
+
 def test_dglms_bert_gives_transformers_hidden_states_bit_for_bit_with_and_without_padding(tmp_path):
     from transformers import BertConfig, BertModel
 

@@ -35,7 +35,10 @@ class FolderTokenizer:
         legacy_map = folder / "special_tokens_map.json"
         if "added_tokens_decoder" not in settings and legacy_map.is_file():  # as transformers reads an older folder
             settings.update(json.loads(legacy_map.read_text()))
-        self.clean_up_spaces = bool(settings.get("clean_up_tokenization_spaces", False))
+        # transformers skips this clean-up for a BPE tokenizer (it would strip real spaces) unless told twice
+        self.clean_up_spaces = bool(settings.get("clean_up_tokenization_spaces", False)) and (
+            type(self.backend.model).__name__ != "BPE"
+            or bool(settings.get("clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output")))
         self.model_max_length = int(settings.get("model_max_length") or 10**30)
         self.eos_token_id = self._id_of(settings.get("eos_token"))
         self.eos_token = None if self.eos_token_id is None else self.backend.id_to_token(self.eos_token_id)
