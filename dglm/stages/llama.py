@@ -236,8 +236,9 @@ class LlamaDecoder(nn.Module):
         sequences = None  # rows packed into one (training-style losses): positions restart where a row starts
         if position_ids is None:
             position_ids = torch.arange(past, past + length, device=hidden.device)[None]
-        elif attention_mask is None and not past and bool((position_ids.diff(dim=-1) != 1).any()):
-            sequences = (torch.diff(position_ids, prepend=position_ids[:, :1] - 1, dim=-1) != 1).cumsum(-1)
+        elif attention_mask is None and not past:
+            starts = torch.diff(position_ids, prepend=position_ids[:, :1] - 1, dim=-1) != 1
+            sequences = starts.cumsum(-1) if bool(starts.any()) else None
         rotary = self.rotary(position_ids, hidden.dtype)
         mask = attention_mask_for(attention_mask, hidden.shape[0], length, past + length, hidden.device, sequences)
         states = [hidden]
