@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from dglm.stages import bert
+from dglm.stages.quiet import quiet_loading
 from dglm.stages.tokenizer import FolderTokenizer
 
 MODULES = ("Transformer", "Pooling", "Normalize")  # the last part of each module's type name in modules.json
@@ -42,22 +43,18 @@ def is_pooled_folder(folder: Path) -> bool:
     return types == MODULES and modules[0].get("path", "") == "" and only_mean
 
 
-def runs_own_encoder(folder: Path) -> bool:
-    """Whether a pooled folder's transformer is a BERT (the default encoder's) that runs on dglm's own forward pass
-    and the `tokenizers` library, sparing every start transformers' model machinery."""
-    return bert.fits(folder) and FolderTokenizer.fits(folder)
-
-
 def folder_transformer(folder: Path, device: str) -> tuple:
-    """A pooled folder's transformer and tokenizer (`runs_own_encoder`, or else through transformers)."""
-    if runs_own_encoder(folder):
+    """A pooled folder's transformer and tokenizer: a BERT (the default encoder's) on dglm's own forward pass and the
+    `tokenizers` library, sparing every start transformers' model machinery; any other through transformers."""
+    if bert.fits(folder) and FolderTokenizer.fits(folder):
         return bert.BertEncoder.from_folder(folder, device), FolderTokenizer(folder, token_types=True)
     import transformers
 
-    config = transformers.AutoConfig.from_pretrained(str(folder))
-    model_class = getattr(transformers, ENCODER_ONLY.get(config.model_type, "AutoModel"))
-    return (model_class.from_pretrained(str(folder)).to(device).eval(),
-            transformers.AutoTokenizer.from_pretrained(str(folder)))
+    with quiet_loading():
+        config = transformers.AutoConfig.from_pretrained(str(folder))
+        model_class = getattr(transformers, ENCODER_ONLY.get(config.model_type, "AutoModel"))
+        return (model_class.from_pretrained(str(folder)).to(device).eval(),
+                transformers.AutoTokenizer.from_pretrained(str(folder)))
 
 
 class PooledEncoder:

@@ -15,15 +15,14 @@ import os
 import shutil
 import sys
 import zipfile
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 from dglm.errors import DglmError
 from dglm.stages import llama
-from dglm.stages.pooled_encoder import PooledEncoder, is_pooled_folder, runs_own_encoder
+from dglm.stages.pooled_encoder import PooledEncoder, is_pooled_folder
+from dglm.stages.quiet import quiet_loading
 from dglm.stages.tokenizer import FolderTokenizer
 
 
@@ -175,36 +174,15 @@ def cache_dir() -> Path:
     return Path(os.environ.get("DGLM_CACHE", Path.home() / ".cache" / "dglm"))
 
 
-@contextmanager
-def quiet_loading() -> Iterator[None]:
-    """Silence transformers' per-file loading bars and advice while dglm loads a model, and restore them after: a
-    library's user sees dglm's own output only. DGLM_LOADING_BARS=1 keeps them."""
-    from transformers.utils import logging as transformers_logging
-
-    if os.environ.get("DGLM_LOADING_BARS") == "1":
-        yield
-        return
-    bars, verbosity = transformers_logging.is_progress_bar_enabled(), transformers_logging.get_verbosity()
-    transformers_logging.disable_progress_bar()
-    transformers_logging.set_verbosity_error()
-    try:
-        yield
-    finally:
-        transformers_logging.set_verbosity(verbosity)
-        if bars:
-            transformers_logging.enable_progress_bar()
-
-
 def load_sentence_transformer(name_or_path: str, device: str = "cpu"):
     """A sentence encoder from a folder, the offline package, or the hub: a folder of the common shape runs without
     sentence-transformers (`PooledEncoder`, the same embeddings without its seconds of import; a BERT, as the
     default's is, without transformers either), anything else on sentence-transformers."""
     source = _resolve(name_or_path, OFFLINE_ENCODERS)
     try:
-        pooled = source.is_dir() and is_pooled_folder(source)
-        with nullcontext() if pooled and runs_own_encoder(source) else quiet_loading():  # no transformers to quiet
-            if pooled:
-                return PooledEncoder(source, device=device)
+        if source.is_dir() and is_pooled_folder(source):
+            return PooledEncoder(source, device=device)
+        with quiet_loading():
             from sentence_transformers import SentenceTransformer
 
             return SentenceTransformer(str(source), device=device)
