@@ -99,7 +99,6 @@ def cut_at_stop(text: str, stops: list[str]) -> str:
     return text if at is None else text[:at]
 
 
-
 def check_device(device: str) -> None:
     """Refuse a device torch does not know, or one this machine lacks, before any model loads (a model would fail
     deep inside, in words about whichever model loaded first)."""

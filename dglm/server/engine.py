@@ -191,13 +191,13 @@ class Engine:
         once its text is known), token count, finish reason, and the scores and logprobs it asked for."""
         decoder, eos = self.pipeline.decoder, self.pipeline.decoder.tokenizer.eos_token_id
         texts = [decoder.decode(ids) if choice.cut is None else choice.cut for choice, ids in zip(choices, token_ids)]
-        counts = [len(ids) - (bool(ids) and ids[-1] == eos) for ids in token_ids]
+        kept = {}  # choices cut only now: the tokens up to the one that wrote the stop string, as when streamed
         for i, choice in enumerate(choices):
             at = first_stop(texts[i], choice.job.stop) if whole[i] else None
-            if at is not None:  # its tokens are those up to the one that wrote the stop string, as when streamed
+            if at is not None:
                 texts[i] = choice.cut = texts[i][:at]
-                counts[i] = next(n for n in range(1, len(token_ids[i]) + 1)
-                                 if first_stop(decoder.decode(token_ids[i][:n]), choice.job.stop) is not None)
+                kept[i] = next(n for n in range(1, len(token_ids[i]) + 1)
+                               if first_stop(decoder.decode(token_ids[i][:n]), choice.job.stop) is not None)
         wanted = [i for i, choice in enumerate(choices) if choice.job.scores and not choice.job.cancelled]
         scores = dict(zip(wanted, self.pipeline.attribute_scores([texts[i] for i in wanted]))) if wanted else {}
         for i, (choice, ids) in enumerate(zip(choices, token_ids)):
@@ -208,7 +208,7 @@ class Engine:
             short = len(ids) < choice.job.rows[choice.index].decoding.max_new_tokens  # ended at a sentence's end
             reason = "stop" if stopped or short or choice.cut is not None else "length"
             recorder = choice.recorder
-            choice.job.emit(Finished(choice.index, texts[i], counts[i], reason, scores.get(i),
+            choice.job.emit(Finished(choice.index, texts[i], kept.get(i, len(ids) - stopped), reason, scores.get(i),
                                      recorder and recorder.tokens(texts[i])))
 
 
